@@ -1,0 +1,70 @@
+"""ecanalytics: eventually consistent numeric fields with their full history on object storage.
+
+Example:
+    >>> import ecanalytics as ec
+    >>> db = ec.connect("memory://init-doc")
+    >>> _ = db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", mode="sync",
+    ...                                                auto_consolidate=False))
+    >>> wallets = db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0"})
+    >>> wallets.add("w1", 5)
+    5.0
+    >>> db.close()
+"""
+
+from ecanalytics.consolidation import ConsolidationResult
+from ecanalytics.database import Database, connect
+from ecanalytics.errors import (
+    CommitConflictError,
+    ConfigurationError,
+    ConsolidationError,
+    CorruptObjectError,
+    EcError,
+    FieldRequiredError,
+    InvalidNameError,
+    InvalidTimezoneError,
+    InvalidValueError,
+    RecordExistsError,
+    RecordNotFoundError,
+    ReducerRequiredError,
+    ResourceExistsError,
+    SchemaError,
+    StorageError,
+    TerminalError,
+    TransientError,
+    UnknownFieldError,
+    UnknownResourceError,
+    ValidationError,
+)
+from ecanalytics.plugin import EventualConsistencyPlugin
+from ecanalytics.resource import Resource, TransactionDataset
+
+__version__ = "0.1.0"
+__all__ = [
+    "CommitConflictError",
+    "ConfigurationError",
+    "ConsolidationError",
+    "ConsolidationResult",
+    "CorruptObjectError",
+    "Database",
+    "EcError",
+    "EventualConsistencyPlugin",
+    "FieldRequiredError",
+    "InvalidNameError",
+    "InvalidTimezoneError",
+    "InvalidValueError",
+    "RecordExistsError",
+    "RecordNotFoundError",
+    "ReducerRequiredError",
+    "Resource",
+    "ResourceExistsError",
+    "SchemaError",
+    "StorageError",
+    "TerminalError",
+    "TransactionDataset",
+    "TransientError",
+    "UnknownFieldError",
+    "UnknownResourceError",
+    "ValidationError",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,181 @@
+"""Reducers fold a record's pending transactions into its new value.
+
+Two interfaces:
+
+* **Built-in reducers** (``"default"``, ``"sum"``, ``"max"``, ``"min"``, ``"last"``) are vectorized
+  Polars plans over all pending rows at once: one group-by and one join, no Python loop per row.
+* **A Python callable** ``reducer(transactions: list[dict]) -> number``, as in the original plugin.
+  It is called once per record with a synthetic ``set`` of the current value first
+  (``{"operation": "set", "value": current, "source": "current", "synthetic": True, ...}``), followed
+  by the pending transactions ordered by ``(timestamp, id)``. It is the slow path.
+
+Each built-in is defined by what it does to that same list, with ``sub`` rows counting as
+``-value`` ("signed value"):
+
+========== ================================================================================
+default    walk in order: ``set`` replaces, ``add`` adds, ``sub`` subtracts
+sum        the sum of the signed values (the synthetic set contributes the current value)
+max / min  the largest / smallest signed value
+last       the signed value of the last transaction
+========== ================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, get_args
+
+import polars as pl
+
+from ecanalytics.errors import ConfigurationError, ConsolidationError
+from ecanalytics.types import BuiltinReducer, PythonReducer
+
+BUILTIN_REDUCERS: tuple[str, ...] = get_args(BuiltinReducer)
+_ORDER = ["timestamp", "id"]
+
+
+def _signed() -> pl.Expr:
+    return pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
+
+
+def _default(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    # Join-based fold: the last set per record, then the signed sum of what follows it.
+    last_set = (
+        pending.filter(pl.col("operation") == "set")
+        .group_by("originalId")
+        .agg(
+            pl.col("value").sort_by(_ORDER).last().alias("_set_value"),
+            pl.col("timestamp").sort_by(_ORDER).last().alias("_set_ts"),
+            pl.col("id").sort_by(_ORDER).last().alias("_set_id"),
+        )
+    )
+    after = (
+        pending.lazy()
+        .filter(pl.col("operation") != "set")
+        .join(last_set.lazy(), on="originalId", how="left")
+        .filter(
+            pl.col("_set_ts").is_null()
+            | (pl.col("timestamp") > pl.col("_set_ts"))
+            | ((pl.col("timestamp") == pl.col("_set_ts")) & (pl.col("id") > pl.col("_set_id")))
+        )
+        .group_by("originalId")
+        .agg(_signed().sum().alias("_delta"))
+    )
+    return (
+        current.lazy()
+        .join(last_set.lazy().select("originalId", "_set_value"), on="originalId", how="left")
+        .join(after, on="originalId", how="left")
+        .select(
+            "originalId",
+            (pl.coalesce("_set_value", "current") + pl.col("_delta").fill_null(0.0)).alias("value"),
+        )
+        .collect()
+    )
+
+
+def _aggregate(agg: Callable[[pl.Expr], pl.Expr], combine: Callable[[pl.Expr, pl.Expr], pl.Expr]) -> Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]:
+    def run(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+        per_record = pending.lazy().group_by("originalId").agg(agg(_signed()).alias("_agg"))
+        return (
+            current.lazy()
+            .join(per_record, on="originalId", how="left")
+            .select("originalId", combine(pl.col("current"), pl.col("_agg")).alias("value"))
+            .collect()
+        )
+
+    return run
+
+
+def _last(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    per_record = pending.lazy().group_by("originalId").agg(_signed().sort_by(_ORDER).last().alias("_agg"))
+    return (
+        current.lazy()
+        .join(per_record, on="originalId", how="left")
+        .select("originalId", pl.coalesce("_agg", "current").alias("value"))
+        .collect()
+    )
+
+
+_VECTORIZED: dict[str, Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]] = {
+    "default": _default,
+    "sum": _aggregate(lambda e: e.sum(), lambda cur, agg: cur + agg.fill_null(0.0)),
+    "max": _aggregate(lambda e: e.max(), lambda cur, agg: pl.max_horizontal(cur, agg)),
+    "min": _aggregate(lambda e: e.min(), lambda cur, agg: pl.min_horizontal(cur, agg)),
+    "last": _last,
+}
+
+
+class Reducer:
+    """A built-in name or a Python callable, applied to pending transactions.
+
+    ``current`` is a frame ``originalId, current`` with one row per record that has pending
+    transactions (the record's value, or its default if the record does not exist yet).
+    """
+
+    def __init__(self, spec: BuiltinReducer | PythonReducer | None) -> None:
+        spec = "default" if spec is None else spec
+        if isinstance(spec, str):
+            if spec not in BUILTIN_REDUCERS:
+                raise ConfigurationError(f"Unknown reducer {spec!r}; use one of {list(BUILTIN_REDUCERS)} or a callable.")
+            self.name: str = spec
+            self.func: PythonReducer | None = None
+        elif callable(spec):
+            self.name = f"python:{getattr(spec, '__module__', '?')}.{getattr(spec, '__qualname__', repr(spec))}"
+            self.func = spec
+        else:
+            raise ConfigurationError(f"reducer must be None, a name in {list(BUILTIN_REDUCERS)} or a callable.")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.func is None
+
+    def __call__(self, pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+        if self.func is None:
+            return _VECTORIZED[self.name](pending, current)
+        return self._python(pending, current)
+
+    def _python(self, pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+        assert self.func is not None
+        base = dict(zip(current["originalId"].to_list(), current["current"].to_list(), strict=True))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        cols = ["id", "originalId", "field", "value", "operation", "timestamp", "source"]
+        for row in pending.sort(["originalId", *_ORDER]).select(cols).iter_rows(named=True):
+            groups.setdefault(row["originalId"], []).append(row)
+        ids, values = [], []
+        for rid, cur in base.items():
+            synthetic = {"id": None, "originalId": rid, "field": None, "value": cur, "operation": "set",
+                         "timestamp": None, "source": "current", "synthetic": True}
+            try:
+                result = self.func([synthetic, *groups.get(rid, [])])
+            except Exception as exc:
+                raise ConsolidationError(f"Reducer {self.name} failed for record {rid!r}: {exc!r}") from exc
+            if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
+                raise ConsolidationError(
+                    f"Reducer {self.name} returned {result!r} for record {rid!r}; it must return a finite number."
+                )
+            ids.append(rid)
+            values.append(float(result))
+        return pl.DataFrame({"originalId": ids, "value": values}, schema={"originalId": pl.String, "value": pl.Float64})
+
+
+def python_reference(name: str) -> PythonReducer:
+    """The plain-Python definition of a built-in reducer (documentation, tests, benchmarks)."""
+
+    def signed(t: dict[str, Any]) -> float:
+        return -t["value"] if t["operation"] == "sub" else float(t["value"])
+
+    def default(txs: list[dict[str, Any]]) -> float:
+        acc = 0.0
+        for t in txs:
+            acc = t["value"] if t["operation"] == "set" else acc + signed(t)
+        return acc
+
+    table: dict[str, PythonReducer] = {
+        "default": default,
+        "sum": lambda txs: sum(signed(t) for t in txs),
+        "max": lambda txs: max(signed(t) for t in txs),
+        "min": lambda txs: min(signed(t) for t in txs),
+        "last": lambda txs: signed(txs[-1]),
+    }
+    return table[name]

@@ -1,0 +1,208 @@
+"""``connect()`` and :class:`Database`: the entry point that owns storage, resources and plugins."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+
+from ecanalytics.consolidation import ConsolidationResult
+from ecanalytics.errors import ResourceExistsError, UnknownResourceError
+from ecanalytics.ledger import Ledger, Schema
+from ecanalytics.ledger import catalog as cat
+from ecanalytics.plugin import EventualConsistencyPlugin
+from ecanalytics.resource import Resource, TransactionDataset
+from ecanalytics.storage import StorageConfig, Store
+from ecanalytics.storage import paths as P
+
+log = logging.getLogger(__name__)
+DEFAULT_ROOT = "./ec-data"
+
+
+class Resources(Mapping[str, "Resource | TransactionDataset"]):
+    """Read-only view of a database's resources and transaction datasets, by name."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def _all(self) -> dict[str, Resource | TransactionDataset]:
+        out: dict[str, Resource | TransactionDataset] = {}
+        for name, res in self._db._resources.items():
+            out[name] = res
+            for plugin in res.plugins.values():
+                out[plugin.dataset] = TransactionDataset(plugin)
+        return out
+
+    def __getitem__(self, name: str) -> Resource | TransactionDataset:
+        if name in self._db._resources:
+            return self._db._resources[name]
+        found = self._all().get(name)
+        if found is None:
+            raise UnknownResourceError(
+                f"No resource or transaction dataset named {name!r}; known: {sorted(self._all())}."
+            )
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+class Database:
+    """All resources under one root URI. Use :func:`connect` to open one.
+
+    The database is a context manager: leaving the ``with`` block calls :meth:`close`, which
+    flushes batched transactions and stops background threads. Interpreter exit flushes too.
+    """
+
+    def __init__(self, config: StorageConfig, *, checkpoint_interval: int = 10, dedup_window_s: float = 7 * 86400) -> None:
+        self.config = config
+        self.store = Store(config)
+        self.checkpoint_interval = checkpoint_interval
+        self.dedup_window_s = dedup_window_s
+        self._resources: dict[str, Resource] = {}
+        self._deferred: dict[tuple[str, str], EventualConsistencyPlugin] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+        self.resources = Resources(self)
+        ref = weakref.ref(self)
+        self._atexit = lambda: (db := ref()) is not None and db.close()
+        atexit.register(self._atexit)
+        self._reopen()
+
+    def __repr__(self) -> str:
+        return f"Database({self.config.uri!r}, resources={sorted(self._resources)})"
+
+    @property
+    def uri(self) -> str:
+        """The root URI, without credentials."""
+        return self.config.uri
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reopen(self) -> None:
+        for name, entry in cat.read_all(self.store).items():
+            resource = self._make_resource(name, Schema.parse(entry["attributes"]))
+            for field, config in entry.get("plugins", {}).items():
+                self._attach(resource, EventualConsistencyPlugin.from_config(name, field, config), persist=False)
+
+    def _make_resource(self, name: str, schema: Schema) -> Resource:
+        ledger = Ledger(self.store, name, schema, checkpoint_interval=self.checkpoint_interval,
+                        dedup_window_s=self.dedup_window_s)
+        resource = Resource(name, schema, ledger)
+        self._resources[name] = resource
+        return resource
+
+    def _attach(self, resource: Resource, plugin: EventualConsistencyPlugin, *, persist: bool) -> None:
+        old = resource.plugins.get(plugin.field)
+        if old is not None and old is not plugin:
+            old.close()
+        plugin._attach(resource)
+        resource.plugins[plugin.field] = plugin
+        if persist:
+            cat.save_plugin(self.store, resource.name, plugin.field, plugin.config())
+
+    def create_resource(self, name: str, attributes: dict[str, str]) -> Resource:
+        """Create a resource, or return the existing one if its attributes are the same.
+
+        Attribute specs: ``'string|required'``, ``'number|default:0'``, ``'integer'``, ``'boolean'``.
+        Plugins registered earlier for this resource are attached now (deferred setup).
+        """
+        P.validate_resource_name(name)
+        schema = Schema.parse(attributes)
+        with self._lock:
+            entry = cat.create(self.store, name, schema.to_spec())
+            if Schema.parse(entry["attributes"]) != schema:
+                raise ResourceExistsError(
+                    f"Resource {name!r} already exists with attributes {entry['attributes']}; "
+                    "use another name or the existing schema."
+                )
+            resource = self._resources.get(name) or self._make_resource(name, schema)
+            for (res_name, _field), plugin in list(self._deferred.items()):
+                if res_name == name:
+                    del self._deferred[(res_name, _field)]
+                    self._attach(resource, plugin, persist=True)
+            return resource
+
+    def use_plugin(self, plugin: EventualConsistencyPlugin) -> EventualConsistencyPlugin:
+        """Register a plugin. If its resource does not exist yet, setup waits until it is created.
+        A plugin for an already-managed field replaces the previous one (and its stored config)."""
+        with self._lock:
+            resource = self._resources.get(plugin.resource_name)
+            if resource is None:
+                self._deferred[(plugin.resource_name, plugin.field)] = plugin
+            else:
+                self._attach(resource, plugin, persist=True)
+        return plugin
+
+    def _plugins(self, resource: str | None = None, field: str | None = None) -> list[EventualConsistencyPlugin]:
+        if resource is not None and resource not in self._resources:
+            raise UnknownResourceError(f"No resource named {resource!r}; known: {sorted(self._resources)}.")
+        names = [resource] if resource else sorted(self._resources)
+        out = []
+        for name in names:
+            res = self._resources[name]
+            out.extend([res.plugin(field)] if field else [res.plugins[f] for f in sorted(res.plugins)])
+        return out
+
+    def consolidate(self, resource: str | None = None, field: str | None = None) -> list[ConsolidationResult]:
+        """Consolidate every managed field (or the ones named); one result per field."""
+        return [plugin.consolidate() for plugin in self._plugins(resource, field)]
+
+    def flush(self) -> int:
+        """Write every buffered transaction now; returns how many were written."""
+        return sum(p.flush() for res in list(self._resources.values()) for p in list(res.plugins.values()))
+
+    def close(self) -> None:
+        """Flush batches and stop background threads. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self._atexit)
+        for res in list(self._resources.values()):
+            for plugin in list(res.plugins.values()):
+                try:
+                    plugin.close()
+                except Exception:
+                    log.exception("Closing %s failed", plugin.dataset)
+
+
+def connect(
+    uri: str | os.PathLike[str] = DEFAULT_ROOT,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    key: str | None = None,
+    secret: str | None = None,
+    checkpoint_interval: int = 10,
+    dedup_window: float = 7 * 86400,
+) -> Database:
+    """Open (or create) a database at ``uri`` and reopen every resource and plugin in its catalog.
+
+    Args:
+        uri: a folder (default ``./ec-data``), ``file:///abs``, ``memory://name`` or
+            ``s3://[KEY:SECRET@]bucket/prefix``.
+        endpoint_url: S3-compatible endpoint (MinIO, moto, ...); default from ``AWS_ENDPOINT_URL``.
+        region: S3 region; default from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else us-east-1.
+        key, secret: S3 credentials; default from the URI, then the AWS environment.
+        checkpoint_interval: write a full checkpoint every this many commits.
+        dedup_window: seconds for which caller-supplied transaction ids are remembered after they
+            were applied (retries within it are not counted twice).
+
+    Example:
+        >>> import ecanalytics as ec
+        >>> with ec.connect("memory://doc") as db:
+        ...     db.uri
+        'memory:///doc'
+    """
+    config = StorageConfig.from_uri(uri, endpoint_url=endpoint_url, region=region, key=key, secret=secret)
+    return Database(config, checkpoint_interval=checkpoint_interval, dedup_window_s=dedup_window)

@@ -1,0 +1,96 @@
+"""The one exception hierarchy of ecanalytics.
+
+Every error raised on purpose derives from :class:`EcError`. Two kinds sit below it:
+:class:`TransientError` (retrying later may succeed) and :class:`TerminalError` (fix the input or
+the configuration first). Where a built-in exception has the same meaning, the error also derives
+from it (``ValueError`` for bad input, ``KeyError`` for a missing record, ``OSError`` for storage), so
+existing ``except`` clauses keep working.
+"""
+
+from __future__ import annotations
+
+
+class EcError(Exception):
+    """Root of every ecanalytics error."""
+
+
+class TransientError(EcError):
+    """A failure that may succeed when retried (throttling, a lost commit race, a timeout)."""
+
+
+class TerminalError(EcError):
+    """A failure that retrying will not fix: change the input or the configuration."""
+
+
+class ValidationError(TerminalError, ValueError):
+    """Input was rejected before anything was written."""
+
+
+class InvalidValueError(ValidationError):
+    """An amount is not a finite number (NaN, infinity, a string, a bool, None...)."""
+
+
+class InvalidNameError(ValidationError):
+    """A resource, field or record id cannot be used (empty, path-like, reserved)."""
+
+
+class InvalidTimezoneError(ValidationError):
+    """The cohort time zone is not a known IANA zone."""
+
+
+class UnknownFieldError(ValidationError):
+    """The field is not managed by any plugin of this resource."""
+
+
+class FieldRequiredError(ValidationError):
+    """Several fields are managed, so the call must name one."""
+
+
+class SchemaError(ValidationError):
+    """An attribute definition or a record does not fit the resource schema."""
+
+
+class RecordExistsError(ValidationError):
+    """``insert`` was given an id that already exists."""
+
+
+class _KeyLikeError(TerminalError, KeyError):
+    # KeyError.__str__ quotes its argument; keep the readable message.
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class RecordNotFoundError(_KeyLikeError):
+    """No record has this id."""
+
+
+class UnknownResourceError(_KeyLikeError):
+    """No resource or transaction dataset has this name."""
+
+
+class ResourceExistsError(ValidationError):
+    """A resource with this name exists with a different schema."""
+
+
+class ConfigurationError(TerminalError):
+    """A plugin or database option is inconsistent."""
+
+
+class ReducerRequiredError(ConfigurationError):
+    """The field was configured with a custom Python reducer that must be passed again."""
+
+
+class ConsolidationError(TerminalError):
+    """A reducer failed or returned something that is not a finite number."""
+
+
+class StorageError(EcError, OSError):
+    """The object store failed in a way ecanalytics could not hide."""
+
+
+class CorruptObjectError(StorageError, TerminalError):
+    """A stored object cannot be decoded. Nothing was applied from it."""
+
+
+class CommitConflictError(StorageError, TransientError):
+    """Another writer kept winning the next log version; try again later."""

@@ -1,0 +1,55 @@
+"""The catalog: ``_catalog/{resource}.json`` holds a resource's schema and its plugin configs,
+so that ``ec.connect(uri)`` in a fresh process reopens everything from the URI alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ecanalytics.errors import CorruptObjectError
+from ecanalytics.storage import Store
+from ecanalytics.storage import paths as P
+
+FORMAT = 1
+
+
+def read_all(store: Store) -> dict[str, dict[str, Any]]:
+    """Every catalog entry, by resource name."""
+    out = {}
+    for name in store.list(P.catalog_dir()):
+        if name.endswith(".json"):
+            entry = read(store, name.removesuffix(".json"))
+            if entry is not None:
+                out[entry["name"]] = entry
+    return out
+
+
+def read(store: Store, resource: str) -> dict[str, Any] | None:
+    rel = P.catalog_entry(resource)
+    try:
+        raw = store.read(rel)
+    except FileNotFoundError:
+        return None
+    try:
+        entry: dict[str, Any] = json.loads(raw)
+        entry["name"], entry["attributes"]  # noqa: B018 - shape check
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptObjectError(f"Catalog entry {store.url(rel)} is unreadable; restore or delete it.") from exc
+    return entry
+
+
+def create(store: Store, resource: str, attributes: dict[str, str]) -> dict[str, Any]:
+    """Create the entry if absent; return whatever entry exists afterwards."""
+    entry = {"format": FORMAT, "name": resource, "attributes": attributes, "plugins": {}}
+    store.create(P.catalog_entry(resource), json.dumps(entry, indent=2).encode())
+    current = read(store, resource)
+    assert current is not None
+    return current
+
+
+def save_plugin(store: Store, resource: str, field: str, config: dict[str, Any]) -> None:
+    entry = read(store, resource)
+    if entry is None:
+        return
+    entry.setdefault("plugins", {})[field] = config
+    store.write(P.catalog_entry(resource), json.dumps(entry, indent=2).encode())

@@ -1,0 +1,266 @@
+"""The commit log of a resource: versioned state, create-only commits, checkpoints.
+
+State at version N is the latest checkpoint plus the log entries after it. A commit writes its
+delta first, then creates ``_log/{N+1:020d}.json`` only if absent. Whoever creates the entry owns
+version N+1; a loser reloads and rebuilds its commit from the new state. Every log entry carries a
+random token, so a PUT that succeeded but whose answer was lost (and was then retried into a 412)
+is still recognised as our own.
+
+The state tracks, per managed field:
+
+* ``consumed`` -- the transaction objects consumed by the field's latest commit. A consolidator
+  lists the inbox *after* loading the state and removes the markers of consumed objects before it
+  commits, so older consumed sets are no longer needed: the set stays as small as one commit.
+* ``applied_ids`` -- caller-supplied idempotency keys applied within ``dedup_window_s``, so that a
+  retried write is not counted twice even after its first copy was consolidated.
+"""
+
+from __future__ import annotations
+
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+import dataclasses
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import polars as pl
+
+from ecanalytics.errors import CommitConflictError, CorruptObjectError
+from ecanalytics.ledger.schema import Schema
+from ecanalytics.storage import Store
+from ecanalytics.storage import paths as P
+
+log = logging.getLogger(__name__)
+FaultHook = Callable[[str], None]
+IDS_SCHEMA: dict[str, pl.DataType] = {"field": pl.String(), "id": pl.String(), "committedAt": pl.Datetime("us", "UTC")}
+AUTO_ID_PREFIX = "auto-"
+
+
+def new_tx_id() -> str:
+    """A generated transaction id; time-sortable, so equal timestamps keep their write order."""
+    return f"{AUTO_ID_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:16]}"
+
+
+@dataclass(frozen=True)
+class Commit:
+    """What one commit changes. ``upserts`` holds full records; ``consumed`` replaces the field's set."""
+
+    kind: str
+    upserts: pl.DataFrame | None = None
+    deletes: tuple[str, ...] = ()
+    field: str | None = None
+    consumed: frozenset[str] | None = None
+    applied_ids: tuple[str, ...] = ()
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class State:
+    """The resource at one version."""
+
+    version: int
+    records: pl.DataFrame
+    consumed: dict[str, frozenset[str]]
+    applied_ids: pl.DataFrame
+    committed_at: datetime | None
+    checkpoint_version: int
+
+    def applied_keys(self, field_name: str) -> pl.Series:
+        return self.applied_ids.filter(pl.col("field") == field_name)["id"]
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    version: int
+    raw: dict[str, Any]
+
+    @property
+    def committed_at(self) -> datetime:
+        return datetime.fromisoformat(self.raw["committedAt"])
+
+
+class Ledger:
+    """Versioned record state of one resource, shared by every plugin of that resource."""
+
+    def __init__(
+        self,
+        store: Store,
+        resource: str,
+        schema: Schema,
+        *,
+        checkpoint_interval: int = 10,
+        dedup_window_s: float = 7 * 86400,
+    ) -> None:
+        self.store = store
+        self.resource = resource
+        self.schema = schema
+        self.checkpoint_interval = checkpoint_interval
+        self.dedup_window_s = dedup_window_s
+        self.fault: FaultHook | None = None  # test hook: called at each commit step
+        self._state: State | None = None
+        self._state_lock = threading.Lock()
+        self._commit_lock = threading.Lock()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _empty(self) -> State:
+        return State(0, self.schema.empty(), {}, pl.DataFrame(schema=IDS_SCHEMA), None, 0)
+
+    def _load_checkpoint(self) -> State:
+        try:
+            hint = json.loads(self.store.read(P.last_checkpoint(self.resource)))
+            records = self.store.read_parquet(hint["records"]).cast(self.schema.polars_schema)  # type: ignore[arg-type]
+            ids = self.store.read_parquet(hint["ids"]).cast(IDS_SCHEMA)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            return self._empty()
+        except (ValueError, KeyError, CorruptObjectError) as exc:
+            # The log is complete on its own; a bad hint only costs a longer replay.
+            log.warning("Ignoring unreadable checkpoint of %s (%s); replaying the log.", self.resource, exc)
+            return self._empty()
+        consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
+        at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
+        return State(hint["version"], records, consumed, ids, at, hint["version"])
+
+    def read_entry(self, version: int) -> LogEntry | None:
+        """The log entry of ``version``, or None if it does not exist yet."""
+        rel = P.log_entry(self.resource, version)
+        try:
+            raw = self.store.read(rel)
+        except FileNotFoundError:
+            return None
+        try:
+            return LogEntry(version, json.loads(raw))
+        except ValueError as exc:
+            raise CorruptObjectError(
+                f"Log entry {self.store.url(rel)} is not valid JSON; committed state cannot be read past it. "
+                "Restore it from a backup."
+            ) from exc
+
+    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None) -> State:
+        raw = entry.raw
+        records = st.records
+        changed = list(raw.get("deletes", []))
+        if upserts is not None and upserts.height:
+            changed.extend(upserts["id"].to_list())
+        if changed:
+            records = records.filter(~pl.col("id").is_in(changed))
+            if upserts is not None and upserts.height:
+                records = pl.concat([records, upserts.select(records.columns)], how="vertical")
+        consumed = st.consumed
+        applied = st.applied_ids
+        fld = raw.get("field")
+        if fld is not None and raw.get("consumed") is not None:
+            consumed = {**consumed, fld: frozenset(raw["consumed"])}
+        if raw.get("ids"):
+            ids = pl.DataFrame(
+                {"field": fld, "id": raw["ids"], "committedAt": entry.committed_at},
+                schema=IDS_SCHEMA,
+            )
+            applied = pl.concat([applied, ids], how="vertical")
+        return replace(st, version=entry.version, records=records, consumed=consumed,
+                       applied_ids=applied, committed_at=entry.committed_at)
+
+    def _replay(self, st: State) -> State:
+        while (entry := self.read_entry(st.version + 1)) is not None:
+            delta = entry.raw.get("delta")
+            upserts = self.store.read_parquet(delta).cast(self.schema.polars_schema) if delta else None  # type: ignore[arg-type]
+            st = self._apply(st, entry, upserts)
+        return st
+
+    def state(self) -> State:
+        """The latest committed state (reads only the log entries newer than the cached version)."""
+        with self._state_lock:
+            st = self._state if self._state is not None else self._load_checkpoint()
+            st = self._replay(st)
+            self._state = st
+            return st
+
+    # -- writing ---------------------------------------------------------------------------
+    def _fault(self, step: str) -> None:
+        if self.fault is not None:
+            self.fault(step)
+
+    def commit(self, build: Callable[[State], Commit | None], *, max_attempts: int = 60) -> tuple[State, Commit] | None:
+        """Build and commit the next version, retrying on a lost race. None if ``build`` had nothing to do.
+
+        ``build`` is called with the latest state on every attempt and must be free of side effects
+        that matter if its commit loses (it may run several times).
+        """
+        for attempt in range(max_attempts):
+            with self._commit_lock:
+                st = self.state()
+                change = build(st)
+                if change is None:
+                    return None
+                version, token = st.version + 1, uuid.uuid4().hex
+                now = datetime.now(timezone.utc)
+                raw: dict[str, Any] = {
+                    "version": version, "committedAt": now.isoformat(), "kind": change.kind,
+                    "token": token, "field": change.field, "deletes": list(change.deletes),
+                    "delta": None, "stats": change.stats,
+                    "consumed": sorted(change.consumed) if change.consumed is not None else None,
+                    "ids": [i for i in change.applied_ids if not i.startswith(AUTO_ID_PREFIX)],
+                }
+                upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
+                if upserts is not None and upserts.height:
+                    raw["delta"] = P.data_file(self.resource, version, token, "delta")
+                    self.store.write_parquet(raw["delta"], upserts)
+                self._fault("after_delta")
+                if not self._create_entry(version, raw):
+                    if raw["delta"]:
+                        self.store.delete([raw["delta"]])
+                    time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
+                    continue
+                self._fault("after_log")
+                entry = LogEntry(version, raw)
+                with self._state_lock:
+                    if self._state is not None and self._state.version == st.version:
+                        self._state = self._apply(st, entry, upserts)
+                new_state = self.state()
+                self._fault("before_checkpoint")
+                if version - new_state.checkpoint_version >= self.checkpoint_interval:
+                    self._checkpoint(new_state)
+                return new_state, change
+        raise CommitConflictError(
+            f"Gave up committing to {self.resource!r} after {max_attempts} lost races; "
+            "too many concurrent consolidators. Retry later or run fewer at once."
+        )
+
+    def _create_entry(self, version: int, raw: dict[str, Any]) -> bool:
+        rel = P.log_entry(self.resource, version)
+        if self.store.create(rel, json.dumps(raw, sort_keys=True).encode()):
+            return True
+        existing = self.read_entry(version)
+        return existing is not None and existing.raw.get("token") == raw["token"]
+
+    def _checkpoint(self, st: State) -> None:
+        """Snapshot records, the dedup window and the consumed sets at ``st.version``."""
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.dedup_window_s)
+        ids = st.applied_ids.filter(pl.col("committedAt") >= cutoff)
+        token = uuid.uuid4().hex
+        records_rel = P.data_file(self.resource, st.version, token, "checkpoint")
+        ids_rel = P.data_file(self.resource, st.version, token, "checkpoint-ids")
+        self.store.write_parquet(records_rel, st.records.sort("id"))
+        self.store.write_parquet(ids_rel, ids)
+        hint = {
+            "version": st.version, "records": records_rel, "ids": ids_rel,
+            "consumed": {f: sorted(k) for f, k in st.consumed.items()},
+            "committedAt": st.committed_at.isoformat() if st.committed_at else None,
+        }
+        try:
+            current = json.loads(self.store.read(P.last_checkpoint(self.resource)))["version"]
+        except (FileNotFoundError, ValueError, KeyError):
+            current = -1
+        if current < st.version:  # a racing checkpointer may have gone further; never go back
+            self.store.write(P.last_checkpoint(self.resource), json.dumps(hint).encode())
+        with self._state_lock:
+            if self._state is not None and self._state.version == st.version:
+                self._state = replace(self._state, checkpoint_version=st.version, applied_ids=ids)
+
+

@@ -1,0 +1,132 @@
+"""Resource schemas from the seed's attribute strings (``'string|required'``, ``'number|default:0'``)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import polars as pl
+
+from ecanalytics.errors import SchemaError
+from ecanalytics.storage.paths import validate_name, validate_record_id
+
+Kind = Literal["string", "number", "integer", "boolean"]
+_DTYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "number": pl.Float64(),
+    "integer": pl.Int64(),
+    "boolean": pl.Boolean(),
+}
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One typed attribute: its kind, whether it is required, and its default."""
+
+    name: str
+    kind: Kind
+    required: bool
+    default: Any
+    spec: str
+
+    @classmethod
+    def parse(cls, name: str, spec: str) -> Attribute:
+        """Parse ``'number|required|default:0'`` style specs."""
+        validate_name("attribute", name)
+        if not isinstance(spec, str) or not spec:
+            raise SchemaError(f"Attribute {name!r}: expected a spec string such as 'number|default:0'.")
+        kind, *rules = [p.strip() for p in spec.split("|")]
+        if kind not in _DTYPES:
+            raise SchemaError(f"Attribute {name!r}: unknown type {kind!r}; use one of {sorted(_DTYPES)}.")
+        required, default = False, None
+        for rule in rules:
+            if rule == "required":
+                required = True
+            elif rule == "optional":
+                required = False
+            elif rule.startswith("default:"):
+                default = _coerce(name, kind, rule[len("default:") :])  # type: ignore[arg-type]
+            else:
+                raise SchemaError(f"Attribute {name!r}: unknown rule {rule!r} (use required, optional, default:V).")
+        return cls(name, kind, required, default, spec)  # type: ignore[arg-type]
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return _DTYPES[self.kind]
+
+    def check(self, value: Any) -> Any:
+        """Validate one value of this attribute (None allowed)."""
+        if value is None:
+            return None
+        ok = {
+            "string": isinstance(value, str),
+            "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "boolean": isinstance(value, bool),
+        }[self.kind]
+        if not ok:
+            raise SchemaError(f"Attribute {self.name!r} is {self.kind}; got {type(value).__name__} {value!r}.")
+        if self.kind == "number":
+            if not math.isfinite(value):
+                raise SchemaError(f"Attribute {self.name!r} must be finite; got {value!r}.")
+            return float(value)
+        return value
+
+
+def _coerce(name: str, kind: Kind, text: str) -> Any:
+    try:
+        if kind == "number":
+            return float(text)
+        if kind == "integer":
+            return int(text)
+        if kind == "boolean":
+            return {"true": True, "false": False}[text.lower()]
+    except (ValueError, KeyError) as exc:
+        raise SchemaError(f"Attribute {name!r}: default {text!r} is not a valid {kind}.") from exc
+    return text
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The attributes of a resource. ``id`` is always present and is a required string."""
+
+    attributes: dict[str, Attribute]
+
+    @classmethod
+    def parse(cls, spec: dict[str, str]) -> Schema:
+        if not isinstance(spec, dict) or not spec:
+            raise SchemaError("attributes must be a non-empty dict such as {'id': 'string|required'}.")
+        attrs = {name: Attribute.parse(name, s) for name, s in spec.items()}
+        if "id" not in attrs:
+            attrs = {"id": Attribute.parse("id", "string|required"), **attrs}
+        if attrs["id"].kind != "string":
+            raise SchemaError("The 'id' attribute must be a string.")
+        return cls(attrs)
+
+    def to_spec(self) -> dict[str, str]:
+        return {a.name: a.spec for a in self.attributes.values()}
+
+    @property
+    def polars_schema(self) -> dict[str, pl.DataType]:
+        return {a.name: a.dtype for a in self.attributes.values()}
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.polars_schema)
+
+    def new_record(self, values: dict[str, Any], *, check_required: bool = True) -> dict[str, Any]:
+        """A full record: validated values, defaults for the rest, required ones enforced."""
+        unknown = set(values) - set(self.attributes)
+        if unknown:
+            raise SchemaError(f"Unknown attribute(s) {sorted(unknown)}; the schema has {sorted(self.attributes)}.")
+        out: dict[str, Any] = {}
+        for name, attr in self.attributes.items():
+            value = attr.check(values[name]) if name in values else attr.default
+            if value is None and attr.required and check_required:
+                raise SchemaError(f"Attribute {name!r} is required.")
+            out[name] = value
+        validate_record_id(out["id"])
+        return out
+
+    def frame(self, rows: list[dict[str, Any]]) -> pl.DataFrame:
+        return pl.DataFrame(rows, schema=self.polars_schema, orient="row") if rows else self.empty()

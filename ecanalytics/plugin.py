@@ -1,0 +1,317 @@
+"""``EventualConsistencyPlugin``: one managed numeric field of one resource."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+
+from ecanalytics.consolidation import ConsolidationResult, Consolidator, Reducer
+from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError
+from ecanalytics.ledger import new_tx_id
+from ecanalytics.ledger.log import AUTO_ID_PREFIX
+from ecanalytics.ledger.transactions import (
+    check_amount,
+    check_timestamp,
+    check_timezone,
+    tx_frame,
+    write_transactions,
+)
+from ecanalytics.storage import paths as P
+from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer
+
+if TYPE_CHECKING:
+    from ecanalytics.resource import Resource
+
+log = logging.getLogger(__name__)
+Callback = Callable[[dict[str, Any]], None]
+EVENTS = ("eventual-consistency.consolidated", "eventual-consistency.transaction-error")
+
+
+class EventualConsistencyPlugin:
+    """Keep ``resource.field`` eventually consistent through add/sub/set transactions.
+
+    Args:
+        resource: the resource name (it may be created later: setup is deferred until then).
+        field: the numeric attribute to manage.
+        mode: ``"async"`` (writes return once durable, or buffered when batching) or ``"sync"``
+            (writes return the committed new value; concurrent sync writers in a process share
+            one consolidation).
+        auto_consolidate: consolidate every ``consolidation_interval`` seconds on a background
+            thread, stopped by ``db.close()``.
+        consolidation_interval: seconds between background consolidations.
+        cohort: ``{"timezone": "America/Sao_Paulo"}``; an IANA zone, default UTC.
+        batch_transactions: buffer up to ``batch_size`` transactions per Parquet object.
+        batch_size: buffered transactions that trigger a flush.
+        flush_interval: seconds after which a non-empty buffer is flushed anyway.
+        reducer: None (last ``set`` then adds/subs), a built-in name (``"sum"``, ``"max"``,
+            ``"min"``, ``"last"``) or a Python callable ``reducer(transactions) -> number``.
+
+    Example:
+        >>> plugin = EventualConsistencyPlugin(resource="wallets", field="balance", mode="sync")
+        >>> plugin.dataset
+        'wallets_transactions_balance'
+    """
+
+    def __init__(
+        self,
+        resource: str,
+        field: str,
+        *,
+        mode: Mode = "async",
+        auto_consolidate: bool = True,
+        consolidation_interval: float = 3600.0,
+        cohort: dict[str, str] | None = None,
+        batch_transactions: bool = False,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        reducer: BuiltinReducer | PythonReducer | None = None,
+    ) -> None:
+        self.resource_name = P.validate_resource_name(resource)
+        self.field = P.validate_name("field", field)
+        if mode not in ("sync", "async"):
+            raise ConfigurationError(f"mode must be 'sync' or 'async'; got {mode!r}.")
+        for name, value in (("consolidation_interval", consolidation_interval), ("flush_interval", flush_interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds; got {value!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        cohort = dict(cohort or {})
+        unknown = set(cohort) - {"timezone"}
+        if unknown:
+            raise ConfigurationError(f"Unknown cohort option(s) {sorted(unknown)}; only 'timezone' is supported.")
+        self.timezone = check_timezone(cohort.get("timezone", "UTC"))
+        self.mode: Mode = mode
+        self.auto_consolidate = bool(auto_consolidate)
+        self.consolidation_interval = float(consolidation_interval)
+        self.batch_transactions = bool(batch_transactions)
+        self.batch_size = batch_size
+        self.flush_interval = float(flush_interval)
+        self._reducer: Reducer | None = Reducer(reducer)
+        self._missing_reducer: str | None = None
+        self._listeners: dict[str, list[Callback]] = {}
+        self._resource: Resource | None = None
+        self._consolidator: Consolidator | None = None
+        self._buffer: list[dict[str, Any]] = []
+        self._buffer_since = 0.0
+        self._buffer_lock = threading.Lock()
+        self._gc = threading.Condition()
+        self._gc_requested = self._gc_done = 0
+        self._gc_running = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- identity and persistence ----------------------------------------------------------
+    @property
+    def dataset(self) -> str:
+        """Name of this field's transaction dataset."""
+        return P.transactions_dataset(self.resource_name, self.field)
+
+    @property
+    def reducer_name(self) -> str:
+        return self._reducer.name if self._reducer else str(self._missing_reducer)
+
+    def config(self) -> dict[str, Any]:
+        """The options as stored in the catalog."""
+        return {
+            "mode": self.mode, "auto_consolidate": self.auto_consolidate,
+            "consolidation_interval": self.consolidation_interval, "cohort": {"timezone": self.timezone},
+            "batch_transactions": self.batch_transactions, "batch_size": self.batch_size,
+            "flush_interval": self.flush_interval, "reducer": self.reducer_name,
+        }
+
+    @classmethod
+    def from_config(cls, resource: str, field: str, config: dict[str, Any]) -> EventualConsistencyPlugin:
+        """Rebuild a plugin from the catalog. A custom Python reducer cannot be stored: it must be
+        passed again before consolidating (writes keep working meanwhile)."""
+        options = dict(config)
+        reducer = options.pop("reducer", "default")
+        custom = isinstance(reducer, str) and reducer.startswith("python:")
+        plugin = cls(resource, field, reducer=None if custom else reducer, **options)
+        if custom:
+            plugin._reducer, plugin._missing_reducer = None, reducer
+        return plugin
+
+    # -- events ----------------------------------------------------------------------------
+    def on(self, event: str, callback: Callback) -> Callback:
+        """Call ``callback(payload)`` on ``event`` (see ``EVENTS``); returns the callback."""
+        if event not in EVENTS:
+            raise ConfigurationError(f"Unknown event {event!r}; use one of {list(EVENTS)}.")
+        self._listeners.setdefault(event, []).append(callback)
+        return callback
+
+    def off(self, event: str, callback: Callback) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        self._listeners.get(event, []).remove(callback)
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        for callback in list(self._listeners.get(event, [])):
+            try:
+                callback(payload)
+            except Exception:  # a listener must never break a write or a commit
+                log.exception("Listener for %s failed", event)
+
+    def _error(self, stage: str, exc: BaseException, **extra: Any) -> None:
+        self._emit("eventual-consistency.transaction-error", {
+            "resource": self.resource_name, "field": self.field, "stage": stage,
+            "error": exc, "message": str(exc), **extra,
+        })
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def _attach(self, resource: Resource) -> None:
+        self._resource = resource
+        attr = resource.schema.attributes.get(self.field)
+        if attr is None or attr.kind != "number":
+            raise ConfigurationError(
+                f"Field {self.field!r} of {self.resource_name!r} must be a 'number' attribute to be managed; "
+                f"the schema has {attr.spec if attr else 'no such attribute'}."
+            )
+        self._consolidator = Consolidator(
+            resource.ledger, self.field, self._require_reducer, attr.default if attr.default is not None else 0.0
+        )
+        if self.auto_consolidate or self.batch_transactions:
+            self._thread = threading.Thread(target=self._background, name=f"ec-{self.dataset}", daemon=True)
+            self._thread.start()
+
+    def _require_reducer(self) -> Reducer:
+        if self._reducer is None:
+            raise ReducerRequiredError(
+                f"{self.resource_name}.{self.field} was configured with the custom reducer {self._missing_reducer}, "
+                "and Python functions are not stored in the catalog. Pass it again: db.use_plugin("
+                f"ec.EventualConsistencyPlugin(resource={self.resource_name!r}, field={self.field!r}, reducer=<function>))."
+            )
+        return self._reducer
+
+    @property
+    def consolidator(self) -> Consolidator:
+        if self._consolidator is None:
+            raise ConfigurationError(
+                f"Plugin for {self.resource_name}.{self.field} is waiting for its resource: "
+                f"db.create_resource({self.resource_name!r}, ...) first."
+            )
+        return self._consolidator
+
+    def _background(self) -> None:
+        tick = min(self.flush_interval, self.consolidation_interval) if self.batch_transactions else self.consolidation_interval
+        last = time.monotonic()
+        while not self._stop.wait(tick):
+            try:
+                if self.batch_transactions:
+                    with self._buffer_lock:
+                        due = bool(self._buffer) and time.monotonic() - self._buffer_since >= self.flush_interval
+                    if due:
+                        self.flush()
+                if self.auto_consolidate and time.monotonic() - last >= self.consolidation_interval:
+                    last = time.monotonic()
+                    self.consolidate()
+            except Exception as exc:  # reported through events; the thread keeps running
+                log.warning("Background work on %s failed: %s", self.dataset, exc)
+
+    def close(self) -> None:
+        """Flush the buffer and stop the background thread."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+        self.flush()
+
+    # -- writes ----------------------------------------------------------------------------
+    def transaction(
+        self, record_id: str, operation: Operation, amount: object, *,
+        tx_id: str | None = None, timestamp: datetime | None = None, source: str | None = None,
+    ) -> dict[str, Any]:
+        """Validate and build one transaction row (nothing is written)."""
+        P.validate_record_id(record_id)
+        value = check_amount(amount)
+        if tx_id is not None:
+            P.validate_record_id(tx_id)
+            if tx_id.startswith(AUTO_ID_PREFIX):
+                raise InvalidValueError(f"Transaction ids starting with {AUTO_ID_PREFIX!r} are reserved; choose another key.")
+        if source is not None and not isinstance(source, str):
+            raise InvalidValueError(f"source must be a string; got {type(source).__name__}.")
+        ts = check_timestamp(timestamp) if timestamp is not None else datetime.now(timezone.utc)
+        return {"id": tx_id or new_tx_id(), "originalId": record_id, "field": self.field, "value": value,
+                "operation": operation, "timestamp": ts, "source": source or "api"}
+
+    def write(self, row: dict[str, Any]) -> float | None:
+        """Persist (or buffer) one validated transaction; in sync mode, return the committed value."""
+        consolidator = self.consolidator
+        if self.batch_transactions and self.mode == "async":
+            with self._buffer_lock:
+                if not self._buffer:
+                    self._buffer_since = time.monotonic()
+                self._buffer.append(row)
+                full = len(self._buffer) >= self.batch_size
+            if full:
+                self.flush()
+            return None
+        try:
+            write_transactions(consolidator.store, self.dataset, self.timezone, tx_frame([row]))
+        except Exception as exc:
+            self._error("write", exc, recordId=row["originalId"])
+            raise
+        if self.mode == "async":
+            return None
+        self.flush()
+        self._group_commit()
+        return self._resource.value(row["originalId"], self.field, consistent=False) if self._resource else None
+
+    def flush(self) -> int:
+        """Write buffered transactions now; returns how many were written."""
+        with self._buffer_lock:
+            rows, self._buffer = self._buffer, []
+            if not rows:
+                return 0
+            try:
+                write_transactions(self.consolidator.store, self.dataset, self.timezone, tx_frame(rows))
+            except Exception as exc:
+                self._buffer = rows + self._buffer  # keep them for the next flush
+                self._error("flush", exc, count=len(rows))
+                raise
+        return len(rows)
+
+    def _group_commit(self) -> None:
+        # A consolidation that *starts* after our write was durable covers it, so concurrent sync
+        # writers wait for one run instead of racing for versions.
+        with self._gc:
+            self._gc_requested += 1
+            ticket = self._gc_requested
+            while self._gc_done < ticket:
+                if self._gc_running:
+                    self._gc.wait()
+                    continue
+                self._gc_running, target = True, self._gc_requested
+                self._gc.release()
+                try:
+                    self.consolidate()
+                    ok = True
+                finally:
+                    self._gc.acquire()
+                    self._gc_running = False
+                    self._gc.notify_all()
+                if ok:
+                    self._gc_done = max(self._gc_done, target)
+
+    # -- consolidation ---------------------------------------------------------------------
+    def consolidate(self) -> ConsolidationResult:
+        """Consolidate every pending transaction of this field and commit the new values."""
+        self.flush()
+        try:
+            result = self.consolidator.run()
+        except Exception as exc:
+            self._error("consolidate", exc)
+            raise
+        if result.version is not None:
+            self._emit("eventual-consistency.consolidated", {
+                **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
+            })
+        return result
+
+    def pending(self) -> pl.DataFrame:
+        """The pending (not yet applied) transactions, deduplicated, without committing anything."""
+        consolidator = self.consolidator
+        return consolidator.pending(consolidator.ledger.state(), cleanup=False).rows.drop("_object")

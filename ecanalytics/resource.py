@@ -1,0 +1,288 @@
+"""Resources (records keyed by ``id``) and transaction datasets, as users see them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, overload
+
+import polars as pl
+
+from ecanalytics.errors import (
+    FieldRequiredError,
+    RecordExistsError,
+    RecordNotFoundError,
+    SchemaError,
+    UnknownFieldError,
+)
+from ecanalytics.ledger import Commit, Ledger, Schema, State
+from ecanalytics.ledger.transactions import COHORT_SCHEMA, TX_SCHEMA, Inbox
+from ecanalytics.storage import decode_parquet
+from ecanalytics.storage import paths as P
+from ecanalytics.types import Operation
+
+if TYPE_CHECKING:
+    from ecanalytics.plugin import EventualConsistencyPlugin
+
+Filter = Mapping[str, Any]
+
+
+def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
+    """Equality filters; a list, tuple or set value means "any of"."""
+    if not where:
+        return df
+    exprs = []
+    for column, value in where.items():
+        if column not in df.columns:
+            raise SchemaError(f"Cannot filter on unknown column {column!r}; columns are {df.columns}.")
+        dtype = df.schema[column]
+        values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
+        if dtype == pl.Date:
+            values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+        exprs.append(pl.col(column).is_in(pl.Series(values, dtype=dtype).implode()))
+    return df.filter(exprs)
+
+
+class Resource:
+    """A table of records keyed by ``id``. Managed fields change through ``add``/``sub``/``set``.
+
+    Reads (``get``, ``query``, ``to_polars``, ``scan``) return the consolidated state; ``value``
+    can also fold in pending transactions on the fly.
+    """
+
+    def __init__(self, name: str, schema: Schema, ledger: Ledger) -> None:
+        self.name = name
+        self.schema = schema
+        self.ledger = ledger
+        self.plugins: dict[str, EventualConsistencyPlugin] = {}
+
+    def __repr__(self) -> str:
+        return f"Resource({self.name!r}, fields={list(self.plugins)})"
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The managed fields."""
+        return tuple(self.plugins)
+
+    # -- records ---------------------------------------------------------------------------
+    def _check_unmanaged(self, values: Mapping[str, Any], verb: str) -> None:
+        managed = sorted(set(values) & set(self.plugins))
+        if managed:
+            raise SchemaError(f"{managed} are managed fields; change them with set/add/sub, not {verb}().")
+
+    def insert(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Insert a new record; managed fields may be given their starting value here."""
+        row = self.schema.new_record(dict(record))
+
+        def build(st: State) -> Commit:
+            if st.records.filter(pl.col("id") == row["id"]).height:
+                raise RecordExistsError(f"{self.name} already has a record {row['id']!r}; use update() instead.")
+            return Commit("insert", upserts=self.schema.frame([row]))
+
+        self.ledger.commit(build)
+        return row
+
+    def get(self, record_id: str) -> dict[str, Any]:
+        """The consolidated record; :class:`RecordNotFoundError` (a ``KeyError``) if absent."""
+        P.validate_record_id(record_id)
+        rows = self.ledger.state().records.filter(pl.col("id") == record_id)
+        if rows.height == 0:
+            raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
+        return rows.row(0, named=True)
+
+    def update(self, record_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Change unmanaged attributes of an existing record."""
+        P.validate_record_id(record_id)
+        self._check_unmanaged(changes, "update")
+        if "id" in changes and changes["id"] != record_id:
+            raise SchemaError("The id of a record cannot change.")
+        result: dict[str, Any] = {}
+
+        def build(st: State) -> Commit:
+            rows = st.records.filter(pl.col("id") == record_id)
+            if rows.height == 0:
+                raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
+            result.clear()
+            result.update(self.schema.new_record({**rows.row(0, named=True), **changes}))
+            return Commit("update", upserts=self.schema.frame([result]))
+
+        self.ledger.commit(build)
+        return result
+
+    def delete(self, record_id: str) -> None:
+        """Delete a record. Transactions that arrive for it later re-create it with defaults."""
+        P.validate_record_id(record_id)
+
+        def build(st: State) -> Commit:
+            if st.records.filter(pl.col("id") == record_id).height == 0:
+                raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
+            return Commit("delete", deletes=(record_id,))
+
+        self.ledger.commit(build)
+
+    def to_polars(self) -> pl.DataFrame:
+        """All records with their consolidated values, sorted by id."""
+        return self.ledger.state().records.sort("id")
+
+    def scan(self) -> pl.LazyFrame:
+        """A LazyFrame over the consolidated records."""
+        return self.to_polars().lazy()
+
+    def query(self, where: Filter | None = None) -> pl.DataFrame:
+        """Records matching equality filters, e.g. ``query({"currency": "USD"})``."""
+        return _apply_filter(self.to_polars(), where)
+
+    # -- managed fields --------------------------------------------------------------------
+    def plugin(self, field: str | None = None) -> EventualConsistencyPlugin:
+        """The plugin managing ``field`` (which may be omitted when exactly one field is managed)."""
+        if field is None:
+            if len(self.plugins) == 1:
+                return next(iter(self.plugins.values()))
+            if not self.plugins:
+                raise UnknownFieldError(
+                    f"{self.name} has no managed field; db.use_plugin(ec.EventualConsistencyPlugin("
+                    f"resource={self.name!r}, field=...)) first."
+                )
+            raise FieldRequiredError(
+                "Multiple fields have eventual consistency. Please specify the field: "
+                f"one of {sorted(self.plugins)} (e.g. {self.name}.add(id, {sorted(self.plugins)[0]!r}, amount))."
+            )
+        if field not in self.plugins:
+            raise UnknownFieldError(
+                f"{field!r} is not a managed field of {self.name}; managed fields: {sorted(self.plugins) or 'none'}."
+            )
+        return self.plugins[field]
+
+    def _route(self, args: tuple[Any, ...]) -> tuple[EventualConsistencyPlugin, Any]:
+        if len(args) == 1:
+            return self.plugin(None), args[0]
+        if len(args) == 2:
+            if not isinstance(args[0], str):
+                raise UnknownFieldError(f"Expected (id, field, amount); the field {args[0]!r} is not a name.")
+            return self.plugin(args[0]), args[1]
+        raise TypeError("Call as op(id, amount) or op(id, field, amount).")
+
+    def _op(self, operation: Operation, record_id: str, args: tuple[Any, ...],
+            tx_id: str | None, timestamp: dt.datetime | None, source: str | None) -> float | None:
+        plugin, amount = self._route(args)
+        row = plugin.transaction(record_id, operation, amount, tx_id=tx_id, timestamp=timestamp, source=source)
+        return plugin.write(row)
+
+    @overload
+    def add(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    @overload
+    def add(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def add(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+        """Add ``amount`` (``add(id, amount)`` or ``add(id, field, amount)``).
+
+        ``id=`` is an idempotency key, ``timestamp=`` the event time (a backfill's cohort follows
+        it). Returns the committed value in sync mode, None in async mode.
+        """
+        return self._op("add", record_id, args, id, timestamp, source)
+
+    @overload
+    def sub(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    @overload
+    def sub(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def sub(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+        """Subtract ``amount``; same call shapes and options as :meth:`add`."""
+        return self._op("sub", record_id, args, id, timestamp, source)
+
+    @overload
+    def set(self, record_id: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    @overload
+    def set(self, record_id: str, field: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def set(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+        """Set the absolute value; same call shapes and options as :meth:`add`."""
+        return self._op("set", record_id, args, id, timestamp, source)
+
+    def consolidate(self, record_id: str, field: str | None = None) -> float:
+        """Consolidate the field (all its pending transactions) and return this record's value."""
+        P.validate_record_id(record_id)
+        self.plugin(field).consolidate()
+        return self.value(record_id, field, consistent=False)
+
+    def value(self, record_id: str, field: str | None = None, *, consistent: bool = True) -> float:
+        """The field's value. With ``consistent=True`` pending transactions are folded in on the fly
+        (read-your-writes, nothing is committed); otherwise the last consolidated value."""
+        P.validate_record_id(record_id)
+        plugin = self.plugin(field)
+        consolidator = plugin.consolidator
+        st = self.ledger.state()
+        if consistent:
+            plugin.flush()
+            rows = consolidator.pending(st, cleanup=False).rows.filter(pl.col("originalId") == record_id)
+            if rows.height:
+                return float(consolidator.fold(st, rows)["value"][0])
+        found = st.records.filter(pl.col("id") == record_id)
+        if found.height == 0:
+            raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
+        current = found[plugin.field][0]
+        return float(current) if current is not None else consolidator.default
+
+
+class TransactionDataset:
+    """The transaction history of one managed field, queryable by ``cohortDate`` / ``cohortMonth``.
+
+    Filters on ``cohortDate`` or ``cohortMonth`` list only the matching partitions. ``applied`` is
+    derived: a transaction is applied unless its object is still pending in the inbox.
+    """
+
+    def __init__(self, plugin: EventualConsistencyPlugin) -> None:
+        self.plugin = plugin
+        self.name = plugin.dataset
+
+    def __repr__(self) -> str:
+        return f"TransactionDataset({self.name!r})"
+
+    def _objects(self, where: Filter | None) -> list[str]:
+        store = self.plugin.consolidator.store
+        where = where or {}
+
+        def listed(value: Any) -> list[str]:
+            return [str(v) for v in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
+
+        if "cohortDate" in where:
+            prefixes = [P.partition_dir(self.name, d) for d in listed(where["cohortDate"])]
+        elif "cohortMonth" in where:
+            prefixes = [P.month_dir(self.name, m) for m in listed(where["cohortMonth"])]
+        else:
+            prefixes = [self.name]
+        return sorted({k for p in prefixes for k in store.find(p, ".parquet") if "/_" not in k[len(self.name):]})
+
+    def query(self, where: Filter | None = None) -> pl.DataFrame:
+        """Transactions matching equality filters, with the partition columns and ``applied``."""
+        consolidator = self.plugin.consolidator
+        store = consolidator.store
+        keys = self._objects(where)
+        pending_keys = set(Inbox.list(store, self.name).markers) - consolidator.ledger.state().consumed.get(
+            self.plugin.field, frozenset()
+        )
+        frames = []
+        for key, blob in store.read_many(keys).items():
+            if blob is None:
+                continue
+            day = key.split("cohortDate=", 1)[1].split("/", 1)[0]
+            frames.append(decode_parquet(blob, store.url(key)).select(list(TX_SCHEMA)).with_columns(
+                pl.lit(dt.date.fromisoformat(day)).alias("cohortDate"),
+                pl.lit(day[:7]).alias("cohortMonth"),
+                pl.lit(key not in pending_keys).alias("applied"),
+            ))
+        schema = {**TX_SCHEMA, **COHORT_SCHEMA, "applied": pl.Boolean()}
+        df = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+        order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]
+        return _apply_filter(df.select(order), where).sort("timestamp", "id")
+
+    def to_polars(self) -> pl.DataFrame:
+        """Every transaction of the field."""
+        return self.query()
+
+    def scan(self, where: Filter | None = None) -> pl.LazyFrame:
+        """A LazyFrame over :meth:`query`."""
+        return self.query(where).lazy()
+
+    def pending(self) -> pl.DataFrame:
+        """Transactions not yet applied (deduplicated)."""
+        return self.plugin.pending()
+
+

@@ -1,0 +1,147 @@
+"""Every storage path is built here, and every user-supplied name is validated here.
+
+Layout under the root::
+
+    _catalog/{resource}.json
+    {resource}/_log/{version:020d}.json           create-only commit log
+    {resource}/_log/_last_checkpoint.json         hint, overwritten
+    {resource}/_data/{version:020d}-{token}.*     deltas and checkpoints named by commits
+    {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
+    {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
+
+Record ids are data and never appear in a path. Resource and field names do, so they must be
+identifiers: they also name DuckDB views and Polars columns.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+from ecanalytics.errors import InvalidNameError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_FILE_ID = re.compile(r"^\d{20}-[0-9a-f]{32}$")
+TX_INFIX = "_transactions_"
+MAX_ID_LENGTH = 1024
+
+
+def validate_name(kind: str, name: object) -> str:
+    """Check a resource or field name; it must be an identifier such as ``wallets``."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidNameError(
+            f"Invalid {kind} name {name!r}: use a letter followed by letters, digits or '_' "
+            "(no '/', '=', '.', spaces or empty names), at most 100 characters."
+        )
+    return name
+
+
+def validate_resource_name(name: object) -> str:
+    """A resource name, which must not collide with a transaction dataset."""
+    checked = validate_name("resource", name)
+    if TX_INFIX in checked:
+        raise InvalidNameError(
+            f"Resource name {checked!r} contains {TX_INFIX!r}, which is reserved for the transaction "
+            "datasets ({resource}_transactions_{field}); choose another name."
+        )
+    return checked
+
+
+def validate_record_id(record_id: object) -> str:
+    """Check a record id (or a transaction id): a non-empty string that cannot be read as a path."""
+    if not isinstance(record_id, str):
+        raise InvalidNameError(f"Record ids are strings; got {type(record_id).__name__} {record_id!r}.")
+    problem = None
+    if not record_id:
+        problem = "it is empty"
+    elif len(record_id) > MAX_ID_LENGTH:
+        problem = f"it is longer than {MAX_ID_LENGTH} characters"
+    elif "/" in record_id or "\\" in record_id:
+        problem = "it contains a path separator"
+    elif ".." in record_id:
+        problem = "it contains '..'"
+    elif "=" in record_id:
+        problem = "it contains '=' (reserved for partition segments)"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in record_id):
+        problem = "it contains a control character"
+    if problem:
+        raise InvalidNameError(f"Invalid id {record_id!r}: {problem}. Use a plain string such as 'wallet-1'.")
+    return record_id
+
+
+def transactions_dataset(resource: str, field: str) -> str:
+    """Name of the transaction dataset of a managed field, e.g. ``wallets_transactions_balance``."""
+    return f"{resource}{TX_INFIX}{field}"
+
+
+def new_file_id() -> str:
+    """A unique, time-sortable object name: nanoseconds since the epoch, then a random UUID."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+
+
+def file_id_time_ns(file_id: str) -> int:
+    """When the writer created ``file_id`` (its own clock)."""
+    return int(file_id.split("-", 1)[0])
+
+
+def catalog_dir() -> str:
+    return "_catalog"
+
+
+def catalog_entry(resource: str) -> str:
+    return f"_catalog/{resource}.json"
+
+
+def log_dir(resource: str) -> str:
+    return f"{resource}/_log"
+
+
+def log_entry(resource: str, version: int) -> str:
+    return f"{resource}/_log/{version:020d}.json"
+
+
+def last_checkpoint(resource: str) -> str:
+    return f"{resource}/_log/_last_checkpoint.json"
+
+
+def data_file(resource: str, version: int, token: str, kind: str) -> str:
+    return f"{resource}/_data/{version:020d}-{token}.{kind}.parquet"
+
+
+def _check_date(cohort_date: str) -> str:
+    if not _DATE.match(cohort_date):
+        raise InvalidNameError(f"Invalid cohort date {cohort_date!r}; expected YYYY-MM-DD.")
+    return cohort_date
+
+
+def partition_dir(dataset: str, cohort_date: str) -> str:
+    d = _check_date(cohort_date)
+    return f"{dataset}/cohortMonth={d[:7]}/cohortDate={d}"
+
+
+def month_dir(dataset: str, cohort_month: str) -> str:
+    if not re.match(r"^\d{4}-\d{2}$", cohort_month):
+        raise InvalidNameError(f"Invalid cohort month {cohort_month!r}; expected YYYY-MM.")
+    return f"{dataset}/cohortMonth={cohort_month}"
+
+
+def tx_object(dataset: str, cohort_date: str, file_id: str) -> str:
+    return f"{partition_dir(dataset, cohort_date)}/{file_id}.parquet"
+
+
+def inbox_dir(dataset: str) -> str:
+    return f"{dataset}/_inbox"
+
+
+def inbox_marker(dataset: str, cohort_date: str, file_id: str) -> str:
+    return f"{inbox_dir(dataset)}/{_check_date(cohort_date)}.{file_id}"
+
+
+def marker_to_object(dataset: str, marker_name: str) -> tuple[str, str] | None:
+    """The transaction object a marker points to, and its file id; None for a foreign file."""
+    cohort_date, _, file_id = marker_name.partition(".")
+    if not _DATE.match(cohort_date) or not _FILE_ID.match(file_id):
+        return None
+    return tx_object(dataset, cohort_date, file_id), file_id

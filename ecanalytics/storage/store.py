@@ -1,0 +1,198 @@
+"""Byte-level access to one database root, the same on local disk, ``memory://`` and S3.
+
+All paths given to :class:`Store` are relative to the root. The one operation that is not plain
+fsspec is :meth:`Store.create`, a create-only write: S3 ``If-None-Match: *`` through s3fs
+``pipe_file(mode="create")``, an atomic ``link`` on local disk (the object appears complete or
+not at all), and a process-wide lock for ``memory://``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import fsspec
+import polars as pl
+
+from ecanalytics.errors import CorruptObjectError, StorageError
+from ecanalytics.storage.config import StorageConfig
+
+_MEMORY_LOCK = threading.Lock()
+
+
+class Store:
+    """Relative-path object access under one root.
+
+    Example:
+        >>> s = Store(StorageConfig.from_uri("memory://doc-store"))
+        >>> s.create("a/b.json", b"{}"), s.create("a/b.json", b"{}")
+        (True, False)
+    """
+
+    def __init__(self, config: StorageConfig) -> None:
+        self.config = config
+        self.fs: fsspec.AbstractFileSystem = config.filesystem()
+        self.root = config.root
+
+    # -- paths -----------------------------------------------------------------------------
+    def abs(self, rel: str) -> str:
+        """Absolute store path of ``rel``."""
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def rel(self, path: str) -> str:
+        """Inverse of :meth:`abs` for paths returned by the filesystem."""
+        path = path.split("://", 1)[-1] if self.config.protocol != "file" else path
+        root = self.root.lstrip("/") if self.config.protocol == "s3" else self.root
+        stripped = path.lstrip("/") if self.config.protocol == "s3" else path
+        if self.config.protocol == "memory":
+            stripped = "/" + path.lstrip("/")
+        if not stripped.startswith(root + "/"):
+            raise StorageError(f"{path!r} is outside the database root {self.root!r}")
+        return stripped[len(root) + 1 :]
+
+    def url(self, rel: str) -> str:
+        """A URL for ``rel`` that Polars or DuckDB can open."""
+        return self.config.url(self.abs(rel))
+
+    # -- reads -----------------------------------------------------------------------------
+    def read(self, rel: str) -> bytes:
+        """The bytes of one object; ``FileNotFoundError`` if absent."""
+        data: bytes = self.fs.cat_file(self.abs(rel))
+        return data
+
+    def read_many(self, rels: Sequence[str]) -> dict[str, bytes | None]:
+        """Fetch several objects concurrently (on S3); a missing one maps to None."""
+        if not rels:
+            return {}
+        paths = [self.abs(r) for r in rels]
+        got: dict[str, Any] = self.fs.cat(paths, on_error="return")
+        out: dict[str, bytes | None] = {}
+        for rel, path in zip(rels, paths, strict=True):
+            value = got.get(path, got.get(path.lstrip("/")))
+            if isinstance(value, FileNotFoundError) or value is None:
+                out[rel] = None
+            elif isinstance(value, BaseException):
+                raise StorageError(f"Reading {self.url(rel)} failed: {value}") from value
+            else:
+                out[rel] = value
+        return out
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.abs(rel)))
+
+    def list(self, rel_dir: str) -> list[str]:
+        """Names of the files directly inside ``rel_dir`` (empty if it does not exist)."""
+        try:
+            entries = self.fs.ls(self.abs(rel_dir), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"
+        )
+
+    def list_dirs(self, rel_dir: str) -> list[str]:
+        """Names of the sub-folders directly inside ``rel_dir``."""
+        try:
+            entries = self.fs.ls(self.abs(rel_dir), detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(
+            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
+        )
+
+    def find(self, rel_dir: str, suffix: str = "") -> list[str]:
+        """Every file below ``rel_dir`` (recursive), relative to the root, sorted."""
+        try:
+            found = self.fs.find(self.abs(rel_dir))
+        except FileNotFoundError:
+            return []
+        return sorted(self.rel(p) for p in found if p.endswith(suffix))
+
+    # -- writes ----------------------------------------------------------------------------
+    def write(self, rel: str, data: bytes) -> None:
+        """Write (or overwrite) an object. Local writes go through a temp file and a rename."""
+        path = self.abs(rel)
+        if self.config.protocol == "file":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def create(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` only if absent. True if this call created it, False if it existed."""
+        path = self.abs(rel)
+        if self.config.protocol == "file":
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)  # atomic and exclusive, like O_EXCL, but never half-written
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
+        if self.config.protocol == "memory":
+            with _MEMORY_LOCK:
+                if self.fs.exists(path):
+                    return False
+                self.fs.pipe_file(path, data)
+            return True
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def delete(self, rels: Iterable[str]) -> list[str]:
+        """Delete objects; returns the ones that could not be deleted (missing ones count as done)."""
+        failed: list[str] = []
+        paths = [self.abs(r) for r in rels]
+        if not paths:
+            return failed
+        try:
+            self.fs.rm(paths)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            for rel in rels:
+                with contextlib.suppress(FileNotFoundError):
+                    try:
+                        self.fs.rm_file(self.abs(rel))
+                    except OSError:
+                        failed.append(rel)
+        return failed
+
+    # -- parquet helpers -------------------------------------------------------------------
+    def write_parquet(self, rel: str, df: pl.DataFrame, *, create: bool = False) -> bool:
+        """Serialise ``df`` as Parquet (zstd) and store it; ``create`` makes it create-only."""
+        buf = io.BytesIO()
+        df.write_parquet(buf, compression="zstd", statistics=True)
+        if create:
+            return self.create(rel, buf.getvalue())
+        self.write(rel, buf.getvalue())
+        return True
+
+    def read_parquet(self, rel: str) -> pl.DataFrame:
+        """Read one Parquet object, turning a decode failure into :class:`CorruptObjectError`."""
+        return decode_parquet(self.read(rel), self.url(rel))
+
+
+def decode_parquet(data: bytes, where: str) -> pl.DataFrame:
+    """Decode Parquet bytes; a corrupt object raises :class:`CorruptObjectError` naming it."""
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # polars raises several unrelated types for bad bytes
+        raise CorruptObjectError(
+            f"{where} is not a readable Parquet file ({type(exc).__name__}: {exc}). Nothing from it "
+            "was applied. Inspect it, then move it out of the dataset or restore it from a backup."
+        ) from exc
