@@ -118,7 +118,9 @@ class StorageConfig:
                 # Our own object names are unique, so the listing cache only hides new keys.
                 use_listings_cache=False,
                 skip_instance_cache=True,
-                retries=10,
+                # botocore's adaptive mode retries throttling (503 SlowDown) and timeouts with backoff.
+                config_kwargs={"retries": {"max_attempts": 10, "mode": "adaptive"}, "connect_timeout": 10,
+                               "read_timeout": 60},
             )
         return fsspec.filesystem(self.protocol, skip_instance_cache=self.protocol == "file")
 

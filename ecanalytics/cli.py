@@ -1,0 +1,172 @@
+"""The ``ecanalytics`` command: a thin shell over the library for batch jobs and demos.
+
+Exit codes: 0 success, 1 failure, 2 bad usage. Errors print one line; ``--log-level debug``
+adds the traceback. Only credential-free URIs are ever printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import click
+import polars as pl
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ecanalytics.database import DEFAULT_ROOT, Database, connect
+from ecanalytics.errors import EcError
+
+OutputFormat = Literal["text", "json"]
+log = logging.getLogger("ecanalytics")
+
+
+class Output:
+    """Renders results as rich text on a terminal, or as JSON for machines."""
+
+    def __init__(self, fmt: OutputFormat) -> None:
+        self.fmt = fmt
+        self.console = Console()
+
+    def frame(self, title: str, df: pl.DataFrame) -> None:
+        if self.fmt == "json":
+            return
+        table = Table(title=title)
+        for column in df.columns:
+            table.add_column(column, justify="right" if df.schema[column].is_numeric() else "left")
+        for row in df.iter_rows():
+            table.add_row(*[f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row])
+        self.console.print(table)
+
+    def summary(self, payload: dict[str, Any], text: str) -> None:
+        if self.fmt == "json":
+            click.echo(json.dumps(payload, default=str, indent=2))
+        else:
+            self.console.print(text)
+
+
+@contextmanager
+def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda _n: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.update(task, completed=n)
+
+
+def _open(root: str, endpoint_url: str | None) -> Database:
+    return connect(root, endpoint_url=endpoint_url)
+
+
+root_option = click.option("--root", default=DEFAULT_ROOT, show_default=True, envvar="EC_ROOT",
+                           help="Database root: folder, file://, memory:// or s3://bucket/prefix.")
+endpoint_option = click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
+                               help="S3-compatible endpoint (default: AWS_ENDPOINT_URL).")
+output_option = click.option("--output", "output_fmt", type=click.Choice(["text", "json"]), default="text",
+                             show_default=True, help="Text for people, JSON for machines.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
+              show_default=True, help="Logging verbosity; debug also prints tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, log_level: str) -> None:
+    """ecanalytics: eventually consistent counters and balances on object storage."""
+    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"debug": log_level == "debug"}
+
+
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--records", default=50, show_default=True, type=click.IntRange(1), help="Wallets to create.")
+@click.option("--transactions", default=2000, show_default=True, type=click.IntRange(1), help="Transactions to write.")
+@click.option("--seed", default=7, show_default=True, type=int, help="Random seed of the sample traffic.")
+def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records: int, transactions: int, seed: int) -> None:
+    """Write sample wallet traffic, consolidate it, print values and a cohort summary."""
+    from ecanalytics.demo import run_demo
+
+    out = Output(output_fmt)
+    started = time.perf_counter()
+    with _open(root, endpoint_url) as db, _progress(transactions, "writing", out.fmt == "text" and sys.stderr.isatty()) as tick:
+        report = run_demo(db, records=records, transactions=transactions, seed=seed, progress=tick)
+        uri = db.uri
+    out.frame("Wallets (top 10 by balance)", report.values.sort("balance", descending=True).head(10))
+    out.frame("Cohorts of wallets_transactions_balance (America/Sao_Paulo)", report.cohorts)
+    applied = sum(r.transactions for r in report.results)
+    out.summary(
+        {"root": uri, "written": report.written, "applied": applied,
+         "consolidations": [r.as_dict() for r in report.results],
+         "values": report.values.to_dicts(), "cohorts": report.cohorts.to_dicts(),
+         "seconds": round(time.perf_counter() - started, 3)},
+        f"Wrote {report.written} transactions to {uri}; applied {applied} in "
+        f"{len(report.results)} consolidations ({time.perf_counter() - started:.2f}s).",
+    )
+
+
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--resource", default=None, help="Only this resource.")
+@click.option("--field", default=None, help="Only this managed field.")
+@click.option("--watch", is_flag=True, help="Keep consolidating every --interval seconds.")
+@click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between runs with --watch.")
+def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None,
+                field: str | None, watch: bool, interval: float) -> None:
+    """Consolidate every managed field (or the ones named): the batch job for async mode."""
+    out = Output(output_fmt)
+    with _open(root, endpoint_url) as db:
+        while True:
+            started = time.perf_counter()
+            results = db.consolidate(resource, field)
+            payload = {
+                "root": db.uri, "results": [r.as_dict() for r in results],
+                "transactions": sum(r.transactions for r in results), "records": sum(r.records for r in results),
+                "versions": sum(r.version is not None for r in results), "seconds": round(time.perf_counter() - started, 3),
+            }
+            out.summary(payload, (
+                f"Applied {payload['transactions']} transactions to {payload['records']} records in "
+                f"{payload['versions']} commits over {len(results)} fields ({payload['seconds']}s)."
+            ))
+            if not watch:
+                return
+            time.sleep(interval)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 1 failure, 2 usage)."""
+    debug = "--log-level" in (argv or sys.argv) and "debug" in (argv or sys.argv)
+    try:
+        cli.main(args=argv, prog_name="ecanalytics", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except Exception as exc:
+        if debug:
+            raise
+        kind = "" if isinstance(exc, EcError) else f"{type(exc).__name__}: "
+        click.echo(f"error: {kind}{exc} (run with --log-level debug for details)", err=True)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
