@@ -1,0 +1,162 @@
+"""Exactly once: concurrent writers and consolidators, and crashes at every step of the commit."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+import ecanalytics as ec
+from ecanalytics.storage import paths as P
+from tests import workers
+from tests.conftest import Root
+
+STEPS = ["after_delta", "after_log", "before_checkpoint"]
+
+
+class SimulatedCrash(BaseException):
+    """Raised by the fault hook; BaseException so no library code can swallow it."""
+
+
+def expected_from_plans(writers: int, n: int, records: int) -> dict[str, float]:
+    totals: dict[str, float] = defaultdict(float)
+    for w in range(writers):
+        for _key, rid, op, amount in workers.plan(w, n, records):
+            totals[rid] += amount if op == "add" else -amount
+    return dict(totals)
+
+
+def make_wallets(root: Root) -> ec.Database:
+    db = root.connect(checkpoint_interval=4)
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False))
+    db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0"})
+    return db
+
+
+def values(db: ec.Database) -> dict[str, float]:
+    table = db.resources["wallets"].to_polars()  # type: ignore[union-attr]
+    return dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True))
+
+
+def test_concurrent_consolidators_in_threads(root: Root) -> None:
+    """Two independent connections (no shared locks) race for versions while three threads write."""
+    make_wallets(root).close()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def consolidate_loop() -> None:
+        db = root.connect(checkpoint_interval=4)
+        try:
+            while not stop.is_set():
+                db.consolidate()
+            db.consolidate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    consolidators = [threading.Thread(target=consolidate_loop) for _ in range(2)]
+    writers = [threading.Thread(target=workers.writer, args=(root.uri, root.endpoint_url, w, 40, 6, w == 1)) for w in range(3)]
+    for t in consolidators + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in consolidators:
+        t.join()
+    assert not errors
+    db = root.connect()
+    db.consolidate()
+    assert values(db) == expected_from_plans(3, 40, 6)
+    log = [db.resources["wallets"].ledger.read_entry(v) for v in range(1, 200)]  # type: ignore[union-attr]
+    consumed = [k for e in log if e is not None and e.raw["kind"] == "consolidate" for k in e.raw["consumed"]]
+    assert len(consumed) == len(set(consumed))  # no object was consumed by two commits
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_three_writer_and_two_consolidator_processes_on_s3(s3_root: Root, tmp_path: Path) -> None:
+    make_wallets(s3_root).close()
+    ctx = mp.get_context("spawn")
+    stop_file = str(tmp_path / "stop")
+    consolidators = [ctx.Process(target=workers.consolidator, args=(s3_root.uri, s3_root.endpoint_url, stop_file)) for _ in range(2)]
+    writers = [ctx.Process(target=workers.writer, args=(s3_root.uri, s3_root.endpoint_url, w, 50, 8, w == 2)) for w in range(3)]
+    for p in consolidators + writers:
+        p.start()
+    for p in writers:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    Path(stop_file).touch()
+    for p in consolidators:
+        p.join(timeout=300)
+        assert p.exitcode == 0
+    db = s3_root.connect()
+    db.consolidate()
+    assert values(db) == expected_from_plans(3, 50, 8)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_crash_at_each_commit_step_then_rerun(root: Root, step: str) -> None:
+    db = make_wallets(root)
+    wallets = db.resources["wallets"]
+    assert isinstance(wallets, ec.Resource)
+    expected: dict[str, float] = defaultdict(float)
+    for round_ in range(6):  # several rounds so that a checkpoint falls inside the crashes
+        for i in range(5):
+            wallets.add(f"r{i}", round_ * 10 + i)
+            expected[f"r{i}"] += round_ * 10 + i
+
+        def crash(at: str) -> None:
+            if at == step:
+                raise SimulatedCrash(at)
+
+        wallets.ledger.fault = crash
+        with pytest.raises(SimulatedCrash):
+            db.consolidate()
+        wallets.ledger.fault = None
+        # A new connection stands for a restarted process: no in-memory state survives.
+        db = root.connect(checkpoint_interval=4)
+        wallets = db.resources["wallets"]  # type: ignore[assignment]
+        assert isinstance(wallets, ec.Resource)
+        db.consolidate()
+        db.consolidate()  # a second run must find nothing left to apply
+        assert values(db) == dict(expected)
+    store = root.store()
+    assert store.list(P.inbox_dir("wallets_transactions_balance")) == []
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("step", STEPS)
+def test_killed_process_at_each_commit_step_on_s3(s3_root: Root, step: str) -> None:
+    db = make_wallets(s3_root)
+    wallets = db.resources["wallets"]
+    assert isinstance(wallets, ec.Resource)
+    for i in range(4):
+        wallets.add(f"r{i}", i + 1)
+    wallets.add("r0", 100, id="once")
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=workers.crash_at, args=(s3_root.uri, s3_root.endpoint_url, step))
+    p.start()
+    p.join(timeout=120)
+    assert p.exitcode == 17  # it really died at that step
+    wallets.add("r0", 100, id="once")  # a retry after the crash
+    db2 = s3_root.connect()
+    db2.consolidate()
+    assert values(db2) == {"r0": 101.0, "r1": 2.0, "r2": 3.0, "r3": 4.0}
+
+
+def test_orphan_marker_of_a_dead_writer_is_ignored_then_removed(root: Root) -> None:
+    db = make_wallets(root)
+    wallets = db.resources["wallets"]
+    assert isinstance(wallets, ec.Resource)
+    store = root.store()
+    dataset = "wallets_transactions_balance"
+    fresh = P.inbox_marker(dataset, "2026-11-27", P.new_file_id())
+    stale = P.inbox_marker(dataset, "2026-11-27", f"{1:020d}-{'0' * 32}")
+    store.write(fresh, b"")  # a writer between its marker and its object
+    store.write(stale, b"")  # a writer that died long ago
+    wallets.add("r1", 5)
+    db.consolidate()
+    assert values(db) == {"r1": 5.0}
+    assert store.list(P.inbox_dir(dataset)) == [fresh.rsplit("/", 1)[-1]]
