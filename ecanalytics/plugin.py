@@ -171,6 +171,8 @@ class EventualConsistencyPlugin:
                 f"Field {self.field!r} of {self.resource_name!r} must be a 'number' attribute to be managed; "
                 f"the schema has {attr.spec if attr else 'no such attribute'}."
             )
+        # A permanent object keeps the inbox prefix non-empty: listing it is then always one LIST.
+        resource.ledger.store.create(f"{P.inbox_dir(self.dataset)}/.keep", b"")
         self._consolidator = Consolidator(
             resource.ledger, self.field, self._require_reducer, attr.default if attr.default is not None else 0.0
         )

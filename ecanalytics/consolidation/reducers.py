@@ -39,21 +39,19 @@ def _signed() -> pl.Expr:
     return pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
 
 
-def _default(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-    # Join-based fold: the last set per record, then the signed sum of what follows it.
+def _default(pending: pl.LazyFrame, current: pl.LazyFrame, default: float) -> pl.LazyFrame:
+    # Join-based fold (no full sort): each record's last set, then the signed sum of what follows
+    # it. The records are the union of those two group-bys, so no separate unique() pass is needed.
     last_set = (
         pending.filter(pl.col("operation") == "set")
+        .sort(_ORDER)
         .group_by("originalId")
-        .agg(
-            pl.col("value").sort_by(_ORDER).last().alias("_set_value"),
-            pl.col("timestamp").sort_by(_ORDER).last().alias("_set_ts"),
-            pl.col("id").sort_by(_ORDER).last().alias("_set_id"),
-        )
+        .agg(pl.col("value").last().alias("_set_value"), pl.col("timestamp").last().alias("_set_ts"),
+             pl.col("id").last().alias("_set_id"))
     )
     after = (
-        pending.lazy()
-        .filter(pl.col("operation") != "set")
-        .join(last_set.lazy(), on="originalId", how="left")
+        pending.filter(pl.col("operation") != "set")
+        .join(last_set.select("originalId", "_set_ts", "_set_id"), on="originalId", how="left")
         .filter(
             pl.col("_set_ts").is_null()
             | (pl.col("timestamp") > pl.col("_set_ts"))
@@ -63,54 +61,44 @@ def _default(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
         .agg(_signed().sum().alias("_delta"))
     )
     return (
-        current.lazy()
-        .join(last_set.lazy().select("originalId", "_set_value"), on="originalId", how="left")
-        .join(after, on="originalId", how="left")
+        last_set.select("originalId", "_set_value")
+        .join(after, on="originalId", how="full", coalesce=True)
+        .join(current, on="originalId", how="left")
         .select(
             "originalId",
-            (pl.coalesce("_set_value", "current") + pl.col("_delta").fill_null(0.0)).alias("value"),
+            (pl.coalesce("_set_value", "current", pl.lit(default)) + pl.col("_delta").fill_null(0.0)).alias("value"),
         )
-        .collect()
     )
 
 
-def _aggregate(agg: Callable[[pl.Expr], pl.Expr], combine: Callable[[pl.Expr, pl.Expr], pl.Expr]) -> Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]:
-    def run(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-        per_record = pending.lazy().group_by("originalId").agg(agg(_signed()).alias("_agg"))
+def _aggregate(
+    agg: Callable[[pl.Expr], pl.Expr], combine: Callable[[pl.Expr, pl.Expr], pl.Expr]
+) -> Callable[[pl.LazyFrame, pl.LazyFrame, float], pl.LazyFrame]:
+    def run(pending: pl.LazyFrame, current: pl.LazyFrame, default: float) -> pl.LazyFrame:
         return (
-            current.lazy()
-            .join(per_record, on="originalId", how="left")
-            .select("originalId", combine(pl.col("current"), pl.col("_agg")).alias("value"))
-            .collect()
+            pending.group_by("originalId").agg(agg(_signed()).alias("_agg"))
+            .join(current, on="originalId", how="left")
+            .select("originalId", combine(pl.col("current").fill_null(default), pl.col("_agg")).alias("value"))
         )
 
     return run
 
 
-def _last(pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
-    per_record = pending.lazy().group_by("originalId").agg(_signed().sort_by(_ORDER).last().alias("_agg"))
-    return (
-        current.lazy()
-        .join(per_record, on="originalId", how="left")
-        .select("originalId", pl.coalesce("_agg", "current").alias("value"))
-        .collect()
-    )
-
-
-_VECTORIZED: dict[str, Callable[[pl.DataFrame, pl.DataFrame], pl.DataFrame]] = {
+_VECTORIZED: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, float], pl.LazyFrame]] = {
     "default": _default,
-    "sum": _aggregate(lambda e: e.sum(), lambda cur, agg: cur + agg.fill_null(0.0)),
+    "sum": _aggregate(lambda e: e.sum(), lambda cur, agg: cur + agg),
     "max": _aggregate(lambda e: e.max(), lambda cur, agg: pl.max_horizontal(cur, agg)),
     "min": _aggregate(lambda e: e.min(), lambda cur, agg: pl.min_horizontal(cur, agg)),
-    "last": _last,
+    "last": _aggregate(lambda e: e.sort_by(_ORDER).last(), lambda cur, agg: agg),
 }
 
 
 class Reducer:
     """A built-in name or a Python callable, applied to pending transactions.
 
-    ``current`` is a frame ``originalId, current`` with one row per record that has pending
-    transactions (the record's value, or its default if the record does not exist yet).
+    ``current`` is a frame ``originalId, current`` of existing records (it may hold more records
+    than ``pending`` touches); a record missing from it starts from ``default``. The result has one
+    row ``originalId, value`` per record in ``pending``.
     """
 
     def __init__(self, spec: BuiltinReducer | PythonReducer | None) -> None:
@@ -130,14 +118,15 @@ class Reducer:
     def is_builtin(self) -> bool:
         return self.func is None
 
-    def __call__(self, pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    def __call__(self, pending: pl.DataFrame, current: pl.DataFrame, default: float) -> pl.DataFrame:
         if self.func is None:
-            return _VECTORIZED[self.name](pending, current)
-        return self._python(pending, current)
+            return _VECTORIZED[self.name](pending.lazy(), current.lazy(), default).collect()
+        return self._python(pending, current, default)
 
-    def _python(self, pending: pl.DataFrame, current: pl.DataFrame) -> pl.DataFrame:
+    def _python(self, pending: pl.DataFrame, current: pl.DataFrame, default: float) -> pl.DataFrame:
         assert self.func is not None
-        base = dict(zip(current["originalId"].to_list(), current["current"].to_list(), strict=True))
+        touched = pending.select("originalId").unique().join(current, on="originalId", how="left")
+        base = dict(zip(touched["originalId"].to_list(), touched["current"].fill_null(default).to_list(), strict=True))
         groups: dict[str, list[dict[str, Any]]] = {}
         cols = ["id", "originalId", "field", "value", "operation", "timestamp", "source"]
         for row in pending.sort(["originalId", *_ORDER]).select(cols).iter_rows(named=True):

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections.abc import Callable
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -57,7 +58,7 @@ class Commit:
     deletes: tuple[str, ...] = ()
     field: str | None = None
     consumed: frozenset[str] | None = None
-    applied_ids: tuple[str, ...] = ()
+    applied_ids: pl.Series | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -142,14 +143,15 @@ class Ledger:
                 "Restore it from a backup."
             ) from exc
 
-    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None) -> State:
+    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None, ids: pl.DataFrame | None) -> State:
         raw = entry.raw
         records = st.records
-        changed = list(raw.get("deletes", []))
+        changed = pl.Series("id", raw.get("deletes", []), dtype=pl.String)
         if upserts is not None and upserts.height:
-            changed.extend(upserts["id"].to_list())
-        if changed:
-            records = records.filter(~pl.col("id").is_in(changed))
+            changed = pl.concat([changed, upserts["id"]])
+        if changed.len():
+            if records.height:
+                records = records.filter(~pl.col("id").is_in(changed.implode()))
             if upserts is not None and upserts.height:
                 records = pl.concat([records, upserts.select(records.columns)], how="vertical")
         consumed = st.consumed
@@ -157,12 +159,11 @@ class Ledger:
         fld = raw.get("field")
         if fld is not None and raw.get("consumed") is not None:
             consumed = {**consumed, fld: frozenset(raw["consumed"])}
-        if raw.get("ids"):
-            ids = pl.DataFrame(
-                {"field": fld, "id": raw["ids"], "committedAt": entry.committed_at},
-                schema=IDS_SCHEMA,
-            )
-            applied = pl.concat([applied, ids], how="vertical")
+        if ids is not None and ids.height:
+            applied = pl.concat([applied, ids.select(
+                pl.lit(fld, pl.String).alias("field"), pl.col("id").cast(pl.String),
+                pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
+            )], how="vertical")
         return replace(st, version=entry.version, records=records, consumed=consumed,
                        applied_ids=applied, committed_at=entry.committed_at)
 
@@ -170,7 +171,8 @@ class Ledger:
         while (entry := self.read_entry(st.version + 1)) is not None:
             delta = entry.raw.get("delta")
             upserts = self.store.read_parquet(delta).cast(self.schema.polars_schema) if delta else None  # type: ignore[arg-type]
-            st = self._apply(st, entry, upserts)
+            ids = self.store.read_parquet(entry.raw["ids"]) if entry.raw.get("ids") else None
+            st = self._apply(st, entry, upserts, ids)
         return st
 
     def state(self) -> State:
@@ -205,24 +207,34 @@ class Ledger:
                     "token": token, "field": change.field, "deletes": list(change.deletes),
                     "delta": None, "stats": change.stats,
                     "consumed": sorted(change.consumed) if change.consumed is not None else None,
-                    "ids": [i for i in change.applied_ids if not i.startswith(AUTO_ID_PREFIX)],
+                    "ids": None,
                 }
                 upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
+                # Only caller-supplied keys need remembering: generated ids are unique by construction.
+                ids = None
+                if change.applied_ids is not None:
+                    ids = change.applied_ids.filter(~change.applied_ids.str.starts_with(AUTO_ID_PREFIX)).to_frame("id")
+                files = {}
                 if upserts is not None and upserts.height:
-                    raw["delta"] = P.data_file(self.resource, version, token, "delta")
-                    self.store.write_parquet(raw["delta"], upserts)
+                    files[P.data_file(self.resource, version, token, "delta")] = upserts
+                    raw["delta"] = next(iter(files))
+                if ids is not None and ids.height:
+                    raw["ids"] = P.data_file(self.resource, version, token, "ids")
+                    files[raw["ids"]] = ids
+                with ThreadPoolExecutor(max_workers=2) as pool:
+                    list(pool.map(lambda item: self.store.write_parquet(*item), files.items()))
                 self._fault("after_delta")
                 if not self._create_entry(version, raw):
-                    if raw["delta"]:
-                        self.store.delete([raw["delta"]])
+                    self.store.delete([p for p in (raw["delta"], raw["ids"]) if p])
                     time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                     continue
                 self._fault("after_log")
                 entry = LogEntry(version, raw)
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
-                        self._state = self._apply(st, entry, upserts)
-                new_state = self.state()
+                        self._state = self._apply(st, entry, upserts, ids)
+                    cached = self._state
+                new_state = cached if cached is not None and cached.version >= version else self.state()
                 self._fault("before_checkpoint")
                 if version - new_state.checkpoint_version >= self.checkpoint_interval:
                     self._checkpoint(new_state)

@@ -15,6 +15,7 @@ import decimal
 import math
 import numbers
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -136,18 +137,23 @@ def read_objects(store: Store, keys: Sequence[str], *, now_ns: int) -> tuple[pl.
     between the marker and the object); a younger one is still being written and is skipped.
     """
     blobs = store.read_many(keys)
-    frames, read, orphans = [], [], []
+    read, orphans = [], []
     for key in keys:
-        blob = blobs[key]
-        if blob is None:
-            file_id = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-            if now_ns - P.file_id_time_ns(file_id) > ORPHAN_MARKER_GRACE_S * 1_000_000_000:
-                orphans.append(key)
+        if blobs[key] is not None:
+            read.append(key)
             continue
-        frames.append(_validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
-            pl.lit(key).alias("_object")
-        ))
-        read.append(key)
+        file_id = key.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if now_ns - P.file_id_time_ns(file_id) > ORPHAN_MARKER_GRACE_S * 1_000_000_000:
+            orphans.append(key)
+
+    def decode(key: str) -> pl.DataFrame:
+        blob = blobs[key]
+        assert blob is not None
+        return _validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(pl.lit(key).alias("_object"))
+
+    # Polars releases the GIL while decoding, so a few threads decode several objects at once.
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
+        frames = list(pool.map(decode, read))
     if not frames:
         return tx_frame([]).with_columns(pl.lit(None, pl.String).alias("_object")), read, orphans
     return pl.concat(frames, how="vertical"), read, orphans
@@ -158,7 +164,8 @@ def _validate(df: pl.DataFrame, where: str) -> pl.DataFrame:
     if missing:
         raise CorruptObjectError(f"{where} lacks transaction columns {missing}; nothing from it was applied.")
     try:
-        df = df.select([pl.col(c).cast(t, strict=True) for c, t in TX_SCHEMA.items()])
+        if dict(df.schema) != TX_SCHEMA:
+            df = df.select([pl.col(c).cast(t, strict=True) for c, t in TX_SCHEMA.items()])
     except Exception as exc:
         raise CorruptObjectError(f"{where} has columns of the wrong type ({exc}); nothing was applied.") from exc
     bad = df.filter(

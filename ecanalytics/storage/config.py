@@ -118,6 +118,8 @@ class StorageConfig:
                 # Our own object names are unique, so the listing cache only hides new keys.
                 use_listings_cache=False,
                 skip_instance_cache=True,
+                # Our objects are small: one GET each, without the HEAD that sizes a chunked read.
+                max_concurrency=1,
                 # botocore's adaptive mode retries throttling (503 SlowDown) and timeouts with backoff.
                 config_kwargs={"retries": {"max_attempts": 10, "mode": "adaptive"}, "connect_timeout": 10,
                                "read_timeout": 60},

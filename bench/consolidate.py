@@ -1,0 +1,245 @@
+"""Consolidation throughput: ecanalytics vs. the same fold in DuckDB SQL vs. a plain Python loop.
+
+Writes N transactions (default 10^6) over R records (default 100k) to a local root as batched
+Parquet objects, then times, each in a fresh process (so peak RSS is per phase):
+
+* ``ecanalytics``: ``plugin.consolidate()`` end to end: list, read, validate, dedup, fold, commit;
+* ``duckdb``: the same fold (last set by (timestamp, id), then signed sum) as SQL over the same
+  Parquet objects, results fetched to Polars;
+* ``python-loop``: read with Polars, sort, and fold row by row in a dict.
+
+A second table times the fold alone on data already in memory: the built-in reducer on the
+unsorted Polars frame, the same SQL in DuckDB over that frame (Arrow, zero copy), and the dict loop
+over rows already sorted and converted to Python lists (the loop is spared its sort and I/O),
+and the naive plugin-style path (``python-dicts``): rows as dicts, grouped per record, each
+record's list sorted and reduced in Python.
+
+All implementations must produce identical values; the run fails otherwise.
+
+    python bench/consolidate.py            # 10^6
+    python bench/consolidate.py --n 1e7
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+RESOURCE, FIELD = "accounts", "balance"
+DATASET = f"{RESOURCE}_transactions_{FIELD}"
+
+
+def generate(root: str, n: int, records: int, batch: int, seed: int) -> None:
+    import ecanalytics as ec
+    from ecanalytics.ledger.transactions import write_transactions
+
+    db = ec.connect(root)
+    db.use_plugin(ec.EventualConsistencyPlugin(resource=RESOURCE, field=FIELD, auto_consolidate=False))
+    db.create_resource(RESOURCE, {"id": "string|required", FIELD: "number|default:0"})
+    start = int(datetime(2026, 11, 27, 3, tzinfo=timezone.utc).timestamp() * 1e6)
+    for offset in range(0, n, batch):
+        m = min(batch, n - offset)
+        rnd = (pl.col("i") * 2654435761 + seed) % 1_000_003
+        frame = pl.DataFrame({"i": pl.int_range(offset, offset + m, eager=True)}).select(
+            id=pl.format("k{}", pl.col("i").cast(pl.String).str.zfill(12)),
+            originalId=pl.format("acc-{}", (rnd % records).cast(pl.String)),
+            field=pl.lit(FIELD),
+            value=((rnd * 7) % 1000).cast(pl.Float64),
+            operation=pl.when(rnd % 20 == 0).then(pl.lit("set")).when(rnd % 20 < 7).then(pl.lit("sub")).otherwise(pl.lit("add")),
+            # one hour of traffic, many equal timestamps: ties are broken by id
+            timestamp=(start + (rnd * 3600_000_000 // 1_000_003)).cast(pl.Datetime("us", "UTC")),
+            source=pl.lit("bench"),
+        )
+        write_transactions(db.store, DATASET, "UTC", frame)
+    db.close()
+
+
+def run_ecanalytics(root: str) -> pl.DataFrame:
+    import ecanalytics as ec
+
+    db = ec.connect(root)
+    result = db.consolidate(RESOURCE, FIELD)[0]
+    db.close()
+    return result.values.rename({"id": "originalId"})
+
+
+def fold_sql(source: str) -> str:
+    """The default fold as DuckDB SQL over ``source`` (a table function or a view name)."""
+    return f"""
+    WITH t AS (SELECT originalId, id, value, operation, timestamp FROM {source}),
+    last_set AS (
+        SELECT originalId, value AS set_value, timestamp AS set_ts, id AS set_id FROM (
+            SELECT *, row_number() OVER (PARTITION BY originalId ORDER BY timestamp DESC, id DESC) AS rn
+            FROM t WHERE operation = 'set') WHERE rn = 1),
+    after AS (
+        SELECT t.originalId, sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS delta
+        FROM t LEFT JOIN last_set USING (originalId)
+        WHERE operation <> 'set' AND (set_ts IS NULL OR t.timestamp > set_ts OR (t.timestamp = set_ts AND t.id > set_id))
+        GROUP BY t.originalId)
+    SELECT ids.originalId, coalesce(set_value, 0) + coalesce(delta, 0) AS value
+    FROM (SELECT DISTINCT originalId FROM t) ids LEFT JOIN last_set USING (originalId) LEFT JOIN after USING (originalId)
+    """
+
+
+def run_duckdb(root: str) -> pl.DataFrame:
+    import duckdb
+
+    source = f"read_parquet('{root}/{DATASET}/**/*.parquet', hive_partitioning = false)"
+    return duckdb.connect().sql(fold_sql(source)).pl()
+
+
+def fold_only(root: str, with_loop: bool) -> dict[str, tuple[float, pl.DataFrame]]:
+    """Time the fold alone on in-memory data (see the module docstring)."""
+    import duckdb
+
+    from ecanalytics.consolidation import Reducer
+
+    df = pl.read_parquet(f"{root}/{DATASET}/**/*.parquet", hive_partitioning=False)
+    out: dict[str, tuple[float, pl.DataFrame]] = {}
+    reducer, empty = Reducer("default"), pl.DataFrame(schema={"originalId": pl.String, "current": pl.Float64})
+    started = time.perf_counter()
+    out["ecanalytics"] = (0.0, reducer(df, empty, 0.0))
+    out["ecanalytics"] = (time.perf_counter() - started, out["ecanalytics"][1])
+    con = duckdb.connect()
+    con.register("t_mem", df.to_arrow())
+    started = time.perf_counter()
+    res = con.sql(fold_sql("t_mem")).pl()
+    out["duckdb"] = (time.perf_counter() - started, res)
+    if with_loop:
+        ordered = df.sort("timestamp", "id")
+        rows = list(zip(ordered["originalId"].to_list(), ordered["value"].to_list(), ordered["operation"].to_list(), strict=True))
+        started = time.perf_counter()
+        values: dict[str, float] = {}
+        for rid, value, op in rows:
+            if op == "set":
+                values[rid] = value
+            elif op == "add":
+                values[rid] = values.get(rid, 0.0) + value
+            else:
+                values[rid] = values.get(rid, 0.0) - value
+        seconds = time.perf_counter() - started
+        out["python-loop"] = (seconds, pl.DataFrame({"originalId": list(values), "value": list(values.values())}))
+        # The naive plugin-style path: transactions as dicts, grouped per record, reduced in order.
+        started = time.perf_counter()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for tx in df.iter_rows(named=True):
+            groups.setdefault(tx["originalId"], []).append(tx)
+        naive: dict[str, float] = {}
+        for rid, txs in groups.items():
+            acc = 0.0
+            for tx in sorted(txs, key=lambda t: (t["timestamp"], t["id"])):
+                acc = tx["value"] if tx["operation"] == "set" else acc + (tx["value"] if tx["operation"] == "add" else -tx["value"])
+            naive[rid] = acc
+        seconds = time.perf_counter() - started
+        out["python-dicts"] = (seconds, pl.DataFrame({"originalId": list(naive), "value": list(naive.values())}))
+    return {k: (v[0], v[1].sort("originalId")) for k, v in out.items()}
+
+
+def run_python_loop(root: str) -> pl.DataFrame:
+    df = pl.read_parquet(f"{root}/{DATASET}/**/*.parquet", hive_partitioning=False).sort("timestamp", "id")
+    values: dict[str, float] = {}
+    for rid, value, op in zip(df["originalId"].to_list(), df["value"].to_list(), df["operation"].to_list(), strict=True):
+        if op == "set":
+            values[rid] = value
+        elif op == "add":
+            values[rid] = values.get(rid, 0.0) + value
+        else:
+            values[rid] = values.get(rid, 0.0) - value
+    return pl.DataFrame({"originalId": list(values), "value": list(values.values())})
+
+
+PHASES: dict[str, Callable[[str], pl.DataFrame]] = {
+    "ecanalytics": run_ecanalytics, "duckdb": run_duckdb, "python-loop": run_python_loop,
+}
+
+
+def _vm(field: str) -> float:
+    """A memory figure of this process in MB (VmHWM resets on exec, unlike ru_maxrss)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _child(name: str, root: str, queue: Any) -> None:
+    # Import every engine before the clock starts, so no phase pays for an import.
+    import duckdb  # noqa: F401
+
+    import ecanalytics  # noqa: F401
+
+    base = _vm("VmRSS")
+    started = time.perf_counter()
+    out = PHASES[name](root)
+    seconds = time.perf_counter() - started
+    peak = _vm("VmHWM")
+    queue.put((seconds, base, peak, out.sort("originalId").write_ipc(None).getvalue()))
+
+
+def measure(name: str, root: str) -> tuple[float, float, pl.DataFrame]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(name, root, queue))
+    proc.start()
+    seconds, base, peak, blob = queue.get()
+    proc.join()
+    return seconds, peak - base, pl.read_ipc(blob)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=float, default=1e6, help="transactions (default 1e6)")
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=100_000, help="rows per Parquet object")
+    parser.add_argument("--root", default=None, help="local folder (default: a temporary one)")
+    parser.add_argument("--skip-loop", action="store_true", help="skip the slow Python loop")
+    args = parser.parse_args()
+    n = int(args.n)
+    root = args.root or tempfile.mkdtemp(prefix="ec-bench-")
+    try:
+        t = time.perf_counter()
+        generate(root, n, args.records, args.batch, seed=7)
+        print(f"wrote {n:,} transactions over {args.records:,} records in {time.perf_counter() - t:.1f}s -> {root}")
+        fold = fold_only(root, not args.skip_loop)
+        # The baselines first: the ecanalytics commit consumes the pending objects.
+        order = ["duckdb", *([] if args.skip_loop else ["python-loop"]), "ecanalytics"]
+        results = {name: measure(name, root) for name in order}
+        reference = results["ecanalytics"][2]
+        for name, (_s, _m, out) in results.items():
+            if not out.equals(reference):
+                joined = reference.join(out, on="originalId", how="full", suffix="_other")
+                print(f"MISMATCH between ecanalytics and {name}:\n{joined.filter(pl.col('value') != pl.col('value_other'))}")
+                return 1
+        ec_seconds = results["ecanalytics"][0]
+        print(f"{'phase':<14}{'seconds':>10}{'M rows/s':>11}{'+peak MB':>10}{'ecanalytics is':>18}")
+        for name, (seconds, mb, _out) in results.items():
+            ratio = "" if name == "ecanalytics" else f"{seconds / ec_seconds:.2f}x faster"
+            print(f"{name:<14}{seconds:>10.3f}{n / seconds / 1e6:>11.2f}{mb:>10.0f}{ratio:>18}")
+        print("\nfold only, data in memory")
+        for name, (_seconds, out) in fold.items():
+            if not out.equals(reference):
+                print(f"MISMATCH in the in-memory fold of {name}")
+                return 1
+        base = fold["ecanalytics"][0]
+        print(f"{'phase':<14}{'seconds':>10}{'M rows/s':>11}{'ecanalytics is':>18}")
+        for name, (seconds, _out) in fold.items():
+            ratio = "" if name == "ecanalytics" else f"{seconds / base:.2f}x faster"
+            print(f"{name:<14}{seconds:>10.3f}{n / seconds / 1e6:>11.2f}{ratio:>18}")
+        print(f"all {reference.height:,} record values agree across implementations")
+    finally:
+        if args.root is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
