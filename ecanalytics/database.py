@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from ecanalytics.consolidation import ConsolidationResult
 from ecanalytics.errors import ResourceExistsError, UnknownResourceError
@@ -53,6 +53,16 @@ class Resources(Mapping[str, "Resource | TransactionDataset"]):
         return len(self._all())
 
 
+def _closer(ref: weakref.ref[Database]) -> Callable[[], None]:
+    # A weak reference, so that registering at exit does not keep a database alive.
+    def close() -> None:
+        db = ref()
+        if db is not None:
+            db.close()
+
+    return close
+
+
 class Database:
     """All resources under one root URI. Use :func:`connect` to open one.
 
@@ -70,8 +80,7 @@ class Database:
         self._lock = threading.RLock()
         self._closed = False
         self.resources = Resources(self)
-        ref = weakref.ref(self)
-        self._atexit = lambda: (db := ref()) is not None and db.close()
+        self._atexit = _closer(weakref.ref(self))
         atexit.register(self._atexit)
         self._reopen()
 

@@ -172,7 +172,7 @@ class Resource:
     def add(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
     @overload
     def add(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def add(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+    def add(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
         """Add ``amount`` (``add(id, amount)`` or ``add(id, field, amount)``).
 
         ``id=`` is an idempotency key, ``timestamp=`` the event time (a backfill's cohort follows
@@ -184,7 +184,7 @@ class Resource:
     def sub(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
     @overload
     def sub(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def sub(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+    def sub(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
         """Subtract ``amount``; same call shapes and options as :meth:`add`."""
         return self._op("sub", record_id, args, id, timestamp, source)
 
@@ -192,7 +192,7 @@ class Resource:
     def set(self, record_id: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
     @overload
     def set(self, record_id: str, field: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def set(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:  # noqa: A002
+    def set(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
         """Set the absolute value; same call shapes and options as :meth:`add`."""
         return self._op("set", record_id, args, id, timestamp, source)
 
@@ -255,7 +255,7 @@ class TransactionDataset:
         consolidator = self.plugin.consolidator
         store = consolidator.store
         keys = self._objects(where)
-        pending_keys = set(Inbox.list(store, self.name).markers) - consolidator.ledger.state().consumed.get(
+        pending_keys = set(Inbox.scan(store, self.name).markers) - consolidator.ledger.state().consumed.get(
             self.plugin.field, frozenset()
         )
         frames = []

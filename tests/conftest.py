@@ -21,7 +21,7 @@ os.environ.update({
 os.environ.pop("AWS_PROFILE", None)
 os.environ.pop("AWS_ENDPOINT_URL", None)
 
-import ecanalytics as ec  # noqa: E402
+import ecanalytics as ec
 
 BUCKET = "ec-test"
 

@@ -15,7 +15,7 @@ def count_store_calls(db: ec.Database) -> collections.Counter[str]:
     """Count the objects the store reads and the listings it makes."""
     counts: collections.Counter[str] = collections.Counter()
     store = db.store
-    read, read_many, list_, find = store.read, store.read_many, store.list, store.find
+    read, read_many, list_, find = store.read, store.read_many, store.listdir, store.find
 
     def c_read(rel: str) -> bytes:
         counts["get"] += 1
@@ -33,7 +33,7 @@ def count_store_calls(db: ec.Database) -> collections.Counter[str]:
         counts["find"] += 1
         return find(rel, suffix)
 
-    store.read, store.read_many, store.list, store.find = c_read, c_read_many, c_list, c_find  # type: ignore[method-assign]
+    store.read, store.read_many, store.listdir, store.find = c_read, c_read_many, c_list, c_find  # type: ignore[method-assign]
     return counts
 
 

@@ -35,7 +35,7 @@ BAD_AMOUNTS = [math.nan, math.inf, -math.inf, "10", None, True, False, [1], Deci
 @pytest.mark.parametrize("op", ["add", "sub", "set"])
 def test_bad_amounts_write_nothing(root: Root, wallets: ec.Resource, op: str, amount: Any) -> None:
     before = snapshot(root)
-    with pytest.raises(ec.InvalidValueError, match="finite number|finite"):
+    with pytest.raises(ec.InvalidValueError, match="finite"):
         getattr(wallets, op)("w1", amount)
     assert snapshot(root) == before
     assert wallets.get("w1")["balance"] == 6

@@ -76,7 +76,7 @@ class Consolidator:
 
     def pending(self, st: State, *, cleanup: bool) -> Pending:
         """Pending rows at ``st``. With ``cleanup``, markers of consumed and orphaned objects are removed."""
-        inbox = Inbox.list(self.store, self.dataset)
+        inbox = Inbox.scan(self.store, self.dataset)
         consumed = st.consumed.get(self.field, frozenset())
         carried: frozenset[str] = frozenset()
         if cleanup:

@@ -16,7 +16,7 @@ FORMAT = 1
 def read_all(store: Store) -> dict[str, dict[str, Any]]:
     """Every catalog entry, by resource name."""
     out = {}
-    for name in store.list(P.catalog_dir()):
+    for name in store.listdir(P.catalog_dir()):
         if name.endswith(".json"):
             entry = read(store, name.removesuffix(".json"))
             if entry is not None:
@@ -32,7 +32,7 @@ def read(store: Store, resource: str) -> dict[str, Any] | None:
         return None
     try:
         entry: dict[str, Any] = json.loads(raw)
-        entry["name"], entry["attributes"]  # noqa: B018 - shape check
+        entry["name"], entry["attributes"]
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptObjectError(f"Catalog entry {store.url(rel)} is unreadable; restore or delete it.") from exc
     return entry

@@ -17,7 +17,7 @@ The state tracks, per managed field:
 
 from __future__ import annotations
 
-
+import dataclasses
 import json
 import logging
 import random
@@ -25,7 +25,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone

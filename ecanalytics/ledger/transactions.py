@@ -120,10 +120,10 @@ class Inbox:
     markers: dict[str, str]
 
     @classmethod
-    def list(cls, store: Store, dataset: str) -> Inbox:
+    def scan(cls, store: Store, dataset: str) -> Inbox:
         markers: dict[str, str] = {}
         inbox = P.inbox_dir(dataset)
-        for name in store.list(inbox):
+        for name in store.listdir(inbox):
             target = P.marker_to_object(dataset, name)
             if target is not None:
                 markers[target[0]] = f"{inbox}/{name}"

@@ -85,7 +85,7 @@ class Store:
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.abs(rel)))
 
-    def list(self, rel_dir: str) -> list[str]:
+    def listdir(self, rel_dir: str) -> list[str]:
         """Names of the files directly inside ``rel_dir`` (empty if it does not exist)."""
         try:
             entries = self.fs.ls(self.abs(rel_dir), detail=True)
@@ -95,7 +95,7 @@ class Store:
             e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"
         )
 
-    def list_dirs(self, rel_dir: str) -> list[str]:
+    def listdirs(self, rel_dir: str) -> list[str]:
         """Names of the sub-folders directly inside ``rel_dir``."""
         try:
             entries = self.fs.ls(self.abs(rel_dir), detail=True)
