@@ -39,6 +39,17 @@ from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import Resource, TransactionDataset
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # ``ec.reports`` imports DuckDB-facing code, so it is loaded on first use only.
+    if name == "reports":
+        import importlib
+
+        return importlib.import_module("ecanalytics.reports")
+    raise AttributeError(f"module 'ecanalytics' has no attribute {name!r}")
+
+
 __all__ = [
     "CommitConflictError",
     "ConfigurationError",
@@ -67,4 +78,5 @@ __all__ = [
     "ValidationError",
     "__version__",
     "connect",
+    "reports",
 ]

@@ -8,6 +8,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ecanalytics.consolidation import ConsolidationResult
 from ecanalytics.errors import ResourceExistsError, UnknownResourceError
@@ -17,6 +18,11 @@ from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import Resource, TransactionDataset
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from ecanalytics.analytics import SqlEngine
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
@@ -79,6 +85,7 @@ class Database:
         self._deferred: dict[tuple[str, str], EventualConsistencyPlugin] = {}
         self._lock = threading.RLock()
         self._closed = False
+        self._sql_engine: SqlEngine | None = None
         self.resources = Resources(self)
         self._atexit = _closer(weakref.ref(self))
         atexit.register(self._atexit)
@@ -116,6 +123,7 @@ class Database:
         if old is not None and old is not plugin:
             old.close()
         plugin._attach(resource)
+        plugin._database = self
         resource.plugins[plugin.field] = plugin
         if persist:
             cat.save_plugin(self.store, resource.name, plugin.field, plugin.config())
@@ -166,6 +174,29 @@ class Database:
     def consolidate(self, resource: str | None = None, field: str | None = None) -> list[ConsolidationResult]:
         """Consolidate every managed field (or the ones named); one result per field."""
         return [plugin.consolidate() for plugin in self._plugins(resource, field)]
+
+    # -- SQL -------------------------------------------------------------------------------
+    def _engine(self) -> SqlEngine:
+        if self._sql_engine is None:
+            from ecanalytics.analytics import SqlEngine  # DuckDB is imported on first SQL use only
+
+            self._sql_engine = SqlEngine(self)
+        return self._sql_engine
+
+    def sql(self, query: str, **params: Any) -> duckdb.DuckDBPyRelation:
+        """Run DuckDB SQL over views named after every resource and transaction dataset.
+
+        Views see the latest committed state. ``.pl()`` on the result gives a Polars DataFrame;
+        ``$name`` placeholders take ``params``.
+
+        Example:
+            ``db.sql("SELECT cohortDate, count(*) FROM wallets_transactions_balance GROUP BY 1").pl()``
+        """
+        return self._engine().sql(query, params or None)
+
+    def duckdb(self) -> duckdb.DuckDBPyConnection:
+        """The configured DuckDB connection (views refreshed now) for free-form use."""
+        return self._engine().refresh()
 
     def flush(self) -> int:
         """Write every buffered transaction now; returns how many were written."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -26,6 +27,8 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer
 
 if TYPE_CHECKING:
+    from ecanalytics.analytics.cohorts import Cohorts
+    from ecanalytics.database import Database
     from ecanalytics.resource import Resource
 
 log = logging.getLogger(__name__)
@@ -96,6 +99,7 @@ class EventualConsistencyPlugin:
         self._missing_reducer: str | None = None
         self._listeners: dict[str, list[Callback]] = {}
         self._resource: Resource | None = None
+        self._database: Database | None = None
         self._consolidator: Consolidator | None = None
         self._buffer: list[dict[str, Any]] = []
         self._buffer_since = 0.0
@@ -312,6 +316,41 @@ class EventualConsistencyPlugin:
                 **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
             })
         return result
+
+    # -- analytics (DuckDB) ----------------------------------------------------------------
+    def _cohorts(self) -> Cohorts:
+        if self._database is None:
+            raise ConfigurationError(f"Plugin for {self.dataset} is not attached: db.use_plugin(plugin) first.")
+        from ecanalytics.analytics.cohorts import Cohorts
+
+        self.consolidator  # noqa: B018 - raises a clear error while setup is deferred
+        return Cohorts(self._database._engine(), self.dataset, self.timezone)
+
+    def get_cohort_stats(self, date: str | dt.date) -> dict[str, Any]:
+        """``{date, transactionCount, byOperation: {set, add, sub}, totalValue}`` of one cohort day
+        in the plugin's zone. ``totalValue`` is the signed sum (a ``sub`` counts negative)."""
+        return self._cohorts().stats(date)
+
+    def get_analytics(
+        self, period: str = "day", start: Any = None, end: Any = None, *, record_id: str | None = None,
+        fill_gaps: bool = False,
+    ) -> pl.DataFrame:
+        """One row per cohort of ``period`` (hour, day, week, month) from ``start`` to ``end``
+        inclusive: ``cohort, count, sum, avg, min, max, recordCount`` plus ``{set,add,sub}Count`` and
+        ``{set,add,sub}Sum``. Signed values. ``fill_gaps`` adds zero rows for empty cohorts.
+        ``start``/``end`` default to the last 30 days."""
+        today = dt.datetime.now(dt.UTC)
+        start = start if start is not None else today - dt.timedelta(days=29)
+        end = end if end is not None else today
+        return self._cohorts().analytics(period, start, end, record_id, fill_gaps)
+
+    def get_top_records(self, period: str, date: Any, metric: str = "transactionCount", limit: int = 10) -> pl.DataFrame:
+        """The records with the most transactions (or the largest signed total) in one cohort."""
+        return self._cohorts().top_records(period, date, metric, limit)
+
+    def get_last_n(self, period: str, n: int, fill_gaps: bool = True) -> pl.DataFrame:
+        """Rollups of the last ``n`` cohorts of ``period``, ending with the current one."""
+        return self._cohorts().last_n(period, n, fill_gaps)
 
     def pending(self) -> pl.DataFrame:
         """The pending (not yet applied) transactions, deduplicated, without committing anything."""

@@ -1,0 +1,8 @@
+"""Analytics: DuckDB views over the store, cohort statistics and rollups, SQL reports.
+
+Importing this package imports DuckDB; ``import ecanalytics`` alone does not.
+"""
+
+from ecanalytics.analytics.engine import SqlEngine
+
+__all__ = ["SqlEngine"]

@@ -1,0 +1,180 @@
+"""DuckDB over the store, with views named after every dataset. Nothing is copied first.
+
+How DuckDB reaches the objects:
+
+* local roots: DuckDB reads the files directly;
+* ``memory://`` roots: the store's fsspec filesystem is registered with DuckDB;
+* S3 roots: if DuckDB's ``httpfs`` extension is *already installed* on the machine, it is loaded
+  (never downloaded) and an S3 secret is created from the same credentials; otherwise the s3fs
+  filesystem is registered with DuckDB (``register_filesystem``), which is what happens wherever
+  extensions cannot be fetched. Force a path with ``ECANALYTICS_DUCKDB_S3=httpfs|fsspec``.
+
+Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
+
+* ``{resource}``: current consolidated records;
+* ``{resource}_transactions_{field}``: the transaction history with ``cohortDate`` (DATE),
+  ``cohortMonth`` and a derived ``applied`` column, read with Hive partition pruning;
+* ``ec_transactions``: every transaction dataset, with a ``resource`` column;
+* ``ec_values``: ``resource, field, id, value`` for every managed field;
+* ``ec_fields``: ``resource, field, dataset, reducer, timezone, default``;
+* ``ec_pending_objects``: ``dataset, name`` of objects not yet applied;
+* ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
+  columns), read without touching the rest of the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Literal
+
+import duckdb
+import polars as pl
+
+from ecanalytics.errors import ConfigurationError
+from ecanalytics.ledger.transactions import Inbox
+from ecanalytics.storage import StorageConfig
+
+if TYPE_CHECKING:
+    from ecanalytics.database import Database
+
+log = logging.getLogger(__name__)
+S3Path = Literal["local", "fsspec", "httpfs"]
+TX_COLUMNS = "id, originalId, field, value, operation, timestamp, cohortDate, cohortMonth, source"
+EMPTY_TX = (
+    "SELECT NULL::VARCHAR AS id, NULL::VARCHAR AS originalId, NULL::VARCHAR AS field, NULL::DOUBLE AS value, "
+    "NULL::VARCHAR AS operation, NULL::TIMESTAMPTZ AS timestamp, NULL::DATE AS cohortDate, "
+    "NULL::VARCHAR AS cohortMonth, NULL::VARCHAR AS source, NULL::BOOLEAN AS applied WHERE false"
+)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def httpfs_secret_sql(config: StorageConfig) -> str:
+    """The ``CREATE SECRET`` statement that points httpfs at ``config``'s S3 endpoint."""
+    parts = ["TYPE s3", f"REGION {_quote(config.region or 'us-east-1')}"]
+    if config.key:
+        parts.append(f"KEY_ID {_quote(config.key)}")
+    if config.secret:
+        parts.append(f"SECRET {_quote(config.secret)}")
+    if config.token:
+        parts.append(f"SESSION_TOKEN {_quote(config.token)}")
+    if config.endpoint_url:
+        scheme, _, host = config.endpoint_url.partition("://")
+        parts += [f"ENDPOINT {_quote(host.rstrip('/'))}", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
+    return f"CREATE OR REPLACE SECRET ecanalytics ({', '.join(parts)})"
+
+
+def choose_s3_path(con: duckdb.DuckDBPyConnection, config: StorageConfig, preference: str | None) -> S3Path:
+    """Pick how DuckDB reads this root (see the module docstring); never downloads anything."""
+    if config.protocol == "file":
+        return "local"
+    if config.protocol != "s3":
+        return "fsspec"
+    preference = (preference or "auto").lower()
+    if preference not in ("auto", "httpfs", "fsspec"):
+        raise ConfigurationError(f"ECANALYTICS_DUCKDB_S3 must be auto, httpfs or fsspec; got {preference!r}.")
+    if preference == "fsspec":
+        return "fsspec"
+    try:
+        con.execute("LOAD httpfs")  # LOAD only: INSTALL would download
+    except duckdb.Error as exc:
+        if preference == "httpfs":
+            raise ConfigurationError(
+                "ECANALYTICS_DUCKDB_S3=httpfs, but DuckDB's httpfs extension is not installed here "
+                f"({exc}). Install it at deploy time (INSTALL httpfs) or use fsspec."
+            ) from exc
+        return "fsspec"
+    return "httpfs"
+
+
+class SqlEngine:
+    """A DuckDB connection whose views follow one :class:`Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.con = duckdb.connect()
+        self.con.execute("SET TimeZone = 'UTC'")  # independent of the host's TZ
+        self.path = choose_s3_path(self.con, db.config, os.environ.get("ECANALYTICS_DUCKDB_S3"))
+        if self.path == "httpfs":
+            self.con.execute(httpfs_secret_sql(db.config))
+        elif self.path == "fsspec":
+            self.con.register_filesystem(db.store.fs)
+        self._dataset_views: set[str] = set()
+
+    def glob(self, dataset: str) -> str:
+        """The recursive glob of a dataset's Parquet objects (``**`` lists once, unlike ``*/*/*``)."""
+        return f"{self.db.store.url(dataset)}/**/*.parquet"
+
+    def _dataset_view(self, dataset: str) -> None:
+        source = (
+            f"read_parquet({_quote(self.glob(dataset))}, hive_partitioning = true, filename = true, "
+            "hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR})"
+        )
+        sql = (
+            f'CREATE OR REPLACE VIEW "{dataset}" AS SELECT {TX_COLUMNS}, '
+            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {_quote(dataset)}) "
+            f"AS applied FROM {source}"
+        )
+        try:
+            self.con.execute(sql)
+            self._dataset_views.add(dataset)
+        except duckdb.IOException as exc:
+            if "No files found" not in str(exc):
+                raise
+            self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS {EMPTY_TX}')
+
+    def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
+        """Point every view at the latest committed state and pending set; returns the connection.
+
+        ``ec_pending`` costs one existence check per pending object, so it is rebuilt only when
+        ``query`` mentions it (or when no query is given).
+        """
+        with_pending = query is None or "ec_pending" in query
+        fields, pending, values, pending_reads = [], [], [], []
+        for name, resource in sorted(self.db._resources.items()):
+            records = resource.ledger.state().records.sort("id")
+            self.con.register(name, records)
+            consumed_all = resource.ledger.state().consumed
+            for field, plugin in sorted(resource.plugins.items()):
+                store = resource.ledger.store
+                markers = Inbox.scan(store, plugin.dataset).markers
+                consumed = consumed_all.get(field, frozenset())
+                keys = sorted(key for key in markers if key not in consumed)
+                pending += [(plugin.dataset, key.rsplit("/", 1)[-1]) for key in keys]
+                if keys and with_pending:
+                    urls = ", ".join(_quote(store.url(k)) for k in keys)
+                    # Objects whose writer is still between marker and object do not exist yet.
+                    existing = [u for u, k in zip(urls.split(", "), keys, strict=True) if store.exists(k)]
+                    if existing:
+                        pending_reads.append(
+                            f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
+                            f"source FROM read_parquet([{', '.join(existing)}])"
+                        )
+                default = plugin.consolidator.default
+                fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, default))
+                values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
+                              f'coalesce("{field}", {default!r}) AS value FROM "{name}"')
+        self.con.register("ec_pending_objects", pl.DataFrame(pending, schema={"dataset": pl.String, "name": pl.String}, orient="row"))
+        self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
+            "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
+            "timezone": pl.String, "default": pl.Float64}))
+        for _res, _field, dataset, *_ in fields:
+            if dataset not in self._dataset_views:  # views re-glob at query time; create them once
+                self._dataset_view(dataset)
+        union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
+        self.con.execute(f"CREATE OR REPLACE VIEW ec_transactions AS {union or 'SELECT NULL::VARCHAR AS resource, * FROM (' + EMPTY_TX + ')'}")
+        self.con.execute("CREATE OR REPLACE VIEW ec_values AS " + (" UNION ALL ".join(values) or
+                         "SELECT NULL::VARCHAR AS resource, NULL::VARCHAR AS field, NULL::VARCHAR AS id, NULL::DOUBLE AS value WHERE false"))
+        if not with_pending:
+            return self.con
+        empty_pending = "SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied) FROM (" + EMPTY_TX + ")"
+        self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty_pending))
+        return self.con
+
+    def sql(self, query: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
+        """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars."""
+        con = self.refresh(query)
+        return con.sql(query, params=params) if params else con.sql(query)

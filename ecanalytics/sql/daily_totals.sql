@@ -1,0 +1,18 @@
+-- Daily totals per resource, field and cohort day (in each field's zone). Values are signed.
+-- param start DATE
+-- param end DATE
+-- param resource VARCHAR = NULL
+-- param field VARCHAR = NULL
+SELECT resource, field, cohortDate,
+       count(*) AS transactions,
+       count(*) FILTER (operation = 'set') AS sets,
+       count(*) FILTER (operation = 'add') AS adds,
+       count(*) FILTER (operation = 'sub') AS subs,
+       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
+       count(DISTINCT originalId) AS records
+FROM ec_transactions
+WHERE cohortDate BETWEEN $start AND $end
+  AND ($resource IS NULL OR resource = $resource)
+  AND ($field IS NULL OR field = $field)
+GROUP BY resource, field, cohortDate
+ORDER BY resource, field, cohortDate

@@ -1,0 +1,18 @@
+-- Monthly totals per resource, field and cohort month (YYYY-MM). Values are signed.
+-- param start_month VARCHAR
+-- param end_month VARCHAR
+-- param resource VARCHAR = NULL
+-- param field VARCHAR = NULL
+SELECT resource, field, cohortMonth,
+       count(*) AS transactions,
+       count(*) FILTER (operation = 'set') AS sets,
+       count(*) FILTER (operation = 'add') AS adds,
+       count(*) FILTER (operation = 'sub') AS subs,
+       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
+       count(DISTINCT originalId) AS records
+FROM ec_transactions
+WHERE cohortMonth BETWEEN $start_month AND $end_month
+  AND ($resource IS NULL OR resource = $resource)
+  AND ($field IS NULL OR field = $field)
+GROUP BY resource, field, cohortMonth
+ORDER BY resource, field, cohortMonth

@@ -1,0 +1,45 @@
+-- Reconciliation: each record's consolidated value against a recomputation from the full applied
+-- history with the default reducer (last set, then signed adds and subs; ties by transaction id;
+-- a repeated transaction id counts once), starting from the field's default. Lists only the
+-- records where they differ. Fields with another reducer are skipped. A record inserted with a
+-- starting value other than the default, or changed through recalculation, shows up here by design.
+-- param resource VARCHAR = NULL
+-- param tolerance DOUBLE = 1e-9
+WITH fields AS (
+    SELECT * FROM ec_fields WHERE reducer = 'default' AND ($resource IS NULL OR resource = $resource)
+),
+history AS (
+    SELECT t.resource, t.field, t.originalId, t.id, t.value, t.operation, t.timestamp
+    FROM ec_transactions t JOIN fields USING (resource, field)
+    WHERE t.applied
+    QUALIFY row_number() OVER (PARTITION BY t.resource, t.field, t.id ORDER BY t.timestamp) = 1
+),
+last_set AS (
+    SELECT resource, field, originalId, value AS set_value, timestamp AS set_ts, id AS set_id
+    FROM history WHERE operation = 'set'
+    QUALIFY row_number() OVER (PARTITION BY resource, field, originalId ORDER BY timestamp DESC, id DESC) = 1
+),
+after_set AS (
+    SELECT h.resource, h.field, h.originalId,
+           sum(CASE WHEN h.operation = 'sub' THEN -h.value ELSE h.value END) AS delta
+    FROM history h LEFT JOIN last_set s USING (resource, field, originalId)
+    WHERE h.operation <> 'set'
+      AND (s.set_ts IS NULL OR h.timestamp > s.set_ts OR (h.timestamp = s.set_ts AND h.id > s.set_id))
+    GROUP BY ALL
+),
+recomputed AS (
+    SELECT k.resource, k.field, k.originalId AS id,
+           coalesce(s.set_value, f."default") + coalesce(a.delta, 0) AS recomputed
+    FROM (SELECT DISTINCT resource, field, originalId FROM history) k
+    JOIN fields f USING (resource, field)
+    LEFT JOIN last_set s USING (resource, field, originalId)
+    LEFT JOIN after_set a USING (resource, field, originalId)
+)
+SELECT resource, field, id, v.value AS consolidated,
+       coalesce(r.recomputed, f."default") AS recomputed,
+       v.value - coalesce(r.recomputed, f."default") AS difference
+FROM ec_values v
+JOIN fields f USING (resource, field)
+LEFT JOIN recomputed r USING (resource, field, id)
+WHERE abs(v.value - coalesce(r.recomputed, f."default")) > $tolerance
+ORDER BY resource, field, id

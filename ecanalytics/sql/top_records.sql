@@ -1,0 +1,16 @@
+-- The most active records between two cohort days, by transaction count (ties: larger total, then id).
+-- param start DATE
+-- param end DATE
+-- param limit INTEGER = 10
+-- param resource VARCHAR = NULL
+-- param field VARCHAR = NULL
+SELECT resource, field, originalId,
+       count(*) AS transactions,
+       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total
+FROM ec_transactions
+WHERE cohortDate BETWEEN $start AND $end
+  AND ($resource IS NULL OR resource = $resource)
+  AND ($field IS NULL OR field = $field)
+GROUP BY resource, field, originalId
+ORDER BY transactions DESC, total DESC, resource, field, originalId
+LIMIT $limit
