@@ -23,7 +23,7 @@ from rich.table import Table
 from ecanalytics.database import DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import EcError
 
-OutputFormat = Literal["text", "json"]
+OutputFormat = Literal["text", "json", "csv"]
 log = logging.getLogger("ecanalytics")
 
 
@@ -43,6 +43,15 @@ class Output:
         for row in df.iter_rows():
             table.add_row(*[f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row])
         self.console.print(table)
+
+    def table(self, title: str, df: pl.DataFrame) -> None:
+        """A whole result: a rich table, JSON rows, or CSV."""
+        if self.fmt == "json":
+            click.echo(json.dumps(df.to_dicts(), default=str, indent=2))
+        elif self.fmt == "csv":
+            click.echo(df.write_csv(), nl=False)
+        else:
+            self.frame(title, df)
 
     def summary(self, payload: dict[str, Any], text: str) -> None:
         if self.fmt == "json":
@@ -141,6 +150,85 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
             if not watch:
                 return
             time.sleep(interval)
+
+
+@cli.group()
+def sql() -> None:
+    """SQL reports and an interactive DuckDB prompt over the store's views."""
+
+
+@sql.command("list")
+def sql_list() -> None:
+    """List the shipped reports and their parameters."""
+    from ecanalytics import reports
+
+    for name in reports.names():
+        report = reports.get(name)
+        params = ", ".join(f"{p.name}:{p.type}" + ("" if p.required else f"={p.default}") for p in report.params)
+        click.echo(f"{name}({params})\n    {report.description}")
+
+
+def _params(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected name=value, got {pair!r}", param_hint="--param")
+        out[name.strip()] = value
+    return out
+
+
+@sql.command("run")
+@root_option
+@endpoint_option
+@click.argument("name")
+@click.option("--param", "-p", "pairs", multiple=True, metavar="NAME=VALUE", help="A report parameter (repeatable).")
+@click.option("--output", "output_fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True)
+def sql_run(root: str, endpoint_url: str | None, name: str, pairs: tuple[str, ...], output_fmt: OutputFormat) -> None:
+    """Run report NAME, e.g. ``sql run daily_totals -p start=2026-11-01 -p end=2026-11-30``."""
+    from ecanalytics import reports
+
+    params = _params(pairs)
+    with _open(root, endpoint_url) as db:
+        df = reports.run(db, name, **params)
+    Output(output_fmt).table(name, df)
+
+
+@sql.command("shell")
+@root_option
+@endpoint_option
+def sql_shell(root: str, endpoint_url: str | None) -> None:
+    """An interactive DuckDB prompt with every view defined. End statements with ';'.
+
+    ``.tables`` lists the views, ``.quit`` leaves. Reads a script when stdin is not a terminal.
+    """
+    interactive = sys.stdin.isatty()
+    out = Output("text")
+    with _open(root, endpoint_url) as db:
+        if interactive:
+            click.echo(f"ecanalytics SQL on {db.uri}. End statements with ';'. .tables lists views, .quit leaves.")
+        buffer: list[str] = []
+        while True:
+            if interactive:
+                click.echo("ec> " if not buffer else "...> ", nl=False)
+            line = sys.stdin.readline()
+            if not line:
+                break
+            stripped = line.strip()
+            if not buffer and stripped in (".quit", ".exit"):
+                break
+            if not buffer and stripped == ".tables":
+                statement = "SELECT table_name AS name, table_type AS kind FROM information_schema.tables ORDER BY 1;"
+            else:
+                buffer.append(line)
+                statement = "".join(buffer)
+                if not stripped.endswith(";"):
+                    continue
+            buffer = []
+            try:
+                out.frame("", db.sql(statement.strip().rstrip(";")).pl())
+            except Exception as exc:  # report and keep the prompt alive
+                click.echo(f"error: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,4 +120,5 @@ def run(db: Database, name: str, **params: Any) -> pl.DataFrame:
     Example: ``ec.reports.run(db, "daily_totals", start="2026-11-01", end="2026-11-30")``
     """
     report = get(name)
-    return db.sql(report.sql, **report.bind(params)).pl()
+    result: pl.DataFrame = db.sql(report.sql, **report.bind(params)).pl()
+    return result

@@ -187,7 +187,7 @@ class Cohorts:
             f"count(*) FILTER (operation = '{op}') AS {op}Count, coalesce(sum(sv) FILTER (operation = '{op}'), 0) AS {op}Sum"
             for op in ("set", "add", "sub")
         )
-        df = self.engine.sql(
+        df: pl.DataFrame = self.engine.sql(
             f"""SELECT cohort, count(*) AS count, sum(sv) AS sum, avg(sv) AS avg, min(sv) AS min, max(sv) AS max,
                        count(DISTINCT originalId) AS recordCount, {per_op}
                 FROM (SELECT {key_sql(p, self.tz)} AS cohort, originalId, operation, {_SIGNED} AS sv
@@ -212,17 +212,19 @@ class Cohorts:
             raise ValidationError(f"limit must be a positive integer; got {limit!r}.")
         key = to_key(p, date, self.tz)
         lo, hi = date_bounds(p, key, key)
-        return self.engine.sql(
+        top: pl.DataFrame = self.engine.sql(
             f"""SELECT originalId, count(*) AS transactionCount, sum({_SIGNED}) AS totalValue
                 FROM "{self.dataset}"
                 WHERE cohortDate BETWEEN $lo::DATE AND $hi::DATE AND {key_sql(p, self.tz)} = $key
                 GROUP BY originalId ORDER BY {metric} DESC, originalId LIMIT {limit}""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "key": key},
         ).pl()
+        return top
 
     def last_n(self, period: str, n: int, fill_gaps: bool, now: dt.datetime | None = None) -> pl.DataFrame:
         p = check_period(period)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValidationError(f"n must be a positive integer; got {n!r}.")
         end_key = to_key(p, now or dt.datetime.now(dt.UTC), self.tz)
-        return self.analytics(p, shift(p, end_key, -(n - 1), self.tz), end_key, None, fill_gaps)
+        rollup: pl.DataFrame = self.analytics(p, shift(p, end_key, -(n - 1), self.tz), end_key, None, fill_gaps)
+        return rollup
