@@ -60,7 +60,7 @@ def key(period: str, row: dict[str, Any]) -> str:
 
 
 def test_views_match_the_written_transactions(root: Root) -> None:
-    db, plugin, written = build(root)
+    db, _plugin, written = build(root)
     got = db.sql("SELECT originalId, operation, value, timestamp, cohortDate, cohortMonth, applied "
                  "FROM wallets_transactions_balance ORDER BY timestamp").pl()
     assert got.height == len(written)
@@ -77,7 +77,7 @@ def test_views_match_the_written_transactions(root: Root) -> None:
 
 
 def test_cohort_stats(root: Root) -> None:
-    db, plugin, written = build(root)
+    _db, plugin, written = build(root)
     for day in ("2026-11-01", "2026-11-02", "2026-11-09", "2026-12-01"):
         rows = [r for r in written if key("day", r) == day]
         expected = {
@@ -91,7 +91,7 @@ def test_cohort_stats(root: Root) -> None:
 
 @pytest.mark.parametrize("period", ["hour", "day", "week", "month"])
 def test_analytics_rollups(root: Root, period: str) -> None:
-    db, plugin, written = build(root)
+    _db, plugin, written = build(root)
     start, end = dt.datetime(2026, 11, 1, 0, tzinfo=ZoneInfo(TZ)), dt.datetime(2026, 11, 6, 12, tzinfo=ZoneInfo(TZ))
     lo_key, hi_key = key(period, {"ts": start}), key(period, {"ts": end})
     groups: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
@@ -161,7 +161,7 @@ def test_top_records_and_last_n(root: Root) -> None:
 
 
 def test_reports(root: Root) -> None:
-    db, plugin, written = build(root)
+    db, _plugin, written = build(root)
     assert set(ec.reports.names()) >= {"daily_totals", "monthly_totals", "top_records", "pending_backlog", "reconciliation"}
     daily = ec.reports.run(db, "daily_totals", start="2026-11-02", end="2026-11-05")
     per_day = collections.Counter(key("day", r) for r in written if "2026-11-02" <= key("day", r) <= "2026-11-05")
@@ -225,7 +225,7 @@ def test_one_day_query_reads_only_that_days_objects(s3_root: Root) -> None:
 
 
 def test_cli_sql_commands(root: Root) -> None:
-    db, plugin, written = build(root)
+    db, _plugin, written = build(root)
     db.close()
     env = {"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {}
     runner = CliRunner()
