@@ -205,7 +205,8 @@ def test_one_day_query_reads_only_that_days_objects(s3_root: Root) -> None:
     day_objects = {k.rsplit("/", 1)[-1] for k in objects if f"cohortDate={day}/" in k}
     assert day_objects and len(day_objects) < len(objects) / 5
     opened: list[str] = []
-    fs = db.store.fs
+    fs = db._engine().filesystem  # the filesystem DuckDB reads through
+    assert fs is not None
     original_open = fs._open
 
     def counting_open(path: str, *args: Any, **kwargs: Any) -> Any:

@@ -36,6 +36,8 @@ from ecanalytics.ledger.transactions import Inbox
 from ecanalytics.storage import StorageConfig
 
 if TYPE_CHECKING:
+    import fsspec
+
     from ecanalytics.database import Database
 
 log = logging.getLogger(__name__)
@@ -100,9 +102,19 @@ class SqlEngine:
         self.path = choose_s3_path(self.con, db.config, os.environ.get("ECANALYTICS_DUCKDB_S3"))
         if self.path == "httpfs":
             self.con.execute(httpfs_secret_sql(db.config))
-        elif self.path == "fsspec":
-            self.con.register_filesystem(db.store.fs)
+        self._fs: fsspec.AbstractFileSystem | None = None
+        if self.path == "fsspec":
+            # A separate instance whose listings are cached, so DuckDB's size/mtime look-ups after
+            # a glob cost no HEAD; refresh() clears the cache so every query lists afresh.
+            self._fs = db.config.filesystem(cached_listings=True) if db.config.protocol == "s3" else db.store.fs
+            self.con.register_filesystem(self._fs)
         self._dataset_views: set[str] = set()
+        self._shape: tuple[Any, ...] = ()
+
+    @property
+    def filesystem(self) -> fsspec.AbstractFileSystem | None:
+        """The fsspec filesystem registered with DuckDB (None when DuckDB reads natively)."""
+        return self._fs
 
     def glob(self, dataset: str) -> str:
         """The recursive glob of a dataset's Parquet objects (``**`` lists once, unlike ``*/*/*``)."""
@@ -129,30 +141,32 @@ class SqlEngine:
     def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
 
-        ``ec_pending`` costs one existence check per pending object, so it is rebuilt only when
-        ``query`` mentions it (or when no query is given).
+        Registered tables (records, ``ec_fields``, ``ec_pending_objects``) are replaced on every
+        call and resolved by name at query time. Views that bind datasets are created only when
+        the set of resources and fields changes, since binding lists every dataset. ``ec_pending``
+        costs one existence check per pending object, so it is rebuilt only when ``query``
+        mentions it (or when no query is given).
         """
         with_pending = query is None or "ec_pending" in query
+        if self._fs is not None:
+            self._fs.invalidate_cache()
         fields, pending, values, pending_reads = [], [], [], []
         for name, resource in sorted(self.db._resources.items()):
-            records = resource.ledger.state().records.sort("id")
-            self.con.register(name, records)
-            consumed_all = resource.ledger.state().consumed
+            state = resource.ledger.state()
+            self.con.register(name, state.records.sort("id"))
             for field, plugin in sorted(resource.plugins.items()):
                 store = resource.ledger.store
                 markers = Inbox.scan(store, plugin.dataset).markers
-                consumed = consumed_all.get(field, frozenset())
+                consumed = state.consumed.get(field, frozenset())
                 keys = sorted(key for key in markers if key not in consumed)
                 pending += [(plugin.dataset, key.rsplit("/", 1)[-1]) for key in keys]
-                if keys and with_pending:
-                    urls = ", ".join(_quote(store.url(k)) for k in keys)
-                    # Objects whose writer is still between marker and object do not exist yet.
-                    existing = [u for u, k in zip(urls.split(", "), keys, strict=True) if store.exists(k)]
-                    if existing:
-                        pending_reads.append(
-                            f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
-                            f"source FROM read_parquet([{', '.join(existing)}])"
-                        )
+                # Objects whose writer is still between marker and object do not exist yet.
+                existing = [store.url(k) for k in keys if with_pending and store.exists(k)]
+                if existing:
+                    pending_reads.append(
+                        f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
+                        f"source FROM read_parquet([{', '.join(_quote(u) for u in existing)}])"
+                    )
                 default = plugin.consolidator.default
                 fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, default))
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
@@ -161,17 +175,23 @@ class SqlEngine:
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
             "timezone": pl.String, "default": pl.Float64}))
+        created = False
         for _res, _field, dataset, *_ in fields:
-            if dataset not in self._dataset_views:  # views re-glob at query time; create them once
+            if dataset not in self._dataset_views:
                 self._dataset_view(dataset)
-        union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
-        self.con.execute(f"CREATE OR REPLACE VIEW ec_transactions AS {union or 'SELECT NULL::VARCHAR AS resource, * FROM (' + EMPTY_TX + ')'}")
-        self.con.execute("CREATE OR REPLACE VIEW ec_values AS " + (" UNION ALL ".join(values) or
-                         "SELECT NULL::VARCHAR AS resource, NULL::VARCHAR AS field, NULL::VARCHAR AS id, NULL::DOUBLE AS value WHERE false"))
-        if not with_pending:
-            return self.con
-        empty_pending = "SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied) FROM (" + EMPTY_TX + ")"
-        self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty_pending))
+                created = True
+        shape = (tuple(f[:3] for f in fields), tuple(sorted(self._dataset_views)))
+        if created or shape != self._shape:
+            self._shape = shape
+            union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
+            self.con.execute("CREATE OR REPLACE VIEW ec_transactions AS "
+                             + (union or f"SELECT NULL::VARCHAR AS resource, * FROM ({EMPTY_TX})"))
+            self.con.execute("CREATE OR REPLACE VIEW ec_values AS " + (" UNION ALL ".join(values) or
+                             "SELECT NULL::VARCHAR AS resource, NULL::VARCHAR AS field, NULL::VARCHAR AS id, "
+                             "NULL::DOUBLE AS value WHERE false"))
+        if with_pending:
+            empty = f"SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied) FROM ({EMPTY_TX})"
+            self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty))
         return self.con
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:

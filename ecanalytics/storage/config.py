@@ -102,8 +102,13 @@ class StorageConfig:
             return f"memory://{path}"
         return path
 
-    def filesystem(self) -> fsspec.AbstractFileSystem:
-        """A new fsspec filesystem for this root (s3fs for S3)."""
+    def filesystem(self, *, cached_listings: bool = False) -> fsspec.AbstractFileSystem:
+        """A new fsspec filesystem for this root (s3fs for S3).
+
+        ``cached_listings`` keeps what a listing learnt about each object, so later ``info``
+        calls cost no HEAD request. It suits a reader that invalidates the cache before each
+        query (DuckDB); the ledger never uses it, because it must see every new key.
+        """
         if self.protocol == "s3":
             import s3fs
 
@@ -115,8 +120,7 @@ class StorageConfig:
                 secret=self.secret,
                 token=self.token,
                 client_kwargs=client_kwargs,
-                # Our own object names are unique, so the listing cache only hides new keys.
-                use_listings_cache=False,
+                use_listings_cache=cached_listings,
                 skip_instance_cache=True,
                 # Our objects are small: one GET each, without the HEAD that sizes a chunked read.
                 max_concurrency=1,
