@@ -14,6 +14,7 @@ Example:
 from ecanalytics.consolidation import ConsolidationResult
 from ecanalytics.database import Database, connect
 from ecanalytics.errors import (
+    ArgumentError,
     CommitConflictError,
     ConfigurationError,
     ConsolidationError,
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "ArgumentError",
     "CommitConflictError",
     "ConfigurationError",
     "ConsolidationError",

@@ -26,6 +26,10 @@ class ValidationError(TerminalError, ValueError):
     """Input was rejected before anything was written."""
 
 
+class ArgumentError(ValidationError, TypeError):
+    """A call has the wrong shape (e.g. ``add(id)`` without an amount)."""
+
+
 class InvalidValueError(ValidationError):
     """An amount is not a finite number (NaN, infinity, a string, a bool, None...)."""
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, overload
 import polars as pl
 
 from ecanalytics.errors import (
+    ArgumentError,
     FieldRequiredError,
     RecordExistsError,
     RecordNotFoundError,
@@ -160,7 +161,9 @@ class Resource:
             if not isinstance(args[0], str):
                 raise UnknownFieldError(f"Expected (id, field, amount); the field {args[0]!r} is not a name.")
             return self.plugin(args[0]), args[1]
-        raise TypeError("Call as op(id, amount) or op(id, field, amount).")
+        raise ArgumentError(
+            f"Expected op(id, amount) or op(id, field, amount); got {len(args)} argument(s) after the id."
+        )
 
     def _op(self, operation: Operation, record_id: str, args: tuple[Any, ...],
             tx_id: str | None, timestamp: dt.datetime | None, source: str | None) -> float | None:

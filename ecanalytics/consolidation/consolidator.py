@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ecanalytics.consolidation.reducers import Reducer
+from ecanalytics.errors import ConsolidationError
 from ecanalytics.ledger.log import Commit, Ledger, State
 from ecanalytics.ledger.transactions import Inbox, read_objects
 from ecanalytics.storage import paths as P
@@ -130,6 +131,12 @@ class Consolidator:
             if not pending.objects:
                 return None
             new = self.fold(st, pending.rows)
+            bad = new.filter(~pl.col("value").is_finite() | pl.col("value").is_null())
+            if bad.height:
+                raise ConsolidationError(
+                    f"Consolidating {self.dataset} would give {bad.height} record(s) a non-finite value "
+                    f"(first: {bad.row(0)}); nothing was committed. Check for overflowing amounts."
+                )
             upserts = self._upserts(st, new)
             return Commit(
                 kind="consolidate",
