@@ -59,6 +59,16 @@ class Resources(Mapping[str, "Resource | TransactionDataset"]):
         return len(self._all())
 
 
+def _at_exit(func: Callable[[], None]) -> None:
+    # Flush at exit *before* concurrent.futures stops accepting work: aiobotocore needs the
+    # default executor (DNS) for S3 requests, so a plain atexit hook would hang in retries.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(func)
+    else:  # pragma: no cover - CPython has had _register_atexit since 3.9
+        atexit.register(func)
+
+
 def _closer(ref: weakref.ref[Database]) -> Callable[[], None]:
     # A weak reference, so that registering at exit does not keep a database alive.
     def close() -> None:
@@ -88,7 +98,7 @@ class Database:
         self._sql_engine: SqlEngine | None = None
         self.resources = Resources(self)
         self._atexit = _closer(weakref.ref(self))
-        atexit.register(self._atexit)
+        _at_exit(self._atexit)
         self._reopen()
 
     def __repr__(self) -> str:

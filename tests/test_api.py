@@ -359,3 +359,25 @@ def test_create_resource_is_idempotent_but_checks_schema(root: Root) -> None:
     assert db.create_resource("wallets", WALLETS) is a
     with pytest.raises(ec.ResourceExistsError):
         db.create_resource("wallets", {"id": "string|required"})
+
+
+def test_interpreter_exit_flushes_batches(root: Root) -> None:
+    if root.kind == "memory":
+        pytest.skip("memory:// does not outlive the child process that would write it")
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, ecanalytics as ec\n"
+        "db = ec.connect(sys.argv[1], endpoint_url=sys.argv[2] or None)\n"
+        "db.use_plugin(ec.EventualConsistencyPlugin(resource='m', field='n', batch_transactions=True,"
+        " batch_size=1000, flush_interval=3600, auto_consolidate=False))\n"
+        "m = db.create_resource('m', {'id': 'string|required', 'n': 'number|default:0'})\n"
+        "for _ in range(9):\n"
+        "    m.add('x', 3)\n"
+        "# no flush, no close: interpreter exit must write the buffer\n"
+    )
+    subprocess.run([sys.executable, "-c", script, root.uri, root.endpoint_url or ""], check=True, timeout=120)
+    db = root.connect()
+    db.consolidate()
+    assert db.resources["m"].get("x")["n"] == 27  # type: ignore[union-attr]
