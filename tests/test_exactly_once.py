@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import ecanalytics as ec
+from ecanalytics.ledger.transactions import Inbox
 from ecanalytics.storage import paths as P
 from tests import workers
 from tests.conftest import Root
@@ -122,8 +123,7 @@ def test_crash_at_each_commit_step_then_rerun(root: Root, step: str) -> None:
         db.consolidate()
         db.consolidate()  # a second run must find nothing left to apply
         assert values(db) == dict(expected)
-    store = root.store()
-    assert store.listdir(P.inbox_dir("wallets_transactions_balance")) == []
+    assert Inbox.scan(root.store(), "wallets_transactions_balance").markers == {}  # every marker cleaned up
 
 
 @pytest.mark.s3
@@ -159,4 +159,4 @@ def test_orphan_marker_of_a_dead_writer_is_ignored_then_removed(root: Root) -> N
     wallets.add("r1", 5)
     db.consolidate()
     assert values(db) == {"r1": 5.0}
-    assert store.listdir(P.inbox_dir(dataset)) == [fresh.rsplit("/", 1)[-1]]
+    assert list(Inbox.scan(store, dataset).markers.values()) == [fresh]
