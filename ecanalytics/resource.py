@@ -11,18 +11,19 @@ import polars as pl
 from ecanalytics.errors import (
     ArgumentError,
     FieldRequiredError,
+    InvalidValueError,
     RecordExistsError,
     RecordNotFoundError,
     SchemaError,
     UnknownFieldError,
 )
 from ecanalytics.ledger import Commit, Ledger, Schema, State
-from ecanalytics.ledger.transactions import COHORT_SCHEMA, TX_SCHEMA, Inbox
-from ecanalytics.storage import decode_parquet
+from ecanalytics.ledger.transactions import Inbox, history_keys, read_history
 from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
 if TYPE_CHECKING:
+    from ecanalytics.maintenance import RecalculationResult
     from ecanalytics.plugin import EventualConsistencyPlugin
 
 Filter = Mapping[str, Any]
@@ -83,10 +84,18 @@ class Resource:
         self.ledger.commit(build)
         return row
 
-    def get(self, record_id: str) -> dict[str, Any]:
-        """The consolidated record; :class:`RecordNotFoundError` (a ``KeyError``) if absent."""
+    def get(self, record_id: str, *, as_of: dt.datetime | None = None,
+            events_until: dt.datetime | None = None) -> dict[str, Any]:
+        """The consolidated record; :class:`RecordNotFoundError` (a ``KeyError``) if absent.
+
+        Time travel asks one of two questions (see :meth:`to_polars`): ``as_of`` is what had
+        been *committed* by then; ``events_until`` is what the transactions *dated* up to then add
+        up to.
+        """
         P.validate_record_id(record_id)
-        rows = self.ledger.state().records.filter(pl.col("id") == record_id)
+        source = self.ledger.state().records if as_of is None and events_until is None else self.to_polars(
+            as_of=as_of, events_until=events_until)
+        rows = source.filter(pl.col("id") == record_id)
         if rows.height == 0:
             raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
         return rows.row(0, named=True)
@@ -121,9 +130,40 @@ class Resource:
 
         self.ledger.commit(build)
 
-    def to_polars(self) -> pl.DataFrame:
-        """All records with their consolidated values, sorted by id."""
+    def to_polars(self, *, as_of: dt.datetime | None = None, events_until: dt.datetime | None = None) -> pl.DataFrame:
+        """All records with their consolidated values, sorted by id.
+
+        Time travel:
+
+        * ``as_of=T`` (commit time): the state as it was committed at ``T``, exactly what
+          ``to_polars()`` returned then. Reads the nearest checkpoint and replays the log.
+        * ``events_until=T`` (event time): each managed field recomputed from every transaction
+          whose ``timestamp`` is at or before ``T``, applied or still pending, in event order,
+          from the value the record was inserted with (or the default). A backfill dated
+          before ``T`` counts even if it was written later.
+        """
+        if as_of is not None and events_until is not None:
+            raise ArgumentError("Pass as_of (commit time) or events_until (event time), not both.")
+        if as_of is not None:
+            if not isinstance(as_of, dt.datetime) or as_of.tzinfo is None:
+                raise InvalidValueError("as_of must be a timezone-aware datetime.")
+            return self.ledger.state_at(self.ledger.version_at(as_of)).records.sort("id")
+        if events_until is not None:
+            if not isinstance(events_until, dt.datetime) or events_until.tzinfo is None:
+                raise InvalidValueError("events_until must be a timezone-aware datetime.")
+            from ecanalytics.maintenance import records_at_events
+
+            return records_at_events(self, events_until)
         return self.ledger.state().records.sort("id")
+
+    def recalculate(self, id: str | None = None, field: str | None = None) -> RecalculationResult:
+        """Rebuild ``field`` (of one record, or all) from its applied history, committing only the
+        records whose value differs. See :mod:`ecanalytics.maintenance`."""
+        from ecanalytics.maintenance import recalculate
+
+        if id is not None:
+            P.validate_record_id(id)
+        return recalculate(self, field, id)
 
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the consolidated records."""
@@ -239,7 +279,6 @@ class TransactionDataset:
         return f"TransactionDataset({self.name!r})"
 
     def _objects(self, where: Filter | None) -> list[str]:
-        store = self.plugin.consolidator.store
         where = where or {}
 
         def listed(value: Any) -> list[str]:
@@ -250,29 +289,18 @@ class TransactionDataset:
         elif "cohortMonth" in where:
             prefixes = [P.month_dir(self.name, m) for m in listed(where["cohortMonth"])]
         else:
-            prefixes = [self.name]
-        return sorted({k for p in prefixes for k in store.find(p, ".parquet") if "/_" not in k[len(self.name):]})
+            prefixes = None
+        return history_keys(self.plugin.consolidator.store, self.name, prefixes)
 
     def query(self, where: Filter | None = None) -> pl.DataFrame:
         """Transactions matching equality filters, with the partition columns and ``applied``."""
         consolidator = self.plugin.consolidator
         store = consolidator.store
-        keys = self._objects(where)
         pending_keys = set(Inbox.scan(store, self.name).markers) - consolidator.ledger.state().consumed.get(
             self.plugin.field, frozenset()
         )
-        frames = []
-        for key, blob in store.read_many(keys).items():
-            if blob is None:
-                continue
-            day = key.split("cohortDate=", 1)[1].split("/", 1)[0]
-            frames.append(decode_parquet(blob, store.url(key)).select(list(TX_SCHEMA)).with_columns(
-                pl.lit(dt.date.fromisoformat(day)).alias("cohortDate"),
-                pl.lit(day[:7]).alias("cohortMonth"),
-                pl.lit(key not in pending_keys).alias("applied"),
-            ))
-        schema = {**TX_SCHEMA, **COHORT_SCHEMA, "applied": pl.Boolean()}
-        df = pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+        df = read_history(store, self._objects(where))
+        df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
         order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]
         return _apply_filter(df.select(order), where).sort("timestamp", "id")
 

@@ -168,11 +168,70 @@ class Ledger:
 
     def _replay(self, st: State) -> State:
         while (entry := self.read_entry(st.version + 1)) is not None:
-            delta = entry.raw.get("delta")
-            upserts = self.store.read_parquet(delta).cast(self.schema.polars_schema) if delta else None  # type: ignore[arg-type]
             ids = self.store.read_parquet(entry.raw["ids"]) if entry.raw.get("ids") else None
-            st = self._apply(st, entry, upserts, ids)
+            st = self._apply(st, entry, self.read_delta(entry), ids)
         return st
+
+    # -- history (maintenance paths: they may read the whole log) ----------------------------
+    def latest_version(self) -> int:
+        """The newest committed version (0 before the first commit)."""
+        return self.state().version
+
+    def version_at(self, when: datetime) -> int:
+        """The newest version committed at or before ``when`` (0 if none), by binary search over
+        the log's ``committedAt`` (O(log n) reads; assumes committers' clocks roughly agree)."""
+        if when.tzinfo is None:
+            raise ValueError("as_of must be timezone-aware")
+        lo, hi = 0, self.latest_version()
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            entry = self.read_entry(mid)
+            if entry is not None and entry.committed_at <= when:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def state_at(self, version: int) -> State:
+        """The state as committed at ``version``: the nearest earlier checkpoint plus a replay."""
+        current = self.state()
+        if version >= current.version:
+            return current
+        best: tuple[int, str, str] | None = None
+        names = self.store.listdir(f"{self.resource}/_data")
+        for name in names:
+            if name.endswith(".checkpoint.parquet"):
+                v = int(name[:20])
+                ids = name.replace(".checkpoint.parquet", ".checkpoint-ids.parquet")
+                if v <= version and ids in names and (best is None or v > best[0]):
+                    best = (v, f"{self.resource}/_data/{name}", f"{self.resource}/_data/{ids}")
+        st = self._empty()
+        if best is not None:
+            v, rec, ids_rel = best
+            records = self.store.read_parquet(rec).cast(self.schema.polars_schema)  # type: ignore[arg-type]
+            entry = self.read_entry(v)
+            st = State(v, records, {}, self.store.read_parquet(ids_rel).cast(IDS_SCHEMA),  # type: ignore[arg-type]
+                       entry.committed_at if entry else None, v)
+        while st.version < version:
+            entry = self.read_entry(st.version + 1)
+            if entry is None:
+                break
+            st = self._apply(st, entry, self.read_delta(entry), None)
+        return st
+
+    def entries(self, kinds: tuple[str, ...] = ()) -> list[LogEntry]:
+        """Every log entry (optionally of some kinds), oldest first: a maintenance read."""
+        out, version = [], 1
+        while (entry := self.read_entry(version)) is not None:
+            if not kinds or entry.raw.get("kind") in kinds:
+                out.append(entry)
+            version += 1
+        return out
+
+    def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
+        """The records an entry upserted."""
+        delta = entry.raw.get("delta")
+        return self.store.read_parquet(delta).cast(self.schema.polars_schema) if delta else None  # type: ignore[arg-type]
 
     def state(self) -> State:
         """The latest committed state (reads only the log entries newer than the cached version)."""

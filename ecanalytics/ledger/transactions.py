@@ -178,3 +178,28 @@ def _validate(df: pl.DataFrame, where: str) -> pl.DataFrame:
             "missing id); nothing from it was applied. Move the object out of the dataset to continue."
         )
     return df
+
+
+def history_keys(store: Store, dataset: str, prefixes: Sequence[str] | None = None) -> list[str]:
+    """Every transaction object of ``dataset`` (or under the given partition prefixes): a listing
+    of the history, for queries and maintenance, never for consolidation."""
+    roots = list(prefixes) if prefixes is not None else [dataset]
+    return sorted({k for p in roots for k in store.find(p, ".parquet") if "/_" not in k[len(dataset):]})
+
+
+def read_history(store: Store, keys: Sequence[str]) -> pl.DataFrame:
+    """Transactions of ``keys`` with ``cohortDate``, ``cohortMonth`` (from the path) and ``_object``."""
+    blobs = store.read_many(keys)
+    frames = []
+    for key, blob in blobs.items():
+        if blob is None:  # deleted since it was listed (a maintenance job moved it)
+            continue
+        day = key.split("cohortDate=", 1)[1].split("/", 1)[0]
+        frames.append(_validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
+            pl.lit(datetime.fromisoformat(day).date()).alias("cohortDate"),
+            pl.lit(day[:7]).alias("cohortMonth"),
+            pl.lit(key).alias("_object"),
+        ))
+    if not frames:
+        return pl.DataFrame(schema={**TX_SCHEMA, **COHORT_SCHEMA, "_object": pl.String()})
+    return pl.concat(frames, how="vertical")
