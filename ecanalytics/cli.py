@@ -32,7 +32,8 @@ class Output:
 
     def __init__(self, fmt: OutputFormat) -> None:
         self.fmt = fmt
-        self.console = Console()
+        # Off a terminal rich would wrap at 80 columns; reports are wider than that.
+        self.console = Console() if sys.stdout.isatty() else Console(width=200)
 
     def frame(self, title: str, df: pl.DataFrame) -> None:
         if self.fmt == "json":
@@ -135,9 +136,14 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
     """Consolidate every managed field (or the ones named): the batch job for async mode."""
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
+        plugins = db._plugins(resource, field)
         while True:
             started = time.perf_counter()
-            results = db.consolidate(resource, field)
+            results = []
+            with _progress(len(plugins), "consolidating", out.fmt == "text" and sys.stderr.isatty()) as tick:
+                for n, plugin in enumerate(plugins, 1):
+                    results.append(plugin.consolidate())
+                    tick(n)
             payload = {
                 "root": db.uri, "results": [r.as_dict() for r in results],
                 "transactions": sum(r.transactions for r in results), "records": sum(r.records for r in results),
@@ -150,6 +156,65 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
             if not watch:
                 return
             time.sleep(interval)
+
+
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> None:
+    """Per resource and field: pending backlog, version, last checkpoint, objects and sizes."""
+    import json as _json
+
+    from ecanalytics.storage import paths as P
+
+    out = Output(output_fmt)
+    rows = []
+    with _open(root, endpoint_url) as db:
+        for name in sorted(db._resources):
+            resource = db._resources[name]
+            state = resource.ledger.state()
+            try:
+                checkpoint = _json.loads(db.store.read(P.last_checkpoint(name)))["version"]
+            except (FileNotFoundError, ValueError, KeyError):
+                checkpoint = None
+            fields: list[str | None] = [*sorted(resource.plugins)] or [None]
+            for field in fields:
+                row: dict[str, Any] = {"resource": name, "field": field, "records": state.records.height,
+                                       "version": state.version, "checkpoint": checkpoint}
+                if field is not None:
+                    plugin = resource.plugins[field]
+                    pending = plugin.pending()
+                    objects, size = db.store.du(plugin.dataset, ".parquet")
+                    row.update(pending=pending.height, oldestPending=pending["timestamp"].min(),
+                               objects=objects, bytes=size, reducer=plugin.reducer_name, timezone=plugin.timezone)
+                rows.append(row)
+        uri = db.uri
+    if out.fmt == "json":
+        click.echo(_json.dumps({"root": uri, "fields": rows}, default=str, indent=2))
+    else:
+        out.frame(f"ecanalytics at {uri}", pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame())
+
+
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--resource", required=True, help="The resource.")
+@click.option("--field", default=None, help="The managed field (required when several are managed).")
+@click.option("--id", "record_id", default=None, help="Only this record.")
+def recalculate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str, field: str | None,
+                record_id: str | None) -> None:
+    """Rebuild values from the full history through the commit log; commit only what differs."""
+    out = Output(output_fmt)
+    with _open(root, endpoint_url) as db:
+        res = db.resources[resource]
+        if not hasattr(res, "recalculate"):
+            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
+        result = res.recalculate(id=record_id, field=field)
+    out.frame(f"changed records of {resource}.{result.field}", result.values)
+    out.summary(result.as_dict(), f"Checked {result.checked} records against {result.transactions} transactions; "
+                f"changed {result.changed} (version {result.version}) in {result.duration_s:.2f}s.")
 
 
 @cli.group()

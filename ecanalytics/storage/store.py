@@ -113,6 +113,15 @@ class Store:
             return []
         return sorted(self.rel(p) for p in found if p.endswith(suffix))
 
+    def du(self, rel_dir: str, suffix: str = "") -> tuple[int, int]:
+        """(object count, total bytes) of the files below ``rel_dir`` ending with ``suffix``."""
+        try:
+            found = self.fs.find(self.abs(rel_dir), detail=True)
+        except FileNotFoundError:
+            return 0, 0
+        sizes = [int(info.get("size") or 0) for path, info in found.items() if path.endswith(suffix)]
+        return len(sizes), sum(sizes)
+
     # -- writes ----------------------------------------------------------------------------
     def write(self, rel: str, data: bytes) -> None:
         """Write (or overwrite) an object. Local writes go through a temp file and a rename."""

@@ -1,0 +1,82 @@
+"""The CLI as a batch job would use it: exit codes, JSON summaries, no credentials in output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import ecanalytics as ec
+from ecanalytics.cli import cli, main
+from tests.conftest import Root
+
+
+def env_for(root: Root) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {}
+
+
+def seed(root: Root) -> ec.Database:
+    db = root.connect()
+    for f in ("balance", "points"):
+        db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field=f, auto_consolidate=False))
+    w = db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0", "points": "number|default:0"})
+    for i in range(6):
+        w.add(f"w{i % 3}", "balance", i + 1)
+    w.add("w0", "points", 5)
+    return db
+
+
+def test_consolidate_inspect_recalculate(root: Root) -> None:
+    db = seed(root)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["inspect", "--root", root.uri, "--output", "json"], env=env_for(root))
+    assert res.exit_code == 0, res.output
+    fields = {f["field"]: f for f in json.loads(res.output)["fields"]}
+    assert (fields["balance"]["pending"], fields["points"]["pending"]) == (6, 1)
+    assert fields["balance"]["objects"] == 6 and fields["balance"]["bytes"] > 0
+
+    res = runner.invoke(cli, ["consolidate", "--root", root.uri, "--output", "json"], env=env_for(root))
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert (summary["transactions"], summary["versions"], summary["records"]) == (7, 2, 3 + 1)
+    assert db.resources["wallets"].get("w0")["balance"] == 1 + 4  # type: ignore[union-attr]
+    res = runner.invoke(cli, ["inspect", "--root", root.uri, "--output", "json"], env=env_for(root))
+    assert [f["pending"] for f in json.loads(res.output)["fields"]] == [0, 0]
+
+    import polars as pl
+
+    from ecanalytics.ledger import Commit
+
+    w = db.resources["wallets"]
+    assert isinstance(w, ec.Resource)
+    w.ledger.commit(lambda st: Commit("update", upserts=st.records.filter(pl.col("id") == "w1").with_columns(balance=pl.lit(0.0))))
+    res = runner.invoke(cli, ["recalculate", "--root", root.uri, "--resource", "wallets", "--field", "balance",
+                              "--output", "json"], env=env_for(root))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["changed"] == 1
+    assert w.get("w1")["balance"] == 2 + 5
+
+
+def test_exit_codes_and_one_line_errors(tmp_path: object) -> None:
+    assert main(["consolidate", "--no-such-flag"]) == 2
+    assert main(["recalculate", "--root", str(tmp_path), "--resource", "nope"]) == 1
+    out = subprocess.run([sys.executable, "-m", "ecanalytics.cli", "recalculate", "--root", str(tmp_path),
+                          "--resource", "nope"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr and "nope" in out.stderr
+
+
+@pytest.mark.s3
+def test_credentials_never_printed(s3_root: Root) -> None:
+    seed(s3_root).close()
+    uri = s3_root.uri.replace("s3://", "s3://testing:SUPERSECRETKEY@")
+    for args in (["inspect", "--output", "json"], ["consolidate"], ["consolidate", "--output", "json"],
+                 ["sql", "run", "pending_backlog", "--output", "csv"]):
+        res = CliRunner().invoke(cli, [*args, "--root", uri], env=env_for(s3_root))
+        assert res.exit_code == 0, res.output
+        assert "SUPERSECRETKEY" not in res.output
+    bad = CliRunner().invoke(cli, ["consolidate", "--root", uri.replace("ec-test", "no-such-bucket")], env=env_for(s3_root))
+    assert "SUPERSECRETKEY" not in bad.output
