@@ -4,8 +4,9 @@ How DuckDB reaches the objects:
 
 * local roots: DuckDB reads the files directly;
 * ``memory://`` roots: the store's fsspec filesystem is registered with DuckDB;
-* S3 roots: if DuckDB's ``httpfs`` extension is *already installed* on the machine, it is loaded
-  (never downloaded) and an S3 secret is created from the same credentials; otherwise the s3fs
+* S3 roots: if DuckDB's ``httpfs`` extension is *already installed* on the machine (in DuckDB's
+  extension folder, or from the PyPI ``duckdb-ext-httpfs`` package), it is loaded (never
+  downloaded) and an S3 secret is created from the same credentials; otherwise the s3fs
   filesystem is registered with DuckDB (``register_filesystem``), which is what happens wherever
   extensions cannot be fetched. Force a path with ``ECANALYTICS_DUCKDB_S3=httpfs|fsspec``.
 
@@ -24,6 +25,7 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,6 +71,14 @@ def httpfs_secret_sql(config: StorageConfig) -> str:
     return f"CREATE OR REPLACE SECRET ecanalytics ({', '.join(parts)})"
 
 
+def _packaged_extension_dir() -> str | None:
+    spec = importlib.util.find_spec("duckdb_ext")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = os.path.join(next(iter(spec.submodule_search_locations)), "extensions")
+    return folder if os.path.isdir(folder) else None
+
+
 def choose_s3_path(con: duckdb.DuckDBPyConnection, config: StorageConfig, preference: str | None) -> S3Path:
     """Pick how DuckDB reads this root (see the module docstring); never downloads anything."""
     if config.protocol == "file":
@@ -80,6 +90,9 @@ def choose_s3_path(con: duckdb.DuckDBPyConnection, config: StorageConfig, prefer
         raise ConfigurationError(f"ECANALYTICS_DUCKDB_S3 must be auto, httpfs or fsspec; got {preference!r}.")
     if preference == "fsspec":
         return "fsspec"
+    packaged = _packaged_extension_dir()
+    if packaged is not None:  # the PyPI duckdb-ext-* wheels ship extensions in a package folder
+        con.execute(f"SET extension_directory = {_quote(packaged)}")
     try:
         con.execute("LOAD httpfs")  # LOAD only: INSTALL would download
     except duckdb.Error as exc:
