@@ -217,6 +217,32 @@ def recalculate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
                 f"changed {result.changed} (version {result.version}) in {result.duration_s:.2f}s.")
 
 
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--retain", required=True, help="Keep this many days of history, e.g. 30d.")
+@click.option("--resource", default=None, help="Only this resource.")
+@click.option("--field", default=None, help="Only this managed field.")
+@click.option("--delete", "delete_", is_flag=True, help="Delete old objects instead of archiving them under _archive/.")
+def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: str, resource: str | None,
+       field: str | None, delete_: bool) -> None:
+    """Retention: archive (or delete) applied transactions older than --retain, values unchanged."""
+    from ecanalytics.resource import parse_days
+
+    days = parse_days(retain if retain.endswith("d") else f"{retain}d")
+    out = Output(output_fmt)
+    with _open(root, endpoint_url) as db:
+        results = [p._resource.gc(days, field=p.field, archive=not delete_) for p in db._plugins(resource, field)
+                   if p._resource is not None]
+        uri = db.uri
+    payload = {"root": uri, "results": [r.as_dict() for r in results],
+               "objects": sum(r.objects for r in results), "transactions": sum(r.transactions for r in results)}
+    verb = "Deleted" if delete_ else "Archived"
+    out.summary(payload, f"{verb} {payload['objects']} objects ({payload['transactions']} transactions) "
+                         f"older than {days} days over {len(results)} fields.")
+
+
 @cli.group()
 def sql() -> None:
     """SQL reports and an interactive DuckDB prompt over the store's views."""

@@ -9,16 +9,20 @@ later ``set`` was already consolidated; recalculation then rewrites it to the ev
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.transactions import Inbox, history_keys, read_history
+from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
     from ecanalytics.plugin import EventualConsistencyPlugin
@@ -44,7 +48,7 @@ class RecalculationResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def base_values(resource: Resource, field: str) -> pl.DataFrame:
+def inserted_values(resource: Resource, field: str) -> pl.DataFrame:
     """``originalId, current``: the value of ``field`` each record was last inserted with."""
     frames = []
     for entry in resource.ledger.entries(("insert",)):
@@ -54,6 +58,24 @@ def base_values(resource: Resource, field: str) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema={"originalId": pl.String, "current": pl.Float64})
     return pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
+
+
+def base_values(resource: Resource, field: str, st: State | None = None) -> pl.DataFrame:
+    """``originalId, current``: where a rebuild of ``field`` starts. After a retention run, the
+    retention base (everything before its cut, folded); for records not in it, their insert value."""
+    st = st or resource.ledger.state()
+    inserted = inserted_values(resource, field)
+    retention = st.retention.get(field)
+    if retention is None:
+        return inserted
+    base = resource.ledger.store.read_parquet(retention["base"]).cast({"originalId": pl.String, "current": pl.Float64})
+    return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
+
+
+def retention_cut(resource: Resource, field: str) -> dt.date | None:
+    """The cohort day before which ``field``'s history was archived or deleted (None if never)."""
+    retention = resource.ledger.state().retention.get(field)
+    return dt.date.fromisoformat(retention["cut"]) if retention else None
 
 
 def field_history(plugin: EventualConsistencyPlugin, st: State, *, applied_only: bool) -> pl.DataFrame:
@@ -79,7 +101,7 @@ def recalculate(resource: Resource, field: str | None = None, record_id: str | N
         if record_id is not None:
             rows = rows.filter(pl.col("originalId") == record_id)
             records = records.filter(pl.col("id") == record_id)
-        new = consolidator._reducer()(rows, base_values(resource, plugin.field), consolidator.default)
+        new = consolidator._reducer()(rows, base_values(resource, plugin.field, st), consolidator.default)
         current = records.select("id", pl.col(plugin.field).fill_null(consolidator.default).alias("before"))
         diff = (
             current.join(new.rename({"originalId": "id", "value": "after"}), on="id", how="left")
@@ -115,6 +137,13 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
     if until.tzinfo is None:
         raise ValidationError("events_until must be timezone-aware.")
     st = resource.ledger.state()
+    for name, plugin in resource.plugins.items():
+        cut = retention_cut(resource, name)
+        if cut is not None and until < datetime.combine(cut, dt.time(), ZoneInfo(plugin.timezone)):
+            raise ValidationError(
+                f"The history of {plugin.dataset} before {cut} was archived by retention; events_until must "
+                f"be on or after {cut} (query the archive under _archive/ for earlier events)."
+            )
     present: set[str] = set(st.records["id"].to_list())
     histories = {
         name: field_history(plugin, st, applied_only=False).filter(pl.col("timestamp") <= until)
@@ -129,7 +158,7 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
         out = pl.concat([out, schema.frame([schema.new_record({"id": rid}, check_required=False) for rid in missing])])
     for name, plugin in resource.plugins.items():
         c = plugin.consolidator
-        base = base_values(resource, name)
+        base = base_values(resource, name, st)
         new = c._reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
         out = (
             out.join(new, on="id", how="left")
@@ -138,3 +167,90 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
             .drop("_new", "_base")
         )
     return out.sort("id")
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What a retention run archived (or deleted) for one field."""
+
+    resource: str
+    field: str
+    version: int | None
+    cut: str
+    objects: int
+    transactions: int
+    mode: str
+    duration_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"resource": self.resource, "field": self.field, "version": self.version, "cut": self.cut,
+                "objects": self.objects, "transactions": self.transactions, "mode": self.mode,
+                "durationMs": round(self.duration_s * 1000, 3)}
+
+
+def _finish_moves(resource: Resource, retention: dict[str, object]) -> None:
+    """Complete the object moves of a committed retention entry (idempotent: safe after a crash)."""
+    store = resource.ledger.store
+    keys = [k for k in retention["archived"] if isinstance(k, str)]  # type: ignore[attr-defined]
+    present = {k for k, blob in store.read_many(keys).items() if blob is not None}
+    for key in sorted(present):
+        if retention["mode"] == "archive" and not store.exists(P.archive_key(key)):
+            store.copy(key, P.archive_key(key))
+        resource.ledger._fault("retention_move")
+        store.delete([key])
+
+
+def retain(resource: Resource, field: str | None, days: int, *, archive: bool = True,
+           now: datetime | None = None) -> RetentionResult:
+    """Archive (or delete) the applied transaction objects of cohort days older than ``days``.
+
+    Nothing changes any value: the commit first records, for every record, the base a rebuild
+    starts from (everything before the cut, folded in event order), then the objects move. Pending
+    objects are never touched. A crash anywhere is finished by the next run.
+    """
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValidationError(f"retain must be a positive number of days; got {days!r}.")
+    plugin = resource.plugin(field)
+    c = plugin.consolidator
+    store = resource.ledger.store
+    started = time.perf_counter()
+    previous = resource.ledger.state().retention.get(plugin.field)
+    if previous:
+        _finish_moves(resource, previous)
+    today = (now or datetime.now(dt.UTC)).astimezone(ZoneInfo(plugin.timezone)).date()
+    cut = today - dt.timedelta(days=days)
+    mode = "archive" if archive else "delete"
+    info: dict[str, object] = {"objects": 0, "transactions": 0}
+
+    def build(st: State) -> Commit | None:
+        prev = st.retention.get(plugin.field)
+        if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
+            return None
+        done = set(prev["archived"]) if prev else set()
+        pending = set(Inbox.scan(store, plugin.dataset).markers) - st.consumed.get(plugin.field, frozenset())
+        prefixes = [
+            P.partition_dir(plugin.dataset, day.split("=", 1)[1])
+            for month in store.listdirs(plugin.dataset) if month.startswith("cohortMonth=")
+            for day in store.listdirs(f"{plugin.dataset}/{month}")
+            if day.startswith("cohortDate=") and dt.date.fromisoformat(day.split("=", 1)[1]) < cut
+        ]
+        keys = [k for k in history_keys(store, plugin.dataset, prefixes) if k not in pending and k not in done]
+        if not keys:
+            return None
+        rows = read_history(store, keys).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        start = base_values(resource, plugin.field, st)
+        folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
+        base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
+        base_rel = P.data_file(resource.name, st.version + 1, uuid.uuid4().hex, f"base-{plugin.field}")
+        store.write_parquet(base_rel, base)
+        info.update(objects=len(keys), transactions=rows.height)
+        return Commit("retention", stats={"objects": len(keys), "transactions": rows.height},
+                      retention={"field": plugin.field, "cut": cut.isoformat(), "base": base_rel,
+                                 "archived": keys, "mode": mode})
+
+    committed = resource.ledger.commit(build)
+    if committed is not None:
+        entry = committed[0].retention[plugin.field]
+        _finish_moves(resource, entry)
+    return RetentionResult(resource.name, plugin.field, committed[0].version if committed else None, cut.isoformat(),
+                           int(info["objects"]), int(info["transactions"]), mode, time.perf_counter() - started)  # type: ignore[call-overload]

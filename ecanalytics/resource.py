@@ -23,7 +23,7 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
 if TYPE_CHECKING:
-    from ecanalytics.maintenance import RecalculationResult
+    from ecanalytics.maintenance import RecalculationResult, RetentionResult
     from ecanalytics.plugin import EventualConsistencyPlugin
 
 Filter = Mapping[str, Any]
@@ -43,6 +43,15 @@ def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
             values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
         exprs.append(pl.col(column).is_in(pl.Series(values, dtype=dtype).implode()))
     return df.filter(exprs)
+
+
+def parse_days(value: int | str) -> int:
+    """``30`` or ``"30d"`` -> 30 (retention works on whole cohort days)."""
+    if isinstance(value, str) and value.endswith("d") and value[:-1].isdigit():
+        return int(value[:-1])
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise InvalidValueError(f"retain must be a number of days such as 30 or '30d'; got {value!r}.")
 
 
 class Resource:
@@ -164,6 +173,14 @@ class Resource:
         if id is not None:
             P.validate_record_id(id)
         return recalculate(self, field, id)
+
+    def gc(self, retain: int | str, *, field: str | None = None, archive: bool = True) -> RetentionResult:
+        """Retention: archive (``archive=True``, under ``_archive/``) or delete the applied
+        transaction objects of cohort days older than ``retain`` days (``30`` or ``"30d"``).
+        Values never change; later recalculations start from the base the commit records."""
+        from ecanalytics.maintenance import retain as run
+
+        return run(self, field, parse_days(retain), archive=archive)
 
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the consolidated records."""
@@ -292,17 +309,34 @@ class TransactionDataset:
             prefixes = None
         return history_keys(self.plugin.consolidator.store, self.name, prefixes)
 
-    def query(self, where: Filter | None = None) -> pl.DataFrame:
-        """Transactions matching equality filters, with the partition columns and ``applied``."""
+    def query(self, where: Filter | None = None, *, include_archived: bool = False) -> pl.DataFrame:
+        """Transactions matching equality filters, with the partition columns and ``applied``.
+        ``include_archived`` adds the objects retention moved under ``_archive/``."""
         consolidator = self.plugin.consolidator
         store = consolidator.store
         pending_keys = set(Inbox.scan(store, self.name).markers) - consolidator.ledger.state().consumed.get(
             self.plugin.field, frozenset()
         )
-        df = read_history(store, self._objects(where))
+        keys = self._objects(where)
+        if include_archived:
+            archived = [k for k in history_keys(store, P.archive_key(self.name)) if k[len("_archive/"):] not in set(keys)]
+            keys = keys + [k for k in archived if self._matches_partition(k, where)]
+        df = read_history(store, keys)
         df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
         order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]
         return _apply_filter(df.select(order), where).sort("timestamp", "id")
+
+    @staticmethod
+    def _matches_partition(key: str, where: Filter | None) -> bool:
+        # _apply_filter checks every column afterwards; this only skips reading archived objects.
+        where = where or {}
+        day = key.split("cohortDate=", 1)[1][:10]
+        for column, prefix_len in (("cohortDate", 10), ("cohortMonth", 7)):
+            if column in where:
+                wanted = where[column] if isinstance(where[column], (list, tuple, set, frozenset)) else [where[column]]
+                if day[:prefix_len] not in {str(v) for v in wanted}:
+                    return False
+        return True
 
     def to_polars(self) -> pl.DataFrame:
         """Every transaction of the field."""

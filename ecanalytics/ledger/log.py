@@ -59,6 +59,7 @@ class Commit:
     consumed: frozenset[str] | None = None
     applied_ids: pl.Series | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    retention: dict[str, Any] | None = None  # {field, cut, base, archived, mode} of a retention commit
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class State:
     applied_ids: pl.DataFrame
     committed_at: datetime | None
     checkpoint_version: int
+    retention: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # latest per field
 
     def applied_keys(self, field_name: str) -> pl.Series:
         return self.applied_ids.filter(pl.col("field") == field_name)["id"]
@@ -125,7 +127,7 @@ class Ledger:
             return self._empty()
         consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
         at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
-        return State(hint["version"], records, consumed, ids, at, hint["version"])
+        return State(hint["version"], records, consumed, ids, at, hint["version"], hint.get("retention", {}))
 
     def read_entry(self, version: int) -> LogEntry | None:
         """The log entry of ``version``, or None if it does not exist yet."""
@@ -163,8 +165,11 @@ class Ledger:
                 pl.lit(fld, pl.String).alias("field"), pl.col("id").cast(pl.String),
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
+        retention = st.retention
+        if raw.get("retention"):
+            retention = {**retention, raw["retention"]["field"]: raw["retention"]}
         return replace(st, version=entry.version, records=records, consumed=consumed,
-                       applied_ids=applied, committed_at=entry.committed_at)
+                       applied_ids=applied, committed_at=entry.committed_at, retention=retention)
 
     def _replay(self, st: State) -> State:
         while (entry := self.read_entry(st.version + 1)) is not None:
@@ -266,6 +271,7 @@ class Ledger:
                     "delta": None, "stats": change.stats,
                     "consumed": sorted(change.consumed) if change.consumed is not None else None,
                     "ids": None,
+                    "retention": change.retention,
                 }
                 upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
                 # Only caller-supplied keys need remembering: generated ids are unique by construction.
@@ -321,6 +327,7 @@ class Ledger:
         hint = {
             "version": st.version, "records": records_rel, "ids": ids_rel,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
+            "retention": st.retention,
             "committedAt": st.committed_at.isoformat() if st.committed_at else None,
         }
         try:

@@ -8,6 +8,7 @@ Layout under the root::
     {resource}/_data/{version:020d}-{token}.*     deltas and checkpoints named by commits
     {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
     {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
+    _archive/{resource}_transactions_{field}/cohortMonth=…/cohortDate=…/{file_id}.parquet   retention
 
 Record ids are data and never appear in a path. Resource and field names do, so they must be
 identifiers: they also name DuckDB views and Polars columns.
@@ -129,6 +130,11 @@ def month_dir(dataset: str, cohort_month: str) -> str:
 
 def tx_object(dataset: str, cohort_date: str, file_id: str) -> str:
     return f"{partition_dir(dataset, cohort_date)}/{file_id}.parquet"
+
+
+def archive_key(key: str) -> str:
+    """Where retention archives a transaction object: ``_archive/`` + its own path (Hive layout kept)."""
+    return f"_archive/{key}"
 
 
 def inbox_dir(dataset: str) -> str:

@@ -162,6 +162,13 @@ class Store:
             return False
         return True
 
+    def copy(self, src: str, dst: str) -> None:
+        """Copy one object (server-side on S3)."""
+        if self.config.protocol == "file":
+            self.write(dst, self.read(src))
+        else:
+            self.fs.copy(self.abs(src), self.abs(dst))
+
     def delete(self, rels: Iterable[str]) -> list[str]:
         """Delete objects; returns the ones that could not be deleted (missing ones count as done)."""
         failed: list[str] = []
