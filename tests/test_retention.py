@@ -69,6 +69,7 @@ def test_retention_archives_old_objects_and_changes_no_value(root: Root) -> None
     assert len(history_keys(db.store, f"_archive/{total_before}")) == result.objects
 
     assert w.recalculate().changed == 0  # the recorded base plus retained history gives the same values
+    assert ec.reports.run(db, "reconciliation").height == 0  # the report starts from the same base
     db.consolidate()  # the late one is applied on top of the current value
     assert w.get("r0")["balance"] == before["r0"] + 1000
     assert retain(w, None, 30, now=NOW).version is None  # same cut again: nothing to do

@@ -19,6 +19,8 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
 * ``ec_values``: ``resource, field, id, value`` for every managed field;
 * ``ec_fields``: ``resource, field, dataset, reducer, timezone, default``;
 * ``ec_pending_objects``: ``dataset, name`` of objects not yet applied;
+* ``ec_bases``: ``resource, field, id, value`` where a rebuild of each record starts (the
+  retention base, else the value it was inserted with); built when a query names it;
 * ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
   columns), read without touching the rest of the history.
 """
@@ -161,9 +163,10 @@ class SqlEngine:
         mentions it (or when no query is given).
         """
         with_pending = query is None or "ec_pending" in query
+        with_bases = query is None or "ec_bases" in query
         if self._fs is not None:
             self._fs.invalidate_cache()
-        fields, pending, values, pending_reads = [], [], [], []
+        fields, pending, values, pending_reads, bases = [], [], [], [], []
         for name, resource in sorted(self.db._resources.items()):
             state = resource.ledger.state()
             self.con.register(name, state.records.sort("id"))
@@ -180,10 +183,19 @@ class SqlEngine:
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
                         f"source FROM read_parquet([{', '.join(_quote(u) for u in existing)}])"
                     )
+                if with_bases:
+                    from ecanalytics.maintenance import base_values
+
+                    bases.append(base_values(resource, field, state).select(
+                        pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
+                        pl.col("originalId").alias("id"), pl.col("current").alias("value")))
                 default = plugin.consolidator.default
                 fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, default))
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
                               f'coalesce("{field}", {default!r}) AS value FROM "{name}"')
+        if with_bases:
+            empty = pl.DataFrame(schema={"resource": pl.String, "field": pl.String, "id": pl.String, "value": pl.Float64})
+            self.con.register("ec_bases", pl.concat([empty, *bases]))
         self.con.register("ec_pending_objects", pl.DataFrame(pending, schema={"dataset": pl.String, "name": pl.String}, orient="row"))
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,

@@ -1,8 +1,9 @@
--- Reconciliation: each record's consolidated value against a recomputation from the full applied
+-- Reconciliation: each record's consolidated value against a recomputation from its applied
 -- history with the default reducer (last set, then signed adds and subs; ties by transaction id;
--- a repeated transaction id counts once), starting from the field's default. Lists only the
--- records where they differ. Fields with another reducer are skipped. A record inserted with a
--- starting value other than the default, or changed through recalculation, shows up here by design.
+-- a repeated transaction id counts once), starting from the record's base (ec_bases: the retention
+-- base, else the value it was inserted with, else the field default). Lists only the records where
+-- they differ. Fields with another reducer are skipped. A transaction applied after a later set
+-- (a late arrival) makes a real difference here; recalculate() rewrites it to event order.
 -- param resource VARCHAR = NULL
 -- param tolerance DOUBLE = 1e-9
 WITH fields AS (
@@ -29,17 +30,19 @@ after_set AS (
 ),
 recomputed AS (
     SELECT k.resource, k.field, k.originalId AS id,
-           coalesce(s.set_value, f."default") + coalesce(a.delta, 0) AS recomputed
+           coalesce(s.set_value, b.value, f."default") + coalesce(a.delta, 0) AS recomputed
     FROM (SELECT DISTINCT resource, field, originalId FROM history) k
     JOIN fields f USING (resource, field)
+    LEFT JOIN ec_bases b ON b.resource = k.resource AND b.field = k.field AND b.id = k.originalId
     LEFT JOIN last_set s USING (resource, field, originalId)
     LEFT JOIN after_set a USING (resource, field, originalId)
 )
 SELECT resource, field, id, v.value AS consolidated,
-       coalesce(r.recomputed, f."default") AS recomputed,
-       v.value - coalesce(r.recomputed, f."default") AS difference
+       coalesce(r.recomputed, b.value, f."default") AS recomputed,
+       v.value - coalesce(r.recomputed, b.value, f."default") AS difference
 FROM ec_values v
 JOIN fields f USING (resource, field)
 LEFT JOIN recomputed r USING (resource, field, id)
-WHERE abs(v.value - coalesce(r.recomputed, f."default")) > $tolerance
+LEFT JOIN ec_bases b USING (resource, field, id)
+WHERE abs(v.value - coalesce(r.recomputed, b.value, f."default")) > $tolerance
 ORDER BY resource, field, id
