@@ -243,6 +243,26 @@ def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: st
                          f"older than {days} days over {len(results)} fields.")
 
 
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--resource", default=None, help="Only this resource.")
+@click.option("--field", default=None, help="Only this managed field.")
+@click.option("--target-rows", default=1_000_000, show_default=True, type=click.IntRange(1), help="Rows per merged object.")
+def compact(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None, field: str | None,
+            target_rows: int) -> None:
+    """Merge small applied transaction objects per partition, through the commit log."""
+    out = Output(output_fmt)
+    with _open(root, endpoint_url) as db:
+        results = [p._resource.compact(p.field, target_rows=target_rows) for p in db._plugins(resource, field)
+                   if p._resource is not None]
+        uri = db.uri
+    payload = {"root": uri, "results": [r.as_dict() for r in results],
+               "sources": sum(r.sources for r in results), "merged": sum(r.merged for r in results)}
+    out.summary(payload, f"Merged {payload['sources']} objects into {payload['merged']} over {len(results)} fields.")
+
+
 @cli.group()
 def sql() -> None:
     """SQL reports and an interactive DuckDB prompt over the store's views."""

@@ -23,7 +23,7 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
 if TYPE_CHECKING:
-    from ecanalytics.maintenance import RecalculationResult, RetentionResult
+    from ecanalytics.maintenance import CompactionResult, RecalculationResult, RetentionResult
     from ecanalytics.plugin import EventualConsistencyPlugin
 
 Filter = Mapping[str, Any]
@@ -182,6 +182,15 @@ class Resource:
 
         return run(self, field, parse_days(retain), archive=archive)
 
+    def compact(self, field: str | None = None, *, target_rows: int = 1_000_000,
+                target_bytes: int = 64 * 1024 * 1024) -> CompactionResult:
+        """Merge each partition's small applied objects into objects of up to ``target_rows`` rows
+        (or about ``target_bytes``) through the commit log. Readers through ecanalytics never count
+        a transaction twice or miss one, during the run or after a crash in it."""
+        from ecanalytics.maintenance import compact
+
+        return compact(self, field, target_rows=target_rows, target_bytes=target_bytes)
+
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the consolidated records."""
         return self.to_polars().lazy()
@@ -317,10 +326,16 @@ class TransactionDataset:
         pending_keys = set(Inbox.scan(store, self.name).markers) - consolidator.ledger.state().consumed.get(
             self.plugin.field, frozenset()
         )
-        keys = self._objects(where)
+        state = consolidator.ledger.state()
+        field = self.plugin.field
+        keys = state.visible(field, self._objects(where))
         if include_archived:
-            archived = [k for k in history_keys(store, P.archive_key(self.name)) if k[len("_archive/"):] not in set(keys)]
-            keys = keys + [k for k in archived if self._matches_partition(k, where)]
+            archived = state.visible(field, [k for k in history_keys(store, P.archive_key(self.name))
+                                             if self._matches_partition(k, where)])
+            moved = {k[len("_archive/"):] for k in archived}
+            # A live copy counts until its archive copy exists (a retention move may be unfinished).
+            live = [k for k in state.visible(field, self._objects(where), hide_retained=False) if k not in moved]
+            keys = live + archived
         df = read_history(store, keys)
         df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
         order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]

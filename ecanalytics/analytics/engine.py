@@ -19,6 +19,7 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
 * ``ec_values``: ``resource, field, id, value`` for every managed field;
 * ``ec_fields``: ``resource, field, dataset, reducer, timezone, default``;
 * ``ec_pending_objects``: ``dataset, name`` of objects not yet applied;
+* ``ec_hidden_objects`` / ``ec_compaction_tokens``: what compaction hides (see ``maintenance``);
 * ``ec_bases``: ``resource, field, id, value`` where a rebuild of each record starts (the
   retention base, else the value it was inserted with); built when a query names it;
 * ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
@@ -140,10 +141,16 @@ class SqlEngine:
             f"read_parquet({_quote(self.glob(dataset))}, hive_partitioning = true, filename = true, "
             "hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR})"
         )
+        ds = _quote(dataset)
+        # Hidden: sources replaced by a committed compaction, and the output of one that never
+        # committed (its token is unknown); so no reader counts a transaction twice or misses one.
         sql = (
             f'CREATE OR REPLACE VIEW "{dataset}" AS SELECT {TX_COLUMNS}, '
-            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {_quote(dataset)}) "
-            f"AS applied FROM {source}"
+            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
+            f"AS applied FROM {source} "
+            f"WHERE parse_filename(filename) NOT IN (SELECT name FROM ec_hidden_objects WHERE dataset = {ds}) "
+            f"AND (NOT starts_with(parse_filename(filename), 'c-') OR split_part(parse_filename(filename), '-', 2) "
+            f"IN (SELECT token FROM ec_compaction_tokens WHERE dataset = {ds}))"
         )
         try:
             self.con.execute(sql)
@@ -166,7 +173,7 @@ class SqlEngine:
         with_bases = query is None or "ec_bases" in query
         if self._fs is not None:
             self._fs.invalidate_cache()
-        fields, pending, values, pending_reads, bases = [], [], [], [], []
+        fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         for name, resource in sorted(self.db._resources.items()):
             state = resource.ledger.state()
             self.con.register(name, state.records.sort("id"))
@@ -174,6 +181,10 @@ class SqlEngine:
                 store = resource.ledger.store
                 markers = Inbox.scan(store, plugin.dataset).markers
                 consumed = state.consumed.get(field, frozenset())
+                compaction = state.compaction.get(field, {})
+                gone = [*compaction.get("replaced", []), *state.retention.get(field, {}).get("archived", [])]
+                hidden += [(plugin.dataset, k.rsplit("/", 1)[-1]) for k in gone]
+                tokens += [(plugin.dataset, t) for t in compaction.get("tokens", [])]
                 keys = sorted(key for key in markers if key not in consumed)
                 pending += [(plugin.dataset, key.rsplit("/", 1)[-1]) for key in keys]
                 # Objects whose writer is still between marker and object do not exist yet.
@@ -194,8 +205,11 @@ class SqlEngine:
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
                               f'coalesce("{field}", {default!r}) AS value FROM "{name}"')
         if with_bases:
-            empty = pl.DataFrame(schema={"resource": pl.String, "field": pl.String, "id": pl.String, "value": pl.Float64})
-            self.con.register("ec_bases", pl.concat([empty, *bases]))
+            no_bases = pl.DataFrame(schema={"resource": pl.String, "field": pl.String, "id": pl.String, "value": pl.Float64})
+            self.con.register("ec_bases", pl.concat([no_bases, *bases]))
+        pair = {"dataset": pl.String, "name": pl.String}
+        self.con.register("ec_hidden_objects", pl.DataFrame(hidden, schema=pair, orient="row"))
+        self.con.register("ec_compaction_tokens", pl.DataFrame(tokens, schema={"dataset": pl.String, "token": pl.String}, orient="row"))
         self.con.register("ec_pending_objects", pl.DataFrame(pending, schema={"dataset": pl.String, "name": pl.String}, orient="row"))
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,

@@ -60,6 +60,7 @@ class Commit:
     applied_ids: pl.Series | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     retention: dict[str, Any] | None = None  # {field, cut, base, archived, mode} of a retention commit
+    compaction: dict[str, Any] | None = None  # {field, token, merged, replaced} of a compaction commit
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,24 @@ class State:
     committed_at: datetime | None
     checkpoint_version: int
     retention: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # latest per field
+    # per field: committed compaction tokens, and sources replaced but maybe not deleted yet
+    compaction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def visible(self, field_name: str, keys: list[str], *, hide_retained: bool = True) -> list[str]:
+        """The objects a reader counts: not replaced by a committed compaction, not the output of
+        a compaction that never committed, and (``hide_retained``) not a live copy that retention
+        is archiving."""
+        info = self.compaction.get(field_name, {})
+        tokens, replaced = set(info.get("tokens", [])), set(info.get("replaced", []))
+        if hide_retained:
+            replaced |= set(self.retention.get(field_name, {}).get("archived", []))
+        out = []
+        for key in keys:
+            name = key.rsplit("/", 1)[-1]
+            if key in replaced or (name.startswith("c-") and name.split("-")[1] not in tokens):
+                continue
+            out.append(key)
+        return out
 
     def applied_keys(self, field_name: str) -> pl.Series:
         return self.applied_ids.filter(pl.col("field") == field_name)["id"]
@@ -127,7 +146,8 @@ class Ledger:
             return self._empty()
         consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
         at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
-        return State(hint["version"], records, consumed, ids, at, hint["version"], hint.get("retention", {}))
+        return State(hint["version"], records, consumed, ids, at, hint["version"], hint.get("retention", {}),
+                     hint.get("compaction", {}))
 
     def read_entry(self, version: int) -> LogEntry | None:
         """The log entry of ``version``, or None if it does not exist yet."""
@@ -168,8 +188,14 @@ class Ledger:
         retention = st.retention
         if raw.get("retention"):
             retention = {**retention, raw["retention"]["field"]: raw["retention"]}
-        return replace(st, version=entry.version, records=records, consumed=consumed,
-                       applied_ids=applied, committed_at=entry.committed_at, retention=retention)
+        compaction = st.compaction
+        if raw.get("compaction"):
+            c = raw["compaction"]
+            before = compaction.get(c["field"], {})
+            compaction = {**compaction, c["field"]: {
+                "tokens": [*before.get("tokens", []), c["token"]], "replaced": c["replaced"]}}
+        return replace(st, version=entry.version, records=records, consumed=consumed, applied_ids=applied,
+                       committed_at=entry.committed_at, retention=retention, compaction=compaction)
 
     def _replay(self, st: State) -> State:
         while (entry := self.read_entry(st.version + 1)) is not None:
@@ -272,6 +298,7 @@ class Ledger:
                     "consumed": sorted(change.consumed) if change.consumed is not None else None,
                     "ids": None,
                     "retention": change.retention,
+                    "compaction": change.compaction,
                 }
                 upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
                 # Only caller-supplied keys need remembering: generated ids are unique by construction.
@@ -328,6 +355,7 @@ class Ledger:
             "version": st.version, "records": records_rel, "ids": ids_rel,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "retention": st.retention,
+            "compaction": st.compaction,
             "committedAt": st.committed_at.isoformat() if st.committed_at else None,
         }
         try:
