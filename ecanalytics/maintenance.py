@@ -316,7 +316,9 @@ def compact(resource: Resource, field: str | None = None, *, target_rows: int = 
         for key in keys:
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)
         token = P.new_file_id().replace("-", "")[:20] + uuid.uuid4().hex[:12]
-        merged, replaced, partitions = [], [], 0
+        merged: list[str] = []
+        replaced: list[str] = []
+        partitions = 0
         for prefix, group in sorted(by_partition.items()):
             if len(group) < 2:
                 continue
