@@ -56,7 +56,7 @@ def inserted_values(resource: Resource, field: str) -> pl.DataFrame:
         if delta is not None:
             frames.append(delta.select(pl.col("id").alias("originalId"), pl.col(field).alias("current")))
     if not frames:
-        return pl.DataFrame(schema={"originalId": pl.String, "current": pl.Float64})
+        return pl.DataFrame(schema={"originalId": pl.String(), "current": resource.schema.attributes[field].dtype})
     return pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
 
 
@@ -68,7 +68,8 @@ def base_values(resource: Resource, field: str, st: State | None = None) -> pl.D
     retention = st.retention.get(field)
     if retention is None:
         return inserted
-    base = resource.ledger.store.read_parquet(retention["base"]).cast({"originalId": pl.String, "current": pl.Float64})
+    dtype = resource.schema.attributes[field].dtype
+    base = resource.ledger.store.read_parquet(retention["base"]).cast({"originalId": pl.String(), "current": dtype})
     return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
 
 
@@ -81,7 +82,7 @@ def retention_cut(resource: Resource, field: str) -> dt.date | None:
 def field_history(plugin: EventualConsistencyPlugin, st: State, *, applied_only: bool) -> pl.DataFrame:
     """Every transaction of the field, deduplicated by id; only the applied ones if asked."""
     store = plugin.consolidator.store
-    rows = read_history(store, st.visible(plugin.field, history_keys(store, plugin.dataset)))
+    rows = read_history(store, st.visible(plugin.field, history_keys(store, plugin.dataset)), plugin.consolidator.dtype)
     if applied_only:
         pending = set(Inbox.scan(store, plugin.dataset).markers) - st.consumed.get(plugin.field, frozenset())
         rows = rows.filter(~pl.col("_object").is_in(list(pending)))
@@ -102,10 +103,11 @@ def recalculate(resource: Resource, field: str | None = None, record_id: str | N
             rows = rows.filter(pl.col("originalId") == record_id)
             records = records.filter(pl.col("id") == record_id)
         new = consolidator._reducer()(rows, base_values(resource, plugin.field, st), consolidator.default)
-        current = records.select("id", pl.col(plugin.field).fill_null(consolidator.default).alias("before"))
+        default = pl.lit(consolidator.default).cast(consolidator.dtype)
+        current = records.select("id", pl.col(plugin.field).fill_null(default).alias("before"))
         diff = (
             current.join(new.rename({"originalId": "id", "value": "after"}), on="id", how="left")
-            .with_columns(pl.col("after").fill_null(consolidator.default))
+            .with_columns(pl.col("after").fill_null(default))
             .filter(pl.col("before") != pl.col("after"))
         )
         outcome.update(checked=records.height, transactions=rows.height, diff=diff)
@@ -163,7 +165,7 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
         out = (
             out.join(new, on="id", how="left")
             .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")
-            .with_columns(pl.coalesce("_new", "_base", pl.lit(c.default)).alias(name))
+            .with_columns(pl.coalesce("_new", "_base", pl.lit(c.default).cast(c.dtype)).alias(name))
             .drop("_new", "_base")
         )
     return out.sort("id")
@@ -238,7 +240,7 @@ def retain(resource: Resource, field: str | None, days: int, *, archive: bool = 
                 if k not in pending and k not in done]
         if not keys:
             return None
-        rows = read_history(store, keys).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
         start = base_values(resource, plugin.field, st)
         folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
@@ -322,7 +324,7 @@ def compact(resource: Resource, field: str | None = None, *, target_rows: int = 
         for prefix, group in sorted(by_partition.items()):
             if len(group) < 2:
                 continue
-            rows = read_history(store, group).drop("cohortDate", "cohortMonth", "_object").sort("timestamp", "id")
+            rows = read_history(store, group, plugin.consolidator.dtype).drop("cohortDate", "cohortMonth", "_object").sort("timestamp", "id")
             per_row = max(1, int(rows.estimated_size()) // max(1, rows.height))
             chunk = max(1, min(target_rows, target_bytes // per_row))
             if (rows.height + chunk - 1) // chunk >= len(group):

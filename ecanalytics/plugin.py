@@ -8,13 +8,14 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from ecanalytics.consolidation import ConsolidationResult, Consolidator, Reducer
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError
-from ecanalytics.ledger import new_tx_id
+from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.log import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
     check_amount,
@@ -99,6 +100,7 @@ class EventualConsistencyPlugin:
         self._missing_reducer: str | None = None
         self._listeners: dict[str, list[Callback]] = {}
         self._resource: Resource | None = None
+        self._attr: Attribute | None = None
         self._database: Database | None = None
         self._consolidator: Consolidator | None = None
         self._buffer: list[dict[str, Any]] = []
@@ -170,16 +172,18 @@ class EventualConsistencyPlugin:
     def _attach(self, resource: Resource) -> None:
         self._resource = resource
         attr = resource.schema.attributes.get(self.field)
-        if attr is None or attr.kind != "number":
+        if attr is None or not attr.numeric:
             raise ConfigurationError(
-                f"Field {self.field!r} of {self.resource_name!r} must be a 'number' attribute to be managed; "
+                f"Field {self.field!r} of {self.resource_name!r} must be a 'number' or 'decimal(p,s)' attribute to be managed; "
                 f"the schema has {attr.spec if attr else 'no such attribute'}."
             )
         # A permanent object keeps the inbox prefix non-empty: listing it is then always one LIST.
         resource.ledger.store.create(f"{P.inbox_dir(self.dataset)}/.keep", b"")
         self._consolidator = Consolidator(
-            resource.ledger, self.field, self._require_reducer, attr.default if attr.default is not None else 0.0
+            resource.ledger, self.field, self._require_reducer,
+            attr.default if attr.default is not None else (Decimal(0) if attr.kind == "decimal" else 0.0), attr.dtype,
         )
+        self._attr = attr
         if self.auto_consolidate or self.batch_transactions:
             self._thread = threading.Thread(target=self._background, name=f"ec-{self.dataset}", daemon=True)
             self._thread.start()
@@ -232,7 +236,7 @@ class EventualConsistencyPlugin:
     ) -> dict[str, Any]:
         """Validate and build one transaction row (nothing is written)."""
         P.validate_record_id(record_id)
-        value = check_amount(amount)
+        value = check_amount(amount, self._attr)
         if tx_id is not None:
             P.validate_record_id(tx_id)
             if tx_id.startswith(AUTO_ID_PREFIX):
@@ -243,7 +247,7 @@ class EventualConsistencyPlugin:
         return {"id": tx_id or new_tx_id(), "originalId": record_id, "field": self.field, "value": value,
                 "operation": operation, "timestamp": ts, "source": source or "api"}
 
-    def write(self, row: dict[str, Any]) -> float | None:
+    def write(self, row: dict[str, Any]) -> float | Decimal | None:
         """Persist (or buffer) one validated transaction; in sync mode, return the committed value."""
         consolidator = self.consolidator
         if self.batch_transactions and self.mode == "async":
@@ -256,7 +260,7 @@ class EventualConsistencyPlugin:
                 self.flush()
             return None
         try:
-            write_transactions(consolidator.store, self.dataset, self.timezone, tx_frame([row]))
+            write_transactions(consolidator.store, self.dataset, self.timezone, tx_frame([row], consolidator.dtype))
         except Exception as exc:
             self._error("write", exc, recordId=row["originalId"])
             raise
@@ -273,7 +277,8 @@ class EventualConsistencyPlugin:
             if not rows:
                 return 0
             try:
-                write_transactions(self.consolidator.store, self.dataset, self.timezone, tx_frame(rows))
+                write_transactions(self.consolidator.store, self.dataset, self.timezone,
+                                   tx_frame(rows, self.consolidator.dtype))
             except Exception as exc:
                 self._buffer = rows + self._buffer  # keep them for the next flush
                 self._error("flush", exc, count=len(rows))

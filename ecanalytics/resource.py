@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, overload
 
 import polars as pl
@@ -43,6 +44,11 @@ def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
             values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
         exprs.append(pl.col(column).is_in(pl.Series(values, dtype=dtype).implode()))
     return df.filter(exprs)
+
+
+def _number(value: Any) -> float | Decimal:
+    """Managed values come back as float, or as an exact Decimal for decimal(p,s) fields."""
+    return value if isinstance(value, Decimal) else float(value)
 
 
 def parse_days(value: int | str) -> int:
@@ -232,16 +238,16 @@ class Resource:
         )
 
     def _op(self, operation: Operation, record_id: str, args: tuple[Any, ...],
-            tx_id: str | None, timestamp: dt.datetime | None, source: str | None) -> float | None:
+            tx_id: str | None, timestamp: dt.datetime | None, source: str | None) -> float | Decimal | None:
         plugin, amount = self._route(args)
         row = plugin.transaction(record_id, operation, amount, tx_id=tx_id, timestamp=timestamp, source=source)
         return plugin.write(row)
 
     @overload
-    def add(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def add(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
     @overload
-    def add(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def add(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
+    def add(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
+    def add(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | Decimal | None:
         """Add ``amount`` (``add(id, amount)`` or ``add(id, field, amount)``).
 
         ``id=`` is an idempotency key, ``timestamp=`` the event time (a backfill's cohort follows
@@ -250,28 +256,28 @@ class Resource:
         return self._op("add", record_id, args, id, timestamp, source)
 
     @overload
-    def sub(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def sub(self, record_id: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
     @overload
-    def sub(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def sub(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
+    def sub(self, record_id: str, field: str, amount: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
+    def sub(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | Decimal | None:
         """Subtract ``amount``; same call shapes and options as :meth:`add`."""
         return self._op("sub", record_id, args, id, timestamp, source)
 
     @overload
-    def set(self, record_id: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
+    def set(self, record_id: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
     @overload
-    def set(self, record_id: str, field: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | None: ...
-    def set(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | None:
+    def set(self, record_id: str, field: str, value: float, /, *, id: str | None = ..., timestamp: dt.datetime | None = ..., source: str | None = ...) -> float | Decimal | None: ...
+    def set(self, record_id: str, *args: Any, id: str | None = None, timestamp: dt.datetime | None = None, source: str | None = None) -> float | Decimal | None:
         """Set the absolute value; same call shapes and options as :meth:`add`."""
         return self._op("set", record_id, args, id, timestamp, source)
 
-    def consolidate(self, record_id: str, field: str | None = None) -> float:
+    def consolidate(self, record_id: str, field: str | None = None) -> float | Decimal:
         """Consolidate the field (all its pending transactions) and return this record's value."""
         P.validate_record_id(record_id)
         self.plugin(field).consolidate()
         return self.value(record_id, field, consistent=False)
 
-    def value(self, record_id: str, field: str | None = None, *, consistent: bool = True) -> float:
+    def value(self, record_id: str, field: str | None = None, *, consistent: bool = True) -> float | Decimal:
         """The field's value. With ``consistent=True`` pending transactions are folded in on the fly
         (read-your-writes, nothing is committed); otherwise the last consolidated value."""
         P.validate_record_id(record_id)
@@ -282,12 +288,12 @@ class Resource:
             plugin.flush()
             rows = consolidator.pending(st, cleanup=False).rows.filter(pl.col("originalId") == record_id)
             if rows.height:
-                return float(consolidator.fold(st, rows)["value"][0])
+                return _number(consolidator.fold(st, rows)["value"][0])
         found = st.records.filter(pl.col("id") == record_id)
         if found.height == 0:
             raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
         current = found[plugin.field][0]
-        return float(current) if current is not None else consolidator.default
+        return _number(current) if current is not None else consolidator.default
 
 
 class TransactionDataset:

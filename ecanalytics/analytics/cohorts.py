@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -174,8 +175,9 @@ class Cohorts:
                 FROM "{self.dataset}" WHERE cohortDate = $day::DATE""",
             {"day": day},
         ).fetchall()
+        total = row[4] if isinstance(row[4], Decimal) else float(row[4])  # exact for decimal fields
         return {"date": day, "transactionCount": row[0], "byOperation": {"set": row[1], "add": row[2], "sub": row[3]},
-                "totalValue": float(row[4])}
+                "totalValue": total}
 
     def analytics(self, period: str, start: Any, end: Any, record_id: str | None, fill_gaps: bool) -> pl.DataFrame:
         p = check_period(period)
@@ -197,7 +199,10 @@ class Cohorts:
                 WHERE cohort BETWEEN $start_key AND $end_key
                 GROUP BY cohort ORDER BY cohort""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "record_id": record_id, "start_key": start_key, "end_key": end_key},
-        ).pl().cast(ROLLUP_SCHEMA).select(list(ROLLUP_SCHEMA))  # type: ignore[arg-type]
+        ).pl()
+        # Counts are integers; sums stay DOUBLE, or exact DECIMAL for decimal(p,s) fields.
+        df = df.with_columns([pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items() if t == pl.Int64 or c == "cohort"])
+        df = df.select(list(ROLLUP_SCHEMA))
         if not fill_gaps:
             return df
         keys = pl.DataFrame({"cohort": keys_between(p, start_key, end_key, self.tz)})

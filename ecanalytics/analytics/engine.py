@@ -199,11 +199,11 @@ class SqlEngine:
 
                     bases.append(base_values(resource, field, state).select(
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
-                        pl.col("originalId").alias("id"), pl.col("current").alias("value")))
+                        pl.col("originalId").alias("id"), pl.col("current").cast(pl.Float64).alias("value")))
                 default = plugin.consolidator.default
-                fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, default))
+                fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, float(default)))
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
-                              f'coalesce("{field}", {default!r}) AS value FROM "{name}"')
+                              f'coalesce("{field}", {default}) AS value FROM "{name}"')
         if with_bases:
             no_bases = pl.DataFrame(schema={"resource": pl.String, "field": pl.String, "id": pl.String, "value": pl.Float64})
             self.con.register("ec_bases", pl.concat([no_bases, *bases]))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
@@ -67,7 +68,9 @@ class Pending:
 class Consolidator:
     """Consolidates one managed field of one resource."""
 
-    def __init__(self, ledger: Ledger, field: str, reducer: Callable[[], Reducer], default: float) -> None:
+    def __init__(self, ledger: Ledger, field: str, reducer: Callable[[], Reducer], default: Any,
+                 dtype: pl.DataType | None = None) -> None:
+        self.dtype: pl.DataType = dtype or pl.Float64()
         self.ledger = ledger
         self.store = ledger.store
         self.field = field
@@ -85,7 +88,7 @@ class Consolidator:
             # A consumed marker we failed to delete must stay in the consumed set.
             carried = frozenset(stale[m] for m in self.store.delete(stale))
         candidates = sorted(k for k in inbox.markers if k not in consumed)
-        rows, read, orphans = read_objects(self.store, candidates, now_ns=time.time_ns())
+        rows, read, orphans = read_objects(self.store, candidates, now_ns=time.time_ns(), value_dtype=self.dtype)
         if cleanup and orphans:
             self.store.delete(inbox.markers[k] for k in orphans)
         total = rows.height
@@ -131,7 +134,8 @@ class Consolidator:
             if not pending.objects:
                 return None
             new = self.fold(st, pending.rows)
-            bad = new.filter(~pl.col("value").is_finite() | pl.col("value").is_null())
+            finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
+            bad = new.filter(~finite | pl.col("value").is_null())
             if bad.height:
                 raise ConsolidationError(
                     f"Consolidating {self.dataset} would give {bad.height} record(s) a non-finite value "
@@ -151,7 +155,7 @@ class Consolidator:
         outcome = self.ledger.commit(build)
         elapsed = time.perf_counter() - started
         if outcome is None:
-            empty = pl.DataFrame(schema={"id": pl.String, "value": pl.Float64})
+            empty = pl.DataFrame(schema={"id": pl.String(), "value": self.dtype})
             return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed, empty)
         state, change = outcome
         pending = done["pending"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, get_args
 
 import polars as pl
@@ -39,7 +40,7 @@ def _signed() -> pl.Expr:
     return pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
 
 
-def _default(pending: pl.LazyFrame, current: pl.LazyFrame, default: float) -> pl.LazyFrame:
+def _default(pending: pl.LazyFrame, current: pl.LazyFrame, default: pl.Expr) -> pl.LazyFrame:
     # Join-based fold (no full sort): each record's last set, then the signed sum of what follows
     # it. The records are the union of those two group-bys, so no separate unique() pass is needed.
     last_set = (
@@ -66,15 +67,15 @@ def _default(pending: pl.LazyFrame, current: pl.LazyFrame, default: float) -> pl
         .join(current, on="originalId", how="left")
         .select(
             "originalId",
-            (pl.coalesce("_set_value", "current", pl.lit(default)) + pl.col("_delta").fill_null(0.0)).alias("value"),
+            (pl.coalesce("_set_value", "current", default) + pl.col("_delta").fill_null(0)).alias("value"),
         )
     )
 
 
 def _aggregate(
     agg: Callable[[pl.Expr], pl.Expr], combine: Callable[[pl.Expr, pl.Expr], pl.Expr]
-) -> Callable[[pl.LazyFrame, pl.LazyFrame, float], pl.LazyFrame]:
-    def run(pending: pl.LazyFrame, current: pl.LazyFrame, default: float) -> pl.LazyFrame:
+) -> Callable[[pl.LazyFrame, pl.LazyFrame, pl.Expr], pl.LazyFrame]:
+    def run(pending: pl.LazyFrame, current: pl.LazyFrame, default: pl.Expr) -> pl.LazyFrame:
         return (
             pending.group_by("originalId").agg(agg(_signed()).alias("_agg"))
             .join(current, on="originalId", how="left")
@@ -84,7 +85,7 @@ def _aggregate(
     return run
 
 
-_VECTORIZED: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, float], pl.LazyFrame]] = {
+_VECTORIZED: dict[str, Callable[[pl.LazyFrame, pl.LazyFrame, pl.Expr], pl.LazyFrame]] = {
     "default": _default,
     "sum": _aggregate(lambda e: e.sum(), lambda cur, agg: cur + agg),
     "max": _aggregate(lambda e: e.max(), lambda cur, agg: pl.max_horizontal(cur, agg)),
@@ -118,12 +119,16 @@ class Reducer:
     def is_builtin(self) -> bool:
         return self.func is None
 
-    def __call__(self, pending: pl.DataFrame, current: pl.DataFrame, default: float) -> pl.DataFrame:
+    def __call__(self, pending: pl.DataFrame, current: pl.DataFrame, default: Any) -> pl.DataFrame:
+        # Float64 for number fields, Decimal(p, s) for decimal fields: exact sums stay exact, and
+        # the result is cast back to the field's type (an overflowing decimal fails loudly).
+        dtype = current.schema["current"]
         if self.func is None:
-            return _VECTORIZED[self.name](pending.lazy(), current.lazy(), default).collect()
+            plan = _VECTORIZED[self.name](pending.lazy(), current.lazy(), pl.lit(default).cast(dtype))
+            return plan.with_columns(pl.col("value").cast(dtype)).collect()
         return self._python(pending, current, default)
 
-    def _python(self, pending: pl.DataFrame, current: pl.DataFrame, default: float) -> pl.DataFrame:
+    def _python(self, pending: pl.DataFrame, current: pl.DataFrame, default: Any) -> pl.DataFrame:
         assert self.func is not None
         touched = pending.select("originalId").unique().join(current, on="originalId", how="left")
         base = dict(zip(touched["originalId"].to_list(), touched["current"].fill_null(default).to_list(), strict=True))
@@ -132,6 +137,7 @@ class Reducer:
         for row in pending.sort(["originalId", *_ORDER]).select(cols).iter_rows(named=True):
             groups.setdefault(row["originalId"], []).append(row)
         ids, values = [], []
+        dtype = current.schema["current"]
         for rid, cur in base.items():
             synthetic = {"id": None, "originalId": rid, "field": None, "value": cur, "operation": "set",
                          "timestamp": None, "source": "current", "synthetic": True}
@@ -139,13 +145,14 @@ class Reducer:
                 result = self.func([synthetic, *groups.get(rid, [])])
             except Exception as exc:
                 raise ConsolidationError(f"Reducer {self.name} failed for record {rid!r}: {exc!r}") from exc
-            if isinstance(result, bool) or not isinstance(result, (int, float)) or not math.isfinite(result):
+            if isinstance(result, bool) or not isinstance(result, (int, float, Decimal)) or not math.isfinite(result):
                 raise ConsolidationError(
                     f"Reducer {self.name} returned {result!r} for record {rid!r}; it must return a finite number."
                 )
             ids.append(rid)
-            values.append(float(result))
-        return pl.DataFrame({"originalId": ids, "value": values}, schema={"originalId": pl.String, "value": pl.Float64})
+            values.append(result if isinstance(dtype, pl.Decimal) else float(result))
+        dtype = current.schema["current"]
+        return pl.DataFrame({"originalId": ids, "value": values}, schema={"originalId": pl.String, "value": dtype})
 
 
 def python_reference(name: str) -> PythonReducer:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 import polars as pl
@@ -11,7 +13,8 @@ import polars as pl
 from ecanalytics.errors import SchemaError
 from ecanalytics.storage.paths import validate_name, validate_record_id
 
-Kind = Literal["string", "number", "integer", "boolean"]
+Kind = Literal["string", "number", "integer", "boolean", "decimal"]
+_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
 _DTYPES: dict[str, pl.DataType] = {
     "string": pl.String(),
     "number": pl.Float64(),
@@ -20,25 +23,62 @@ _DTYPES: dict[str, pl.DataType] = {
 }
 
 
+def to_decimal(value: object, precision: int, scale: int, what: str) -> Decimal:
+    """An exact ``Decimal`` that fits ``decimal(precision, scale)``; more scale is an error, never
+    rounded. Floats go through their shortest repr, so ``0.1`` is exactly ``0.1``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+        raise SchemaError(f"{what} must be a number for decimal({precision},{scale}); got {type(value).__name__} {value!r}.")
+    try:
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    except InvalidOperation as exc:
+        raise SchemaError(f"{what}: {value!r} is not a decimal number.") from exc
+    if not number.is_finite():
+        raise SchemaError(f"{what} must be finite; got {value!r}.")
+    exponent = number.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if -exponent > scale and number != number.quantize(Decimal(1).scaleb(-scale)):
+        raise SchemaError(
+            f"{what} {value!r} has more than {scale} decimal places for decimal({precision},{scale}); "
+            "round it explicitly (nothing is rounded silently)."
+        )
+    number = number.quantize(Decimal(1).scaleb(-scale))
+    if len(number.as_tuple().digits) > precision:
+        raise SchemaError(f"{what} {value!r} does not fit decimal({precision},{scale}).")
+    return number
+
+
 @dataclass(frozen=True)
 class Attribute:
-    """One typed attribute: its kind, whether it is required, and its default."""
+    """One typed attribute: its kind, whether it is required, and its default.
+
+    ``decimal(p,s)`` attributes hold exact decimals (Python ``Decimal``, Polars and Parquet
+    ``Decimal(p, s)``, DuckDB ``DECIMAL(p, s)``).
+    """
 
     name: str
     kind: Kind
     required: bool
     default: Any
     spec: str
+    precision: int = 0
+    scale: int = 0
 
     @classmethod
     def parse(cls, name: str, spec: str) -> Attribute:
-        """Parse ``'number|required|default:0'`` style specs."""
+        """Parse ``'number|required|default:0'`` or ``'decimal(18,2)|default:0'`` style specs."""
         validate_name("attribute", name)
         if not isinstance(spec, str) or not spec:
             raise SchemaError(f"Attribute {name!r}: expected a spec string such as 'number|default:0'.")
         kind, *rules = [p.strip() for p in spec.split("|")]
-        if kind not in _DTYPES:
-            raise SchemaError(f"Attribute {name!r}: unknown type {kind!r}; use one of {sorted(_DTYPES)}.")
+        precision = scale = 0
+        match = _DECIMAL.match(kind)
+        if match:
+            kind, precision, scale = "decimal", int(match.group(1)), int(match.group(2))
+            if not 1 <= precision <= 38 or scale > precision:
+                raise SchemaError(f"Attribute {name!r}: decimal(p,s) needs 1 <= p <= 38 and s <= p.")
+        elif kind not in _DTYPES:
+            raise SchemaError(f"Attribute {name!r}: unknown type {kind!r}; use one of {sorted(_DTYPES)} or decimal(p,s).")
+        attr = cls(name, kind, False, None, spec, precision, scale)  # type: ignore[arg-type]
         required, default = False, None
         for rule in rules:
             if rule == "required":
@@ -46,19 +86,34 @@ class Attribute:
             elif rule == "optional":
                 required = False
             elif rule.startswith("default:"):
-                default = _coerce(name, kind, rule[len("default:") :])  # type: ignore[arg-type]
+                default = attr._coerce(rule[len("default:") :])
             else:
                 raise SchemaError(f"Attribute {name!r}: unknown rule {rule!r} (use required, optional, default:V).")
-        return cls(name, kind, required, default, spec)  # type: ignore[arg-type]
+        return cls(name, attr.kind, required, default, spec, precision, scale)
+
+    def _coerce(self, text: str) -> Any:
+        if self.kind == "decimal":
+            try:
+                return to_decimal(Decimal(text), self.precision, self.scale, f"Default of {self.name!r}")
+            except InvalidOperation as exc:
+                raise SchemaError(f"Attribute {self.name!r}: default {text!r} is not a valid decimal.") from exc
+        return _coerce(self.name, self.kind, text)
+
+    @property
+    def numeric(self) -> bool:
+        """Whether the attribute can be a managed field."""
+        return self.kind in ("number", "decimal")
 
     @property
     def dtype(self) -> pl.DataType:
-        return _DTYPES[self.kind]
+        return pl.Decimal(self.precision, self.scale) if self.kind == "decimal" else _DTYPES[self.kind]
 
     def check(self, value: Any) -> Any:
         """Validate one value of this attribute (None allowed)."""
         if value is None:
             return None
+        if self.kind == "decimal":
+            return to_decimal(value, self.precision, self.scale, f"Attribute {self.name!r}")
         ok = {
             "string": isinstance(value, str),
             "number": isinstance(value, (int, float)) and not isinstance(value, bool),

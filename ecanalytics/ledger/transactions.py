@@ -23,7 +23,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
-from ecanalytics.errors import CorruptObjectError, InvalidTimezoneError, InvalidValueError
+from ecanalytics.errors import CorruptObjectError, InvalidTimezoneError, InvalidValueError, SchemaError
+from ecanalytics.ledger.schema import Attribute, to_decimal
 from ecanalytics.storage import Store, decode_parquet
 from ecanalytics.storage import paths as P
 from ecanalytics.types import OPERATIONS
@@ -54,8 +55,15 @@ def check_timezone(tz: object) -> str:
     return tz
 
 
-def check_amount(value: object) -> float:
-    """A finite number (int, float, Decimal, numpy scalar); bools, strings, NaN and infinity fail."""
+def check_amount(value: object, attr: Attribute | None = None) -> float | decimal.Decimal:
+    """A finite number (int, float, Decimal, numpy scalar); bools, strings, NaN and infinity fail.
+    For a ``decimal(p,s)`` field the amount becomes an exact ``Decimal`` and may not have more
+    than ``s`` decimal places."""
+    if attr is not None and attr.kind == "decimal":
+        try:
+            return to_decimal(value, attr.precision, attr.scale, "The amount")
+        except SchemaError as exc:
+            raise InvalidValueError(str(exc)) from exc
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         raise InvalidValueError(
             f"Amounts must be finite numbers; got {type(value).__name__} {value!r}. Convert it first, "
@@ -85,8 +93,13 @@ def cohort_columns(tz: str) -> list[pl.Expr]:
     return [local.dt.date().alias("cohortDate"), local.dt.strftime("%Y-%m").alias("cohortMonth")]
 
 
-def tx_frame(rows: Sequence[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(list(rows), schema=TX_SCHEMA, orient="row")
+def tx_schema(value_dtype: pl.DataType | None = None) -> dict[str, pl.DataType]:
+    """The transaction columns; ``value`` is Float64, or the field's Decimal(p, s)."""
+    return {**TX_SCHEMA, "value": value_dtype or pl.Float64()}
+
+
+def tx_frame(rows: Sequence[dict[str, Any]], value_dtype: pl.DataType | None = None) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema=tx_schema(value_dtype), orient="row")
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,8 @@ class Inbox:
         return cls(markers)
 
 
-def read_objects(store: Store, keys: Sequence[str], *, now_ns: int) -> tuple[pl.DataFrame, list[str], list[str]]:
+def read_objects(store: Store, keys: Sequence[str], *, now_ns: int,
+                 value_dtype: pl.DataType | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read transaction objects. Returns (rows with ``_object``, keys read, orphaned keys).
 
     A missing object whose marker is older than the grace period is an orphan (its writer died
@@ -155,7 +169,7 @@ def read_objects(store: Store, keys: Sequence[str], *, now_ns: int) -> tuple[pl.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
         frames = list(pool.map(decode, read))
     if not frames:
-        return tx_frame([]).with_columns(pl.lit(None, pl.String).alias("_object")), read, orphans
+        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.String).alias("_object")), read, orphans
     return pl.concat(frames, how="vertical"), read, orphans
 
 
@@ -163,13 +177,16 @@ def _validate(df: pl.DataFrame, where: str) -> pl.DataFrame:
     missing = [c for c in TX_SCHEMA if c not in df.columns]
     if missing:
         raise CorruptObjectError(f"{where} lacks transaction columns {missing}; nothing from it was applied.")
+    exact = isinstance(df.schema["value"], pl.Decimal)  # a decimal(p,s) field keeps its exact type
+    schema = tx_schema(df.schema["value"] if exact else None)
     try:
-        if dict(df.schema) != TX_SCHEMA:
-            df = df.select([pl.col(c).cast(t, strict=True) for c, t in TX_SCHEMA.items()])
+        if dict(df.schema) != schema:
+            df = df.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except Exception as exc:
         raise CorruptObjectError(f"{where} has columns of the wrong type ({exc}); nothing was applied.") from exc
+    finite = pl.col("value").is_not_null() if exact else pl.col("value").is_finite()
     bad = df.filter(
-        ~pl.col("operation").is_in(OPERATIONS) | ~pl.col("value").is_finite() | pl.col("id").is_null()
+        ~pl.col("operation").is_in(OPERATIONS) | ~finite | pl.col("id").is_null()
         | pl.col("originalId").is_null() | pl.col("timestamp").is_null()
     )
     if bad.height:
@@ -187,7 +204,7 @@ def history_keys(store: Store, dataset: str, prefixes: Sequence[str] | None = No
     return sorted({k for p in roots for k in store.find(p, ".parquet") if "/_" not in k[len(dataset):]})
 
 
-def read_history(store: Store, keys: Sequence[str]) -> pl.DataFrame:
+def read_history(store: Store, keys: Sequence[str], value_dtype: pl.DataType | None = None) -> pl.DataFrame:
     """Transactions of ``keys`` with ``cohortDate``, ``cohortMonth`` (from the path) and ``_object``."""
     blobs = store.read_many(keys)
     frames = []
@@ -201,5 +218,5 @@ def read_history(store: Store, keys: Sequence[str]) -> pl.DataFrame:
             pl.lit(key).alias("_object"),
         ))
     if not frames:
-        return pl.DataFrame(schema={**TX_SCHEMA, **COHORT_SCHEMA, "_object": pl.String()})
+        return pl.DataFrame(schema={**tx_schema(value_dtype), **COHORT_SCHEMA, "_object": pl.String()})
     return pl.concat(frames, how="vertical")
