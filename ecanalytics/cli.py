@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ecanalytics.database import DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import EcError
+from ecanalytics.resource import Resource
 
 OutputFormat = Literal["text", "json", "csv"]
 log = logging.getLogger("ecanalytics")
@@ -76,10 +77,17 @@ def _open(root: str, endpoint_url: str | None) -> Database:
     return connect(root, endpoint_url=endpoint_url)
 
 
+def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple[Resource, str]]:
+    """(resource, field) of every managed field, or of the ones named."""
+    return [(db._resources[p.resource_name], p.field) for p in db._plugins(resource, field)]
+
+
 root_option = click.option("--root", default=DEFAULT_ROOT, show_default=True, envvar="EC_ROOT",
                            help="Database root: folder, file://, memory:// or s3://bucket/prefix.")
 endpoint_option = click.option("--endpoint-url", default=None, envvar="AWS_ENDPOINT_URL",
                                help="S3-compatible endpoint (default: AWS_ENDPOINT_URL).")
+resource_option = click.option("--resource", default=None, help="Only this resource.")
+field_option = click.option("--field", default=None, help="Only this managed field.")
 output_option = click.option("--output", "output_fmt", type=click.Choice(["text", "json"]), default="text",
                              show_default=True, help="Text for people, JSON for machines.")
 
@@ -127,8 +135,8 @@ def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records:
 @root_option
 @endpoint_option
 @output_option
-@click.option("--resource", default=None, help="Only this resource.")
-@click.option("--field", default=None, help="Only this managed field.")
+@resource_option
+@field_option
 @click.option("--watch", is_flag=True, help="Keep consolidating every --interval seconds.")
 @click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between runs with --watch.")
 def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None,
@@ -222,8 +230,8 @@ def recalculate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
 @endpoint_option
 @output_option
 @click.option("--retain", required=True, help="Keep this many days of history, e.g. 30d.")
-@click.option("--resource", default=None, help="Only this resource.")
-@click.option("--field", default=None, help="Only this managed field.")
+@resource_option
+@field_option
 @click.option("--delete", "delete_", is_flag=True, help="Delete old objects instead of archiving them under _archive/.")
 def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: str, resource: str | None,
        field: str | None, delete_: bool) -> None:
@@ -233,8 +241,7 @@ def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: st
     days = parse_days(retain if retain.endswith("d") else f"{retain}d")
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
-        results = [p._resource.gc(days, field=p.field, archive=not delete_) for p in db._plugins(resource, field)
-                   if p._resource is not None]
+        results = [res.gc(days, field=f, archive=not delete_) for res, f in _fields(db, resource, field)]
         uri = db.uri
     payload = {"root": uri, "results": [r.as_dict() for r in results],
                "objects": sum(r.objects for r in results), "transactions": sum(r.transactions for r in results)}
@@ -247,16 +254,15 @@ def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: st
 @root_option
 @endpoint_option
 @output_option
-@click.option("--resource", default=None, help="Only this resource.")
-@click.option("--field", default=None, help="Only this managed field.")
+@resource_option
+@field_option
 @click.option("--target-rows", default=1_000_000, show_default=True, type=click.IntRange(1), help="Rows per merged object.")
 def compact(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None, field: str | None,
             target_rows: int) -> None:
     """Merge small applied transaction objects per partition, through the commit log."""
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
-        results = [p._resource.compact(p.field, target_rows=target_rows) for p in db._plugins(resource, field)
-                   if p._resource is not None]
+        results = [res.compact(f, target_rows=target_rows) for res, f in _fields(db, resource, field)]
         uri = db.uri
     payload = {"root": uri, "results": [r.as_dict() for r in results],
                "sources": sum(r.sources for r in results), "merged": sum(r.merged for r in results)}

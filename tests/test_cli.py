@@ -80,3 +80,21 @@ def test_credentials_never_printed(s3_root: Root) -> None:
         assert "SUPERSECRETKEY" not in res.output
     bad = CliRunner().invoke(cli, ["consolidate", "--root", uri.replace("ec-test", "no-such-bucket")], env=env_for(s3_root))
     assert "SUPERSECRETKEY" not in bad.output
+
+
+def test_demo_job(root: Root) -> None:
+    env = env_for(root)
+    res = CliRunner().invoke(cli, ["demo", "--root", root.uri, "--records", "8", "--transactions", "120",
+                                   "--output", "json"], env=env)
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output)
+    assert report["written"] == 120 and report["applied"] == 120
+    assert sum(c["transactionCount"] for c in report["cohorts"]) == sum(
+        r["transactions"] for r in report["consolidations"] if r["field"] == "balance")
+    db = root.connect()
+    wallets = db.resources["wallets"]
+    values = {r["id"]: r["balance"] for r in report["values"]}
+    assert values == dict(zip(wallets.to_polars()["id"].to_list(), wallets.to_polars()["balance"].to_list(), strict=True))  # type: ignore[union-attr]
+    assert ec.reports.run(db, "reconciliation").height == 0  # consolidated in one pass: event order holds
+    text = CliRunner().invoke(cli, ["demo", "--root", root.uri, "--records", "8", "--transactions", "10"], env=env)
+    assert text.exit_code == 0 and "Wallets (top 10 by balance)" in text.output

@@ -109,7 +109,7 @@ def test_python_reducer_sees_decimals(root: Root) -> None:
 
 
 def test_maintenance_keeps_decimals_exact(root: Root) -> None:
-    db, a = setup(root)
+    db, a = setup(root, batch_transactions=True, batch_size=2, flush_interval=3600)
     now = datetime(2026, 11, 27, tzinfo=UTC)
     for day in range(40, 0, -1):
         a.add("x", 0.01, timestamp=now - timedelta(days=day))

@@ -31,7 +31,7 @@ def test_random_operations_match_the_model(root: Root, seed: int, batch: bool) -
     t0 = datetime(2026, 10, 20, tzinfo=timezone.utc)
     records = [f"acc-{i}" for i in range(25)]
     written: list[Tx] = []
-    for step in range(220):
+    for step in range(180):
         roll = rng.random()
         if roll < 0.08:
             f = rng.choice(FIELDS)

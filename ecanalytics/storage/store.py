@@ -85,25 +85,20 @@ class Store:
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.abs(rel)))
 
-    def listdir(self, rel_dir: str) -> list[str]:
-        """Names of the files directly inside ``rel_dir`` (empty if it does not exist)."""
+    def _names(self, rel_dir: str, kind: str) -> list[str]:
         try:
             entries = self.fs.ls(self.abs(rel_dir), detail=True)
         except FileNotFoundError:
             return []
-        return sorted(
-            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "file"
-        )
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == kind)
+
+    def listdir(self, rel_dir: str) -> list[str]:
+        """Names of the files directly inside ``rel_dir`` (empty if it does not exist)."""
+        return self._names(rel_dir, "file")
 
     def listdirs(self, rel_dir: str) -> list[str]:
         """Names of the sub-folders directly inside ``rel_dir``."""
-        try:
-            entries = self.fs.ls(self.abs(rel_dir), detail=True)
-        except FileNotFoundError:
-            return []
-        return sorted(
-            e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory"
-        )
+        return self._names(rel_dir, "directory")
 
     def find(self, rel_dir: str, suffix: str = "") -> list[str]:
         """Every file below ``rel_dir`` (recursive), relative to the root, sorted."""
@@ -123,15 +118,20 @@ class Store:
         return len(sizes), sum(sizes)
 
     # -- writes ----------------------------------------------------------------------------
+    @staticmethod
+    def _local_temp(path: str, data: bytes) -> str:
+        # Local objects are written beside their final name first, so none is ever half-written.
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        return tmp
+
     def write(self, rel: str, data: bytes) -> None:
         """Write (or overwrite) an object. Local writes go through a temp file and a rename."""
         path = self.abs(rel)
         if self.config.protocol == "file":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            os.replace(self._local_temp(path, data), path)
         else:
             self.fs.pipe_file(path, data)
 
@@ -139,10 +139,7 @@ class Store:
         """Create ``rel`` only if absent. True if this call created it, False if it existed."""
         path = self.abs(rel)
         if self.config.protocol == "file":
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
+            tmp = self._local_temp(path, data)
             try:
                 os.link(tmp, path)  # atomic and exclusive, like O_EXCL, but never half-written
             except FileExistsError:
