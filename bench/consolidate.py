@@ -18,6 +18,7 @@ All implementations must produce identical values; the run fails otherwise.
 
     python bench/consolidate.py            # 10^6
     python bench/consolidate.py --n 1e7
+    python bench/consolidate.py --keyed     # every transaction carries an idempotency key
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ RESOURCE, FIELD = "accounts", "balance"
 DATASET = f"{RESOURCE}_transactions_{FIELD}"
 
 
-def generate(root: str, n: int, records: int, batch: int, seed: int) -> None:
+def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool = False) -> None:
     import ecanalytics as ec
     from ecanalytics.ledger.transactions import write_transactions
 
@@ -50,7 +51,9 @@ def generate(root: str, n: int, records: int, batch: int, seed: int) -> None:
         m = min(batch, n - offset)
         rnd = (pl.col("i") * 2654435761 + seed) % 1_000_003
         frame = pl.DataFrame({"i": pl.int_range(offset, offset + m, eager=True)}).select(
-            id=pl.format("k{}", pl.col("i").cast(pl.String).str.zfill(12)),
+            # Generated ids, as add/sub/set create them; --keyed makes them caller-supplied
+            # idempotency keys, which every commit must also remember for the dedup window.
+            id=pl.format("k{}" if keyed else "auto-{}", pl.col("i").cast(pl.String).str.zfill(20)),
             originalId=pl.format("acc-{}", (rnd % records).cast(pl.String)),
             field=pl.lit(FIELD),
             value=((rnd * 7) % 1000).cast(pl.Float64),
@@ -202,12 +205,13 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100_000, help="rows per Parquet object")
     parser.add_argument("--root", default=None, help="local folder (default: a temporary one)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow Python loop")
+    parser.add_argument("--keyed", action="store_true", help="caller-supplied ids (idempotency keys) instead of generated ones")
     args = parser.parse_args()
     n = int(args.n)
     root = args.root or tempfile.mkdtemp(prefix="ec-bench-")
     try:
         t = time.perf_counter()
-        generate(root, n, args.records, args.batch, seed=7)
+        generate(root, n, args.records, args.batch, seed=7, keyed=args.keyed)
         print(f"wrote {n:,} transactions over {args.records:,} records in {time.perf_counter() - t:.1f}s -> {root}")
         fold = fold_only(root, not args.skip_loop)
         # The baselines first: the ecanalytics commit consumes the pending objects.

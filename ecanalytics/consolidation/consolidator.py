@@ -92,7 +92,9 @@ class Consolidator:
         if cleanup and orphans:
             self.store.delete(inbox.markers[k] for k in orphans)
         total = rows.height
-        rows = rows.filter(~pl.col("id").is_in(st.applied_keys(self.field).implode()))
+        applied = st.applied_keys(self.field)
+        if applied.len():  # only caller-supplied keys are remembered; usually there are none
+            rows = rows.filter(~pl.col("id").is_in(applied.implode()))
         # Equal ids hash equally, so distinct hashes prove there is nothing to deduplicate (cheap).
         if rows["id"].hash().n_unique() < rows.height:
             rows = rows.sort(["timestamp", "id", "_object"]).unique(subset="id", keep="first", maintain_order=True)

@@ -145,7 +145,8 @@ class Inbox:
 
 def read_objects(store: Store, keys: Sequence[str], *, now_ns: int,
                  value_dtype: pl.DataType | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
-    """Read transaction objects. Returns (rows with ``_object``, keys read, orphaned keys).
+    """Read transaction objects. Returns (rows with ``_object``, the index of the row's object in
+    the sorted keys read; the keys read; orphaned keys).
 
     A missing object whose marker is older than the grace period is an orphan (its writer died
     between the marker and the object); a younger one is still being written and is skipped.
@@ -160,16 +161,19 @@ def read_objects(store: Store, keys: Sequence[str], *, now_ns: int,
         if now_ns - P.file_id_time_ns(file_id) > ORPHAN_MARKER_GRACE_S * 1_000_000_000:
             orphans.append(key)
 
-    def decode(key: str) -> pl.DataFrame:
+    def decode(item: tuple[int, str]) -> pl.DataFrame:
+        index, key = item
         blob = blobs[key]
         assert blob is not None
-        return _validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(pl.lit(key).alias("_object"))
+        # ``_object`` is the object's rank in sorted key order: a cheap, deterministic tie-break.
+        return _validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
+            pl.lit(index, pl.UInt32).alias("_object"))
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
-        frames = list(pool.map(decode, read))
+        frames = list(pool.map(decode, enumerate(read)))
     if not frames:
-        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.String).alias("_object")), read, orphans
+        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.UInt32).alias("_object")), read, orphans
     return pl.concat(frames, how="vertical"), read, orphans
 
 
