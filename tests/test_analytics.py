@@ -273,3 +273,15 @@ def test_duckdb_s3_path_selection() -> None:
     sql = httpfs_secret_sql(cfg)
     assert "ENDPOINT '127.0.0.1:9000'" in sql and "URL_STYLE 'path'" in sql and "USE_SSL false" in sql
     assert "KEY_ID 'AK'" in sql and "SECRET 'SK'" in sql
+
+
+def test_report_end_is_optional(root: Root) -> None:
+    db, _plugin, written = build(root)
+    open_ended = ec.reports.run(db, "daily_totals", start="2026-11-05")
+    assert open_ended["transactions"].sum() == sum(key("day", r) >= "2026-11-05" for r in written)
+    assert ec.reports.run(db, "monthly_totals", start_month="2026-11")["transactions"].sum() == sum(
+        key("month", r) >= "2026-11" for r in written)  # 02:00 UTC on Nov 1 is still October in New York
+    res = CliRunner().invoke(cli, ["sql", "run", "daily_totals", "--root", root.uri, "--param", "start=2026-11-05",
+                                   "--output", "json"], env={"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {})
+    assert res.exit_code == 0, res.output
+    assert sum(r["transactions"] for r in json.loads(res.output)) == open_ended["transactions"].sum()

@@ -1,6 +1,7 @@
--- Daily totals per resource, field and cohort day (in each field's zone). Values are signed.
+-- Daily totals per resource, field and cohort day (in each field's zone) from start to end (open-ended
+-- without end). Values are signed.
 -- param start DATE
--- param end DATE
+-- param end DATE = NULL
 -- param resource VARCHAR = NULL
 -- param field VARCHAR = NULL
 SELECT resource, field, cohortDate,
@@ -11,7 +12,7 @@ SELECT resource, field, cohortDate,
        sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
        count(DISTINCT originalId) AS records
 FROM ec_transactions
-WHERE cohortDate BETWEEN $start AND $end
+WHERE cohortDate >= $start AND ($end IS NULL OR cohortDate <= $end)
   AND ($resource IS NULL OR resource = $resource)
   AND ($field IS NULL OR field = $field)
 GROUP BY resource, field, cohortDate

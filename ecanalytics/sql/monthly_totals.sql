@@ -1,6 +1,6 @@
 -- Monthly totals per resource, field and cohort month (YYYY-MM). Values are signed.
 -- param start_month VARCHAR
--- param end_month VARCHAR
+-- param end_month VARCHAR = NULL
 -- param resource VARCHAR = NULL
 -- param field VARCHAR = NULL
 SELECT resource, field, cohortMonth,
@@ -11,7 +11,7 @@ SELECT resource, field, cohortMonth,
        sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
        count(DISTINCT originalId) AS records
 FROM ec_transactions
-WHERE cohortMonth BETWEEN $start_month AND $end_month
+WHERE cohortMonth >= $start_month AND ($end_month IS NULL OR cohortMonth <= $end_month)
   AND ($resource IS NULL OR resource = $resource)
   AND ($field IS NULL OR field = $field)
 GROUP BY resource, field, cohortMonth
