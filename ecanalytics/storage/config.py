@@ -71,14 +71,22 @@ class StorageConfig:
                 raise ConfigurationError("memory:// needs a name, for example memory://notebook.")
             return cls("memory", "/" + name)
         if scheme in ("s3", "s3a"):
-            bucket = parts.hostname or ""
+            # Split by hand: AWS secrets may contain '/' and '+', which urlsplit would take for
+            # the start of the path. Everything before the last '@' is KEY:SECRET (URL-encoding
+            # is accepted but not required).
+            rest = text.split("://", 1)[1]
+            userinfo, at, location = rest.rpartition("@")
+            if not at:
+                location, userinfo = rest, ""
+            bucket, _, prefix = location.partition("/")
             if not bucket:
                 raise ConfigurationError("An S3 URI needs a bucket: s3://bucket/prefix.")
-            uri_key = unquote(parts.username) if parts.username else None
-            uri_secret = unquote(parts.password) if parts.password else None
+            raw_key, colon, raw_secret = userinfo.partition(":")
+            uri_key = unquote(raw_key) if raw_key else None
+            uri_secret = unquote(raw_secret) if colon and raw_secret else None
             return cls(
                 "s3",
-                f"{bucket}/{parts.path.strip('/')}".rstrip("/"),
+                f"{bucket}/{prefix.strip('/')}".rstrip("/"),
                 key=key or uri_key or _env("AWS_ACCESS_KEY_ID"),
                 secret=secret or uri_secret or _env("AWS_SECRET_ACCESS_KEY"),
                 token=_env("AWS_SESSION_TOKEN"),
