@@ -337,7 +337,7 @@ class EventualConsistencyPlugin:
         return self._cohorts().stats(date)
 
     def get_analytics(
-        self, period: str = "day", start: Any = None, end: Any = None, *, record_id: str | None = None,
+        self, period: str = "day", start: Any = None, end: Any = None, record_id: str | None = None,
         fill_gaps: bool = False,
     ) -> pl.DataFrame:
         """One row per cohort of ``period`` (hour, day, week, month) from ``start`` to ``end``

@@ -71,7 +71,10 @@ def check_amount(value: object, attr: Attribute | None = None) -> float | decima
         )
     number = float(value)
     if not math.isfinite(number):
-        raise InvalidValueError(f"Amounts must be finite; got {value!r}. Nothing was written.")
+        raise InvalidValueError(
+            f"Amounts must be finite; got {value!r}. Nothing was written: pass a real number "
+            "(check the upstream computation that produced it)."
+        )
     return number
 
 
