@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -121,14 +121,7 @@ def fold_only(root: str, with_loop: bool) -> dict[str, tuple[float, pl.DataFrame
         ordered = df.sort("timestamp", "id")
         rows = list(zip(ordered["originalId"].to_list(), ordered["value"].to_list(), ordered["operation"].to_list(), strict=True))
         started = time.perf_counter()
-        values: dict[str, float] = {}
-        for rid, value, op in rows:
-            if op == "set":
-                values[rid] = value
-            elif op == "add":
-                values[rid] = values.get(rid, 0.0) + value
-            else:
-                values[rid] = values.get(rid, 0.0) - value
+        values = dict_fold(rows)
         seconds = time.perf_counter() - started
         out["python-loop"] = (seconds, pl.DataFrame({"originalId": list(values), "value": list(values.values())}))
         # The naive plugin-style path: transactions as dicts, grouped per record, reduced in order.
@@ -147,16 +140,22 @@ def fold_only(root: str, with_loop: bool) -> dict[str, tuple[float, pl.DataFrame
     return {k: (v[0], v[1].sort("originalId")) for k, v in out.items()}
 
 
-def run_python_loop(root: str) -> pl.DataFrame:
-    df = pl.read_parquet(f"{root}/{DATASET}/**/*.parquet", hive_partitioning=False).sort("timestamp", "id")
+def dict_fold(rows: Iterable[tuple[str, float, str]]) -> dict[str, float]:
+    """The default fold as a plain Python loop over (record, value, operation) in event order."""
     values: dict[str, float] = {}
-    for rid, value, op in zip(df["originalId"].to_list(), df["value"].to_list(), df["operation"].to_list(), strict=True):
+    for rid, value, op in rows:
         if op == "set":
             values[rid] = value
         elif op == "add":
             values[rid] = values.get(rid, 0.0) + value
         else:
             values[rid] = values.get(rid, 0.0) - value
+    return values
+
+
+def run_python_loop(root: str) -> pl.DataFrame:
+    df = pl.read_parquet(f"{root}/{DATASET}/**/*.parquet", hive_partitioning=False).sort("timestamp", "id")
+    values = dict_fold(zip(df["originalId"].to_list(), df["value"].to_list(), df["operation"].to_list(), strict=True))
     return pl.DataFrame({"originalId": list(values), "value": list(values.values())})
 
 

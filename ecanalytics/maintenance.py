@@ -21,7 +21,7 @@ import polars as pl
 
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import Inbox, history_keys, read_history
+from ecanalytics.ledger.transactions import history_keys, read_history
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def field_history(plugin: EventualConsistencyPlugin, st: State, *, applied_only:
     store = plugin.consolidator.store
     rows = read_history(store, st.visible(plugin.field, history_keys(store, plugin.dataset)), plugin.consolidator.dtype)
     if applied_only:
-        pending = set(Inbox.scan(store, plugin.dataset).markers) - st.consumed.get(plugin.field, frozenset())
+        pending = plugin.consolidator.pending_objects(st)
         rows = rows.filter(~pl.col("_object").is_in(list(pending)))
     return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
 
@@ -229,7 +229,7 @@ def retain(resource: Resource, field: str | None, days: int, *, archive: bool = 
         if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
             return None
         done = set(prev["archived"]) if prev else set()
-        pending = set(Inbox.scan(store, plugin.dataset).markers) - st.consumed.get(plugin.field, frozenset())
+        pending = plugin.consolidator.pending_objects(st)
         prefixes = [
             P.partition_dir(plugin.dataset, day.split("=", 1)[1])
             for month in store.listdirs(plugin.dataset) if month.startswith("cohortMonth=")
@@ -312,7 +312,7 @@ def compact(resource: Resource, field: str | None = None, *, target_rows: int = 
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
 
     def build(st: State) -> Commit | None:
-        pending = set(Inbox.scan(store, plugin.dataset).markers) - st.consumed.get(plugin.field, frozenset())
+        pending = plugin.consolidator.pending_objects(st)
         keys = [k for k in st.visible(plugin.field, history_keys(store, plugin.dataset)) if k not in pending]
         by_partition: dict[str, list[str]] = {}
         for key in keys:

@@ -19,7 +19,7 @@ from ecanalytics.errors import (
     UnknownFieldError,
 )
 from ecanalytics.ledger import Commit, Ledger, Schema, State
-from ecanalytics.ledger.transactions import Inbox, history_keys, read_history
+from ecanalytics.ledger.transactions import history_keys, read_history
 from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
@@ -329,10 +329,8 @@ class TransactionDataset:
         ``include_archived`` adds the objects retention moved under ``_archive/``."""
         consolidator = self.plugin.consolidator
         store = consolidator.store
-        pending_keys = set(Inbox.scan(store, self.name).markers) - consolidator.ledger.state().consumed.get(
-            self.plugin.field, frozenset()
-        )
         state = consolidator.ledger.state()
+        pending_keys = consolidator.pending_objects(state)
         field = self.plugin.field
         keys = state.visible(field, self._objects(where))
         if include_archived:

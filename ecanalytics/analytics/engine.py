@@ -37,7 +37,6 @@ import duckdb
 import polars as pl
 
 from ecanalytics.errors import ConfigurationError
-from ecanalytics.ledger.transactions import Inbox
 from ecanalytics.storage import StorageConfig
 
 if TYPE_CHECKING:
@@ -179,13 +178,11 @@ class SqlEngine:
             self.con.register(name, state.records.sort("id"))
             for field, plugin in sorted(resource.plugins.items()):
                 store = resource.ledger.store
-                markers = Inbox.scan(store, plugin.dataset).markers
-                consumed = state.consumed.get(field, frozenset())
                 compaction = state.compaction.get(field, {})
                 gone = [*compaction.get("replaced", []), *state.retention.get(field, {}).get("archived", [])]
                 hidden += [(plugin.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(plugin.dataset, t) for t in compaction.get("tokens", [])]
-                keys = sorted(key for key in markers if key not in consumed)
+                keys = sorted(plugin.consolidator.pending_objects(state))
                 pending += [(plugin.dataset, key.rsplit("/", 1)[-1]) for key in keys]
                 # Objects whose writer is still between marker and object do not exist yet.
                 existing = [store.url(k) for k in keys if with_pending and store.exists(k)]

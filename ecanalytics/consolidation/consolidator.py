@@ -78,6 +78,11 @@ class Consolidator:
         self._reducer = reducer
         self.default = default
 
+    def pending_objects(self, st: State) -> set[str]:
+        """Keys of the objects still pending at ``st``: inbox markers not consumed by the field's
+        latest commit. One LIST; what readers use to derive ``applied``."""
+        return set(Inbox.scan(self.store, self.dataset).markers) - st.consumed.get(self.field, frozenset())
+
     def pending(self, st: State, *, cleanup: bool) -> Pending:
         """Pending rows at ``st``. With ``cleanup``, markers of consumed and orphaned objects are removed."""
         inbox = Inbox.scan(self.store, self.dataset)
