@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ecanalytics.consolidation import ConsolidationResult
-from ecanalytics.errors import ResourceExistsError, UnknownResourceError
+from ecanalytics.errors import ConfigurationError, ResourceExistsError, UnknownResourceError
 from ecanalytics.ledger import Ledger, Schema
 from ecanalytics.ledger import catalog as cat
 from ecanalytics.plugin import EventualConsistencyPlugin
@@ -26,6 +26,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
+MAX_DEDUP_WINDOW_S = 100 * 365 * 86400  # 100 years; more would overflow the cut-off date
+
+
+def _check_options(checkpoint_interval: object, dedup_window_s: object) -> None:
+    """``checkpoint_interval`` is an int >= 1; ``dedup_window_s`` a finite number of seconds from 0
+    (ids are forgotten once applied) to 100 years. Strings such as ``"10"`` are not converted."""
+    if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+        raise ConfigurationError(
+            f"checkpoint_interval must be a positive integer (commits between checkpoints, e.g. 10); "
+            f"got {P.describe(checkpoint_interval)}."
+        )
+    if (isinstance(dedup_window_s, bool) or not isinstance(dedup_window_s, (int, float))
+            or not 0 <= dedup_window_s <= MAX_DEDUP_WINDOW_S):  # NaN fails this comparison too
+        raise ConfigurationError(
+            f"dedup_window must be a number of seconds from 0 to {MAX_DEDUP_WINDOW_S} (100 years), e.g. 604800 "
+            f"for a week; got {P.describe(dedup_window_s)}."
+        )
 
 
 class Resources(Mapping[str, "Resource | TransactionDataset"]):
@@ -87,6 +104,7 @@ class Database:
     """
 
     def __init__(self, config: StorageConfig, *, checkpoint_interval: int = 10, dedup_window_s: float = 7 * 86400) -> None:
+        _check_options(checkpoint_interval, dedup_window_s)
         self.config = config
         self.store = Store(config)
         self.checkpoint_interval = checkpoint_interval
@@ -143,10 +161,22 @@ class Database:
 
         Attribute specs: ``'string|required'``, ``'number|default:0'``, ``'integer'``, ``'boolean'``.
         Plugins registered earlier for this resource are attached now (deferred setup).
+
+        Everything is checked before the catalog entry is written: the name, every attribute
+        (defaults included), and that each plugin waiting for this resource manages a numeric
+        attribute. A rejected call writes nothing, so the name stays free.
         """
         P.validate_resource_name(name)
         schema = Schema.parse(attributes)
         with self._lock:
+            for (res_name, field), _plugin in self._deferred.items():
+                attr = schema.attributes.get(field)
+                if res_name == name and (attr is None or not attr.numeric):
+                    found = f"declare it as {attr.spec!r}" if attr else "do not declare it"
+                    raise ConfigurationError(
+                        f"A plugin registered for {name}.{field} waits for this resource, but the attributes {found}; "
+                        f"declare {field!r} as 'number' or 'decimal(p,s)' (nothing was written)."
+                    )
             entry = cat.create(self.store, name, schema.to_spec())
             if Schema.parse(entry["attributes"]) != schema:
                 raise ResourceExistsError(
@@ -244,9 +274,10 @@ def connect(
         endpoint_url: S3-compatible endpoint (MinIO, moto, ...); default from ``AWS_ENDPOINT_URL``.
         region: S3 region; default from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else us-east-1.
         key, secret: S3 credentials; default from the URI, then the AWS environment.
-        checkpoint_interval: write a full checkpoint every this many commits.
+        checkpoint_interval: write a full checkpoint every this many commits (an int >= 1).
         dedup_window: seconds for which caller-supplied transaction ids are remembered after they
-            were applied (retries within it are not counted twice).
+            were applied (retries within it are not counted twice): a finite number from 0 to
+            100 years. Bad options raise :class:`ConfigurationError` before the root is touched.
 
     Example:
         >>> import ecanalytics as ec

@@ -85,7 +85,15 @@ class ReducerRequiredError(ConfigurationError):
 
 
 class ConsolidationError(TerminalError):
-    """A reducer failed or returned something that is not a finite number."""
+    """A reducer failed or returned something that is not a finite number.
+
+    ``record_id`` names the record when the failure is one record's: consolidation then holds that
+    record's transactions back and commits the others.
+    """
+
+    def __init__(self, message: str, *, record_id: str | None = None) -> None:
+        super().__init__(message)
+        self.record_id = record_id
 
 
 class StorageError(EcError, OSError):

@@ -18,9 +18,11 @@ from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerReq
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.log import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
+    PlannedObject,
     check_amount,
     check_timestamp,
     check_timezone,
+    plan_objects,
     tx_frame,
     write_transactions,
 )
@@ -104,6 +106,8 @@ class EventualConsistencyPlugin:
         self._database: Database | None = None
         self._consolidator: Consolidator | None = None
         self._buffer: list[dict[str, Any]] = []
+        self._unsure: list[PlannedObject] = []  # objects of a failed flush, retried under the same names
+        self._maybe_written: str | None = None  # key of the object whose write failed: it may exist
         self._buffer_since = 0.0
         self._buffer_lock = threading.Lock()
         self._gc = threading.Condition()
@@ -182,6 +186,7 @@ class EventualConsistencyPlugin:
         self._consolidator = Consolidator(
             resource.ledger, self.field, self._require_reducer,
             attr.default if attr.default is not None else (Decimal(0) if attr.kind == "decimal" else 0.0), attr.dtype,
+            self.timezone,
         )
         self._attr = attr
         if self.auto_consolidate or self.batch_transactions:
@@ -213,7 +218,8 @@ class EventualConsistencyPlugin:
             try:
                 if self.batch_transactions:
                     with self._buffer_lock:
-                        due = bool(self._buffer) and time.monotonic() - self._buffer_since >= self.flush_interval
+                        due = bool(self._unsure) or (
+                            bool(self._buffer) and time.monotonic() - self._buffer_since >= self.flush_interval)
                     if due:
                         self.flush()
                 if self.auto_consolidate and time.monotonic() - last >= self.consolidation_interval:
@@ -271,19 +277,37 @@ class EventualConsistencyPlugin:
         return self._resource.value(row["originalId"], self.field, consistent=False) if self._resource else None
 
     def flush(self) -> int:
-        """Write buffered transactions now; returns how many were written."""
+        """Write buffered transactions now (one object per cohort day); returns how many were written.
+
+        A flush that fails part-way knows exactly which objects are durable: those written before
+        the failure are done and leave the buffer. The object whose write failed may or may not
+        exist (a lost answer), so it is retried under the *same* name, and skipped if it exists by
+        then, live or archived; the objects after it were never tried.
+        """
+        store = self.consolidator.store
         with self._buffer_lock:
             rows, self._buffer = self._buffer, []
-            if not rows:
+            planned = list(self._unsure)
+            if not planned and not rows:
                 return 0
-            try:
-                write_transactions(self.consolidator.store, self.dataset, self.timezone,
-                                   tx_frame(rows, self.consolidator.dtype))
-            except Exception as exc:
-                self._buffer = rows + self._buffer  # keep them for the next flush
-                self._error("flush", exc, count=len(rows))
-                raise
-        return len(rows)
+            if rows:
+                planned += plan_objects(self.dataset, self.timezone, tx_frame(rows, self.consolidator.dtype))
+            self._unsure = []
+            written = 0
+            for index, obj in enumerate(planned):
+                try:
+                    if obj.key == self._maybe_written and (
+                            store.exists(obj.key) or store.exists(P.archive_key(obj.key))):
+                        continue  # the failed write had landed after all
+                    obj.write(store)
+                    written += obj.rows.height
+                except Exception as exc:
+                    self._unsure = planned[index:]
+                    self._maybe_written = obj.key
+                    self._error("flush", exc, count=sum(o.rows.height for o in self._unsure))
+                    raise
+            self._maybe_written = None
+        return written
 
     def _group_commit(self) -> None:
         # A consolidation that *starts* after our write was durable covers it, so concurrent sync

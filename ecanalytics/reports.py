@@ -6,7 +6,12 @@ Each report declares its named parameters in its header, one per line::
     -- param limit INTEGER = 10
 
 A parameter without ``= default`` is required. Values are converted to the declared type before
-DuckDB binds them to ``$name``. Reports run over the views of :meth:`Database.sql`
+DuckDB binds them to ``$name``; a value that does not convert raises
+:class:`~ecanalytics.errors.InvalidValueError` and the report does not run. ``DATE`` and
+``TIMESTAMP`` values must exist (``2026-13-01`` fails), ``INTEGER`` values fit 64 bits, ``DOUBLE``
+values are finite, and text is valid Unicode. Two names carry a meaning of their own: a
+``VARCHAR`` parameter whose name ends in ``month`` is a cohort month and must be an existing
+``YYYY-MM``, and an ``INTEGER`` parameter named ``limit`` may not be negative. Reports run over the views of :meth:`Database.sql`
 (``ec_transactions``, ``ec_values``, ``ec_fields``, ``ec_pending`` and the per-dataset views).
 
 Example:
@@ -18,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -25,11 +31,15 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ecanalytics.errors import ValidationError
+from ecanalytics.errors import InvalidValueError, ValidationError
+from ecanalytics.storage.paths import describe
 
 if TYPE_CHECKING:
     from ecanalytics.database import Database
 
+_MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}\Z")
+_HINTS = {"DATE": "an existing ISO date such as 2026-11-30", "TIMESTAMP": "an ISO timestamp such as 2026-11-30T12:00:00",
+          "INTEGER": "a whole number such as 10", "DOUBLE": "a finite number such as 0.5", "VARCHAR": "valid text"}
 _PARAM = re.compile(r"^--\s*param\s+(\w+)\s+(DATE|VARCHAR|INTEGER|DOUBLE|TIMESTAMP)(?:\s*=\s*(.+))?\s*$", re.I)
 
 
@@ -41,6 +51,7 @@ class Param:
     default: Any
 
     def convert(self, value: Any) -> Any:
+        """The value as the declared type (see the module docstring); None stays None (SQL NULL)."""
         if value is None:
             return None
         try:
@@ -49,14 +60,30 @@ class Param:
             if self.type == "TIMESTAMP":
                 return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
             if self.type == "INTEGER":
-                if isinstance(value, bool):
-                    raise ValueError("a bool is not an integer")
-                return int(value)
+                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                    raise ValueError(f"{type(value).__name__} {value!r} is not an integer")
+                number = int(value)
+                if not -(2**63) <= number <= 2**63 - 1 or (self.name == "limit" and number < 0):
+                    raise ValueError("out of range" if number >= 0 else "it may not be negative")
+                return number
             if self.type == "DOUBLE":
-                return float(value)
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(f"Parameter {self.name!r} must be a {self.type}; got {value!r} ({exc}).") from exc
-        return str(value)
+                if isinstance(value, bool):
+                    raise ValueError("a bool is not a number")
+                real = float(value)
+                if not math.isfinite(real):
+                    raise ValueError("it must be finite")
+                return real
+            text = str(value)
+            text.encode()  # a lone surrogate cannot be bound
+            if self.name.endswith("month") and not (_MONTH.match(text) and 1 <= int(text[5:]) <= 12 and text[:4] != "0000"):
+                raise ValueError("expected an existing month YYYY-MM")
+            return text
+        except (TypeError, ValueError, OverflowError) as exc:
+            month = self.type == "VARCHAR" and self.name.endswith("month")
+            hint = "an existing month such as 2026-11" if month else _HINTS.get(self.type, "text")
+            raise InvalidValueError(
+                f"Parameter {self.name!r} ({self.type}) cannot take {describe(value)} ({exc}); pass {hint}."
+            ) from exc
 
 
 @dataclass(frozen=True)

@@ -51,13 +51,26 @@ def _number(value: Any) -> float | Decimal:
     return value if isinstance(value, Decimal) else float(value)
 
 
+MAX_RETAIN_DAYS = 36_500
+
+
 def parse_days(value: int | str) -> int:
-    """``30`` or ``"30d"`` -> 30 (retention works on whole cohort days)."""
-    if isinstance(value, str) and value.endswith("d") and value[:-1].isdigit():
-        return int(value[:-1])
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise InvalidValueError(f"retain must be a number of days such as 30 or '30d'; got {value!r}.")
+    """``30`` or ``"30d"`` -> 30 (retention works on whole cohort days).
+
+    Days run from 1 to :data:`MAX_RETAIN_DAYS` (100 years), so the cut stays a real date (``10**30``
+    used to overflow); to keep everything, do not run retention. Only ASCII digits are read.
+    """
+    days: int | None = None
+    if isinstance(value, str) and value.endswith("d") and value[:-1].isascii() and value[:-1].isdigit():
+        days = int(value[:-1]) if len(value) <= 4000 else MAX_RETAIN_DAYS + 1  # int() refuses > 4300 digits
+    elif isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    if days is None or not 1 <= days <= MAX_RETAIN_DAYS:
+        raise InvalidValueError(
+            f"retain must be a number of days from 1 to {MAX_RETAIN_DAYS} such as 30 or '30d'; got {P.describe(value)}. "
+            "To keep every transaction, do not run retention."
+        )
+    return days
 
 
 class Resource:
@@ -192,9 +205,13 @@ class Resource:
                 target_bytes: int = 64 * 1024 * 1024) -> CompactionResult:
         """Merge each partition's small applied objects into objects of up to ``target_rows`` rows
         (or about ``target_bytes``) through the commit log. Readers through ecanalytics never count
-        a transaction twice or miss one, during the run or after a crash in it."""
+        a transaction twice or miss one, during the run or after a crash in it. Both targets are
+        positive integers (at most 2**63 - 1); anything else is rejected before any work."""
         from ecanalytics.maintenance import compact
 
+        for name, target in (("target_rows", target_rows), ("target_bytes", target_bytes)):
+            if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 2**63 - 1:
+                raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
         return compact(self, field, target_rows=target_rows, target_bytes=target_bytes)
 
     def scan(self) -> pl.LazyFrame:
@@ -272,26 +289,32 @@ class Resource:
         return self._op("set", record_id, args, id, timestamp, source)
 
     def consolidate(self, record_id: str, field: str | None = None) -> float | Decimal:
-        """Consolidate the field (all its pending transactions) and return this record's value."""
+        """Consolidate the field (all its pending transactions) and return this record's value
+        (the field's default for a record that does not exist, as in the original plugin)."""
         P.validate_record_id(record_id)
         self.plugin(field).consolidate()
         return self.value(record_id, field, consistent=False)
 
     def value(self, record_id: str, field: str | None = None, *, consistent: bool = True) -> float | Decimal:
-        """The field's value. With ``consistent=True`` pending transactions are folded in on the fly
-        (read-your-writes, nothing is committed); otherwise the last consolidated value."""
+        """The field's value. With ``consistent=True`` pending transactions are folded in on the fly,
+        in event order (read-your-writes, nothing is committed); otherwise the last consolidated
+        value. A record that does not exist counts as the field's default (``get`` still raises);
+        rows held back (see ``inspect``) are not in the value until they can be folded."""
         P.validate_record_id(record_id)
         plugin = self.plugin(field)
         consolidator = plugin.consolidator
         st = self.ledger.state()
         if consistent:
             plugin.flush()
-            rows = consolidator.pending(st, cleanup=False).rows.filter(pl.col("originalId") == record_id)
+            pending = consolidator.pending(st, cleanup=False)
+            rows = pending.rows.filter(pl.col("originalId") == record_id)
             if rows.height:
-                return _number(consolidator.fold(st, rows)["value"][0])
+                folded = consolidator.fold(st, rows, pending.unapplied)
+                if folded.values.height:
+                    return _number(folded.values["value"][0])
         found = st.records.filter(pl.col("id") == record_id)
         if found.height == 0:
-            raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
+            return _number(consolidator.default)
         current = found[plugin.field][0]
         return _number(current) if current is not None else consolidator.default
 

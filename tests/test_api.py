@@ -205,6 +205,7 @@ def test_parallel_operations_on_two_fields(root: Root) -> None:
 
 def test_sync_writers_share_a_group_commit(root: Root) -> None:
     _db, wallets, plugin = wallets_db(root)
+    wallets.insert({"id": "w1", "userId": "u1", "currency": "USD"})
     versions: list[int] = []
     plugin.on("eventual-consistency.consolidated", lambda e: versions.append(e["version"]))
     results: list[float | None] = []
@@ -233,6 +234,7 @@ def test_manual_control_and_background_consolidation(root: Root) -> None:
     done = threading.Event()
     payloads: list[dict[str, Any]] = []
     plugin.on("eventual-consistency.consolidated", lambda e: (payloads.append(e), done.set()))
+    wallets.insert({"id": "w1", "userId": "u1", "currency": "USD"})
     wallets.add("w1", 42)
     assert done.wait(15), "background consolidation did not run"
     assert wallets.get("w1")["balance"] == 42
@@ -243,6 +245,7 @@ def test_manual_control_and_background_consolidation(root: Root) -> None:
 
 def test_idempotency_keys(root: Root) -> None:
     _db, wallets, _ = wallets_db(root, mode="async")
+    wallets.insert({"id": "w1", "userId": "u1", "currency": "USD"})
     wallets.add("w1", 10, id="pay-1")
     wallets.add("w1", 10, id="pay-1")  # retry while pending
     assert wallets.consolidate("w1") == 10
@@ -254,6 +257,7 @@ def test_idempotency_keys(root: Root) -> None:
 def test_backfill_timestamp_sets_cohort_and_order(root: Root) -> None:
     db, wallets, _ = wallets_db(root, mode="async", cohort={"timezone": "America/Sao_Paulo"})
     day = datetime(2025, 3, 10, 2, 0, tzinfo=timezone.utc)  # 23:00 on Mar 9 in Sao Paulo
+    wallets.insert({"id": "w1", "userId": "u1", "currency": "USD"})
     wallets.set("w1", 50, timestamp=day + timedelta(hours=1))
     wallets.add("w1", 7, timestamp=day)  # earlier event: the later set overrides it
     assert wallets.consolidate("w1") == 50

@@ -76,14 +76,25 @@ def test_failed_read_of_a_pending_object_is_surfaced(root: Root) -> None:
     assert w.get("a")["balance"] == 3
 
 
-def test_overflow_is_refused_before_commit(root: Root) -> None:
+def test_one_records_overflow_is_held_and_the_others_commit(root: Root) -> None:
+    """A poison pill: two add(x, 1e308) overflow x's fold. x's rows are held back (pending, shown in
+    the result), every other record commits, and x folds again once it can."""
     db, w = wallets(root)
     w.set("a", 1e308)
     db.consolidate()
     w.add("a", 1e308)
-    with pytest.raises(ec.ConsolidationError, match="non-finite"):
-        db.consolidate()
-    assert w.get("a")["balance"] == 1e308
+    w.add("b", 7)
+    result = db.consolidate()[0]
+    assert (w.get("a")["balance"], w.get("b")["balance"]) == (1e308, 7)
+    assert (result.held, result.held_records, result.held_reasons) == (1, ("a",), {"overflow": 1})
+    assert result.as_dict()["heldRecords"] == ["a"]
+    w.add("b", 1)
+    again = db.consolidate()[0]
+    assert w.get("b")["balance"] == 8 and again.held_records == ("a",)  # still stuck, still reported
+    w.set("a", 5)  # dated after the overflowing add, so the fold is finite again
+    last = db.consolidate()[0]
+    assert w.get("a")["balance"] == 5 and last.held == 0
+    assert w.recalculate().changed == 0
 
 
 def test_wrong_call_shapes_are_typed_errors(root: Root) -> None:

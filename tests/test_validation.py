@@ -128,6 +128,8 @@ def test_corrupt_transaction_object_is_reported_and_nothing_is_lost(root: Root) 
     db = root.connect()
     db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False))
     wallets = db.create_resource("wallets", WALLETS)
+    for rid in ("w1", "w2"):
+        wallets.insert({"id": rid, "userId": "u", "currency": "USD"})
     wallets.add("w1", 5)
     assert wallets.consolidate("w1") == 5
     wallets.add("w1", 3)

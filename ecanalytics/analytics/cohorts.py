@@ -13,37 +13,59 @@ month   ``2026-11``        ``cohortMonth``
 string, a ``date``, or a ``datetime`` (naive ones are read in the plugin's zone). Values are signed:
 a ``sub`` counts as ``-value``. Queries filter on ``cohortDate`` first, so only the partitions
 that can hold the cohorts are read.
+
+A key or date that does not exist (``2026-13-01``, ``2026-02-30``, ``2026-W60``, hour ``24``), or a
+range that reaches outside the calendar (years 1 to 9999 in the plugin's zone), raises
+:class:`~ecanalytics.errors.InvalidValueError`: it never silently matches nothing. Rollups list at
+most :data:`MAX_COHORTS` cohorts when they fill gaps (``get_last_n``'s ``n`` has the same bound).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal, get_args
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from ecanalytics.errors import ValidationError
+from ecanalytics.errors import InvalidValueError, ValidationError
+from ecanalytics.storage.paths import describe
 
 if TYPE_CHECKING:
     from ecanalytics.analytics.engine import SqlEngine
 
 Period = Literal["hour", "day", "week", "month"]
 Metric = Literal["transactionCount", "totalValue"]
+# \Z, not $ (which also matches before a final newline); ASCII digits only.
 _KEY_FORMATS = {
-    "hour": re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}$"),
-    "day": re.compile(r"^\d{4}-\d{2}-\d{2}$"),
-    "week": re.compile(r"^\d{4}-W\d{2}$"),
-    "month": re.compile(r"^\d{4}-\d{2}$"),
+    "hour": re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}\Z"),
+    "day": re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z"),
+    "week": re.compile(r"^[0-9]{4}-W[0-9]{2}\Z"),
+    "month": re.compile(r"^[0-9]{4}-[0-9]{2}\Z"),
 }
+MAX_COHORTS = 1_000_000  # about 114 years of hours; filling more would take minutes
+_AVERAGE_DAYS = {"hour": 1 / 24, "day": 1, "week": 7, "month": 30.4}
 _SIGNED = "CASE WHEN operation = 'sub' THEN -value ELSE value END"
+
+
+@contextmanager
+def _calendar(what: str) -> Iterator[None]:
+    """Turn a date computation that leaves the calendar (OverflowError) into a typed error."""
+    try:
+        yield
+    except OverflowError as exc:
+        raise InvalidValueError(
+            f"{what} would reach outside the calendar (years 1 to 9999 in the plugin's zone); pass dates inside it."
+        ) from exc
 
 
 def check_period(period: str) -> Period:
     if period not in get_args(Period):
-        raise ValidationError(f"period must be one of {list(get_args(Period))}; got {period!r}.")
+        raise ValidationError(f"period must be one of {list(get_args(Period))}; got {describe(period)}.")
     return period  # type: ignore[return-value]
 
 
@@ -78,18 +100,25 @@ def _key_of_date(period: Period, day: dt.date, *, end: bool = False) -> str:
 def to_key(period: Period, value: Any, tz: str, *, end: bool = False) -> str:
     """The cohort key of ``value`` for ``period`` (see the module docstring for accepted values)."""
     if isinstance(value, str):
-        if _KEY_FORMATS[period].match(value):
-            return value
         try:
+            if _KEY_FORMATS[period].match(value):
+                date_bounds(period, value, value)  # the key must name a real cohort: not 2026-13-01
+                if period == "hour" and not 0 <= int(value[11:]) <= 23:
+                    raise ValueError("hour must be in 0..23")
+                return value
             value = dt.datetime.fromisoformat(value) if "T" in value or " " in value else dt.date.fromisoformat(value)
-        except ValueError as exc:
-            raise ValidationError(f"Cannot read {value!r} as a {period} cohort, a date or a datetime.") from exc
+        except (ValueError, OverflowError) as exc:
+            raise InvalidValueError(
+                f"Cannot read {describe(value)} as a {period} cohort, a date or a datetime ({exc}); "
+                "pass an existing date such as '2026-11-27'."
+            ) from exc
     if isinstance(value, dt.datetime):
-        local = value.replace(tzinfo=ZoneInfo(tz)) if value.tzinfo is None else value.astimezone(ZoneInfo(tz))
-        return _key_of_datetime(period, local)
+        with _calendar(f"{value.isoformat()}"):
+            local = value.replace(tzinfo=ZoneInfo(tz)) if value.tzinfo is None else value.astimezone(ZoneInfo(tz))
+            return _key_of_datetime(period, local)
     if isinstance(value, dt.date):
         return _key_of_date(period, value, end=end)
-    raise ValidationError(f"Expected a cohort key, date or datetime; got {type(value).__name__} {value!r}.")
+    raise InvalidValueError(f"Expected a cohort key, date or datetime; got {type(value).__name__} {describe(value)}.")
 
 
 def date_bounds(period: Period, start_key: str, end_key: str) -> tuple[dt.date, dt.date]:
@@ -148,6 +177,8 @@ def shift(period: Period, key: str, steps: int, tz: str) -> str:
         return _key_of_date("week", date_bounds("week", key, key)[0] + dt.timedelta(weeks=steps))
     year, month = map(int, key.split("-"))
     index = year * 12 + (month - 1) + steps
+    if not 1 <= index // 12 <= 9999:
+        raise OverflowError("month out of range")
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
@@ -183,8 +214,14 @@ class Cohorts:
         p = check_period(period)
         start_key, end_key = to_key(p, start, self.tz), to_key(p, end, self.tz, end=True)
         if start_key > end_key:
-            raise ValidationError(f"start {start_key} is after end {end_key}.")
-        lo, hi = date_bounds(p, start_key, end_key)
+            raise InvalidValueError(f"start {start_key} is after end {end_key}; swap them.")
+        with _calendar(f"The range {start_key} to {end_key}"):
+            lo, hi = date_bounds(p, start_key, end_key)
+        if fill_gaps and ((hi - lo).days + 1) / _AVERAGE_DAYS[p] > MAX_COHORTS:
+            raise InvalidValueError(
+                f"Filling the gaps from {start_key} to {end_key} would list more than {MAX_COHORTS:,} {p} cohorts; "
+                "narrow the range, use a longer period, or pass fill_gaps=False."
+            )
         per_op = ", ".join(
             f"count(*) FILTER (operation = '{op}') AS {op}Count, coalesce(sum(sv) FILTER (operation = '{op}'), 0) AS {op}Sum"
             for op in ("set", "add", "sub")
@@ -205,18 +242,20 @@ class Cohorts:
         df = df.select(list(ROLLUP_SCHEMA))
         if not fill_gaps:
             return df
-        keys = pl.DataFrame({"cohort": keys_between(p, start_key, end_key, self.tz)})
+        with _calendar(f"The range {start_key} to {end_key}"):
+            keys = pl.DataFrame({"cohort": keys_between(p, start_key, end_key, self.tz)})
         zeros = {c: pl.col(c).fill_null(0) for c in ROLLUP_SCHEMA if c not in ("cohort", "avg", "min", "max")}
         return keys.join(df, on="cohort", how="left").with_columns(**zeros).select(list(ROLLUP_SCHEMA))
 
     def top_records(self, period: str, date: Any, metric: str, limit: int) -> pl.DataFrame:
         p = check_period(period)
         if metric not in get_args(Metric):
-            raise ValidationError(f"metric must be one of {list(get_args(Metric))}; got {metric!r}.")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValidationError(f"limit must be a positive integer; got {limit!r}.")
+            raise ValidationError(f"metric must be one of {list(get_args(Metric))}; got {describe(metric)}.")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**63 - 1:
+            raise InvalidValueError(f"limit must be a positive integer (at most 2**63 - 1); got {describe(limit)}.")
         key = to_key(p, date, self.tz)
-        lo, hi = date_bounds(p, key, key)
+        with _calendar(f"Cohort {key}"):
+            lo, hi = date_bounds(p, key, key)
         top: pl.DataFrame = self.engine.sql(
             f"""SELECT originalId, count(*) AS transactionCount, sum({_SIGNED}) AS totalValue
                 FROM "{self.dataset}"
@@ -228,8 +267,10 @@ class Cohorts:
 
     def last_n(self, period: str, n: int, fill_gaps: bool, now: dt.datetime | None = None) -> pl.DataFrame:
         p = check_period(period)
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValidationError(f"n must be a positive integer; got {n!r}.")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_COHORTS:
+            raise InvalidValueError(f"n must be a positive integer up to {MAX_COHORTS:,}; got {describe(n)}.")
         end_key = to_key(p, now or dt.datetime.now(dt.UTC), self.tz)
-        rollup: pl.DataFrame = self.analytics(p, shift(p, end_key, -(n - 1), self.tz), end_key, None, fill_gaps)
+        with _calendar(f"The last {n} {p} cohorts"):
+            start_key = shift(p, end_key, -(n - 1), self.tz)
+        rollup: pl.DataFrame = self.analytics(p, start_key, end_key, None, fill_gaps)
         return rollup

@@ -3,16 +3,24 @@
 One attempt (repeated by :meth:`Ledger.commit` if another consolidator wins the version):
 
 1. load the state at version N (cached; only newer log entries are read);
-2. list the field's inbox; delete the markers of objects the field's last commit consumed;
-3. read the other objects, drop rows whose id was already applied (idempotency window) or is
-   repeated (first by ``(timestamp, id, object)`` wins);
-4. reduce with the field's reducer, starting from each record's current value (or its default);
-5. commit the changed records together with the exact set of consumed objects;
-6. after the commit, delete the consumed markers (a crash here is harmless: see step 2).
+2. LIST the field's inbox. A consumed key whose marker this LIST still shows stays consumed (and
+   its marker is deleted again); one whose marker is gone leaves the consumed set. So a key leaves
+   the set only after a LIST taken after its delete shows the delete happened: a delete's silence
+   is never trusted;
+3. read the other listed objects, drop rows whose id was already applied (idempotency window) or
+   is repeated (first by ``(timestamp, id, object)`` wins), and add the rows held back earlier;
+4. fold in event order from each record's current value (:mod:`.eventorder`). Records that cannot
+   be folded (an overflow, a custom reducer that raised, a missing record with required
+   attributes) are *held*: their rows stay in the state, the other records commit;
+5. commit the changed records, their marks, the held rows and the consumed set;
+6. after the commit, delete the consumed markers (best effort: step 2 of a later run checks).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,19 +28,25 @@ from typing import Any
 
 import polars as pl
 
+from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConsolidationError
 from ecanalytics.ledger.log import Commit, Ledger, State
-from ecanalytics.ledger.transactions import Inbox, read_objects
+from ecanalytics.ledger.transactions import TX_SCHEMA, Inbox, history_keys, read_history, read_objects
 from ecanalytics.storage import paths as P
+
+log = logging.getLogger(__name__)
+HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 
 
 @dataclass(frozen=True)
 class ConsolidationResult:
     """Summary of one consolidation of one field.
 
-    ``version`` is None when there was nothing pending. ``values`` has ``id`` and ``value`` for
-    every record this consolidation wrote.
+    ``version`` is None when nothing was committed. ``values`` has ``id`` and ``value`` for every
+    record this consolidation wrote. ``late`` counts the transactions that sorted before their
+    record's latest applied one (folded in event order); ``held`` counts the rows of records that
+    could not be folded and stay pending (``held_records`` names them, ``held_reasons`` says why).
     """
 
     resource: str
@@ -44,13 +58,18 @@ class ConsolidationResult:
     records: int
     duration_s: float
     values: pl.DataFrame
+    late: int = 0
+    held: int = 0
+    held_records: tuple[str, ...] = ()
+    held_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary (without ``values``)."""
         return {
             "resource": self.resource, "field": self.field, "version": self.version,
             "transactions": self.transactions, "duplicates": self.duplicates, "objects": self.objects,
-            "records": self.records, "durationMs": round(self.duration_s * 1000, 3),
+            "records": self.records, "late": self.late, "held": self.held, "heldRecords": list(self.held_records),
+            "heldReasons": dict(self.held_reasons), "durationMs": round(self.duration_s * 1000, 3),
         }
 
 
@@ -58,57 +77,229 @@ class ConsolidationResult:
 class Pending:
     """The pending transactions of a field at one state, ready to reduce."""
 
-    rows: pl.DataFrame
-    objects: frozenset[str]
-    markers: dict[str, str]
-    carried: frozenset[str]
+    rows: pl.DataFrame  # new rows and held rows, deduplicated, with ``_object``
+    objects: frozenset[str]  # objects read now: consumed by this commit
+    markers: dict[str, str]  # their inbox markers
+    carried: frozenset[str]  # consumed keys whose marker the LIST still shows: they stay consumed
     duplicates: int
+    unapplied: frozenset[str]  # every listed, unconsumed key (read or not): not in applied history
+
+
+@dataclass(frozen=True)
+class Folded:
+    """The outcome of folding pending rows: new values, marks, held rows and what was applied."""
+
+    values: pl.DataFrame  # originalId, value
+    marks: pl.DataFrame
+    held: pl.DataFrame  # transaction rows + ``_reason``
+    applied: pl.DataFrame  # the rows that were folded
+    late: int
 
 
 class Consolidator:
     """Consolidates one managed field of one resource."""
 
     def __init__(self, ledger: Ledger, field: str, reducer: Callable[[], Reducer], default: Any,
-                 dtype: pl.DataType | None = None) -> None:
+                 dtype: pl.DataType | None = None, tz: str = "UTC") -> None:
         self.dtype: pl.DataType = dtype or pl.Float64()
         self.ledger = ledger
         self.store = ledger.store
         self.field = field
+        self.tz = tz
         self.dataset = P.transactions_dataset(ledger.resource, field)
         self._reducer = reducer
         self.default = default
+        self._warned_denied = False
 
+    # -- what is pending -------------------------------------------------------------------
     def pending_objects(self, st: State) -> set[str]:
         """Keys of the objects still pending at ``st``: inbox markers not consumed by the field's
         latest commit. One LIST; what readers use to derive ``applied``."""
         return set(Inbox.scan(self.store, self.dataset).markers) - st.consumed.get(self.field, frozenset())
 
+    def held_frame(self, st: State) -> pl.DataFrame:
+        """The rows held back at ``st`` (transaction columns plus ``_reason``)."""
+        held = st.held.get(self.field)
+        return held if held is not None else pl.DataFrame(schema=self._held_schema)
+
+    @property
+    def _held_schema(self) -> dict[str, pl.DataType]:
+        return {**TX_SCHEMA, "value": self.dtype, "_reason": pl.String()}
+
+    def _delete_markers(self, markers: list[str]) -> None:
+        if not markers:
+            return
+        failed = self.store.delete(markers)
+        if self.store.delete_denied and not self._warned_denied:
+            self._warned_denied = True
+            log.warning(
+                "The store refuses deletes for %s (AccessDenied): consumed markers stay, so every consolidation "
+                "lists and carries them. Exactly once still holds; grant s3:DeleteObject on the _inbox/ prefix "
+                "to keep consolidation cheap (see the README, 'Guarantees').", self.dataset)
+        elif failed:
+            log.info("%d marker delete(s) of %s failed; they are retried on the next run.", len(failed), self.dataset)
+
     def pending(self, st: State, *, cleanup: bool) -> Pending:
         """Pending rows at ``st``. With ``cleanup``, markers of consumed and orphaned objects are removed."""
         inbox = Inbox.scan(self.store, self.dataset)
         consumed = st.consumed.get(self.field, frozenset())
-        carried: frozenset[str] = frozenset()
+        carried = frozenset(k for k in consumed if k in inbox.markers)
         if cleanup:
-            stale = {inbox.markers[k]: k for k in inbox.markers if k in consumed}
-            # A consumed marker we failed to delete must stay in the consumed set.
-            carried = frozenset(stale[m] for m in self.store.delete(stale))
+            self._delete_markers([inbox.markers[k] for k in sorted(carried)])
         candidates = sorted(k for k in inbox.markers if k not in consumed)
-        rows, read, orphans = read_objects(self.store, candidates, now_ns=time.time_ns(), value_dtype=self.dtype)
-        if cleanup and orphans:
-            self.store.delete(inbox.markers[k] for k in orphans)
+        rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
+        if cleanup and missing:
+            self._delete_markers([inbox.markers[k] for k in inbox.orphans(self.store, self.dataset, missing)])
         total = rows.height
         applied = st.applied_keys(self.field)
         if applied.len():  # only caller-supplied keys are remembered; usually there are none
             rows = rows.filter(~pl.col("id").is_in(applied.implode()))
+        held = self.held_frame(st)
+        if held.height:
+            rows = pl.concat([rows, held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object"))
+                              .select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
         # Equal ids hash equally, so distinct hashes prove there is nothing to deduplicate (cheap).
         if rows["id"].hash().n_unique() < rows.height:
-            rows = rows.sort(["timestamp", "id", "_object"]).unique(subset="id", keep="first", maintain_order=True)
-        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, total - rows.height)
+            rows = rows.sort(["timestamp", "id", "_object"], nulls_last=True).unique(
+                subset="id", keep="first", maintain_order=True)
+        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried,
+                       total + held.height - rows.height, frozenset(candidates))
 
-    def fold(self, st: State, rows: pl.DataFrame) -> pl.DataFrame:
-        """New values (``originalId, value``) of every record in ``rows``, from its current value."""
+    # -- history (only for late data) ------------------------------------------------------
+    def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
+                ids: pl.Series | None = None) -> pl.DataFrame:
+        """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
+        pruning), including archived days after ``since`` when a retention cut lies after it."""
+        def prefixes(root: str) -> list[str] | None:
+            if since is None:
+                return None
+            out = []
+            for month in self.store.listdirs(root):
+                if month.startswith("cohortMonth=") and month.split("=", 1)[1] >= since.isoformat()[:7]:
+                    out += [f"{root}/{month}/{day}" for day in self.store.listdirs(f"{root}/{month}")
+                            if day.startswith("cohortDate=") and day.split("=", 1)[1] >= since.isoformat()]
+            return out
+
+        keys = [k for k in st.visible(self.field, history_keys(self.store, self.dataset, prefixes(self.dataset)))
+                if k not in unapplied]
+        retention = st.retention.get(self.field)
+        if since is not None and retention is not None and since.isoformat() < retention["cut"]:
+            archive = P.archive_key(self.dataset)
+            keys += st.visible(self.field, history_keys(self.store, archive, prefixes(archive)), hide_retained=False)
+        rows = read_history(self.store, keys, self.dtype)
+        if ids is not None:
+            rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
+        held = self.held_frame(st)
+        if held.height:
+            rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
+        return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+
+    def base(self, st: State) -> pl.DataFrame:
+        """``originalId, current``: where a rebuild from history starts. After a retention run, the
+        retention base (everything before its cut, folded); for records not in it, the value they
+        were last inserted with. Reads every ``insert`` entry of the log: a maintenance read."""
+        frames = []
+        for entry in self.ledger.entries(("insert",)):
+            delta = self.ledger.read_delta(entry)
+            if delta is not None:
+                frames.append(delta.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current")))
+        schema = {"originalId": pl.String(), "current": self.dtype}
+        inserted = (pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
+                    if frames else pl.DataFrame(schema=schema))
+        retention = st.retention.get(self.field)
+        if retention is None:
+            return inserted
+        base = self.store.read_parquet(retention["base"]).cast(schema)  # type: ignore[arg-type]
+        return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
+
+    # -- folding ---------------------------------------------------------------------------
+    def _needs_record(self) -> bool:
+        """A record created by consolidation would lack a required attribute without a default."""
+        return any(a.required and a.default is None for n, a in self.ledger.schema.attributes.items()
+                   if n not in ("id", self.field))
+
+    def _call(self, reducer: Reducer, rows: pl.DataFrame, current: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+        """Run ``reducer``; a record whose custom reducer fails is left out and named."""
+        failed: list[str] = []
+        while True:
+            try:
+                return reducer(rows, current, self.default), failed
+            except ConsolidationError as exc:
+                if exc.record_id is None:
+                    raise
+                log.error("%s: %s; that record's transactions are held back.", self.dataset, exc)
+                failed.append(exc.record_id)
+                rows = rows.filter(pl.col("originalId") != exc.record_id)
+
+    def _applied_after(self, st: State, unapplied: frozenset[str], late_sets: pl.DataFrame) -> pl.DataFrame:
+        """``originalId, _extra``: the signed sum of applied add/sub rows after each late set."""
+        since = late_sets.select(pl.col("_ts").min().dt.convert_time_zone(self.tz).dt.date()).item()
+        hist = self.history(st, unapplied, since=since, ids=late_sets["originalId"])
+        signed = pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
+        return (
+            hist.filter(pl.col("operation") != "set").join(late_sets, on="originalId")
+            .filter(~before("timestamp", "id", "_ts", "_id"))
+            .group_by("originalId").agg(signed.sum().cast(self.dtype).alias("_extra"))
+        )
+
+    def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset()) -> Folded:
+        """Fold ``rows`` in event order on top of ``st``; see :mod:`.eventorder` for late data."""
+        reducer = self._reducer()
+        held: list[pl.DataFrame] = []
+
+        def hold(ids: pl.Series | list[str], reason: HeldReason) -> None:
+            nonlocal rows
+            mask = pl.col("originalId").is_in(pl.Series(ids, dtype=pl.String).implode())
+            held.append(rows.filter(mask).drop("_object").with_columns(pl.lit(reason).alias("_reason")))
+            rows = rows.filter(~mask)
+
+        if self._needs_record() and rows.height:
+            waiting = rows.join(st.records.select(pl.col("id").alias("originalId")), on="originalId", how="anti")
+            if waiting.height:
+                hold(waiting["originalId"].unique(), "awaiting-record")
+        marks = st.field_marks(self.field)
+        late = late_rows(rows, marks)
         current = st.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
-        return self._reducer()(rows, current, self.default)
+        failed: list[str] = []
+        if reducer.name == "default":
+            kept = rows.join(marks, on="originalId", how="left", maintain_order="left").filter(
+                ~before("timestamp", "id", "setTs", "setId")).select(rows.columns)
+            values, failed = self._call(reducer, kept, current)
+            late_sets = (
+                kept.filter(pl.col("operation") == "set").sort("timestamp", "id").group_by("originalId")
+                .agg(pl.col("timestamp").last().alias("_ts"), pl.col("id").last().alias("_id"))
+                .join(marks, on="originalId").filter(before("_ts", "_id", "maxTs", "maxId"))
+                .select("originalId", "_ts", "_id")
+            )
+            if late_sets.height:
+                values = values.join(self._applied_after(st, unapplied, late_sets), on="originalId", how="left").select(
+                    "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
+        elif reducer.name == "last":
+            values, failed = self._call(reducer, rows.filter(~late), current)
+        elif reducer.is_builtin:
+            values, failed = self._call(reducer, rows, current)
+        else:
+            late_ids = rows.filter(late)["originalId"].unique()
+            values, failed = self._call(reducer, rows.filter(~pl.col("originalId").is_in(late_ids.implode())), current)
+            if late_ids.len():  # the slow path: fold those records again from their base
+                hist = self.history(st, unapplied, ids=late_ids).select(rows.columns)
+                again = pl.concat([hist, rows.filter(pl.col("originalId").is_in(late_ids.implode())).cast(hist.schema)])  # type: ignore[arg-type]
+                redone, failed_late = self._call(reducer, again, self.base(st))
+                values, failed = pl.concat([values, redone]), failed + failed_late
+        if failed:
+            hold(failed, "reducer-error")
+            values = values.filter(~pl.col("originalId").is_in(pl.Series(failed, dtype=pl.String).implode()))
+        finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
+        bad = values.filter(~finite.fill_null(False))
+        if bad.height:
+            log.error("%s: %d record(s) would get a non-finite value (first: %r); their transactions are held back.",
+                      self.dataset, bad.height, bad.row(0))
+            hold(bad["originalId"], "overflow")
+            values = values.filter(finite.fill_null(False))
+        held_rows = (pl.concat([h.cast(self._held_schema) for h in held]) if held  # type: ignore[arg-type]
+                     else pl.DataFrame(schema=self._held_schema))
+        return Folded(values, new_marks(rows, marks, self.field), held_rows, rows,
+                      int(late.sum()) if late.len() else 0)
 
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
         values = new.rename({"originalId": "id", "value": "_new"})
@@ -133,44 +324,54 @@ class Consolidator:
     def run(self) -> ConsolidationResult:
         """Consolidate everything pending for this field; see the module docstring."""
         started = time.perf_counter()
-        done: dict[str, Pending] = {}
+        done: dict[str, Any] = {}
 
         def build(st: State) -> Commit | None:
             pending = self.pending(st, cleanup=True)
-            done["pending"] = pending
-            if not pending.objects:
+            done["pending"], done["state"] = pending, st
+            held_before = self.held_frame(st).height
+            if not pending.objects and not held_before:
                 return None
-            new = self.fold(st, pending.rows)
-            finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
-            bad = new.filter(~finite | pl.col("value").is_null())
-            if bad.height:
-                raise ConsolidationError(
-                    f"Consolidating {self.dataset} would give {bad.height} record(s) a non-finite value "
-                    f"(first: {bad.row(0)}); nothing was committed. Check for overflowing amounts."
-                )
-            upserts = self._upserts(st, new)
+            folded = self.fold(st, pending.rows, pending.unapplied)
+            if not pending.objects and folded.held.height == held_before:
+                return None  # only held rows, and they are still stuck
+            upserts = self._upserts(st, folded.values)
             return Commit(
                 kind="consolidate",
                 upserts=upserts,
                 field=self.field,
                 consumed=pending.objects | pending.carried,
-                applied_ids=pending.rows["id"],
-                stats={"transactions": pending.rows.height, "duplicates": pending.duplicates,
-                       "objects": len(pending.objects), "records": upserts.height},
+                applied_ids=folded.applied["id"],
+                held=folded.held,
+                marks=folded.marks,
+                stats={"transactions": folded.applied.height, "duplicates": pending.duplicates,
+                       "objects": len(pending.objects), "records": upserts.height, "late": folded.late,
+                       "held": folded.held.height},
             )
 
         outcome = self.ledger.commit(build)
         elapsed = time.perf_counter() - started
         if outcome is None:
             empty = pl.DataFrame(schema={"id": pl.String(), "value": self.dtype})
-            return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed, empty)
+            held = self.held_frame(done["state"])
+            return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed, empty,
+                                       held=held.height, **self._held_summary(held))
         state, change = outcome
         pending = done["pending"]
-        self.store.delete(pending.markers.values())  # best effort; the next run cleans up leftovers
-        assert change.upserts is not None
+        self._delete_markers(list(pending.markers.values()))  # best effort; the next LIST checks
+        assert change.upserts is not None and change.held is not None
         values = change.upserts.select("id", pl.col(self.field).alias("value"))
         stats = change.stats
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
-            stats["objects"], stats["records"], elapsed, values,
+            stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
+            **self._held_summary(change.held),
         )
+
+    @staticmethod
+    def _held_summary(held: pl.DataFrame) -> dict[str, Any]:
+        if not held.height:
+            return {}
+        reasons = held.group_by("_reason").len().sort("_reason")
+        return {"held_records": tuple(sorted(held["originalId"].unique().to_list())),
+                "held_reasons": dict(zip(reasons["_reason"].to_list(), reasons["len"].to_list(), strict=True))}

@@ -144,10 +144,27 @@ class Reducer:
             try:
                 result = self.func([synthetic, *groups.get(rid, [])])
             except Exception as exc:
-                raise ConsolidationError(f"Reducer {self.name} failed for record {rid!r}: {exc!r}") from exc
-            if isinstance(result, bool) or not isinstance(result, (int, float, Decimal)) or not math.isfinite(result):
+                raise ConsolidationError(f"Reducer {self.name} failed for record {rid!r}: {exc!r}",
+                                         record_id=rid) from exc
+            # Finite and within the field's type: a float for number fields (10**400 is not one, and
+            # math.isfinite() itself overflows on it), at most p - s integer digits for decimal(p, s).
+            # Via Decimal, so a signaling NaN never reaches float() (which raises on it).
+            ok = not isinstance(result, bool) and isinstance(result, (int, float, Decimal))
+            if ok:
+                exact = Decimal(result)  # exact for floats too (and numpy floats, unlike their repr)
+                if not exact.is_finite():
+                    ok = False
+                elif isinstance(dtype, pl.Decimal):
+                    ok = not exact or exact.adjusted() < (dtype.precision or 38) - dtype.scale
+                else:
+                    ok = not exact or (exact.adjusted() < 309 and math.isfinite(float(exact)))
+            if not ok:
+                from ecanalytics.storage.paths import describe
+
                 raise ConsolidationError(
-                    f"Reducer {self.name} returned {result!r} for record {rid!r}; it must return a finite number."
+                    f"Reducer {self.name} returned {describe(result)} for record {rid!r}; it must return a finite "
+                    f"number that fits the field ({dtype}).",
+                    record_id=rid,
                 )
             ids.append(rid)
             values.append(result if isinstance(dtype, pl.Decimal) else float(result))

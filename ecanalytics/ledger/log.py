@@ -8,9 +8,16 @@ is still recognised as our own.
 
 The state tracks, per managed field:
 
-* ``consumed`` -- the transaction objects consumed by the field's latest commit. A consolidator
-  lists the inbox *after* loading the state and removes the markers of consumed objects before it
-  commits, so older consumed sets are no longer needed: the set stays as small as one commit.
+* ``consumed`` -- the transaction objects that are applied but whose inbox marker may still exist.
+  A key leaves this set only when a LIST taken *after* its marker's delete no longer shows the
+  marker: a delete's silence is never trusted (S3 per-key errors, append-only credentials, a local
+  remove that stopped half-way). With working deletes the set stays as small as about two commits;
+  where deletes are denied it grows with every consumed object (see the README's fault model).
+* ``held`` -- transaction rows that were read and taken out of the inbox but could not be folded
+  yet (a record whose fold overflows, a custom reducer that raised, or a record that does not exist
+  and has required attributes without defaults). They are pending in every sense but storage.
+* ``marks`` -- per record and field, the event time (and id) of the last applied ``set`` and of the
+  latest applied transaction, so late data is folded in event order without reading history.
 * ``applied_ids`` -- caller-supplied idempotency keys applied within ``dedup_window_s``, so that a
   retried write is not counted twice even after its first copy was consolidated.
 """
@@ -25,7 +32,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -40,6 +46,11 @@ from ecanalytics.storage import paths as P
 log = logging.getLogger(__name__)
 FaultHook = Callable[[str], None]
 IDS_SCHEMA: dict[str, pl.DataType] = {"field": pl.String(), "id": pl.String(), "committedAt": pl.Datetime("us", "UTC")}
+MARKS_SCHEMA: dict[str, pl.DataType] = {
+    "id": pl.String(), "field": pl.String(), "setTs": pl.Datetime("us", "UTC"), "setId": pl.String(),
+    "maxTs": pl.Datetime("us", "UTC"), "maxId": pl.String(),
+}
+_ENTRY_KEYS = ("version", "committedAt", "kind", "token")
 AUTO_ID_PREFIX = "auto-"
 
 
@@ -50,7 +61,8 @@ def new_tx_id() -> str:
 
 @dataclass(frozen=True)
 class Commit:
-    """What one commit changes. ``upserts`` holds full records; ``consumed`` replaces the field's set."""
+    """What one commit changes. ``upserts`` holds full records; ``consumed`` and ``held`` replace
+    the field's sets; ``marks`` upserts per-(record, field) event-time marks."""
 
     kind: str
     upserts: pl.DataFrame | None = None
@@ -61,6 +73,8 @@ class Commit:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     retention: dict[str, Any] | None = None  # {field, cut, base, archived, mode} of a retention commit
     compaction: dict[str, Any] | None = None  # {field, token, merged, replaced} of a compaction commit
+    held: pl.DataFrame | None = None
+    marks: pl.DataFrame | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,8 @@ class State:
     retention: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # latest per field
     # per field: committed compaction tokens, and sources replaced but maybe not deleted yet
     compaction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    held: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
+    marks: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=MARKS_SCHEMA))
 
     def visible(self, field_name: str, keys: list[str], *, hide_retained: bool = True) -> list[str]:
         """The objects a reader counts: not replaced by a committed compaction, not the output of
@@ -95,6 +111,10 @@ class State:
 
     def applied_keys(self, field_name: str) -> pl.Series:
         return self.applied_ids.filter(pl.col("field") == field_name)["id"]
+
+    def field_marks(self, field_name: str) -> pl.DataFrame:
+        """``originalId, setTs, setId, maxTs, maxId`` of the records of ``field_name``."""
+        return self.marks.filter(pl.col("field") == field_name).drop("field").rename({"id": "originalId"})
 
 
 @dataclass(frozen=True)
@@ -136,18 +156,31 @@ class Ledger:
     def _load_checkpoint(self) -> State:
         try:
             hint = json.loads(self.store.read(P.last_checkpoint(self.resource)))
-            records = self.store.read_parquet(hint["records"]).cast(self.schema.polars_schema)  # type: ignore[arg-type]
-            ids = self.store.read_parquet(hint["ids"]).cast(IDS_SCHEMA)  # type: ignore[arg-type]
+            records = self._frame(hint["records"], self.schema.polars_schema)
+            ids = self._frame(hint["ids"], IDS_SCHEMA)
+            marks = self._frame(hint["marks"], MARKS_SCHEMA) if hint.get("marks") else pl.DataFrame(schema=MARKS_SCHEMA)
+            held = {f: self.store.read_parquet(rel) for f, rel in hint.get("held", {}).items()}
+            consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
+            at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
+            return State(int(hint["version"]), records, consumed, ids, at, int(hint["version"]),
+                         dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, marks)
         except FileNotFoundError:
             return self._empty()
-        except (ValueError, KeyError, CorruptObjectError) as exc:
-            # The log is complete on its own; a bad hint only costs a longer replay.
+        except (ValueError, KeyError, TypeError, AttributeError, CorruptObjectError) as exc:
+            # The log is complete on its own; a bad checkpoint only costs a longer replay.
             log.warning("Ignoring unreadable checkpoint of %s (%s); replaying the log.", self.resource, exc)
             return self._empty()
-        consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
-        at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
-        return State(hint["version"], records, consumed, ids, at, hint["version"], hint.get("retention", {}),
-                     hint.get("compaction", {}))
+
+    def _frame(self, rel: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """A metadata Parquet object with exactly ``schema``'s columns, else :class:`CorruptObjectError`."""
+        df = self.store.read_parquet(rel)
+        try:
+            return df.select([pl.col(c).cast(t) for c, t in schema.items()])
+        except Exception as exc:  # polars: ColumnNotFoundError, InvalidOperationError, ...
+            raise CorruptObjectError(
+                f"{self.store.url(rel)} does not have the columns {list(schema)} ({type(exc).__name__}); "
+                "it is not ecanalytics metadata. Restore it from a backup."
+            ) from exc
 
     def read_entry(self, version: int) -> LogEntry | None:
         """The log entry of ``version``, or None if it does not exist yet."""
@@ -157,15 +190,36 @@ class Ledger:
         except FileNotFoundError:
             return None
         try:
-            return LogEntry(version, json.loads(raw))
+            parsed = json.loads(raw)
         except ValueError as exc:
             raise CorruptObjectError(
                 f"Log entry {self.store.url(rel)} is not valid JSON; committed state cannot be read past it. "
                 "Restore it from a backup."
             ) from exc
+        if not isinstance(parsed, dict) or any(k not in parsed for k in _ENTRY_KEYS) or parsed["version"] != version:
+            raise CorruptObjectError(
+                f"Log entry {self.store.url(rel)} is JSON but not an ecanalytics log entry (it needs the keys "
+                f"{list(_ENTRY_KEYS)} and version {version}); committed state cannot be read past it. "
+                "Restore it from a backup."
+            )
+        try:
+            entry = LogEntry(version, parsed)
+            entry.committed_at  # noqa: B018 - validates the timestamp now, not in the middle of a replay
+        except (TypeError, ValueError) as exc:
+            raise CorruptObjectError(f"Log entry {self.store.url(rel)} has an unreadable committedAt ({exc}).") from exc
+        return entry
 
-    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None, ids: pl.DataFrame | None) -> State:
+    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None, ids: pl.DataFrame | None,
+               written: dict[str, pl.DataFrame] | None = None) -> State:
+        """``st`` advanced by ``entry``; ``written`` holds objects this process just wrote (not re-read)."""
         raw = entry.raw
+        written = written or {}
+
+        def load(rel: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+            if rel in written:
+                return written[rel]
+            return self._frame(rel, schema) if schema else self.store.read_parquet(rel)
+
         records = st.records
         changed = pl.Series("id", raw.get("deletes", []), dtype=pl.String)
         if upserts is not None and upserts.height:
@@ -185,6 +239,17 @@ class Ledger:
                 pl.lit(fld, pl.String).alias("field"), pl.col("id").cast(pl.String),
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
+        marks = st.marks
+        if raw.get("deletes"):
+            marks = marks.filter(~pl.col("id").is_in(pl.Series(raw["deletes"], dtype=pl.String).implode()))
+        if raw.get("marks"):
+            new_marks = load(raw["marks"], MARKS_SCHEMA)
+            marks = pl.concat([marks.join(new_marks.select("id", "field"), on=["id", "field"], how="anti"), new_marks])
+        held = st.held
+        if isinstance(raw.get("held"), dict):
+            h = raw["held"]
+            held = {**held, h["field"]: load(h["path"])} if h.get("path") else {
+                f: v for f, v in held.items() if f != h["field"]}
         retention = st.retention
         if raw.get("retention"):
             retention = {**retention, raw["retention"]["field"]: raw["retention"]}
@@ -195,7 +260,8 @@ class Ledger:
             compaction = {**compaction, c["field"]: {
                 "tokens": [*before.get("tokens", []), c["token"]], "replaced": c["replaced"]}}
         return replace(st, version=entry.version, records=records, consumed=consumed, applied_ids=applied,
-                       committed_at=entry.committed_at, retention=retention, compaction=compaction)
+                       committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
+                       marks=marks)
 
     def _replay(self, st: State) -> State:
         while (entry := self.read_entry(st.version + 1)) is not None:
@@ -299,6 +365,8 @@ class Ledger:
                     "ids": None,
                     "retention": change.retention,
                     "compaction": change.compaction,
+                    "marks": None,
+                    "held": None,
                 }
                 upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
                 # Only caller-supplied keys need remembering: generated ids are unique by construction.
@@ -312,18 +380,28 @@ class Ledger:
                 if ids is not None and ids.height:
                     raw["ids"] = P.data_file(self.resource, version, token, "ids")
                     files[raw["ids"]] = ids
-                with ThreadPoolExecutor(max_workers=2) as pool:
-                    list(pool.map(lambda item: self.store.write_parquet(*item), files.items()))
+                if change.marks is not None and change.marks.height:
+                    raw["marks"] = P.data_file(self.resource, version, token, "marks")
+                    files[raw["marks"]] = change.marks.select(list(MARKS_SCHEMA)).cast(MARKS_SCHEMA)  # type: ignore[arg-type]
+                if change.held is not None and change.field is not None:
+                    held_rel = P.data_file(self.resource, version, token, "held") if change.held.height else None
+                    raw["held"] = {"field": change.field, "path": held_rel}
+                    if held_rel:
+                        files[held_rel] = change.held
+                # Sequential on purpose: a deterministic order of storage calls (the simulator
+                # replays it exactly); these objects are small and the delta dominates.
+                for rel, frame in files.items():
+                    self.store.write_parquet(rel, frame)
                 self._fault("after_delta")
                 if not self._create_entry(version, raw):
-                    self.store.delete([p for p in (raw["delta"], raw["ids"]) if p])
+                    self.store.delete(list(files))
                     time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                     continue
                 self._fault("after_log")
                 entry = LogEntry(version, raw)
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
-                        self._state = self._apply(st, entry, upserts, ids)
+                        self._state = self._apply(st, entry, upserts, ids, files)
                     cached = self._state
                 new_state = cached if cached is not None and cached.version >= version else self.state()
                 self._fault("before_checkpoint")
@@ -351,8 +429,14 @@ class Ledger:
         ids_rel = P.data_file(self.resource, st.version, token, "checkpoint-ids")
         self.store.write_parquet(records_rel, st.records.sort("id"))
         self.store.write_parquet(ids_rel, ids)
+        marks_rel = P.data_file(self.resource, st.version, token, "checkpoint-marks")
+        self.store.write_parquet(marks_rel, st.marks.sort("field", "id"))
+        held = {}
+        for f, rows in st.held.items():
+            held[f] = P.data_file(self.resource, st.version, token, f"checkpoint-held-{f}")
+            self.store.write_parquet(held[f], rows)
         hint = {
-            "version": st.version, "records": records_rel, "ids": ids_rel,
+            "version": st.version, "records": records_rel, "ids": ids_rel, "marks": marks_rel, "held": held,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "retention": st.retention,
             "compaction": st.compaction,

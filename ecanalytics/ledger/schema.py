@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import Any, Literal
 
 import polars as pl
 
 from ecanalytics.errors import SchemaError
-from ecanalytics.storage.paths import validate_name, validate_record_id
+from ecanalytics.storage.paths import describe, validate_name, validate_record_id
 
 Kind = Literal["string", "number", "integer", "boolean", "decimal"]
-_DECIMAL = re.compile(r"^decimal\(\s*(\d+)\s*,\s*(\d+)\s*\)$")
+_DECIMAL = re.compile(r"^decimal\(\s*([0-9]+)\s*,\s*([0-9]+)\s*\)\Z")
+_INT64 = (-(2**63), 2**63 - 1)
 _DTYPES: dict[str, pl.DataType] = {
     "string": pl.String(),
     "number": pl.Float64(),
@@ -27,23 +28,29 @@ def to_decimal(value: object, precision: int, scale: int, what: str) -> Decimal:
     """An exact ``Decimal`` that fits ``decimal(precision, scale)``; more scale is an error, never
     rounded. Floats go through their shortest repr, so ``0.1`` is exactly ``0.1``."""
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-        raise SchemaError(f"{what} must be a number for decimal({precision},{scale}); got {type(value).__name__} {value!r}.")
+        raise SchemaError(f"{what} must be a number for decimal({precision},{scale}); got {type(value).__name__} {describe(value)}.")
     try:
-        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        # repr(float(...)): numpy floats repr as 'np.float64(0.1)'.
+        number = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
     except InvalidOperation as exc:
-        raise SchemaError(f"{what}: {value!r} is not a decimal number.") from exc
-    if not number.is_finite():
-        raise SchemaError(f"{what} must be finite; got {value!r}.")
+        raise SchemaError(f"{what}: {describe(value)} is not a decimal number.") from exc
+    if not number.is_finite():  # NaN, sNaN, infinity
+        raise SchemaError(f"{what} must be finite; got {describe(value)}.")
+    if number and number.adjusted() >= precision - scale:  # before quantize, which fails on huge exponents
+        raise SchemaError(f"{what} {describe(value)} does not fit decimal({precision},{scale}); use a wider type.")
     exponent = number.as_tuple().exponent
     assert isinstance(exponent, int)
-    if -exponent > scale and number != number.quantize(Decimal(1).scaleb(-scale)):
-        raise SchemaError(
-            f"{what} {value!r} has more than {scale} decimal places for decimal({precision},{scale}); "
-            "round it explicitly (nothing is rounded silently)."
-        )
-    number = number.quantize(Decimal(1).scaleb(-scale))
+    with localcontext() as ctx:
+        ctx.prec = 80  # the default 28 digits cannot quantize a decimal(38,s) value
+        quantum = Decimal(1).scaleb(-scale)
+        if -exponent > scale and number != number.quantize(quantum):
+            raise SchemaError(
+                f"{what} {describe(value)} has more than {scale} decimal places for decimal({precision},{scale}); "
+                "round it explicitly (nothing is rounded silently)."
+            )
+        number = number.quantize(quantum)
     if len(number.as_tuple().digits) > precision:
-        raise SchemaError(f"{what} {value!r} does not fit decimal({precision},{scale}).")
+        raise SchemaError(f"{what} {describe(value)} does not fit decimal({precision},{scale}).")
     return number
 
 
@@ -86,7 +93,8 @@ class Attribute:
             elif rule == "optional":
                 required = False
             elif rule.startswith("default:"):
-                default = attr._coerce(rule[len("default:") :])
+                # Checked like a stored value, so 'number|default:nan' fails here, before any write.
+                default = attr.check(attr._coerce(rule[len("default:") :]))
             else:
                 raise SchemaError(f"Attribute {name!r}: unknown rule {rule!r} (use required, optional, default:V).")
         return cls(name, attr.kind, required, default, spec, precision, scale)
@@ -109,7 +117,12 @@ class Attribute:
         return pl.Decimal(self.precision, self.scale) if self.kind == "decimal" else _DTYPES[self.kind]
 
     def check(self, value: Any) -> Any:
-        """Validate one value of this attribute (None allowed)."""
+        """Validate one value of this attribute (None allowed).
+
+        ``number`` values must be finite and fit a 64-bit float (``10**400`` does not),
+        ``integer`` values a signed 64-bit integer, and ``string`` values must be valid Unicode
+        (no lone surrogates such as ``"\\ud800"``, which cannot be stored as UTF-8).
+        """
         if value is None:
             return None
         if self.kind == "decimal":
@@ -121,11 +134,28 @@ class Attribute:
             "boolean": isinstance(value, bool),
         }[self.kind]
         if not ok:
-            raise SchemaError(f"Attribute {self.name!r} is {self.kind}; got {type(value).__name__} {value!r}.")
+            raise SchemaError(f"Attribute {self.name!r} is {self.kind}; got {type(value).__name__} {describe(value)}.")
         if self.kind == "number":
-            if not math.isfinite(value):
-                raise SchemaError(f"Attribute {self.name!r} must be finite; got {value!r}.")
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError as exc:
+                raise SchemaError(
+                    f"Attribute {self.name!r} is a 64-bit float; {describe(value)} is too large for it. "
+                    "Use a decimal(p,s) attribute for exact large numbers."
+                ) from exc
+            if not math.isfinite(number):
+                raise SchemaError(f"Attribute {self.name!r} must be finite; got {describe(value)}.")
+            return number
+        if self.kind == "integer" and not _INT64[0] <= value <= _INT64[1]:
+            raise SchemaError(
+                f"Attribute {self.name!r} is a 64-bit integer; {describe(value)} is out of its range. "
+                "Use a decimal(p,s) attribute for larger numbers."
+            )
+        if self.kind == "string" and any(0xD800 <= ord(c) < 0xE000 for c in value):
+            raise SchemaError(
+                f"Attribute {self.name!r}: {describe(value)} contains a lone surrogate, which is not valid "
+                "Unicode text; decode the source bytes properly first."
+            )
         return value
 
 
@@ -144,17 +174,24 @@ def _coerce(name: str, kind: Kind, text: str) -> Any:
 
 @dataclass(frozen=True)
 class Schema:
-    """The attributes of a resource. ``id`` is always present and is a required string."""
+    """The attributes of a resource. ``id`` is always present and is a string."""
 
     attributes: dict[str, Attribute]
 
     @classmethod
     def parse(cls, spec: dict[str, str]) -> Schema:
+        """Parse and check every attribute; nothing is written by the caller unless this succeeds.
+
+        ``id`` must be declared (``{'id': 'string|required', ...}``): a schema without it is
+        rejected rather than completed silently, so the stored schema is the one written.
+        """
         if not isinstance(spec, dict) or not spec:
             raise SchemaError("attributes must be a non-empty dict such as {'id': 'string|required'}.")
         attrs = {name: Attribute.parse(name, s) for name, s in spec.items()}
         if "id" not in attrs:
-            attrs = {"id": Attribute.parse("id", "string|required"), **attrs}
+            raise SchemaError(
+                f"attributes {sorted(attrs)} have no 'id'; every resource is keyed by it: add 'id': 'string|required'."
+            )
         if attrs["id"].kind != "string":
             raise SchemaError("The 'id' attribute must be a string.")
         return cls(attrs)
@@ -171,6 +208,8 @@ class Schema:
 
     def new_record(self, values: dict[str, Any], *, check_required: bool = True) -> dict[str, Any]:
         """A full record: validated values, defaults for the rest, required ones enforced."""
+        if "id" in values:  # the id first, so a bad id is reported as one (InvalidNameError)
+            validate_record_id(values["id"])
         unknown = set(values) - set(self.attributes)
         if unknown:
             raise SchemaError(f"Unknown attribute(s) {sorted(unknown)}; the schema has {sorted(self.attributes)}.")

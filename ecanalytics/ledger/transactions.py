@@ -5,8 +5,9 @@ A transaction object is written once, under a unique time-sortable name, inside 
 ``_inbox/{cohortDate}.{file_id}``. The consolidator lists only the inbox, so finding pending work
 costs O(pending objects), never O(history); after a commit it deletes the markers it consumed.
 Writing the marker first means an object can never exist unannounced: a writer that dies between
-the two leaves only a marker without an object, which the consolidator ignores and removes after
-:data:`ORPHAN_MARKER_GRACE_S`.
+the two leaves only a marker without an object, which the consolidator ignores and removes once
+the marker is older than :data:`ORPHAN_MARKER_GRACE_S` *by the store's clock* (its LastModified
+against a probe object's), so a writer whose clock is off never loses a write.
 """
 
 from __future__ import annotations
@@ -43,14 +44,19 @@ COHORT_SCHEMA: dict[str, pl.DataType] = {"cohortDate": pl.Date(), "cohortMonth":
 
 
 def check_timezone(tz: object) -> str:
-    """Validate an IANA zone name (``'America/Sao_Paulo'``); raise :class:`InvalidTimezoneError`."""
+    """Validate an IANA zone name (``'America/Sao_Paulo'``); raise :class:`InvalidTimezoneError`.
+
+    The zone must be known to Python *and* to Polars, which computes the cohorts: files of the
+    zoneinfo folder that are not IANA zones (``localtime``, ``posixrules``, ``right/UTC``) fail.
+    """
     if not isinstance(tz, str) or not tz:
-        raise InvalidTimezoneError(f"Invalid time zone {tz!r}: pass an IANA name such as 'UTC'.")
+        raise InvalidTimezoneError(f"Invalid time zone {P.describe(tz)}: pass an IANA name such as 'UTC'.")
     try:
         ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+        pl.Series([datetime(2000, 1, 1, tzinfo=timezone.utc)]).dt.convert_time_zone(tz)
+    except (ZoneInfoNotFoundError, ValueError, OSError, pl.exceptions.PolarsError) as exc:
         raise InvalidTimezoneError(
-            f"Unknown time zone {tz!r}: pass an IANA name such as 'UTC' or 'America/Sao_Paulo'."
+            f"Unknown time zone {P.describe(tz)}: pass an IANA name such as 'UTC' or 'America/Sao_Paulo'."
         ) from exc
     return tz
 
@@ -58,7 +64,8 @@ def check_timezone(tz: object) -> str:
 def check_amount(value: object, attr: Attribute | None = None) -> float | decimal.Decimal:
     """A finite number (int, float, Decimal, numpy scalar); bools, strings, NaN and infinity fail.
     For a ``decimal(p,s)`` field the amount becomes an exact ``Decimal`` and may not have more
-    than ``s`` decimal places."""
+    than ``s`` decimal places. For a ``number`` field it must fit a 64-bit float: an int such as
+    ``10**400`` is rejected, never turned into infinity; so are signaling NaN Decimals."""
     if attr is not None and attr.kind == "decimal":
         try:
             return to_decimal(value, attr.precision, attr.scale, "The amount")
@@ -66,28 +73,50 @@ def check_amount(value: object, attr: Attribute | None = None) -> float | decima
             raise InvalidValueError(str(exc)) from exc
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, decimal.Decimal)):
         raise InvalidValueError(
-            f"Amounts must be finite numbers; got {type(value).__name__} {value!r}. Convert it first, "
+            f"Amounts must be finite numbers; got {type(value).__name__} {P.describe(value)}. Convert it first, "
             "e.g. float('12.5')."
         )
-    number = float(value)
+    try:
+        # float() of a signaling NaN raises; of a huge int, OverflowError.
+        number = float("nan") if isinstance(value, decimal.Decimal) and not value.is_finite() else float(value)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InvalidValueError(
+            f"Amounts must be finite 64-bit floats; {P.describe(value)} does not fit one. Nothing was written: "
+            "pass a smaller number, or manage a decimal(p,s) attribute for exact large amounts."
+        ) from exc
     if not math.isfinite(number):
         raise InvalidValueError(
-            f"Amounts must be finite; got {value!r}. Nothing was written: pass a real number "
+            f"Amounts must be finite; got {P.describe(value)}. Nothing was written: pass a real number "
             "(check the upstream computation that produced it)."
         )
     return number
 
 
 def check_timestamp(ts: object) -> datetime:
-    """A timezone-aware datetime converted to UTC; naive datetimes are rejected as ambiguous."""
+    """A timezone-aware datetime converted to UTC; naive datetimes are rejected as ambiguous.
+
+    The instant must lie from 0001-01-02 to 9999-12-30 UTC, so that its cohort day exists in
+    every time zone (UTC-12 to UTC+14); ``datetime(1, 1, 1, tzinfo=+14:00)``, which is before
+    year 1 in UTC, fails.
+    """
     if not isinstance(ts, datetime):
-        raise InvalidValueError(f"timestamp must be a datetime; got {type(ts).__name__}.")
+        raise InvalidValueError(f"timestamp must be a datetime; got {type(ts).__name__} {P.describe(ts)}.")
     if ts.tzinfo is None or ts.utcoffset() is None:
         raise InvalidValueError(
             "timestamp must be timezone-aware (e.g. datetime(..., tzinfo=timezone.utc)); "
             "a naive datetime is ambiguous."
         )
-    return ts.astimezone(timezone.utc)
+    lowest, highest = datetime(1, 1, 2, tzinfo=timezone.utc), datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=timezone.utc)
+    try:
+        utc = ts.astimezone(timezone.utc)
+    except OverflowError:  # before year 1 or after 9999 once in UTC
+        utc = None
+    if utc is None or not lowest <= utc <= highest:
+        raise InvalidValueError(
+            f"timestamp {ts.isoformat()} is out of range: pass an instant from 0001-01-02 to 9999-12-30 "
+            "UTC (its cohort day must exist in every time zone)."
+        )
+    return utc
 
 
 def cohort_columns(tz: str) -> list[pl.Expr]:
@@ -106,81 +135,102 @@ def tx_frame(rows: Sequence[dict[str, Any]], value_dtype: pl.DataType | None = N
 
 
 @dataclass(frozen=True)
-class WrittenObject:
+class PlannedObject:
+    """One transaction object to write: its key, its inbox marker and its rows."""
+
     key: str
     marker: str
-    rows: int
+    rows: pl.DataFrame
+
+    def write(self, store: Store) -> None:
+        """Marker first, then the object. Safe to repeat: the names are fixed, so a retry after an
+        unknown outcome rewrites the same object instead of adding a second copy."""
+        store.write(self.marker, b"")
+        store.write_parquet(self.key, self.rows)
 
 
-def write_transactions(store: Store, dataset: str, tz: str, txs: pl.DataFrame) -> list[WrittenObject]:
-    """Write ``txs`` as one object per cohort day (marker first, then the object)."""
+def plan_objects(dataset: str, tz: str, txs: pl.DataFrame) -> list[PlannedObject]:
+    """Split ``txs`` into one object per cohort day, each under a fresh unique name."""
     if txs.is_empty():
         return []
     with_dates = txs.with_columns(cohort_columns(tz)[0])
-    written = []
+    planned = []
     for (day,), part in with_dates.group_by("cohortDate", maintain_order=True):
-        cohort_date = str(day)
-        file_id = P.new_file_id()
-        marker = P.inbox_marker(dataset, cohort_date, file_id)
-        key = P.tx_object(dataset, cohort_date, file_id)
-        store.write(marker, b"")
-        store.write_parquet(key, part.drop("cohortDate").sort("timestamp", "id"))
-        written.append(WrittenObject(key, marker, part.height))
-    return written
+        cohort_date, file_id = str(day), P.new_file_id()
+        planned.append(PlannedObject(P.tx_object(dataset, cohort_date, file_id),
+                                     P.inbox_marker(dataset, cohort_date, file_id),
+                                     part.drop("cohortDate").sort("timestamp", "id")))
+    return planned
+
+
+def write_transactions(store: Store, dataset: str, tz: str, txs: pl.DataFrame) -> list[PlannedObject]:
+    """Write ``txs`` as one object per cohort day (marker first, then the object)."""
+    planned = plan_objects(dataset, tz, txs)
+    for obj in planned:
+        obj.write(store)
+    return planned
 
 
 @dataclass(frozen=True)
 class Inbox:
-    """What the inbox of a dataset says: object key -> marker path, plus orphaned markers."""
+    """What one LIST of a dataset's inbox says: object key -> marker path, and the markers' ages
+    as the store records them (epoch seconds, or None)."""
 
     markers: dict[str, str]
+    times: dict[str, float | None]
 
     @classmethod
     def scan(cls, store: Store, dataset: str) -> Inbox:
         markers: dict[str, str] = {}
+        times: dict[str, float | None] = {}
         inbox = P.inbox_dir(dataset)
-        for name in store.listdir(inbox):
+        for name, mtime in store.listdir_times(inbox).items():
             target = P.marker_to_object(dataset, name)
             if target is not None:
                 markers[target[0]] = f"{inbox}/{name}"
-        return cls(markers)
+                times[target[0]] = mtime
+        return cls(markers, times)
+
+    def orphans(self, store: Store, dataset: str, missing: Sequence[str]) -> list[str]:
+        """Of ``missing`` (listed, but without an object), the keys whose marker is older than the
+        grace period by the store's clock: their writer died between the marker and the object.
+        Costs a probe write only when something is missing."""
+        if not missing:
+            return []
+        now = store.store_now(f"{P.inbox_dir(dataset)}/.now")
+        if now is None:
+            return []
+        return [k for k in missing if (t := self.times.get(k)) is not None and now - t > ORPHAN_MARKER_GRACE_S]
 
 
-def read_objects(store: Store, keys: Sequence[str], *, now_ns: int,
-                 value_dtype: pl.DataType | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
+def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType | None = None,
+                 field: str | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read transaction objects. Returns (rows with ``_object``, the index of the row's object in
-    the sorted keys read; the keys read; orphaned keys).
+    the sorted keys read; the keys read; the keys whose object does not exist (yet)).
 
-    A missing object whose marker is older than the grace period is an orphan (its writer died
-    between the marker and the object); a younger one is still being written and is skipped.
+    ``field`` makes an object whose rows name another field a :class:`CorruptObjectError`.
     """
     blobs = store.read_many(keys)
-    read, orphans = [], []
-    for key in keys:
-        if blobs[key] is not None:
-            read.append(key)
-            continue
-        file_id = key.rsplit("/", 1)[-1].removesuffix(".parquet")
-        if now_ns - P.file_id_time_ns(file_id) > ORPHAN_MARKER_GRACE_S * 1_000_000_000:
-            orphans.append(key)
+    read = [k for k in keys if blobs[k] is not None]
+    missing = [k for k in keys if blobs[k] is None]
 
     def decode(item: tuple[int, str]) -> pl.DataFrame:
         index, key = item
         blob = blobs[key]
         assert blob is not None
         # ``_object`` is the object's rank in sorted key order: a cheap, deterministic tie-break.
-        return _validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
+        return _validate(decode_parquet(blob, store.url(key)), store.url(key), field).with_columns(
             pl.lit(index, pl.UInt32).alias("_object"))
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
         frames = list(pool.map(decode, enumerate(read)))
     if not frames:
-        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.UInt32).alias("_object")), read, orphans
-    return pl.concat(frames, how="vertical"), read, orphans
+        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.UInt32).alias("_object")), read, missing
+    return pl.concat(frames, how="vertical"), read, missing
 
 
-def _validate(df: pl.DataFrame, where: str) -> pl.DataFrame:
+def _validate(df: pl.DataFrame, where: str, field: str | None = None) -> pl.DataFrame:
     missing = [c for c in TX_SCHEMA if c not in df.columns]
     if missing:
         raise CorruptObjectError(f"{where} lacks transaction columns {missing}; nothing from it was applied.")
@@ -191,15 +241,21 @@ def _validate(df: pl.DataFrame, where: str) -> pl.DataFrame:
             df = df.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except Exception as exc:
         raise CorruptObjectError(f"{where} has columns of the wrong type ({exc}); nothing was applied.") from exc
-    finite = pl.col("value").is_not_null() if exact else pl.col("value").is_finite()
+    finite = pl.col("value").is_not_null() if exact else pl.col("value").is_finite().fill_null(False)
     bad = df.filter(
-        ~pl.col("operation").is_in(OPERATIONS) | ~finite | pl.col("id").is_null()
+        ~pl.col("operation").is_in(OPERATIONS).fill_null(False) | ~finite | pl.col("id").is_null()
         | pl.col("originalId").is_null() | pl.col("timestamp").is_null()
     )
     if bad.height:
         raise CorruptObjectError(
-            f"{where} holds {bad.height} invalid transaction row(s) (unknown operation, non-finite value or "
-            "missing id); nothing from it was applied. Move the object out of the dataset to continue."
+            f"{where} holds {bad.height} invalid transaction row(s) (unknown operation, missing or non-finite "
+            "value, or missing id); nothing from it was applied. Move the object out of the dataset to continue."
+        )
+    if field is not None and df.height and (df["field"] != field).any():
+        other = df.filter(pl.col("field") != field)["field"][0]
+        raise CorruptObjectError(
+            f"{where} holds rows of field {other!r} inside the dataset of {field!r}; nothing from it was applied. "
+            "Move the object to the right dataset or out of the inbox to continue."
         )
     return df
 

@@ -5,11 +5,28 @@ A database root is a URI: a plain path, ``file:///abs/path``, ``memory://name`` 
 explicit options, or from the usual AWS environment variables (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``,
 ``AWS_REGION`` / ``AWS_DEFAULT_REGION``), in that order of precedence.
+
+What a URI may hold (anything else raises :class:`ConfigurationError` before anything is read):
+
+* A plain path is taken as it is (``?`` and ``#`` are ordinary characters there), relative to
+  the working directory. ``file:`` URIs need an absolute path, ``file:///abs/path`` (or
+  ``file://localhost/abs/path``): ``file://relative/dir`` would silently mean ``/dir``.
+* ``file:``, ``memory:`` and ``s3:`` URIs take no ``?query`` or ``#fragment``: options such as
+  the endpoint are keyword arguments, never hidden in the URI.
+* S3 credentials: a bucket name never contains ``:`` or ``@``, so the URI has credentials exactly
+  when the text before the first ``/`` does. ``KEY:SECRET@`` then runs to the *first* ``@``: the
+  key ends at the first ``:``, and the secret may contain ``/``, ``+`` and ``:`` but must write
+  ``@`` as ``%40`` (URL-encoding is accepted everywhere in the credentials, required nowhere
+  else). ``KEY@bucket`` gives a key without a secret. Past the bucket, ``@`` is part of the
+  prefix: ``s3://bucket/data@2024/p`` is bucket ``bucket``, prefix ``data@2024/p``.
+* A bucket name is letters, digits, ``.``, ``-`` and ``_``. An endpoint is an ``http://`` or
+  ``https://`` URL. No part may contain NUL or a lone surrogate.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
@@ -19,6 +36,7 @@ import fsspec
 from ecanalytics.errors import ConfigurationError
 
 Protocol = Literal["file", "memory", "s3"]
+_BUCKET = re.compile(r"^[A-Za-z0-9._-]+\Z")
 
 
 def _env(*names: str) -> str | None:
@@ -56,13 +74,34 @@ class StorageConfig:
         key: str | None = None,
         secret: str | None = None,
     ) -> StorageConfig:
-        """Parse a root URI; options given here win over the URI and the environment."""
-        text = os.fspath(uri)
+        """Parse a root URI (rules in the module docstring); options given here win over the URI
+        and the environment. Error messages never repeat an S3 URI, which may hold a secret."""
+        try:
+            text = os.fspath(uri)
+        except TypeError:
+            text = None
+        if not isinstance(text, str):
+            raise ConfigurationError(
+                f"The database URI must be a str or a path; got {type(uri).__name__}. "
+                "Pass a folder, memory://name or s3://bucket/prefix."
+            )
         if not text:
             raise ConfigurationError("The database URI is empty; pass a folder, memory://name or s3://bucket/prefix.")
+        if "\x00" in text or any(0xD800 <= ord(c) < 0xE000 for c in text):
+            raise ConfigurationError("The database URI contains NUL or a lone surrogate; pass valid text.")
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
+        if scheme in ("file", "memory") and ("?" in text or "#" in text):
+            raise ConfigurationError(
+                f"{scheme}: URIs take no ?query or #fragment; pass options as keyword arguments "
+                "(a folder whose name has '?' or '#' can be given as a plain path)."
+            )
         if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+            if scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
+                raise ConfigurationError(
+                    f"{text!r} is not an absolute file URI; use file:///abs/path (three slashes), or pass a "
+                    f"relative folder without the scheme, e.g. {(parts.netloc + parts.path) or '.'!r}."
+                )
             path = parts.path if scheme == "file" else text
             return cls("file", os.path.abspath(os.path.expanduser(path)).rstrip("/") or "/")
         if scheme == "memory":
@@ -71,26 +110,48 @@ class StorageConfig:
                 raise ConfigurationError("memory:// needs a name, for example memory://notebook.")
             return cls("memory", "/" + name)
         if scheme in ("s3", "s3a"):
-            # Split by hand: AWS secrets may contain '/' and '+', which urlsplit would take for
-            # the start of the path. Everything before the last '@' is KEY:SECRET (URL-encoding
-            # is accepted but not required).
+            # Split by hand: AWS secrets may contain '/' and '+', which urlsplit would take for the
+            # start of the path. Credentials are there iff the text before the first '/' has ':'
+            # or '@' (a bucket name has neither); then they end at the first '@'.
             rest = text.split("://", 1)[1]
-            userinfo, at, location = rest.rpartition("@")
-            if not at:
-                location, userinfo = rest, ""
+            head = rest.split("/", 1)[0]
+            userinfo, location = "", rest
+            if ":" in head or "@" in head:
+                userinfo, at, location = rest.partition("@")
+                if not at:
+                    raise ConfigurationError(
+                        "An S3 URI with ':' before the first '/' needs credentials, s3://KEY:SECRET@bucket/prefix; "
+                        "a host:port goes in endpoint_url=."
+                    )
+            if "?" in location or "#" in location:
+                raise ConfigurationError(
+                    "S3 URIs take no ?query or #fragment; pass endpoint_url=, region=, key= and secret= as "
+                    "keyword arguments instead."
+                )
             bucket, _, prefix = location.partition("/")
             if not bucket:
                 raise ConfigurationError("An S3 URI needs a bucket: s3://bucket/prefix.")
+            if not _BUCKET.match(bucket):
+                raise ConfigurationError(
+                    "The S3 bucket name may hold only letters, digits, '.', '-' and '_'; if the secret in "
+                    "s3://KEY:SECRET@bucket contains '@', write it as %40."
+                )
             raw_key, colon, raw_secret = userinfo.partition(":")
             uri_key = unquote(raw_key) if raw_key else None
             uri_secret = unquote(raw_secret) if colon and raw_secret else None
+            endpoint = endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+            if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+                raise ConfigurationError(
+                    f"The S3 endpoint must be an http:// or https:// URL such as http://127.0.0.1:9000; "
+                    f"got {endpoint!r}."
+                )
             return cls(
                 "s3",
                 f"{bucket}/{prefix.strip('/')}".rstrip("/"),
                 key=key or uri_key or _env("AWS_ACCESS_KEY_ID"),
                 secret=secret or uri_secret or _env("AWS_SECRET_ACCESS_KEY"),
                 token=_env("AWS_SESSION_TOKEN"),
-                endpoint_url=endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+                endpoint_url=endpoint,
                 region=region or _env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
             )
         raise ConfigurationError(

@@ -22,18 +22,31 @@ import uuid
 
 from ecanalytics.errors import InvalidNameError
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_FILE_ID = re.compile(r"^\d{20}-[0-9a-f]{32}$")
+# Anchored with \Z, not $: '$' also matches before a final newline ("wallets\n").
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}\Z")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
+_FILE_ID = re.compile(r"^[0-9]{20}-[0-9a-f]{32}\Z")
 TX_INFIX = "_transactions_"
 MAX_ID_LENGTH = 1024
+
+
+def describe(value: object, limit: int = 60) -> str:
+    """A short ``repr`` for error messages: long values are cut, and an int too large for
+    ``repr`` (Python refuses more than 4300 digits) is described by its size instead."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def validate_name(kind: str, name: object) -> str:
     """Check a resource or field name; it must be an identifier such as ``wallets``."""
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidNameError(
-            f"Invalid {kind} name {name!r}: use a letter followed by letters, digits or '_' "
+            f"Invalid {kind} name {describe(name)}: use a letter followed by letters, digits or '_' "
             "(no '/', '=', '.', spaces or empty names), at most 100 characters."
         )
     return name
@@ -51,9 +64,13 @@ def validate_resource_name(name: object) -> str:
 
 
 def validate_record_id(record_id: object) -> str:
-    """Check a record id (or a transaction id): a non-empty string that cannot be read as a path."""
+    """Check a record id (or a transaction id): a non-empty string that cannot be read as a path.
+
+    Control characters (C0, DEL and C1, so also a trailing newline) and lone surrogates
+    (``"\\ud800"``, which is not Unicode text and cannot be stored as UTF-8) are rejected.
+    """
     if not isinstance(record_id, str):
-        raise InvalidNameError(f"Record ids are strings; got {type(record_id).__name__} {record_id!r}.")
+        raise InvalidNameError(f"Record ids are strings; got {type(record_id).__name__} {describe(record_id)}.")
     problem = None
     if not record_id:
         problem = "it is empty"
@@ -65,10 +82,12 @@ def validate_record_id(record_id: object) -> str:
         problem = "it contains '..'"
     elif "=" in record_id:
         problem = "it contains '=' (reserved for partition segments)"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in record_id):
+    elif any(ord(c) < 32 or 127 <= ord(c) < 160 for c in record_id):
         problem = "it contains a control character"
+    elif any(0xD800 <= ord(c) < 0xE000 for c in record_id):
+        problem = "it contains a lone surrogate, which is not valid Unicode text"
     if problem:
-        raise InvalidNameError(f"Invalid id {record_id!r}: {problem}. Use a plain string such as 'wallet-1'.")
+        raise InvalidNameError(f"Invalid id {describe(record_id)}: {problem}. Use a plain string such as 'wallet-1'.")
     return record_id
 
 
@@ -123,7 +142,7 @@ def partition_dir(dataset: str, cohort_date: str) -> str:
 
 
 def month_dir(dataset: str, cohort_month: str) -> str:
-    if not re.match(r"^\d{4}-\d{2}$", cohort_month):
+    if not re.match(r"^[0-9]{4}-[0-9]{2}\Z", cohort_month):
         raise InvalidNameError(f"Invalid cohort month {cohort_month!r}; expected YYYY-MM.")
     return f"{dataset}/cohortMonth={cohort_month}"
 

@@ -8,15 +8,16 @@ not at all), and a process-wide lock for ``memory://``.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import fsspec
+from fsspec.asyn import sync
 import polars as pl
 
 from ecanalytics.errors import CorruptObjectError, StorageError
@@ -38,6 +39,7 @@ class Store:
         self.config = config
         self.fs: fsspec.AbstractFileSystem = config.filesystem()
         self.root = config.root
+        self.delete_denied = False  # set once the store refused a delete (e.g. append-only IAM policy)
 
     # -- paths -----------------------------------------------------------------------------
     def abs(self, rel: str) -> str:
@@ -85,12 +87,35 @@ class Store:
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.abs(rel)))
 
-    def _names(self, rel_dir: str, kind: str) -> list[str]:
+    def _entries(self, rel_dir: str, kind: str) -> list[dict[str, Any]]:
         try:
             entries = self.fs.ls(self.abs(rel_dir), detail=True)
         except FileNotFoundError:
             return []
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == kind)
+        return [e for e in entries if e.get("type") == kind]
+
+    def _names(self, rel_dir: str, kind: str) -> list[str]:
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in self._entries(rel_dir, kind))
+
+    def listdir_times(self, rel_dir: str) -> dict[str, float | None]:
+        """Names of the files directly inside ``rel_dir`` with their modification time in epoch
+        seconds *as the store records it* (S3 ``LastModified``), or None where it says nothing.
+        One LIST, like :meth:`listdir`."""
+        out: dict[str, float | None] = {}
+        for e in self._entries(rel_dir, "file"):
+            out[e["name"].rstrip("/").rsplit("/", 1)[-1]] = _mtime(e)
+        return out
+
+    def store_now(self, rel_probe: str) -> float | None:
+        """The store's own clock: write a tiny probe object and read back its modification time.
+        Used instead of this machine's clock wherever an age decides something (never trust a
+        clock): two machines' clocks may disagree, the store's clock is one."""
+        self.write(rel_probe, b"")
+        try:
+            info = self.fs.info(self.abs(rel_probe))
+        except FileNotFoundError:
+            return None
+        return _mtime(info)
 
     def listdir(self, rel_dir: str) -> list[str]:
         """Names of the files directly inside ``rel_dir`` (empty if it does not exist)."""
@@ -167,22 +192,55 @@ class Store:
             self.fs.copy(self.abs(src), self.abs(dst))
 
     def delete(self, rels: Iterable[str]) -> list[str]:
-        """Delete objects; returns the ones that could not be deleted (missing ones count as done)."""
+        """Delete objects; returns the ones that could not be deleted (a missing one counts as done).
+
+        The answer is as honest as the store allows: on S3 the per-key ``<Error>`` entries of a
+        DeleteObjects answer (which s3fs ignores) are reported, and on local disk or ``memory://``
+        every key is tried even after one fails. Correctness never depends on it, though: callers
+        treat a key as deleted only once a later LIST no longer shows it. An ``AccessDenied`` sets
+        :attr:`delete_denied`, so ``inspect`` can say that the credentials forbid deletes.
+        """
+        keys = list(rels)
+        if not keys:
+            return []
+        if self.config.protocol == "s3":
+            return self._s3_delete(keys)
         failed: list[str] = []
-        paths = [self.abs(r) for r in rels]
-        if not paths:
-            return failed
-        try:
-            self.fs.rm(paths)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            for rel in rels:
-                with contextlib.suppress(FileNotFoundError):
-                    try:
-                        self.fs.rm_file(self.abs(rel))
-                    except OSError:
-                        failed.append(rel)
+        for rel in keys:
+            try:
+                self.fs.rm_file(self.abs(rel))
+            except FileNotFoundError:
+                continue
+            except PermissionError:
+                self.delete_denied = True
+                failed.append(rel)
+            except OSError:
+                failed.append(rel)
+        return failed
+
+    def _s3_delete(self, keys: list[str]) -> list[str]:
+        failed: list[str] = []
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            chunk = keys[start : start + 1000]
+            bucket = self.fs.split_path(self.abs(chunk[0]))[0]
+            objects = [{"Key": self.fs.split_path(self.abs(k))[1]} for k in chunk]
+            try:
+                answer = sync(self.fs.loop, self.fs._call_s3, "delete_objects", Bucket=bucket,
+                              Delete={"Objects": objects, "Quiet": True})
+            except PermissionError:
+                self.delete_denied = True
+                failed.extend(chunk)
+                continue
+            except OSError:
+                failed.extend(chunk)
+                continue
+            by_key = {o["Key"]: rel for o, rel in zip(objects, chunk, strict=True)}
+            for error in answer.get("Errors", []):
+                if error.get("Code") == "AccessDenied":
+                    self.delete_denied = True
+                if error.get("Code") != "NoSuchKey" and error.get("Key") in by_key:
+                    failed.append(by_key[error["Key"]])
+        self.fs.invalidate_cache()
         return failed
 
     # -- parquet helpers -------------------------------------------------------------------
@@ -198,6 +256,17 @@ class Store:
     def read_parquet(self, rel: str) -> pl.DataFrame:
         """Read one Parquet object, turning a decode failure into :class:`CorruptObjectError`."""
         return decode_parquet(self.read(rel), self.url(rel))
+
+
+def _mtime(info: dict[str, Any]) -> float | None:
+    """A listing entry's modification time in epoch seconds (S3, local disk and memory spell it differently)."""
+    for name in ("LastModified", "mtime", "created"):
+        value = info.get(name)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
 
 
 def decode_parquet(data: bytes, where: str) -> pl.DataFrame:
