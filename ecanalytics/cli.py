@@ -192,10 +192,14 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> No
                                        "version": state.version, "checkpoint": checkpoint}
                 if field is not None:
                     plugin = resource.plugins[field]
-                    pending = plugin.pending()
+                    health = plugin.inspect()
                     objects, size = db.store.du(plugin.dataset, ".parquet")
-                    row.update(pending=pending.height, oldestPending=pending["timestamp"].min(),
-                               objects=objects, bytes=size, reducer=plugin.reducer_name, timezone=plugin.timezone)
+                    row.update(**health, objects=objects, bytes=size, reducer=plugin.reducer_name,
+                               timezone=plugin.timezone)
+                    if health["deleteDenied"]:
+                        click.echo(f"warning: the store refuses deletes under {plugin.dataset}/_inbox; "
+                                   f"{health['staleMarkers']} consumed marker(s) stay and are carried by every "
+                                   "consolidation (exactly once still holds). Grant DeleteObject there.", err=True)
                 rows.append(row)
         uri = db.uri
     if out.fmt == "json":

@@ -2,9 +2,9 @@
 
 Both fold a field's transactions in ``(timestamp, id)`` order, a repeated id counting once (the
 first by ``(timestamp, id, object)``), with the field's reducer, starting from each record's
-*base*: the managed value it was last inserted with, or the attribute default. The consolidated
-value can legitimately differ from this event-order fold when a transaction arrives after a
-later ``set`` was already consolidated; recalculation then rewrites it to the event-order value.
+*base*: the retention base, else the managed value it was last inserted with, else the attribute
+default. Consolidation folds late data in event order too, so a recalculation after it finds
+nothing to change; it repairs values that were changed by hand or by an older version.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import history_keys, read_history
+from ecanalytics.ledger.transactions import TX_SCHEMA, history_keys, read_history
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
@@ -48,29 +49,9 @@ class RecalculationResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def inserted_values(resource: Resource, field: str) -> pl.DataFrame:
-    """``originalId, current``: the value of ``field`` each record was last inserted with."""
-    frames = []
-    for entry in resource.ledger.entries(("insert",)):
-        delta = resource.ledger.read_delta(entry)
-        if delta is not None:
-            frames.append(delta.select(pl.col("id").alias("originalId"), pl.col(field).alias("current")))
-    if not frames:
-        return pl.DataFrame(schema={"originalId": pl.String(), "current": resource.schema.attributes[field].dtype})
-    return pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
-
-
 def base_values(resource: Resource, field: str, st: State | None = None) -> pl.DataFrame:
-    """``originalId, current``: where a rebuild of ``field`` starts. After a retention run, the
-    retention base (everything before its cut, folded); for records not in it, their insert value."""
-    st = st or resource.ledger.state()
-    inserted = inserted_values(resource, field)
-    retention = st.retention.get(field)
-    if retention is None:
-        return inserted
-    dtype = resource.schema.attributes[field].dtype
-    base = resource.ledger.store.read_parquet(retention["base"]).cast({"originalId": pl.String(), "current": dtype})
-    return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
+    """``originalId, current``: where a rebuild of ``field`` starts (see :meth:`Consolidator.base`)."""
+    return resource.plugin(field).consolidator.base(st or resource.ledger.state())
 
 
 def retention_cut(resource: Resource, field: str) -> dt.date | None:
@@ -80,13 +61,14 @@ def retention_cut(resource: Resource, field: str) -> dt.date | None:
 
 
 def field_history(plugin: EventualConsistencyPlugin, st: State, *, applied_only: bool) -> pl.DataFrame:
-    """Every transaction of the field, deduplicated by id; only the applied ones if asked."""
-    store = plugin.consolidator.store
-    rows = read_history(store, st.visible(plugin.field, history_keys(store, plugin.dataset)), plugin.consolidator.dtype)
+    """Every transaction of the field, deduplicated by id: the applied ones, plus (unless
+    ``applied_only``) the pending ones and the rows held back."""
+    c = plugin.consolidator
     if applied_only:
-        pending = plugin.consolidator.pending_objects(st)
-        rows = rows.filter(~pl.col("_object").is_in(list(pending)))
-    return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        return c.history(st, frozenset(c.pending_objects(st)))
+    rows = c.history(st, frozenset()).select(list(TX_SCHEMA))
+    held = c.held_frame(st).drop("_reason").cast(rows.schema)  # type: ignore[arg-type]
+    return pl.concat([rows, held]).sort(["timestamp", "id"]).unique("id", keep="first", maintain_order=True)
 
 
 def recalculate(resource: Resource, field: str | None = None, record_id: str | None = None) -> RecalculationResult:
@@ -102,12 +84,15 @@ def recalculate(resource: Resource, field: str | None = None, record_id: str | N
         if record_id is not None:
             rows = rows.filter(pl.col("originalId") == record_id)
             records = records.filter(pl.col("id") == record_id)
-        new = consolidator._reducer()(rows, base_values(resource, plugin.field, st), consolidator.default)
+        base = consolidator.base(st)
+        new = consolidator._reducer()(rows, base, consolidator.default)
         default = pl.lit(consolidator.default).cast(consolidator.dtype)
         current = records.select("id", pl.col(plugin.field).fill_null(default).alias("before"))
+        # A record without history (e.g. all of it archived by retention) keeps its base.
         diff = (
             current.join(new.rename({"originalId": "id", "value": "after"}), on="id", how="left")
-            .with_columns(pl.col("after").fill_null(default))
+            .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")
+            .select("id", "before", pl.coalesce("after", "_base", default).alias("after"))
             .filter(pl.col("before") != pl.col("after"))
         )
         outcome.update(checked=records.height, transactions=rows.height, diff=diff)
@@ -117,7 +102,9 @@ def recalculate(resource: Resource, field: str | None = None, record_id: str | N
             records.join(diff.select("id", "after"), on="id", how="inner")
             .with_columns(pl.col("after").alias(plugin.field)).drop("after")
         )
-        return Commit("recalculate", upserts=upserts, field=None, stats={"changed": diff.height})
+        changed = rows.filter(pl.col("originalId").is_in(diff["id"].implode()))
+        return Commit("recalculate", upserts=upserts, field=None, stats={"changed": diff.height},
+                      marks=marks_from_history(changed, plugin.field))
 
     committed = resource.ledger.commit(build)
     diff = outcome["diff"]
@@ -141,10 +128,11 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
     st = resource.ledger.state()
     for name, plugin in resource.plugins.items():
         cut = retention_cut(resource, name)
-        if cut is not None and until < datetime.combine(cut, dt.time(), ZoneInfo(plugin.timezone)):
+        deleted = st.retention.get(name, {}).get("mode") == "delete"
+        if cut is not None and deleted and until < datetime.combine(cut, dt.time(), ZoneInfo(plugin.timezone)):
             raise ValidationError(
-                f"The history of {plugin.dataset} before {cut} was archived by retention; events_until must "
-                f"be on or after {cut} (query the archive under _archive/ for earlier events)."
+                f"The history of {plugin.dataset} before {cut} was deleted by retention; events_until must "
+                f"be on or after {cut}. (Retention in 'archive' mode keeps it readable.)"
             )
     present: set[str] = set(st.records["id"].to_list())
     histories = {
@@ -160,7 +148,7 @@ def records_at_events(resource: Resource, until: datetime) -> pl.DataFrame:
         out = pl.concat([out, schema.frame([schema.new_record({"id": rid}, check_required=False) for rid in missing])])
     for name, plugin in resource.plugins.items():
         c = plugin.consolidator
-        base = base_values(resource, name, st)
+        base = c.base(st)
         new = c._reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
         out = (
             out.join(new, on="id", how="left")
@@ -241,7 +229,7 @@ def retain(resource: Resource, field: str | None, days: int, *, archive: bool = 
         if not keys:
             return None
         rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
-        start = base_values(resource, plugin.field, st)
+        start = c.base(st)
         folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
         base_rel = P.data_file(resource.name, st.version + 1, uuid.uuid4().hex, f"base-{plugin.field}")

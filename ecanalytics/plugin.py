@@ -381,6 +381,39 @@ class EventualConsistencyPlugin:
         """Rollups of the last ``n`` cohorts of ``period``, ending with the current one."""
         return self._cohorts().last_n(period, n, fill_gaps)
 
+    def inspect(self) -> dict[str, Any]:
+        """Health of this field, without committing anything: ``pending`` rows (``late`` of them
+        sort before what their record already applied), ``held`` rows by reason (``overflow``,
+        ``reducer-error``, ``awaiting-record``: transactions of a record that does not exist yet
+        and has required attributes without defaults), and ``staleMarkers``: inbox markers of
+        applied objects that deletes have not removed. ``deleteDenied`` is True when deleting one
+        of them (always safe: it is applied) is refused or silently does nothing, None when there
+        is nothing to probe."""
+        from ecanalytics.consolidation.eventorder import late_rows
+
+        c = self.consolidator
+        st = c.ledger.state()
+        pending = c.pending(st, cleanup=False)
+        held = c.held_frame(st)
+        fresh = pending.rows.join(held.select("id"), on="id", how="anti")
+        stale = pending.stale_markers
+        denied: bool | None = None
+        if stale:
+            c.store.delete_denied = False
+            c.store.delete(list(stale[:1]))
+            denied = c.store.delete_denied or c.store.exists(stale[0])  # a silent no-op counts too
+        reasons = held.group_by("_reason").len().sort("_reason") if held.height else None
+        return {
+            "pending": fresh.height,
+            "late": int(late_rows(fresh, st.field_marks(self.field)).sum()) if fresh.height else 0,
+            "oldestPending": fresh["timestamp"].min() if fresh.height else None,
+            "held": held.height,
+            "heldRecords": sorted(held["originalId"].unique().to_list()),
+            "heldReasons": dict(zip(reasons["_reason"].to_list(), reasons["len"].to_list(), strict=True)) if reasons is not None else {},
+            "staleMarkers": len(stale),
+            "deleteDenied": denied,
+        }
+
     def pending(self) -> pl.DataFrame:
         """The pending (not yet applied) transactions, deduplicated, without committing anything."""
         consolidator = self.consolidator

@@ -192,9 +192,7 @@ class SqlEngine:
                         f"source FROM read_parquet([{', '.join(_quote(u) for u in existing)}])"
                     )
                 if with_bases:
-                    from ecanalytics.maintenance import base_values
-
-                    bases.append(base_values(resource, field, state).select(
+                    bases.append(plugin.consolidator.base(state, retention_base=True).select(
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
                         pl.col("originalId").alias("id"), pl.col("current").cast(pl.Float64).alias("value")))
                 default = plugin.consolidator.default

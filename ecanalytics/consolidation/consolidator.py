@@ -81,6 +81,7 @@ class Pending:
     objects: frozenset[str]  # objects read now: consumed by this commit
     markers: dict[str, str]  # their inbox markers
     carried: frozenset[str]  # consumed keys whose marker the LIST still shows: they stay consumed
+    stale_markers: tuple[str, ...]  # those markers
     duplicates: int
     unapplied: frozenset[str]  # every listed, unconsumed key (read or not): not in applied history
 
@@ -144,8 +145,9 @@ class Consolidator:
         inbox = Inbox.scan(self.store, self.dataset)
         consumed = st.consumed.get(self.field, frozenset())
         carried = frozenset(k for k in consumed if k in inbox.markers)
+        stale = tuple(inbox.markers[k] for k in sorted(carried))
         if cleanup:
-            self._delete_markers([inbox.markers[k] for k in sorted(carried)])
+            self._delete_markers(list(stale))
         candidates = sorted(k for k in inbox.markers if k not in consumed)
         rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
         if cleanup and missing:
@@ -162,14 +164,23 @@ class Consolidator:
         if rows["id"].hash().n_unique() < rows.height:
             rows = rows.sort(["timestamp", "id", "_object"], nulls_last=True).unique(
                 subset="id", keep="first", maintain_order=True)
-        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried,
+        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
                        total + held.height - rows.height, frozenset(candidates))
 
     # -- history (only for late data) ------------------------------------------------------
+    def _retention(self, st: State) -> tuple[str | None, bool]:
+        """(the retention cut, whether the archive still holds what came before it)."""
+        retention = st.retention.get(self.field)
+        if retention is None:
+            return None, True
+        return retention["cut"], retention["mode"] == "archive"
+
     def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
                 ids: pl.Series | None = None) -> pl.DataFrame:
         """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
-        pruning), including archived days after ``since`` when a retention cut lies after it."""
+        pruning). Where retention archived days (``archive`` mode) they are read from the archive,
+        so the history stays complete; after a ``delete``-mode retention, days before the cut are
+        gone and :meth:`base` stands for them."""
         def prefixes(root: str) -> list[str] | None:
             if since is None:
                 return None
@@ -180,10 +191,10 @@ class Consolidator:
                             if day.startswith("cohortDate=") and day.split("=", 1)[1] >= since.isoformat()]
             return out
 
-        keys = [k for k in st.visible(self.field, history_keys(self.store, self.dataset, prefixes(self.dataset)))
-                if k not in unapplied]
-        retention = st.retention.get(self.field)
-        if since is not None and retention is not None and since.isoformat() < retention["cut"]:
+        cut, archived = self._retention(st)
+        live = history_keys(self.store, self.dataset, prefixes(self.dataset))
+        keys = [k for k in st.visible(self.field, live, hide_retained=not archived) if k not in unapplied]
+        if cut is not None and archived and (since is None or since.isoformat() < cut):
             archive = P.archive_key(self.dataset)
             keys += st.visible(self.field, history_keys(self.store, archive, prefixes(archive)), hide_retained=False)
         rows = read_history(self.store, keys, self.dtype)
@@ -192,12 +203,15 @@ class Consolidator:
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
+        # A live copy and its archive copy (a move in progress) count once.
         return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
 
-    def base(self, st: State) -> pl.DataFrame:
-        """``originalId, current``: where a rebuild from history starts. After a retention run, the
-        retention base (everything before its cut, folded); for records not in it, the value they
-        were last inserted with. Reads every ``insert`` entry of the log: a maintenance read."""
+    def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
+        """``originalId, current``: where a rebuild from :meth:`history` starts: the value each
+        record was last inserted with; after a ``delete``-mode retention run, the retention base
+        (everything before its cut, folded) for the records it has. Reads every ``insert`` entry of
+        the log: a maintenance read. ``retention_base`` uses the retention base in ``archive``
+        mode too, for readers of the live history only (the SQL views)."""
         frames = []
         for entry in self.ledger.entries(("insert",)):
             delta = self.ledger.read_delta(entry)
@@ -206,10 +220,10 @@ class Consolidator:
         schema = {"originalId": pl.String(), "current": self.dtype}
         inserted = (pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
                     if frames else pl.DataFrame(schema=schema))
-        retention = st.retention.get(self.field)
-        if retention is None:
+        cut, archived = self._retention(st)
+        if cut is None or (archived and not retention_base):
             return inserted
-        base = self.store.read_parquet(retention["base"]).cast(schema)  # type: ignore[arg-type]
+        base = self.store.read_parquet(st.retention[self.field]["base"]).cast(schema)  # type: ignore[arg-type]
         return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
 
     # -- folding ---------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from datetime import datetime
 from typing import Any
 
 import fsspec
-from fsspec.asyn import sync
 import polars as pl
+from fsspec.asyn import sync
 
 from ecanalytics.errors import CorruptObjectError, StorageError
 from ecanalytics.storage.config import StorageConfig
