@@ -73,13 +73,32 @@ def _progress(total: int, label: str, enabled: bool) -> Iterator[Callable[[int],
         yield lambda n: bar.update(task, completed=n)
 
 
-def _open(root: str, endpoint_url: str | None) -> Database:
-    return connect(root, endpoint_url=endpoint_url)
+def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Database:
+    """Every command but ``demo`` needs an existing catalog: a typo in --root must fail loudly,
+    not report success over nothing."""
+    return connect(root, endpoint_url=endpoint_url, create=create)
 
 
 def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple[Resource, str]]:
     """(resource, field) of every managed field, or of the ones named."""
     return [(db._resources[p.resource_name], p.field) for p in db._plugins(resource, field)]
+
+
+def _use_reducer(db: Database, spec: str) -> None:
+    """``--reducer wallets.balance=pkg.mod:func``: attach that callable to the field."""
+    from ecanalytics.consolidation.reducers import load_reference
+    from ecanalytics.plugin import EventualConsistencyPlugin
+
+    target, _, ref = spec.partition("=")
+    res_name, _, field = target.partition(".")
+    if not ref or not field:
+        raise click.BadParameter(f"{spec!r}: expected RESOURCE.FIELD=MODULE:FUNCTION", param_hint="--reducer")
+    resource = db.resources[res_name]
+    if not isinstance(resource, Resource):
+        raise click.BadParameter(f"{res_name} is a transaction dataset, not a resource", param_hint="--reducer")
+    plugin = resource.plugin(field)
+    config = {**plugin.config(), "reducer": load_reference(ref)}
+    db.use_plugin(EventualConsistencyPlugin(res_name, field, **config))
 
 
 root_option = click.option("--root", default=DEFAULT_ROOT, show_default=True, envvar="EC_ROOT",
@@ -115,7 +134,7 @@ def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records:
 
     out = Output(output_fmt)
     started = time.perf_counter()
-    with _open(root, endpoint_url) as db, _progress(transactions, "writing", out.fmt == "text" and sys.stderr.isatty()) as tick:
+    with _open(root, endpoint_url, create=True) as db, _progress(transactions, "writing", out.fmt == "text" and sys.stderr.isatty()) as tick:
         report = run_demo(db, records=records, transactions=transactions, seed=seed, progress=tick)
         uri = db.uri
     out.frame("Wallets (top 10 by balance)", report.values.sort("balance", descending=True).head(10))
@@ -137,31 +156,47 @@ def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records:
 @output_option
 @resource_option
 @field_option
+@click.option("--reducer", "reducers", multiple=True, metavar="RESOURCE.FIELD=MODULE:FUNCTION",
+              help="A custom Python reducer for a field, e.g. wallets.balance=mypkg.reducers:capped (repeatable).")
 @click.option("--watch", is_flag=True, help="Keep consolidating every --interval seconds.")
 @click.option("--interval", default=60.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds between runs with --watch.")
 def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None,
-                field: str | None, watch: bool, interval: float) -> None:
-    """Consolidate every managed field (or the ones named): the batch job for async mode."""
+                field: str | None, reducers: tuple[str, ...], watch: bool, interval: float) -> None:
+    """Consolidate every managed field (or the ones named): the batch job for async mode.
+
+    A field that fails (for example, a custom reducer this process does not have) is reported and
+    the others go on; the exit code is 1 if any field failed."""
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
+        for spec in reducers:
+            _use_reducer(db, spec)
         plugins = db._plugins(resource, field)
         while True:
             started = time.perf_counter()
-            results = []
+            results, failures = [], {}
             with _progress(len(plugins), "consolidating", out.fmt == "text" and sys.stderr.isatty()) as tick:
                 for n, plugin in enumerate(plugins, 1):
-                    results.append(plugin.consolidate())
+                    try:  # one field's failure is that field's only: go on, exit 1 at the end
+                        results.append(plugin.consolidate())
+                    except EcError as exc:
+                        failures[f"{plugin.resource_name}.{plugin.field}"] = exc
+                        click.echo(f"error: {plugin.resource_name}.{plugin.field}: {exc}", err=True)
                     tick(n)
             payload = {
                 "root": db.uri, "results": [r.as_dict() for r in results],
+                "failures": [{"resource": k.split(".")[0], "field": k.split(".")[1], "error": type(e).__name__,
+                              "message": str(e)} for k, e in failures.items()],
                 "transactions": sum(r.transactions for r in results), "records": sum(r.records for r in results),
                 "versions": sum(r.version is not None for r in results), "seconds": round(time.perf_counter() - started, 3),
             }
             out.summary(payload, (
                 f"Applied {payload['transactions']} transactions to {payload['records']} records in "
                 f"{payload['versions']} commits over {len(results)} fields ({payload['seconds']}s)."
+                + (f" {len(failures)} field(s) FAILED: {', '.join(failures)}." if failures else "")
             ))
             if not watch:
+                if failures:
+                    raise SystemExit(1)
                 return
             time.sleep(interval)
 

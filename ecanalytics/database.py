@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import difflib
 import logging
 import os
 import threading
@@ -11,7 +12,15 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ecanalytics.consolidation import ConsolidationResult
-from ecanalytics.errors import ConfigurationError, ResourceExistsError, UnknownResourceError
+from ecanalytics.errors import (
+    ConfigurationError,
+    ConsolidationFailedError,
+    CorruptObjectError,
+    EcError,
+    ResourceExistsError,
+    RootNotFoundError,
+    UnknownResourceError,
+)
 from ecanalytics.ledger import Ledger, Schema
 from ecanalytics.ledger import catalog as cat
 from ecanalytics.plugin import EventualConsistencyPlugin
@@ -62,6 +71,8 @@ class Resources(Mapping[str, "Resource | TransactionDataset"]):
     def __getitem__(self, name: str) -> Resource | TransactionDataset:
         if name in self._db._resources:
             return self._db._resources[name]
+        if name in self._db._broken:
+            raise self._db._broken[name]
         found = self._all().get(name)
         if found is None:
             raise UnknownResourceError(
@@ -134,10 +145,22 @@ class Database:
         self.close()
 
     def _reopen(self) -> None:
-        for name, entry in cat.read_all(self.store).items():
-            resource = self._make_resource(name, Schema.parse(entry["attributes"]))
-            for field, config in entry.get("plugins", {}).items():
-                self._attach(resource, EventualConsistencyPlugin.from_config(name, field, config), persist=False)
+        entries, self._broken = cat.read_all(self.store)
+        for name, entry in entries.items():
+            try:
+                resource = self._make_resource(name, Schema.parse(entry["attributes"]))
+                for field, config in entry.get("plugins", {}).items():
+                    self._attach(resource, EventualConsistencyPlugin.from_config(name, field, config), persist=False)
+            except EcError as exc:  # an entry that parses as JSON but not as a schema or plugin
+                self._resources.pop(name, None)
+                self._broken[name] = CorruptObjectError(
+                    f"Catalog entry {self.store.url(P.catalog_entry(name))} does not describe a valid resource "
+                    f"({exc}); restore it from a backup.")
+                self._broken[name].__cause__ = exc
+
+    def has_catalog(self) -> bool:
+        """Whether the root holds an ecanalytics catalog (at least one resource, even a broken one)."""
+        return bool(self._resources or self._broken)
 
     def _make_resource(self, name: str, schema: Schema) -> Resource:
         ledger = Ledger(self.store, name, schema, checkpoint_interval=self.checkpoint_interval,
@@ -212,8 +235,24 @@ class Database:
         return out
 
     def consolidate(self, resource: str | None = None, field: str | None = None) -> list[ConsolidationResult]:
-        """Consolidate every managed field (or the ones named); one result per field."""
-        return [plugin.consolidate() for plugin in self._plugins(resource, field)]
+        """Consolidate every managed field (or the ones named); one result per field.
+
+        One field's failure is that field's only: the others still consolidate, and afterwards
+        :class:`ConsolidationFailedError` is raised with every success (``.results``) and every
+        failure (``.failures``, keyed ``"resource.field"``)."""
+        results: list[ConsolidationResult] = []
+        failures: dict[str, BaseException] = {}
+        for plugin in self._plugins(resource, field):
+            try:
+                results.append(plugin.consolidate())
+            except Exception as exc:
+                failures[f"{plugin.resource_name}.{plugin.field}"] = exc
+        if failures:
+            first = next(iter(failures.items()))
+            raise ConsolidationFailedError(
+                f"{len(failures)} of {len(failures) + len(results)} field(s) failed to consolidate "
+                f"(first: {first[0]}: {first[1]}); the others committed.", list(results), failures)
+        return results
 
     # -- SQL -------------------------------------------------------------------------------
     def _engine(self) -> SqlEngine:
@@ -265,6 +304,7 @@ def connect(
     secret: str | None = None,
     checkpoint_interval: int = 10,
     dedup_window: float = 7 * 86400,
+    create: bool = True,
 ) -> Database:
     """Open (or create) a database at ``uri`` and reopen every resource and plugin in its catalog.
 
@@ -286,4 +326,35 @@ def connect(
         'memory:///doc'
     """
     config = StorageConfig.from_uri(uri, endpoint_url=endpoint_url, region=region, key=key, secret=secret)
-    return Database(config, checkpoint_interval=checkpoint_interval, dedup_window_s=dedup_window)
+    db = Database(config, checkpoint_interval=checkpoint_interval, dedup_window_s=dedup_window)
+    problem = _missing_bucket(db) or (None if create or db.has_catalog() else _no_catalog(db))
+    if problem:
+        db.close()
+        raise RootNotFoundError(problem)
+    return db
+
+
+def _missing_bucket(db: Database) -> str | None:
+    if db.config.protocol != "s3":
+        return None
+    bucket = db.store.root.lstrip("/").split("/", 1)[0]
+    try:
+        db.store.fs.ls(bucket, refresh=True)
+    except FileNotFoundError:
+        return f"The bucket {bucket!r} of {db.uri} does not exist (or these credentials cannot see it); create it first."
+    return None
+
+
+def _no_catalog(db: Database) -> str:
+    """The message for a root without a catalog, naming a nearby root that has one."""
+    message = f"No ecanalytics catalog at {db.uri}."
+    parent, _, name = db.store.root.rstrip("/").rpartition("/")
+    try:
+        siblings = [p.rstrip("/").rsplit("/", 1)[-1] for p in db.store.fs.ls(parent or "/", detail=False)]
+    except (OSError, ValueError):
+        siblings = []
+    close = [s for s in difflib.get_close_matches(name, siblings, n=3, cutoff=0.6)
+             if s != name and db.store.fs.exists(f"{parent}/{s}/{P.catalog_dir()}")]
+    if close:
+        message += f" Did you mean {db.uri.rsplit('/', 1)[0]}/{close[0]}?"
+    return message + " Check the root (--root / EC_ROOT), or connect with create=True to start a new database there."

@@ -96,6 +96,23 @@ class ConsolidationError(TerminalError):
         self.record_id = record_id
 
 
+class ConsolidationFailedError(EcError):
+    """Some fields failed to consolidate; the others committed. ``results`` holds the outcomes of
+    the fields that succeeded, ``failures`` maps ``"resource.field"`` to the exception."""
+
+    def __init__(self, message: str, results: list[object], failures: dict[str, BaseException]) -> None:
+        super().__init__(message)
+        self.results = results
+        self.failures = failures
+
+
+class RootNotFoundError(TerminalError, FileNotFoundError):
+    """The root holds no ecanalytics catalog (and ``create=False``), or its bucket does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class StorageError(EcError, OSError):
     """The object store failed in a way ecanalytics could not hide."""
 

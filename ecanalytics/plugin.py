@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ecanalytics.consolidation import ConsolidationResult, Consolidator, Reducer
+from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.log import AUTO_ID_PREFIX
@@ -142,7 +142,13 @@ class EventualConsistencyPlugin:
         options = dict(config)
         reducer = options.pop("reducer", "default")
         custom = isinstance(reducer, str) and reducer.startswith("python:")
-        plugin = cls(resource, field, reducer=None if custom else reducer, **options)
+        try:
+            plugin = cls(resource, field, reducer=None if custom else reducer, **options)
+        except ConfigurationError:
+            if not isinstance(reducer, str) or reducer in BUILTIN_REDUCERS:
+                raise
+            custom = True  # a named reducer whose package is not installed here
+            plugin = cls(resource, field, reducer=None, **options)
         if custom:
             plugin._reducer, plugin._missing_reducer = None, reducer
         return plugin

@@ -11,7 +11,9 @@ DuckDB binds them to ``$name``; a value that does not convert raises
 ``TIMESTAMP`` values must exist (``2026-13-01`` fails), ``INTEGER`` values fit 64 bits, ``DOUBLE``
 values are finite, and text is valid Unicode. Two names carry a meaning of their own: a
 ``VARCHAR`` parameter whose name ends in ``month`` is a cohort month and must be an existing
-``YYYY-MM``, and an ``INTEGER`` parameter named ``limit`` may not be negative. Reports run over the views of :meth:`Database.sql`
+``YYYY-MM``, and an ``INTEGER`` parameter named ``limit`` may not be negative.
+
+Reports run over the views of :meth:`Database.sql`
 (``ec_transactions``, ``ec_values``, ``ec_fields``, ``ec_pending`` and the per-dataset views).
 
 Example:
@@ -63,8 +65,10 @@ class Param:
                 if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                     raise ValueError(f"{type(value).__name__} {value!r} is not an integer")
                 number = int(value)
-                if not -(2**63) <= number <= 2**63 - 1 or (self.name == "limit" and number < 0):
-                    raise ValueError("out of range" if number >= 0 else "it may not be negative")
+                if not -(2**63) <= number <= 2**63 - 1:
+                    raise ValueError("out of the 64-bit range")
+                if self.name == "limit" and number < 0:
+                    raise ValueError("a limit may not be negative")
                 return number
             if self.type == "DOUBLE":
                 if isinstance(value, bool):

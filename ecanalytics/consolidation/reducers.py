@@ -104,11 +104,14 @@ class Reducer:
 
     def __init__(self, spec: BuiltinReducer | PythonReducer | None) -> None:
         spec = "default" if spec is None else spec
-        if isinstance(spec, str):
-            if spec not in BUILTIN_REDUCERS:
-                raise ConfigurationError(f"Unknown reducer {spec!r}; use one of {list(BUILTIN_REDUCERS)} or a callable.")
+        if isinstance(spec, str) and spec not in BUILTIN_REDUCERS:
+            # A named reducer that a package registers in the ``ecanalytics.reducers`` entry-point
+            # group; the catalog stores the name, so every process that has the package finds it.
             self.name: str = spec
-            self.func: PythonReducer | None = None
+            self.func: PythonReducer | None = load_named(spec)
+        elif isinstance(spec, str):
+            self.name = spec
+            self.func = None
         elif callable(spec):
             self.name = f"python:{getattr(spec, '__module__', '?')}.{getattr(spec, '__qualname__', repr(spec))}"
             self.func = spec
@@ -170,6 +173,40 @@ class Reducer:
             values.append(result if isinstance(dtype, pl.Decimal) else float(result))
         dtype = current.schema["current"]
         return pl.DataFrame({"originalId": ids, "value": values}, schema={"originalId": pl.String, "value": dtype})
+
+
+ENTRY_POINT_GROUP = "ecanalytics.reducers"
+
+
+def load_named(name: str) -> PythonReducer:
+    """The reducer registered as ``name`` in the ``ecanalytics.reducers`` entry-point group, e.g.
+    ``[project.entry-points."ecanalytics.reducers"] capped = "mypkg.reducers:capped"``."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=ENTRY_POINT_GROUP, name=name)
+    if not found:
+        raise ConfigurationError(
+            f"Unknown reducer {name!r}: not one of {list(BUILTIN_REDUCERS)} and no installed package registers it in "
+            f"the {ENTRY_POINT_GROUP!r} entry-point group. Install that package, or pass a callable."
+        )
+    func = next(iter(found)).load()
+    if not callable(func):
+        raise ConfigurationError(f"The {ENTRY_POINT_GROUP} entry point {name!r} is not callable.")
+    return func  # type: ignore[no-any-return]
+
+
+def load_reference(ref: str) -> PythonReducer:
+    """A reducer given as ``package.module:function`` (the CLI's ``--reducer``)."""
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    try:
+        func = getattr(importlib.import_module(module), attr) if module and attr else None
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"Cannot load reducer {ref!r} ({exc}); use package.module:function.") from exc
+    if not callable(func):
+        raise ConfigurationError(f"Reducer {ref!r} is not a callable; use package.module:function.")
+    return func  # type: ignore[no-any-return]
 
 
 def python_reference(name: str) -> PythonReducer:

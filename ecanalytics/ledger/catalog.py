@@ -13,15 +13,20 @@ from ecanalytics.storage import paths as P
 FORMAT = 1
 
 
-def read_all(store: Store) -> dict[str, dict[str, Any]]:
-    """Every catalog entry, by resource name."""
-    out = {}
+def read_all(store: Store) -> tuple[dict[str, dict[str, Any]], dict[str, CorruptObjectError]]:
+    """Every readable catalog entry by resource name, and the error of every unreadable one: one
+    broken entry must not keep the healthy resources of the root from opening."""
+    out, broken = {}, {}
     for name in store.listdir(P.catalog_dir()):
         if name.endswith(".json"):
-            entry = read(store, name.removesuffix(".json"))
+            try:
+                entry = read(store, name.removesuffix(".json"))
+            except CorruptObjectError as exc:
+                broken[name.removesuffix(".json")] = exc
+                continue
             if entry is not None:
                 out[entry["name"]] = entry
-    return out
+    return out, broken
 
 
 def read(store: Store, resource: str) -> dict[str, Any] | None:
@@ -32,9 +37,14 @@ def read(store: Store, resource: str) -> dict[str, Any] | None:
         return None
     try:
         entry: dict[str, Any] = json.loads(raw)
-        entry["name"], entry["attributes"]
+        if not isinstance(entry["name"], str) or not isinstance(entry["attributes"], dict) or not isinstance(
+                entry.get("plugins", {}), dict):
+            raise TypeError("name, attributes or plugins has the wrong type")
     except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptObjectError(f"Catalog entry {store.url(rel)} is unreadable; restore or delete it.") from exc
+        raise CorruptObjectError(
+            f"Catalog entry {store.url(rel)} is unreadable ({type(exc).__name__}: {exc}); restore it from a "
+            "backup, or delete it and create the resource again (its data and log stay where they are)."
+        ) from exc
     return entry
 
 
