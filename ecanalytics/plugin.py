@@ -253,8 +253,8 @@ class EventualConsistencyPlugin:
             P.validate_record_id(tx_id)
             if tx_id.startswith(AUTO_ID_PREFIX):
                 raise InvalidValueError(f"Transaction ids starting with {AUTO_ID_PREFIX!r} are reserved; choose another key.")
-        if source is not None and not isinstance(source, str):
-            raise InvalidValueError(f"source must be a string; got {type(source).__name__}.")
+        if source is not None and (not isinstance(source, str) or not P.is_encodable(source)):
+            raise InvalidValueError(f"source must be a UTF-8 string; got {type(source).__name__} {P.describe(source)}.")
         ts = check_timestamp(timestamp) if timestamp is not None else datetime.now(timezone.utc)
         return {"id": tx_id or new_tx_id(), "originalId": record_id, "field": self.field, "value": value,
                 "operation": operation, "timestamp": ts, "source": source or "api"}

@@ -41,7 +41,10 @@ def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
         dtype = df.schema[column]
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
         if dtype == pl.Date:
-            values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+            try:
+                values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+            except ValueError as exc:
+                raise InvalidValueError(f"Invalid date in the filter on {column!r}: {exc}; use YYYY-MM-DD.") from exc
         exprs.append(pl.col(column).is_in(pl.Series(values, dtype=dtype).implode()))
     return df.filter(exprs)
 

@@ -62,6 +62,9 @@ def test_consolidate_inspect_recalculate(root: Root) -> None:
 
 def test_exit_codes_and_one_line_errors(tmp_path: object) -> None:
     assert main(["consolidate", "--no-such-flag"]) == 2
+    assert main(["recalculate", "--root", str(tmp_path), "--resource", "nope"]) == 1  # no catalog there
+    with ec.connect(str(tmp_path)) as db:
+        db.create_resource("other", {"id": "string|required", "n": "number|default:0"})
     assert main(["recalculate", "--root", str(tmp_path), "--resource", "nope"]) == 1
     out = subprocess.run([sys.executable, "-m", "ecanalytics.cli", "recalculate", "--root", str(tmp_path),
                           "--resource", "nope"], capture_output=True, text=True, timeout=120)

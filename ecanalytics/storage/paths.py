@@ -170,3 +170,12 @@ def marker_to_object(dataset: str, marker_name: str) -> tuple[str, str] | None:
     if not _DATE.match(cohort_date) or not _FILE_ID.match(file_id):
         return None
     return tx_object(dataset, cohort_date, file_id), file_id
+
+
+def is_encodable(text: str) -> bool:
+    """Whether ``text`` can be stored (UTF-8): False for lone surrogates such as ``'\\ud800'``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
