@@ -12,7 +12,8 @@ month   ``2026-11``        ``cohortMonth``
 ``start`` and ``end`` are inclusive. Each may be a key of the period, an ISO date or datetime
 string, a ``date``, or a ``datetime`` (naive ones are read in the plugin's zone). Values are signed:
 a ``sub`` counts as ``-value``. Queries filter on ``cohortDate`` first, so only the partitions
-that can hold the cohorts are read.
+that can hold the cohorts are read. Days that ``gc`` archived are read from the archive (see
+:class:`~ecanalytics.analytics.engine.SqlEngine`).
 
 A key or date that does not exist (``2026-13-01``, ``2026-02-30``, ``2026-W60``, hour ``24``), or a
 range that reaches outside the calendar (years 1 to 9999 in the plugin's zone), raises

@@ -14,14 +14,17 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
 
 * ``{resource}``: current consolidated records;
 * ``{resource}_transactions_{field}``: the transaction history with ``cohortDate`` (DATE),
-  ``cohortMonth`` and a derived ``applied`` column, read with Hive partition pruning;
+  ``cohortMonth`` and a derived ``applied`` column, read with Hive partition pruning; it includes
+  the days retention archived under ``_archive/`` (see :class:`SqlEngine`);
 * ``ec_transactions``: every transaction dataset, with a ``resource`` column;
 * ``ec_values``: ``resource, field, id, value`` for every managed field;
 * ``ec_fields``: ``resource, field, dataset, reducer, timezone, default``;
 * ``ec_pending_objects``: ``dataset, name`` of objects not yet applied;
-* ``ec_hidden_objects`` / ``ec_compaction_tokens``: what compaction hides (see ``maintenance``);
-* ``ec_bases``: ``resource, field, id, value`` where a rebuild of each record starts (the
-  retention base, else the value it was inserted with); built when a query names it;
+* ``ec_hidden_objects`` / ``ec_compaction_tokens``: what compaction hides (see ``maintenance``),
+  plus the live objects a ``delete``-mode retention run is removing;
+* ``ec_bases``: ``resource, field, id, value`` where a rebuild of each record starts (the value it
+  was inserted with; after a ``delete``-mode retention, the retention base); built when a query
+  names it;
 * ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
   columns), read without touching the rest of the history.
 """
@@ -38,6 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.storage import StorageConfig
+from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
     import fsspec
@@ -108,7 +112,15 @@ def choose_s3_path(con: duckdb.DuckDBPyConnection, config: StorageConfig, prefer
 
 
 class SqlEngine:
-    """A DuckDB connection whose views follow one :class:`Database`."""
+    """A DuckDB connection whose views follow one :class:`Database`.
+
+    The dataset views (and so ``ec_transactions``, the plugin's cohort stats and rollups, and the
+    SQL reports) read the archive by default: after ``gc`` in ``archive`` mode the archived days
+    are read from ``_archive/{dataset}/`` with the same partition pruning, and each transaction
+    counts once, also while a move is unfinished (a live object is left out once its archive copy
+    exists). After ``gc(..., archive=False)`` the days before the cut are gone: cohort stats and
+    rollups of those days are zero, and ``ec_bases`` holds the retention base that stands for them.
+    """
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -123,7 +135,7 @@ class SqlEngine:
             # a glob cost no HEAD; refresh() clears the cache so every query lists afresh.
             self._fs = db.config.filesystem(cached_listings=True) if db.config.protocol == "s3" else db.store.fs
             self.con.register_filesystem(self._fs)
-        self._dataset_views: set[str] = set()
+        self._dataset_views: dict[str, bool] = {}  # dataset -> whether its view reads the archive
         self._shape: tuple[Any, ...] = ()
 
     @property
@@ -135,29 +147,54 @@ class SqlEngine:
         """The recursive glob of a dataset's Parquet objects (``**`` lists once, unlike ``*/*/*``)."""
         return f"{self.db.store.url(dataset)}/**/*.parquet"
 
-    def _dataset_view(self, dataset: str) -> None:
+    def archive_glob(self, dataset: str) -> str:
+        """The recursive glob of the objects retention archived from a dataset."""
+        return f"{self.db.store.url(P.archive_key(dataset))}/**/*.parquet"
+
+    def _part(self, glob: str, dataset: str, extra: str = "") -> str | None:
+        """A SELECT over one glob of a dataset, or None when the glob matches no file."""
         source = (
-            f"read_parquet({_quote(self.glob(dataset))}, hive_partitioning = true, filename = true, "
+            f"read_parquet({_quote(glob)}, hive_partitioning = true, filename = true, "
             "hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR})"
         )
         ds = _quote(dataset)
         # Hidden: sources replaced by a committed compaction, and the output of one that never
         # committed (its token is unknown); so no reader counts a transaction twice or misses one.
         sql = (
-            f'CREATE OR REPLACE VIEW "{dataset}" AS SELECT {TX_COLUMNS}, '
+            f"SELECT {TX_COLUMNS}, "
             f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
             f"AS applied FROM {source} "
             f"WHERE parse_filename(filename) NOT IN (SELECT name FROM ec_hidden_objects WHERE dataset = {ds}) "
             f"AND (NOT starts_with(parse_filename(filename), 'c-') OR split_part(parse_filename(filename), '-', 2) "
-            f"IN (SELECT token FROM ec_compaction_tokens WHERE dataset = {ds}))"
+            f"IN (SELECT token FROM ec_compaction_tokens WHERE dataset = {ds})){extra}"
         )
         try:
-            self.con.execute(sql)
-            self._dataset_views.add(dataset)
+            self.con.execute(f"DESCRIBE {sql}")  # binding lists the glob: fails when it is empty
         except duckdb.IOException as exc:
             if "No files found" not in str(exc):
                 raise
-            self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS {EMPTY_TX}')
+            return None
+        return sql
+
+    def _dataset_view(self, dataset: str, archive: bool) -> None:
+        """(Re)create a dataset's view over its live objects and, with ``archive``, the archive.
+
+        A live object whose archive copy exists (a retention move in progress) is left out, so
+        each transaction counts once. The view is remembered only when every part it wants has
+        files; otherwise it is recreated on the next refresh."""
+        extra = ""
+        if archive:
+            names = f"SELECT parse_filename(file) FROM glob({_quote(self.archive_glob(dataset))})"
+            extra = f" AND parse_filename(filename) NOT IN ({names})"
+        parts = [self._part(self.glob(dataset), dataset, extra)]
+        if archive:
+            parts.append(self._part(self.archive_glob(dataset), dataset))
+        found = [p for p in parts if p is not None]
+        self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS ' + (" UNION ALL ".join(found) or EMPTY_TX))
+        if len(found) == len(parts):
+            self._dataset_views[dataset] = archive
+        else:
+            self._dataset_views.pop(dataset, None)
 
     def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -173,13 +210,19 @@ class SqlEngine:
         if self._fs is not None:
             self._fs.invalidate_cache()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
+        archives: dict[str, bool] = {}
         for name, resource in sorted(self.db._resources.items()):
             state = resource.ledger.state()
             self.con.register(name, state.records.sort("id"))
             for field, plugin in sorted(resource.plugins.items()):
                 store = resource.ledger.store
                 compaction = state.compaction.get(field, {})
-                gone = [*compaction.get("replaced", []), *state.retention.get(field, {}).get("archived", [])]
+                retention = state.retention.get(field, {})
+                # Archive mode: the view reads the archive, and a live copy hides itself once its
+                # archive copy exists. Delete mode: the retention base stands for the removed days.
+                archive = retention.get("mode") == "archive"
+                archives[plugin.dataset] = archive
+                gone = [*compaction.get("replaced", []), *([] if archive else retention.get("archived", []))]
                 hidden += [(plugin.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(plugin.dataset, t) for t in compaction.get("tokens", [])]
                 keys = sorted(plugin.consolidator.pending_objects(state))
@@ -192,7 +235,7 @@ class SqlEngine:
                         f"source FROM read_parquet([{', '.join(_quote(u) for u in existing)}])"
                     )
                 if with_bases:
-                    bases.append(plugin.consolidator.base(state, retention_base=True).select(
+                    bases.append(plugin.consolidator.base(state).select(
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
                         pl.col("originalId").alias("id"), pl.col("current").cast(pl.Float64).alias("value")))
                 default = plugin.consolidator.default
@@ -211,10 +254,10 @@ class SqlEngine:
             "timezone": pl.String, "default": pl.Float64}))
         created = False
         for _res, _field, dataset, *_ in fields:
-            if dataset not in self._dataset_views:
-                self._dataset_view(dataset)
+            if self._dataset_views.get(dataset) != archives[dataset]:
+                self._dataset_view(dataset, archives[dataset])
                 created = True
-        shape = (tuple(f[:3] for f in fields), tuple(sorted(self._dataset_views)))
+        shape = (tuple(f[:3] for f in fields), tuple(sorted(self._dataset_views.items())))
         if created or shape != self._shape:
             self._shape = shape
             union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)

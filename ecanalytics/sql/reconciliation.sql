@@ -1,7 +1,8 @@
 -- Reconciliation: each record's consolidated value against a recomputation from its applied
 -- history with the default reducer (last set, then signed adds and subs; ties by transaction id;
--- a repeated transaction id counts once), starting from the record's base (ec_bases: the retention
--- base, else the value it was inserted with, else the field default). Lists only the records where
+-- a repeated transaction id counts once), starting from the record's base (ec_bases: the value it
+-- was inserted with, else the field default; after a delete-mode retention, the retention base, as
+-- the deleted days are gone while archived days are read from the archive). Lists only the records where
 -- they differ. Fields with another reducer are skipped. A transaction applied after a later set
 -- (a late arrival) makes a real difference here; recalculate() rewrites it to event order.
 -- param resource VARCHAR = NULL
