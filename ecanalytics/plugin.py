@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -281,6 +282,31 @@ class EventualConsistencyPlugin:
         self.flush()
         self._group_commit()
         return self._resource.value(row["originalId"], self.field, consistent=False) if self._resource else None
+
+    def write_frame(self, txs: pl.DataFrame, *, batch_size: int = 1_000_000,
+                    progress: Callable[[int], None] | None = None) -> float | Decimal | None:
+        """Write validated transaction rows (see :func:`ecanalytics.ledger.ingest.transactions`) as
+        one object per cohort day per at most ``batch_size`` rows, marker first, through the same
+        exactly-once path as single writes. In ``sync`` mode, return after the commit. ``progress``
+        is called with the number of rows written so far."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}.")
+        store = self.consolidator.store
+        planned = plan_objects(self.dataset, self.timezone, txs, batch_size)
+        done = 0
+        try:
+            # A few objects in flight at once: on S3 each PUT is a round trip.
+            with ThreadPoolExecutor(max_workers=min(8, max(1, len(planned)))) as pool:
+                for rows in pool.map(lambda obj: (obj.write(store), obj.rows.height)[1], planned):
+                    done += rows
+                    if progress is not None:
+                        progress(done)
+        except Exception as exc:
+            self._error("write", exc, count=txs.height - done)
+            raise
+        if self.mode == "sync":
+            self._group_commit()
+        return None
 
     def flush(self) -> int:
         """Write buffered transactions now (one object per cohort day); returns how many were written.

@@ -115,6 +115,55 @@ class Resource:
         self.ledger.commit(build)
         return row
 
+    def insert_many(self, records: Any) -> int:
+        """Insert many new records in **one commit**; returns how many.
+
+        ``records`` is a Polars DataFrame or LazyFrame, a pyarrow Table or RecordBatchReader,
+        anything with ``__arrow_c_stream__`` (pandas), or a list of dicts, with an ``id`` column
+        and any attributes of the schema (defaults fill the rest). The frame is validated as a
+        whole and rejected whole (first bad row and count in the error): invalid or repeated ids,
+        unknown attributes, missing required ones, values of the wrong type. An id that exists
+        already raises :class:`RecordExistsError`.
+
+        Example:
+            >>> wallets.insert_many(pl.DataFrame({"id": ["w1", "w2"], "userId": ["u1", "u2"]}))  # doctest: +SKIP
+            2
+        """
+        from ecanalytics.ledger import ingest
+
+        frame = ingest.records(records, self.schema)
+
+        def build(st: State) -> Commit:
+            clash = frame.join(st.records.select("id"), on="id", how="semi")
+            if clash.height:
+                raise RecordExistsError(
+                    f"{clash.height} of the records exist already in {self.name} (first: {clash['id'][0]!r}); "
+                    "nothing was inserted. Drop them, or change them with update()."
+                )
+            return Commit("insert", upserts=frame, stats={"records": frame.height})
+
+        self.ledger.commit(build)
+        return frame.height
+
+    def write_transactions(self, transactions: Any, field: str | None = None, *, batch_size: int = 1_000_000,
+                           progress: Any = None) -> int:
+        """Write many transactions of one managed field at once; returns how many.
+
+        Columns: ``originalId``, ``value``; optional ``operation`` (``"add"`` by default, ``"sub"``,
+        ``"set"``), ``timestamp`` (timezone-aware, or ISO 8601 strings with an offset; default
+        now), ``id`` (idempotency key; default generated) and ``source``. Accepts the same inputs
+        as :meth:`insert_many`. Validation is vectorized with the rules of a single write, and a
+        bad frame is rejected whole with nothing written. Rows become one object per cohort day
+        per at most ``batch_size`` rows, with the usual inbox markers, so consolidation sees them
+        exactly once; in ``sync`` mode this returns after the commit.
+        """
+        from ecanalytics.ledger import ingest
+
+        plugin = self.plugin(field)
+        rows = ingest.transactions(transactions, plugin.field, plugin.consolidator.dtype)
+        plugin.write_frame(rows, batch_size=batch_size, progress=progress)
+        return rows.height
+
     def get(self, record_id: str, *, as_of: dt.datetime | None = None,
             events_until: dt.datetime | None = None) -> dict[str, Any]:
         """The consolidated record; :class:`RecordNotFoundError` (a ``KeyError``) if absent.

@@ -149,17 +149,20 @@ class PlannedObject:
         store.write_parquet(self.key, self.rows)
 
 
-def plan_objects(dataset: str, tz: str, txs: pl.DataFrame) -> list[PlannedObject]:
-    """Split ``txs`` into one object per cohort day, each under a fresh unique name."""
+def plan_objects(dataset: str, tz: str, txs: pl.DataFrame, max_rows: int | None = None) -> list[PlannedObject]:
+    """Split ``txs`` into one object per cohort day (and per ``max_rows`` rows), each under a fresh
+    unique name, rows sorted by ``(timestamp, id)``."""
     if txs.is_empty():
         return []
     with_dates = txs.with_columns(cohort_columns(tz)[0])
     planned = []
     for (day,), part in with_dates.group_by("cohortDate", maintain_order=True):
-        cohort_date, file_id = str(day), P.new_file_id()
-        planned.append(PlannedObject(P.tx_object(dataset, cohort_date, file_id),
-                                     P.inbox_marker(dataset, cohort_date, file_id),
-                                     part.drop("cohortDate").sort("timestamp", "id")))
+        rows = part.drop("cohortDate").sort("timestamp", "id")
+        step = max_rows or rows.height
+        for offset in range(0, rows.height, step):
+            cohort_date, file_id = str(day), P.new_file_id()
+            planned.append(PlannedObject(P.tx_object(dataset, cohort_date, file_id),
+                                         P.inbox_marker(dataset, cohort_date, file_id), rows.slice(offset, step)))
     return planned
 
 

@@ -20,6 +20,8 @@ import re
 import time
 import uuid
 
+import polars as pl
+
 from ecanalytics.errors import InvalidNameError
 
 # Anchored with \Z, not $: '$' also matches before a final newline ("wallets\n").
@@ -89,6 +91,20 @@ def validate_record_id(record_id: object) -> str:
     if problem:
         raise InvalidNameError(f"Invalid id {describe(record_id)}: {problem}. Use a plain string such as 'wallet-1'.")
     return record_id
+
+
+def id_problems(column: pl.Expr) -> pl.Expr:
+    """The vectorized twin of :func:`validate_record_id`: per row, what is wrong with the id in
+    ``column`` (a String expression), or null when it is fine."""
+    return (
+        pl.when(column.is_null() | (column.str.len_chars() == 0)).then(pl.lit("it is empty"))
+        .when(column.str.len_chars() > MAX_ID_LENGTH).then(pl.lit(f"it is longer than {MAX_ID_LENGTH} characters"))
+        .when(column.str.contains(r"[/\\]")).then(pl.lit("it contains a path separator"))
+        .when(column.str.contains("..", literal=True)).then(pl.lit("it contains '..'"))
+        .when(column.str.contains("=", literal=True)).then(pl.lit("it contains '=' (reserved for partition segments)"))
+        .when(column.str.contains(r"[\x00-\x1f\x7f-\x9f]")).then(pl.lit("it contains a control character"))
+        .otherwise(pl.lit(None, pl.String))
+    )
 
 
 def transactions_dataset(resource: str, field: str) -> str:

@@ -1,0 +1,179 @@
+"""Frames in: turn what users hand us (Polars, Arrow, pandas, dicts) into validated rows.
+
+Validation is vectorized and follows the same rules as a single write (``check_amount``,
+``check_timestamp``, ``validate_record_id``). A bad frame is rejected whole: the typed error names
+the first bad row (0-based, in the order given) and how many rows are bad, and nothing is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import polars as pl
+
+from ecanalytics.errors import InvalidNameError, InvalidValueError, SchemaError
+from ecanalytics.ledger.log import AUTO_ID_PREFIX
+from ecanalytics.ledger.schema import Schema
+from ecanalytics.ledger.transactions import tx_schema
+from ecanalytics.storage import paths as P
+from ecanalytics.types import OPERATIONS
+
+FrameLike = Any  # pl.DataFrame | pl.LazyFrame | pa.Table | pa.RecordBatchReader | __arrow_c_stream__ | list[dict]
+_TS_LOW = datetime(1, 1, 2, tzinfo=timezone.utc)
+_TS_HIGH = datetime(9999, 12, 30, 23, 59, 59, tzinfo=timezone.utc)
+
+
+def to_frame(data: FrameLike) -> pl.DataFrame:
+    """A Polars DataFrame from a DataFrame, LazyFrame, pyarrow Table or RecordBatchReader, anything
+    with ``__arrow_c_stream__`` (pandas, DuckDB relations), or a list of dicts."""
+    try:
+        if isinstance(data, pl.DataFrame):
+            return data
+        if isinstance(data, pl.LazyFrame):
+            return data.collect()
+        if isinstance(data, Sequence) and not isinstance(data, (str, bytes)):
+            if not all(isinstance(row, Mapping) for row in data):
+                raise InvalidValueError("A list of rows must hold dicts such as {'originalId': 'w1', 'value': 5}.")
+            return pl.DataFrame(list(data), infer_schema_length=None)
+        if hasattr(data, "__arrow_c_stream__") or type(data).__module__.startswith("pyarrow"):
+            frame = pl.from_arrow(data) if type(data).__module__.startswith("pyarrow") else pl.DataFrame(data)
+            return frame if isinstance(frame, pl.DataFrame) else frame.to_frame()
+    except InvalidValueError:
+        raise
+    except Exception as exc:  # polars raises several types for data it cannot convert
+        raise InvalidValueError(f"Cannot read the frame ({type(exc).__name__}: {exc}); nothing was written.") from exc
+    raise InvalidValueError(
+        f"Expected a Polars DataFrame or LazyFrame, a pyarrow Table or RecordBatchReader, an object with "
+        f"__arrow_c_stream__ (e.g. pandas), or a list of dicts; got {type(data).__name__}."
+    )
+
+
+def _reject(frame: pl.DataFrame, bad: pl.Expr, error: type[Exception], what: str, detail: pl.Expr | None = None) -> None:
+    """Raise ``error`` naming the first row where ``bad`` holds and how many rows do."""
+    flagged = frame.with_row_index("_row").filter(bad.fill_null(True))
+    if flagged.height:
+        first = flagged.row(0, named=True)
+        why = f" ({flagged.select(detail).item(0, 0)})" if detail is not None else ""
+        raise error(
+            f"{flagged.height} row(s) have {what}; the first is row {first['_row']}{why}. "
+            "Nothing was written: fix or drop those rows and retry."
+        )
+
+
+def _check_ids(frame: pl.DataFrame, column: str) -> None:
+    problem = P.id_problems(pl.col(column))
+    _reject(frame.with_columns(_problem=problem), pl.col("_problem").is_not_null(), InvalidNameError,
+            f"an invalid {column!r}", pl.format("'{}': {}", pl.col(column), pl.col("_problem")).first())
+
+
+def transactions(data: FrameLike, field: str, dtype: pl.DataType) -> pl.DataFrame:
+    """Validated transaction rows for ``field``: columns ``originalId``, ``value`` and optionally
+    ``operation`` (``add`` by default), ``timestamp`` (timezone-aware; default now), ``id``
+    (idempotency key; default generated) and ``source`` (default ``"api"``). A null in an
+    optional column means "not given" (rows built from dicts with different keys), so it takes
+    the default too."""
+    frame = to_frame(data)
+    allowed = {"originalId", "value", "operation", "timestamp", "id", "source", "field"}
+    unknown = sorted(set(frame.columns) - allowed)
+    missing = sorted({"originalId", "value"} - set(frame.columns))
+    if unknown or missing:
+        raise SchemaError(
+            f"Transaction frames have the columns originalId and value, optionally operation, timestamp, id and "
+            f"source; {'missing ' + str(missing) if missing else ''}{' and ' if unknown and missing else ''}"
+            f"{'unknown ' + str(unknown) if unknown else ''}."
+        )
+    if "field" in frame.columns:
+        _reject(frame, pl.col("field") != field, SchemaError, f"a field other than {field!r}")
+        frame = frame.drop("field")
+    if not frame.schema["originalId"] == pl.String:
+        raise InvalidNameError(f"originalId must be a string column; got {frame.schema['originalId']}.")
+    _check_ids(frame, "originalId")
+    value = frame.schema["value"]
+    if isinstance(dtype, pl.Decimal):
+        try:
+            frame = frame.with_columns(pl.col("value").cast(dtype, strict=True))
+        except Exception as exc:
+            raise InvalidValueError(f"value does not fit {dtype} without rounding or overflow ({exc}); nothing was written.") from exc
+        _reject(frame, pl.col("value").is_null(), InvalidValueError, "a missing value")
+    else:
+        if not value.is_numeric() or value == pl.Boolean:
+            raise InvalidValueError(f"value must be a numeric column; got {value}. Cast it first, e.g. pl.col('value').cast(pl.Float64).")
+        frame = frame.with_columns(pl.col("value").cast(pl.Float64))
+        _reject(frame, ~pl.col("value").is_finite(), InvalidValueError, "a missing, NaN or infinite value",
+                pl.col("value").first())
+    if "operation" in frame.columns:
+        frame = frame.with_columns(pl.col("operation").fill_null("add"))
+        _reject(frame, ~pl.col("operation").is_in(list(OPERATIONS)), InvalidValueError,
+                f"an operation other than {list(OPERATIONS)}", pl.col("operation").first())
+    else:
+        frame = frame.with_columns(operation=pl.lit("add"))
+    now = datetime.now(timezone.utc)
+    if "timestamp" in frame.columns:
+        ts = frame.schema["timestamp"]
+        if ts == pl.String:
+            try:
+                frame = frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
+            except Exception as exc:
+                raise InvalidValueError(f"timestamp strings must be ISO 8601 with an offset ({exc}).") from exc
+        elif not isinstance(ts, pl.Datetime) or ts.time_zone is None:
+            raise InvalidValueError(
+                f"timestamp must be a timezone-aware datetime column (e.g. pl.Datetime('us', 'UTC')); got {ts}. "
+                "A naive datetime is ambiguous: use .dt.replace_time_zone(...) first."
+            )
+        frame = frame.with_columns(pl.col("timestamp").dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+                                   .fill_null(pl.lit(now, pl.Datetime("us", "UTC"))))
+        _reject(frame, ~pl.col("timestamp").is_between(_TS_LOW, _TS_HIGH), InvalidValueError,
+                "a missing timestamp or one outside 0001-01-02 .. 9999-12-30 UTC")
+    else:
+        frame = frame.with_columns(timestamp=pl.lit(now, pl.Datetime("us", "UTC")))
+    stamp = f"{AUTO_ID_PREFIX}{now.strftime('%Y%m%d%H%M%S%f')}-{P.new_file_id()[-16:]}-"
+    generated = pl.format(stamp + "{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(12))
+    if "id" in frame.columns:
+        if frame.schema["id"] not in (pl.String, pl.Null):
+            raise InvalidNameError(f"id must be a string column; got {frame.schema['id']}.")
+        given = frame.filter(pl.col("id").is_not_null())
+        _check_ids(given, "id")
+        _reject(given, pl.col("id").str.starts_with(AUTO_ID_PREFIX), InvalidValueError,
+                f"an id starting with the reserved prefix {AUTO_ID_PREFIX!r}")
+        frame = frame.with_columns(pl.coalesce(pl.col("id").cast(pl.String), generated).alias("id"))
+    else:
+        frame = frame.with_columns(id=generated)
+    if "source" in frame.columns:
+        frame = frame.with_columns(pl.col("source").cast(pl.String).fill_null("api"))
+    else:
+        frame = frame.with_columns(source=pl.lit("api"))
+    return frame.with_columns(field=pl.lit(field)).select(list(tx_schema(dtype))).cast(tx_schema(dtype))  # type: ignore[arg-type]
+
+
+def records(data: FrameLike, schema: Schema) -> pl.DataFrame:
+    """Validated full records: known attributes only, ``id`` valid and unique, required ones
+    present, defaults filled in, every value cast to its attribute's type."""
+    frame = to_frame(data)
+    unknown = sorted(set(frame.columns) - set(schema.attributes))
+    if unknown:
+        raise SchemaError(f"Unknown attribute(s) {unknown}; the schema has {sorted(schema.attributes)}.")
+    if "id" not in frame.columns or frame.schema["id"] != pl.String:
+        raise InvalidNameError("Records need an 'id' column of strings.")
+    _check_ids(frame, "id")
+    _reject(frame, pl.col("id").is_duplicated(), SchemaError, "an id that appears more than once", pl.col("id").first())
+    columns = []
+    for name, attr in schema.attributes.items():
+        if name in frame.columns:
+            column = pl.col(name)
+            if attr.default is not None:
+                column = column.fill_null(pl.lit(attr.default, attr.dtype))
+        else:
+            column = pl.lit(attr.default, attr.dtype)
+        columns.append(column.alias(name))
+    try:
+        out = frame.select(columns).cast(schema.polars_schema, strict=True)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise SchemaError(f"The frame does not fit the schema {schema.to_spec()} ({exc}).") from exc
+    for name, attr in schema.attributes.items():
+        if attr.required:
+            _reject(out, pl.col(name).is_null(), SchemaError, f"no value for the required attribute {name!r}")
+        if attr.numeric and not isinstance(attr.dtype, pl.Decimal):
+            _reject(out, ~pl.col(name).is_finite().fill_null(True), InvalidValueError, f"a NaN or infinite {name!r}")
+    return out
