@@ -387,6 +387,49 @@ def sql_shell(root: str, endpoint_url: str | None) -> None:
                 click.echo(f"error: {exc}", err=True)
 
 
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@click.option("--resource", required=True, help="The resource.")
+@click.option("--field", default=None, help="The managed field (required when several are managed).")
+@click.option("--batch-size", default=1_000_000, show_default=True, type=click.IntRange(1),
+              help="At most this many rows per transaction object.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def ingest(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str, field: str | None,
+           batch_size: int, paths: tuple[str, ...]) -> None:
+    """Write the transactions in Parquet, CSV or NDJSON files (columns originalId, value and
+    optionally operation, timestamp, id, source). Each file is validated whole before anything
+    of it is written."""
+    out = Output(output_fmt)
+    started = time.perf_counter()
+    total = 0
+    with _open(root, endpoint_url) as db:
+        res = db.resources[resource]
+        if not isinstance(res, Resource):
+            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
+        # CSV is text: read values as the field's type (a decimal field parses its strings exactly).
+        exact = isinstance(res.plugin(field).consolidator.dtype, pl.Decimal)
+        csv_types = {"value": pl.String if exact else pl.Float64}
+        readers: dict[str, Callable[[str], pl.DataFrame]] = {
+            ".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, schema_overrides=csv_types),
+            ".ndjson": pl.read_ndjson, ".jsonl": pl.read_ndjson}
+        for path in paths:
+            suffix = path[path.rfind("."):].lower() if "." in path else ""
+            if suffix not in readers:
+                raise click.BadParameter(f"{path}: use .parquet, .csv, .ndjson or .jsonl", param_hint="PATHS")
+            try:
+                frame = readers[suffix](path)
+            except (OSError, pl.exceptions.PolarsError) as exc:
+                raise click.BadParameter(f"{path} cannot be read: {exc}", param_hint="PATHS") from exc
+            with _progress(frame.height, f"ingesting {path}", out.fmt == "text" and sys.stderr.isatty()) as tick:
+                total += res.write_transactions(frame, field, batch_size=batch_size, progress=tick)
+    seconds = time.perf_counter() - started
+    out.summary({"resource": resource, "field": field, "files": len(paths), "rows": total,
+                 "seconds": round(seconds, 3)},
+                f"Wrote {total} transactions from {len(paths)} file(s) in {seconds:.2f}s.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 failure, 2 usage)."""
     debug = "--log-level" in (argv or sys.argv) and "debug" in (argv or sys.argv)
