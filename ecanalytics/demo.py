@@ -79,13 +79,14 @@ def run_demo(
 
 
 def cohort_summary(txs: pl.DataFrame) -> pl.DataFrame:
-    """Per cohort day: transaction count, count per operation, and the signed total."""
+    """Per cohort day: ``transactionCount``, ``{set,add,sub}Count`` and the signed ``totalValue`` (the
+    names of the ``daily_totals`` report)."""
     signed = pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
     return (
         txs.group_by("cohortDate")
         .agg(
             pl.len().alias("transactionCount"),
-            *[(pl.col("operation") == op).sum().alias(op) for op in ("set", "add", "sub")],
+            *[(pl.col("operation") == op).sum().alias(f"{op}Count") for op in ("set", "add", "sub")],
             signed.sum().alias("totalValue"),
         )
         .sort("cohortDate")

@@ -397,8 +397,8 @@ class EventualConsistencyPlugin:
         fill_gaps: bool = False,
     ) -> pl.DataFrame:
         """One row per cohort of ``period`` (hour, day, week, month) from ``start`` to ``end``
-        inclusive: ``cohort, count, sum, avg, min, max, recordCount`` plus ``{set,add,sub}Count`` and
-        ``{set,add,sub}Sum``. Signed values. ``fill_gaps`` adds zero rows for empty cohorts.
+        inclusive: ``cohort, transactionCount, totalValue, avgValue, minValue, maxValue, recordCount`` plus
+        ``{set,add,sub}Count`` and ``{set,add,sub}Sum`` (the names of the SQL reports). Signed values. ``fill_gaps`` adds zero rows for empty cohorts.
         ``start``/``end`` default to the last 30 days."""
         today = dt.datetime.now(dt.UTC)
         start = start if start is not None else today - dt.timedelta(days=29)
@@ -406,7 +406,8 @@ class EventualConsistencyPlugin:
         return self._cohorts().analytics(period, start, end, record_id, fill_gaps)
 
     def get_top_records(self, period: str, date: Any, metric: str = "transactionCount", limit: int = 10) -> pl.DataFrame:
-        """The records with the most transactions (or the largest signed total) in one cohort."""
+        """The records with the most transactions (or the largest signed total) in one cohort:
+        ``originalId, transactionCount, totalValue``, as in the ``top_records`` report."""
         return self._cohorts().top_records(period, date, metric, limit)
 
     def get_last_n(self, period: str, n: int, fill_gaps: bool = True) -> pl.DataFrame:
@@ -415,7 +416,11 @@ class EventualConsistencyPlugin:
 
     def inspect(self) -> dict[str, Any]:
         """Health of this field, without committing anything: ``pending`` rows (``late`` of them
-        sort before what their record already applied), ``held`` rows by reason (``overflow``,
+        sort before what their record already applied); the backlog's age by *write* time
+        (``oldestWrittenAt``, ``ageSeconds``: when the oldest pending object was written, by its
+        writer's clock, which is what an alert on a stuck consolidator needs) and by event time
+        (``oldestEventAt``, ``eventAgeSeconds``: a backfill may be old yet just written);
+        ``held`` rows by reason (``overflow``,
         ``reducer-error``, ``awaiting-record``: transactions of a record that does not exist yet
         and has required attributes without defaults), and ``staleMarkers``: inbox markers of
         applied objects that deletes have not removed. ``deleteDenied`` is True when deleting one
@@ -438,7 +443,7 @@ class EventualConsistencyPlugin:
         return {
             "pending": fresh.height,
             "late": int(late_rows(fresh, st.field_marks(self.field)).sum()) if fresh.height else 0,
-            "oldestPending": fresh["timestamp"].min() if fresh.height else None,
+            **_backlog_age(fresh, sorted(pending.objects)),
             "held": held.height,
             "heldRecords": sorted(held["originalId"].unique().to_list()),
             "heldReasons": dict(zip(reasons["_reason"].to_list(), reasons["len"].to_list(), strict=True)) if reasons is not None else {},
@@ -450,3 +455,19 @@ class EventualConsistencyPlugin:
         """The pending (not yet applied) transactions, deduplicated, without committing anything."""
         consolidator = self.consolidator
         return consolidator.pending(consolidator.ledger.state(), cleanup=False).rows.drop("_object")
+
+
+def _backlog_age(rows: pl.DataFrame, objects: list[str]) -> dict[str, Any]:
+    """The backlog's age by write time (the file id of each row's object starts with its writer's
+    nanoseconds) and by event time; the names of the ``pending_backlog`` report."""
+    indexes = rows["_object"].drop_nulls().unique().to_list() if rows.height else []
+    written_ns = min((P.file_id_time_ns(objects[i].rsplit("/", 1)[-1]) for i in indexes), default=None)
+    oldest_event: datetime | None = rows["timestamp"].min() if rows.height else None  # type: ignore[assignment]
+    now = datetime.now(timezone.utc)
+    written = None if written_ns is None else datetime.fromtimestamp(written_ns / 1e9, timezone.utc)
+    return {
+        "oldestWrittenAt": written,
+        "ageSeconds": round(max(0.0, time.time_ns() - written_ns) / 1e9, 3) if written_ns is not None else 0.0,
+        "oldestEventAt": oldest_event,
+        "eventAgeSeconds": round((now - oldest_event).total_seconds(), 3) if oldest_event is not None else 0.0,
+    }

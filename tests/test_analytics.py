@@ -103,20 +103,21 @@ def test_analytics_rollups(root: Root, period: str) -> None:
     for row in got.iter_rows(named=True):
         rs = groups[row["cohort"]]
         values = [signed(r["op"], r["value"]) for r in rs]
-        assert row["count"] == len(rs)
-        assert row["sum"] == pytest.approx(sum(values))
-        assert row["avg"] == pytest.approx(sum(values) / len(values))
-        assert (row["min"], row["max"]) == (min(values), max(values))
+        assert row["transactionCount"] == len(rs)
+        assert row["totalValue"] == pytest.approx(sum(values))
+        assert row["avgValue"] == pytest.approx(sum(values) / len(values))
+        assert (row["minValue"], row["maxValue"]) == (min(values), max(values))
         assert row["recordCount"] == len({r["record"] for r in rs})
         for op in ("set", "add", "sub"):
             assert row[f"{op}Count"] == sum(r["op"] == op for r in rs)
             assert row[f"{op}Sum"] == pytest.approx(sum(signed(op, r["value"]) for r in rs if r["op"] == op))
     filled = plugin.get_analytics(period, start, end, fill_gaps=True)
     assert filled.height >= got.height
-    assert filled.filter(pl.col("count") > 0).drop("avg", "min", "max").equals(got.drop("avg", "min", "max"))
-    assert filled.filter(pl.col("count") == 0)["sum"].to_list() == [0.0] * (filled.height - got.height)
+    assert filled.filter(pl.col("transactionCount") > 0).drop("avgValue", "minValue", "maxValue").equals(
+        got.drop("avgValue", "minValue", "maxValue"))
+    assert filled.filter(pl.col("transactionCount") == 0)["totalValue"].to_list() == [0.0] * (filled.height - got.height)
     w2 = plugin.get_analytics(period, start, end, record_id="w2")
-    assert w2["count"].sum() == sum(len([r for r in rs if r["record"] == "w2"]) for rs in groups.values())
+    assert w2["transactionCount"].sum() == sum(len([r for r in rs if r["record"] == "w2"]) for rs in groups.values())
 
 
 def test_gap_filling_keys() -> None:
@@ -156,7 +157,7 @@ def test_top_records_and_last_n(root: Root) -> None:
     last = plugin.get_last_n("day", 3)
     today = now.astimezone(ZoneInfo(TZ)).date()
     assert last["cohort"].to_list() == [(today - dt.timedelta(days=d)).isoformat() for d in (2, 1, 0)]
-    assert last["sum"].to_list() == [8.0, 0.0, 5.0]
+    assert last["totalValue"].to_list() == [8.0, 0.0, 5.0]
     assert plugin.get_last_n("day", 3, fill_gaps=False)["cohort"].to_list() == [last["cohort"][0], last["cohort"][2]]
 
 
@@ -165,18 +166,23 @@ def test_reports(root: Root) -> None:
     assert set(ec.reports.names()) >= {"daily_totals", "monthly_totals", "top_records", "pending_backlog", "reconciliation"}
     daily = ec.reports.run(db, "daily_totals", start="2026-11-02", end="2026-11-05")
     per_day = collections.Counter(key("day", r) for r in written if "2026-11-02" <= key("day", r) <= "2026-11-05")
-    assert {str(d): n for d, n in daily.select("cohortDate", "transactions").iter_rows()} == dict(per_day)
+    assert {str(d): n for d, n in daily.select("cohortDate", "transactionCount").iter_rows()} == dict(per_day)
     monthly = ec.reports.run(db, "monthly_totals", start_month="2026-11", end_month="2026-11")
-    assert monthly["total"].to_list() == [pytest.approx(sum(signed(r["op"], r["value"]) for r in written if key("month", r) == "2026-11"))]
+    assert monthly["totalValue"].to_list() == [pytest.approx(sum(signed(r["op"], r["value"]) for r in written if key("month", r) == "2026-11"))]
     top = ec.reports.run(db, "top_records", start="2026-11-01", end="2026-11-30", limit=2)
     counts = collections.Counter(r["record"] for r in written if key("month", r) == "2026-11")
-    assert top["transactions"].to_list() == sorted(counts.values(), reverse=True)[:2]
+    assert top["transactionCount"].to_list() == sorted(counts.values(), reverse=True)[:2]
 
     backlog = ec.reports.run(db, "pending_backlog")
     pending_rows = [r for i, r in enumerate(written) if i > len(written) // 2]
-    assert backlog.select("resource", "field", "pending", "records").rows() == [
+    assert backlog.select("resource", "field", "pending", "recordCount").rows() == [
         ("wallets", "balance", len(pending_rows), len({r["record"] for r in pending_rows}))]
-    assert backlog["oldest"][0] == min(r["ts"] for r in pending_rows)
+    assert backlog["oldestEventAt"][0] == min(r["ts"] for r in pending_rows)
+    # The age is by write time (just now), not by event time (the backfilled November days).
+    assert 0 <= backlog["ageSeconds"][0] < 600 < backlog["eventAgeSeconds"][0]
+    health = _plugin.inspect()
+    assert health["oldestEventAt"] == backlog["oldestEventAt"][0] and 0 <= health["ageSeconds"] < 600
+    assert abs((health["oldestWrittenAt"] - backlog["oldestWrittenAt"][0]).total_seconds()) < 1e-3
 
     db.consolidate()
     assert ec.reports.run(db, "reconciliation").height == 0
@@ -234,7 +240,7 @@ def test_cli_sql_commands(root: Root) -> None:
                               "-p", "end=2026-11-30", "--output", "json"], env=env)
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
-    assert sum(r["transactions"] for r in rows) == sum(key("month", r) == "2026-11" for r in written)
+    assert sum(r["transactionCount"] for r in rows) == sum(key("month", r) == "2026-11" for r in written)
     res = runner.invoke(cli, ["sql", "run", "monthly_totals", "--root", root.uri, "-p", "start_month=2026-11",
                               "-p", "end_month=2026-12", "--output", "csv"], env=env)
     assert res.exit_code == 0 and res.output.splitlines()[0].startswith("resource,field,cohortMonth")
@@ -278,10 +284,32 @@ def test_duckdb_s3_path_selection() -> None:
 def test_report_end_is_optional(root: Root) -> None:
     db, _plugin, written = build(root)
     open_ended = ec.reports.run(db, "daily_totals", start="2026-11-05")
-    assert open_ended["transactions"].sum() == sum(key("day", r) >= "2026-11-05" for r in written)
-    assert ec.reports.run(db, "monthly_totals", start_month="2026-11")["transactions"].sum() == sum(
+    assert open_ended["transactionCount"].sum() == sum(key("day", r) >= "2026-11-05" for r in written)
+    assert ec.reports.run(db, "monthly_totals", start_month="2026-11")["transactionCount"].sum() == sum(
         key("month", r) >= "2026-11" for r in written)  # 02:00 UTC on Nov 1 is still October in New York
     res = CliRunner().invoke(cli, ["sql", "run", "daily_totals", "--root", root.uri, "--param", "start=2026-11-05",
                                    "--output", "json"], env={"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {})
     assert res.exit_code == 0, res.output
-    assert sum(r["transactions"] for r in json.loads(res.output)) == open_ended["transactions"].sum()
+    assert sum(r["transactionCount"] for r in json.loads(res.output)) == open_ended["transactionCount"].sum()
+
+
+def test_one_vocabulary(root: Root) -> None:
+    """The get_* results and the SQL reports name the same things the same way (camelCase)."""
+    db, plugin, _written = build(root)
+    top = plugin.get_top_records("month", "2026-11", limit=6)
+    report = ec.reports.run(db, "top_records", start="2026-11-01", end="2026-11-30", limit=6)
+    assert top.columns == ["originalId", "transactionCount", "totalValue"]
+    assert report.columns == ["resource", "field", *top.columns]
+    assert sorted(top.rows()) == sorted(report.drop("resource", "field").rows())  # ties may order differently
+    rollup = plugin.get_analytics("month", "2026-11", "2026-11")
+    monthly = ec.reports.run(db, "monthly_totals", start_month="2026-11", end_month="2026-11")
+    shared = ["transactionCount", "setCount", "addCount", "subCount", "totalValue", "recordCount"]
+    assert set(shared) <= set(rollup.columns) and set(shared) <= set(monthly.columns)
+    assert rollup.select(shared).rows() == [pytest.approx(r) for r in monthly.select(shared).rows()]
+    stats = plugin.get_cohort_stats("2026-11-03")
+    daily = ec.reports.run(db, "daily_totals", start="2026-11-03", end="2026-11-03").row(0, named=True)
+    assert (stats["transactionCount"], stats["totalValue"]) == (daily["transactionCount"], pytest.approx(daily["totalValue"]))
+    names = [c for name in ec.reports.names() for c in ec.reports.run(db, name, **(
+        {"start": "2026-11-01"} if "start" in {p.name for p in ec.reports.get(name).params} else
+        {"start_month": "2026-11"} if "start_month" in {p.name for p in ec.reports.get(name).params} else {})).columns]
+    assert all("_" not in c and c[0].islower() for c in names), names

@@ -44,7 +44,7 @@ def numbers(db: ec.Database, plugin: ec.EventualConsistencyPlugin) -> tuple[Any,
     rollup = plugin.get_analytics("day", OLD.date(), NOW.date())
     old_row = rollup.filter(rollup["cohort"] == OLD.date().isoformat()).to_dicts()
     ((count,),) = db.sql("SELECT count(*) FROM ec_transactions").fetchall()
-    return stats, old_row, rollup["count"].sum(), count
+    return stats, old_row, rollup["transactionCount"].sum(), count
 
 
 def test_archived_days_are_read_by_default(root: Root) -> None:
@@ -52,7 +52,7 @@ def test_archived_days_are_read_by_default(root: Root) -> None:
     before = numbers(db, plugin)
     stats, old_row, total, count = before
     assert stats == expected(OLD.date())
-    assert old_row and old_row[0]["count"] == 4 and old_row[0]["sum"] == 10 - 3 + 7 + 1.5
+    assert old_row and old_row[0]["transactionCount"] == 4 and old_row[0]["totalValue"] == 10 - 3 + 7 + 1.5
     assert total == count == len(WRITES)
     assert ec.reports.run(db, "reconciliation").height == 0
 

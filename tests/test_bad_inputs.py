@@ -205,7 +205,7 @@ def test_invalid_dates_in_analytics_and_reports(root: Root, db: ec.Database, bad
     for report in ("daily_totals", "top_records"):
         guard.reject(ec.InvalidValueError, lambda r=report: ec.reports.run(db, r, start=bad))
         guard.reject(ec.InvalidValueError, lambda r=report: ec.reports.run(db, r, start="2026-01-01", end=bad))
-    assert ec.reports.run(db, "daily_totals", start="2026-02-28")["transactions"].sum() == 1  # valid still works
+    assert ec.reports.run(db, "daily_totals", start="2026-02-28")["transactionCount"].sum() == 1  # valid still works
 
 
 def test_invalid_months_in_reports(root: Root, db: ec.Database) -> None:
@@ -214,7 +214,7 @@ def test_invalid_months_in_reports(root: Root, db: ec.Database) -> None:
         guard.reject(ec.InvalidValueError, lambda b=bad: ec.reports.run(db, "monthly_totals", start_month=b))
         guard.reject(ec.InvalidValueError, lambda b=bad: ec.reports.run(db, "monthly_totals", start_month="2026-01",
                                                                         end_month=b))
-    assert ec.reports.run(db, "monthly_totals", start_month="2026-03")["transactions"].sum() == 1
+    assert ec.reports.run(db, "monthly_totals", start_month="2026-03")["transactionCount"].sum() == 1
 
 
 def test_s3_uri_rules() -> None:

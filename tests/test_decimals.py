@@ -37,7 +37,7 @@ def test_point_one_ten_times_is_exactly_one(root: Root) -> None:
     assert db.sql("SELECT sum(value) FROM accounts_transactions_balance").fetchall() == [(Decimal("1.00"),)]
     day = db.sql("SELECT min(cohortDate) FROM accounts_transactions_balance").fetchall()[0][0]
     assert a.plugin().get_cohort_stats(day)["totalValue"] == Decimal("1.00")
-    assert a.plugin().get_analytics("day", day, day)["sum"].to_list() == [Decimal("1.00")]
+    assert a.plugin().get_analytics("day", day, day)["totalValue"].to_list() == [Decimal("1.00")]
 
 
 def test_more_scale_than_declared_is_rejected(root: Root) -> None:

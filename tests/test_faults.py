@@ -113,7 +113,7 @@ def test_analytics_on_an_empty_dataset(root: Root) -> None:
     assert plugin.get_cohort_stats("2026-11-27") == {
         "date": "2026-11-27", "transactionCount": 0, "byOperation": {"set": 0, "add": 0, "sub": 0}, "totalValue": 0.0}
     assert plugin.get_analytics("day", "2026-11-01", "2026-11-03").height == 0
-    assert plugin.get_analytics("day", "2026-11-01", "2026-11-03", fill_gaps=True)["count"].to_list() == [0, 0, 0]
+    assert plugin.get_analytics("day", "2026-11-01", "2026-11-03", fill_gaps=True)["transactionCount"].to_list() == [0, 0, 0]
     assert db.sql("SELECT count(*) FROM ec_transactions").fetchall() == [(0,)]
     w.add("a", 2)  # the dataset view appears once the first object exists
     assert db.sql("SELECT count(*) FROM wallets_transactions_balance").fetchall() == [(1,)]

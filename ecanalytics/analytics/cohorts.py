@@ -183,9 +183,11 @@ def shift(period: Period, key: str, steps: int, tz: str) -> str:
     return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
+# The one vocabulary of rollups and SQL reports: camelCase, counts end in ``Count``, the signed sum
+# is ``totalValue`` (``get_cohort_stats``, ``get_top_records`` and the reports say the same).
 ROLLUP_SCHEMA: dict[str, pl.DataType] = {
-    "cohort": pl.String(), "count": pl.Int64(), "sum": pl.Float64(), "avg": pl.Float64(), "min": pl.Float64(),
-    "max": pl.Float64(), "recordCount": pl.Int64(),
+    "cohort": pl.String(), "transactionCount": pl.Int64(), "totalValue": pl.Float64(), "avgValue": pl.Float64(),
+    "minValue": pl.Float64(), "maxValue": pl.Float64(), "recordCount": pl.Int64(),
     **{f"{op}Count": pl.Int64() for op in ("set", "add", "sub")},
     **{f"{op}Sum": pl.Float64() for op in ("set", "add", "sub")},
 }
@@ -228,7 +230,8 @@ class Cohorts:
             for op in ("set", "add", "sub")
         )
         df: pl.DataFrame = self.engine.sql(
-            f"""SELECT cohort, count(*) AS count, sum(sv) AS sum, avg(sv) AS avg, min(sv) AS min, max(sv) AS max,
+            f"""SELECT cohort, count(*) AS transactionCount, sum(sv) AS totalValue, avg(sv) AS avgValue,
+                       min(sv) AS minValue, max(sv) AS maxValue,
                        count(DISTINCT originalId) AS recordCount, {per_op}
                 FROM (SELECT {key_sql(p, self.tz)} AS cohort, originalId, operation, {_SIGNED} AS sv
                       FROM "{self.dataset}"
@@ -245,7 +248,7 @@ class Cohorts:
             return df
         with _calendar(f"The range {start_key} to {end_key}"):
             keys = pl.DataFrame({"cohort": keys_between(p, start_key, end_key, self.tz)})
-        zeros = {c: pl.col(c).fill_null(0) for c in ROLLUP_SCHEMA if c not in ("cohort", "avg", "min", "max")}
+        zeros = {c: pl.col(c).fill_null(0) for c in ROLLUP_SCHEMA if c not in ("cohort", "avgValue", "minValue", "maxValue")}
         return keys.join(df, on="cohort", how="left").with_columns(**zeros).select(list(ROLLUP_SCHEMA))
 
     def top_records(self, period: str, date: Any, metric: str, limit: int) -> pl.DataFrame:

@@ -26,7 +26,8 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
   was inserted with; after a ``delete``-mode retention, the retention base); built when a query
   names it;
 * ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
-  columns), read without touching the rest of the history.
+  columns, and ``writtenAt``: when the writer created the object), read without touching the
+  rest of the history.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ EMPTY_TX = (
     "NULL::VARCHAR AS operation, NULL::TIMESTAMPTZ AS timestamp, NULL::DATE AS cohortDate, "
     "NULL::VARCHAR AS cohortMonth, NULL::VARCHAR AS source, NULL::BOOLEAN AS applied WHERE false"
 )
+# When the writer named a transaction object: its file id starts with the writer's nanoseconds.
+WRITTEN_AT = "make_timestamp(CAST(split_part(parse_filename(filename), '-', 1) AS BIGINT) // 1000)::TIMESTAMPTZ"
 
 
 def _quote(value: str) -> str:
@@ -230,9 +233,11 @@ class SqlEngine:
                 # Objects whose writer is still between marker and object do not exist yet.
                 existing = [store.url(k) for k in keys if with_pending and store.exists(k)]
                 if existing:
+                    # writtenAt: the writer's clock when it named the object (file ids start with it).
                     pending_reads.append(
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
-                        f"source FROM read_parquet([{', '.join(_quote(u) for u in existing)}])"
+                        f"source, {WRITTEN_AT} AS writtenAt "
+                        f"FROM read_parquet([{', '.join(_quote(u) for u in existing)}], filename = true)"
                     )
                 if with_bases:
                     bases.append(plugin.consolidator.base(state).select(
@@ -267,7 +272,8 @@ class SqlEngine:
                              "SELECT NULL::VARCHAR AS resource, NULL::VARCHAR AS field, NULL::VARCHAR AS id, "
                              "NULL::DOUBLE AS value WHERE false"))
         if with_pending:
-            empty = f"SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied) FROM ({EMPTY_TX})"
+            empty = (f"SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied), "
+                     f"NULL::TIMESTAMPTZ AS writtenAt FROM ({EMPTY_TX})")
             self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty))
         return self.con
 

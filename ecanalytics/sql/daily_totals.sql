@@ -5,12 +5,12 @@
 -- param resource VARCHAR = NULL
 -- param field VARCHAR = NULL
 SELECT resource, field, cohortDate,
-       count(*) AS transactions,
-       count(*) FILTER (operation = 'set') AS sets,
-       count(*) FILTER (operation = 'add') AS adds,
-       count(*) FILTER (operation = 'sub') AS subs,
-       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
-       count(DISTINCT originalId) AS records
+       count(*) AS transactionCount,
+       count(*) FILTER (operation = 'set') AS setCount,
+       count(*) FILTER (operation = 'add') AS addCount,
+       count(*) FILTER (operation = 'sub') AS subCount,
+       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS totalValue,
+       count(DISTINCT originalId) AS recordCount
 FROM ec_transactions
 WHERE cohortDate >= $start AND ($end IS NULL OR cohortDate <= $end)
   AND ($resource IS NULL OR resource = $resource)

@@ -4,12 +4,12 @@
 -- param resource VARCHAR = NULL
 -- param field VARCHAR = NULL
 SELECT resource, field, cohortMonth,
-       count(*) AS transactions,
-       count(*) FILTER (operation = 'set') AS sets,
-       count(*) FILTER (operation = 'add') AS adds,
-       count(*) FILTER (operation = 'sub') AS subs,
-       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS total,
-       count(DISTINCT originalId) AS records
+       count(*) AS transactionCount,
+       count(*) FILTER (operation = 'set') AS setCount,
+       count(*) FILTER (operation = 'add') AS addCount,
+       count(*) FILTER (operation = 'sub') AS subCount,
+       sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS totalValue,
+       count(DISTINCT originalId) AS recordCount
 FROM ec_transactions
 WHERE cohortMonth >= $start_month AND ($end_month IS NULL OR cohortMonth <= $end_month)
   AND ($resource IS NULL OR resource = $resource)
