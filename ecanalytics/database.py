@@ -251,7 +251,7 @@ class Database:
             first = next(iter(failures.items()))
             raise ConsolidationFailedError(
                 f"{len(failures)} of {len(failures) + len(results)} field(s) failed to consolidate "
-                f"(first: {first[0]}: {first[1]}); the others committed.", list(results), failures)
+                f"(first: {first[0]}: {first[1]}); the others committed.", list(results), failures) from first[1]
         return results
 
     # -- SQL -------------------------------------------------------------------------------

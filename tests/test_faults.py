@@ -29,8 +29,10 @@ def test_timeout_while_committing_is_surfaced_then_recovered(root: Root) -> None
         raise TimeoutError("simulated read timeout")
 
     store.create = flaky_create  # type: ignore[method-assign]
-    with pytest.raises(TimeoutError):
+    with pytest.raises(ec.ConsolidationFailedError) as info:
         db.consolidate()
+    assert isinstance(info.value.failures["wallets.balance"], TimeoutError)
+    assert isinstance(info.value.__cause__, TimeoutError)
     store.create = original  # type: ignore[method-assign]
     assert calls["n"] == 1
     with pytest.raises(ec.RecordNotFoundError):
@@ -69,8 +71,11 @@ def test_failed_read_of_a_pending_object_is_surfaced(root: Root) -> None:
         raise ec.StorageError("simulated 503 SlowDown after retries")
 
     store.read_many = failing  # type: ignore[method-assign]
-    with pytest.raises(ec.StorageError):
+    with pytest.raises(ec.ConsolidationFailedError) as info:
         db.consolidate()
+    assert isinstance(info.value.failures["wallets.balance"], ec.StorageError)
+    with pytest.raises(ec.StorageError):
+        w.plugin().consolidate()  # one field's own call raises the original error
     store.read_many = original  # type: ignore[method-assign]
     db.consolidate()
     assert w.get("a")["balance"] == 3
