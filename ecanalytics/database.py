@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ecanalytics import display
 from ecanalytics.consolidation import ConsolidationResult
 from ecanalytics.errors import (
     ConfigurationError,
@@ -131,7 +132,10 @@ class Database:
         self._reopen()
 
     def __repr__(self) -> str:
-        return f"Database({self.config.uri!r}, resources={sorted(self._resources)})"
+        return display.database_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.database_html(self)
 
     @property
     def uri(self) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ecanalytics import display
 from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError
 from ecanalytics.ledger import Attribute, new_tx_id
@@ -116,6 +117,13 @@ class EventualConsistencyPlugin:
         self._gc_running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return display.plugin_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.table(f"Plugin {self.resource_name}.{self.field}", display.FIELD_HEADER,
+                             display._field_rows([self]) if self._consolidator else [])
 
     # -- identity and persistence ----------------------------------------------------------
     @property

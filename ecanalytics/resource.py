@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, overload
 
 import polars as pl
 
+from ecanalytics import display
 from ecanalytics.errors import (
     ArgumentError,
+    ConfigurationError,
     FieldRequiredError,
     InvalidValueError,
     RecordExistsError,
@@ -24,14 +27,34 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
     from ecanalytics.maintenance import CompactionResult, RecalculationResult, RetentionResult
     from ecanalytics.plugin import EventualConsistencyPlugin
 
 Filter = Mapping[str, Any]
 
 
+_COMPARE = {"==": "eq", "!=": "ne", ">": "gt", ">=": "ge", "<": "lt", "<=": "le"}
+
+
+def _literals(column: str, dtype: pl.DataType, values: list[Any]) -> pl.Series:
+    if dtype == pl.Date:
+        try:
+            values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
+        except ValueError as exc:
+            raise InvalidValueError(f"Invalid date in the filter on {column!r}: {exc}; use YYYY-MM-DD.") from exc
+    try:
+        return pl.Series(values, dtype=dtype)
+    except (TypeError, ValueError, pl.exceptions.PolarsError) as exc:
+        raise InvalidValueError(f"The filter on {column!r} needs values of type {dtype}; got {values!r}.") from exc
+
+
 def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
-    """Equality filters; a list, tuple or set value means "any of"."""
+    """Filters: a value means equality, a list, tuple or set means "any of", and a dict of
+    comparisons such as ``{"value": {">": 100, "<=": 500}}`` (``==, !=, >, >=, <, <=``) ANDs
+    them. For anything richer, use ``scan()`` with Polars expressions."""
     if not where:
         return df
     exprs = []
@@ -39,14 +62,27 @@ def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
         if column not in df.columns:
             raise SchemaError(f"Cannot filter on unknown column {column!r}; columns are {df.columns}.")
         dtype = df.schema[column]
+        if isinstance(value, Mapping):
+            unknown = sorted(map(str, set(value) - set(_COMPARE)))
+            if unknown or not value:
+                raise InvalidValueError(
+                    f"Unknown comparison(s) {unknown} in the filter on {column!r}; use {list(_COMPARE)}, "
+                    "or scan().filter(...) with Polars expressions for anything else."
+                )
+            for op, operand in value.items():
+                literal = _literals(column, dtype, [operand])[0]
+                exprs.append(getattr(pl.col(column), _COMPARE[op])(pl.lit(literal, dtype)))
+            continue
         values = list(value) if isinstance(value, (list, tuple, set, frozenset)) else [value]
-        if dtype == pl.Date:
-            try:
-                values = [dt.date.fromisoformat(v) if isinstance(v, str) else v for v in values]
-            except ValueError as exc:
-                raise InvalidValueError(f"Invalid date in the filter on {column!r}: {exc}; use YYYY-MM-DD.") from exc
-        exprs.append(pl.col(column).is_in(pl.Series(values, dtype=dtype).implode()))
+        exprs.append(pl.col(column).is_in(_literals(column, dtype, values).implode()))
     return df.filter(exprs)
+
+
+def _pandas(df: pl.DataFrame) -> pd.DataFrame:
+    try:
+        return df.to_pandas()
+    except ModuleNotFoundError as exc:
+        raise ConfigurationError('to_pandas() needs pandas: pip install "ecanalytics[pandas]".') from exc
 
 
 def _number(value: Any) -> float | Decimal:
@@ -55,23 +91,33 @@ def _number(value: Any) -> float | Decimal:
 
 
 MAX_RETAIN_DAYS = 36_500
+_RETAIN = re.compile(r"^([0-9]+)([dwh])\Z")  # ASCII digits only: '٣٠d' is not 30 days
 
 
-def parse_days(value: int | str) -> int:
-    """``30`` or ``"30d"`` -> 30 (retention works on whole cohort days).
+def parse_days(value: int | str, *, bare_days: bool = False) -> int:
+    """``30``, ``"30d"``, ``"4w"`` or ``"12h"`` -> whole cohort days (30, 28, 1).
 
-    Days run from 1 to :data:`MAX_RETAIN_DAYS` (100 years), so the cut stays a real date (``10**30``
-    used to overflow); to keep everything, do not run retention. Only ASCII digits are read.
+    Retention works on whole cohort days, so hours round *up* to whole days (``"12h"`` and
+    ``"24h"`` keep 1 day, ``"25h"`` keeps 2): it never removes more than asked. ``bare_days``
+    reads a string of digits alone as days (the CLI's ``--retain 30``). Days run from 1 to
+    :data:`MAX_RETAIN_DAYS` (100 years), so the cut stays a real date (``10**30`` used to
+    overflow); to keep everything, do not run retention. Error messages quote ``value`` as given.
     """
     days: int | None = None
-    if isinstance(value, str) and value.endswith("d") and value[:-1].isascii() and value[:-1].isdigit():
-        days = int(value[:-1]) if len(value) <= 4000 else MAX_RETAIN_DAYS + 1  # int() refuses > 4300 digits
+    if isinstance(value, str):
+        text = f"{value}d" if bare_days and value.isascii() and value.isdigit() else value
+        match = _RETAIN.match(text) if text.isascii() else None
+        if match and len(match.group(1)) > 4000:  # int() refuses more than 4300 digits
+            days = MAX_RETAIN_DAYS + 1
+        elif match:
+            number, unit = int(match.group(1)), match.group(2)
+            days = number if unit == "d" else number * 7 if unit == "w" else -(-number // 24)
     elif isinstance(value, int) and not isinstance(value, bool):
         days = value
     if days is None or not 1 <= days <= MAX_RETAIN_DAYS:
         raise InvalidValueError(
-            f"retain must be a number of days from 1 to {MAX_RETAIN_DAYS} such as 30 or '30d'; got {P.describe(value)}. "
-            "To keep every transaction, do not run retention."
+            f"retain must be from 1 day to {MAX_RETAIN_DAYS} days, such as 30, '30d', '4w' or '12h' (hours round up "
+            f"to whole cohort days); got {P.describe(value)}. To keep every transaction, do not run retention."
         )
     return days
 
@@ -90,7 +136,23 @@ class Resource:
         self.plugins: dict[str, EventualConsistencyPlugin] = {}
 
     def __repr__(self) -> str:
-        return f"Resource({self.name!r}, fields={list(self.plugins)})"
+        return display.resource_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.resource_html(self)
+
+    def to_arrow(self) -> pa.Table:
+        """The consolidated records as a pyarrow Table (zero copy from Polars)."""
+        return self.to_polars().to_arrow()
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        """The Arrow PyCapsule stream of the records: ``pa.table(wallets)``, ``pl.DataFrame(wallets)``
+        and ``duckdb.sql("from wallets")`` read it without copies."""
+        return self.to_polars().__arrow_c_stream__(requested_schema)
+
+    def to_pandas(self) -> pd.DataFrame:
+        """The records as a pandas DataFrame (``pip install "ecanalytics[pandas]"``)."""
+        return _pandas(self.to_polars())
 
     @property
     def fields(self) -> tuple[str, ...]:
@@ -247,7 +309,8 @@ class Resource:
 
     def gc(self, retain: int | str, *, field: str | None = None, archive: bool = True) -> RetentionResult:
         """Retention: archive (``archive=True``, under ``_archive/``) or delete the applied
-        transaction objects of cohort days older than ``retain`` days (``30`` or ``"30d"``).
+        transaction objects of cohort days older than ``retain`` (``30``, ``"30d"``, ``"4w"``, or
+        ``"12h"``, which rounds up to whole days: see :func:`parse_days`).
         Values never change; later recalculations start from the base the commit records."""
         from ecanalytics.maintenance import retain as run
 
@@ -383,7 +446,22 @@ class TransactionDataset:
         self.name = plugin.dataset
 
     def __repr__(self) -> str:
-        return f"TransactionDataset({self.name!r})"
+        return display.dataset_repr(self)
+
+    def _repr_html_(self) -> str:
+        return display.dataset_html(self)
+
+    def to_arrow(self, where: Filter | None = None) -> pa.Table:
+        """The transactions (see :meth:`query`) as a pyarrow Table."""
+        return self.query(where).to_arrow()
+
+    def __arrow_c_stream__(self, requested_schema: object | None = None) -> object:
+        """The Arrow PyCapsule stream of every transaction, with ``applied``."""
+        return self.query().__arrow_c_stream__(requested_schema)
+
+    def to_pandas(self, where: Filter | None = None) -> pd.DataFrame:
+        """The transactions as a pandas DataFrame (``pip install "ecanalytics[pandas]"``)."""
+        return _pandas(self.query(where))
 
     def _objects(self, where: Filter | None) -> list[str]:
         where = where or {}
@@ -391,6 +469,8 @@ class TransactionDataset:
         def listed(value: Any) -> list[str]:
             return [str(v) for v in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
 
+        # Comparison filters ({">=": day}) read every partition; _apply_filter applies them.
+        where = {k: v for k, v in where.items() if not isinstance(v, Mapping)}
         if "cohortDate" in where:
             prefixes = [P.partition_dir(self.name, d) for d in listed(where["cohortDate"])]
         elif "cohortMonth" in where:
@@ -426,7 +506,7 @@ class TransactionDataset:
         where = where or {}
         day = key.split("cohortDate=", 1)[1][:10]
         for column, prefix_len in (("cohortDate", 10), ("cohortMonth", 7)):
-            if column in where:
+            if column in where and not isinstance(where[column], Mapping):
                 wanted = where[column] if isinstance(where[column], (list, tuple, set, frozenset)) else [where[column]]
                 if day[:prefix_len] not in {str(v) for v in wanted}:
                     return False

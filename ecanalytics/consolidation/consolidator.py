@@ -63,6 +63,16 @@ class ConsolidationResult:
     held_records: tuple[str, ...] = ()
     held_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        from ecanalytics.display import result_repr
+
+        return result_repr(self)
+
+    def _repr_html_(self) -> str:
+        from ecanalytics.display import result_html
+
+        return result_html(self)
+
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary (without ``values``)."""
         return {
