@@ -42,9 +42,11 @@ def run_demo(
     seed: int = 7,
     timezone_name: str = "America/Sao_Paulo",
     progress: Callable[[int], None] | None = None,
+    until: datetime | None = None,
 ) -> DemoReport:
-    """Write ``transactions`` random add/sub/set calls over ``records`` wallets spread over the last
-    ``days`` days (batched, async), consolidate both fields, and summarise per cohort day."""
+    """Write ``transactions`` random add/sub/set calls over ``records`` wallets spread over the
+    ``days`` days before ``until`` (default now; pass a fixed instant for reproducible output),
+    batched and async, consolidate both fields, and summarise per cohort day."""
     rng = random.Random(seed)
     for field in ("balance", "points"):
         db.use_plugin(EventualConsistencyPlugin(
@@ -57,7 +59,7 @@ def run_demo(
         wid = f"wallet-{i:04d}"
         if wid not in existing:
             wallets.insert({"id": wid, "userId": f"user-{i % 17:03d}", "balance": 0, "currency": rng.choice(["USD", "EUR", "BRL"])})
-    now = datetime.now(timezone.utc)
+    now = until or datetime.now(timezone.utc)
     for n in range(transactions):
         wid = f"wallet-{rng.randrange(records):04d}"
         when = now - timedelta(seconds=rng.uniform(0, days * 86400))
