@@ -239,7 +239,7 @@ def test_cli_sql_commands(root: Root) -> None:
     res = runner.invoke(cli, ["sql", "run", "daily_totals", "--root", root.uri, "-p", "start=2026-11-01",
                               "-p", "end=2026-11-30", "--output", "json"], env=env)
     assert res.exit_code == 0, res.output
-    rows = json.loads(res.output)
+    rows = [json.loads(line) for line in res.output.splitlines()]  # JSON Lines: one object per row
     assert sum(r["transactionCount"] for r in rows) == sum(key("month", r) == "2026-11" for r in written)
     res = runner.invoke(cli, ["sql", "run", "monthly_totals", "--root", root.uri, "-p", "start_month=2026-11",
                               "-p", "end_month=2026-12", "--output", "csv"], env=env)
@@ -290,7 +290,7 @@ def test_report_end_is_optional(root: Root) -> None:
     res = CliRunner().invoke(cli, ["sql", "run", "daily_totals", "--root", root.uri, "--param", "start=2026-11-05",
                                    "--output", "json"], env={"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {})
     assert res.exit_code == 0, res.output
-    assert sum(r["transactionCount"] for r in json.loads(res.output)) == open_ended["transactionCount"].sum()
+    assert sum(json.loads(line)["transactionCount"] for line in res.output.splitlines()) == open_ended["transactionCount"].sum()
 
 
 def test_one_vocabulary(root: Root) -> None:

@@ -9,6 +9,7 @@ Layout under the root::
     {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
     {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
     _archive/{resource}_transactions_{field}/cohortMonth=…/cohortDate=…/{file_id}.parquet   retention
+    _export/{resource}/records.parquet            records snapshot for external engines (ddl --export)
 
 Record ids are data and never appear in a path. Resource and field names do, so they must be
 identifiers: they also name DuckDB views and Polars columns.
@@ -170,6 +171,12 @@ def tx_object(dataset: str, cohort_date: str, file_id: str) -> str:
 def archive_key(key: str) -> str:
     """Where retention archives a transaction object: ``_archive/`` + its own path (Hive layout kept)."""
     return f"_archive/{key}"
+
+
+def export_object(resource: str) -> str:
+    """The snapshot of a resource's consolidated records that ``ecanalytics ddl --export`` writes
+    for engines that cannot replay the commit log (Athena, Spark, Trino)."""
+    return f"_export/{resource}/records.parquet"
 
 
 def inbox_dir(dataset: str) -> str:

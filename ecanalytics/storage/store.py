@@ -12,7 +12,7 @@ import io
 import os
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,6 +40,8 @@ class Store:
         self.fs: fsspec.AbstractFileSystem = config.filesystem()
         self.root = config.root
         self.delete_denied = False  # set once the store refused a delete (e.g. append-only IAM policy)
+        # Called with what every read_many fetched: how the CLI's progress bars count objects and rows.
+        self.on_read: Callable[[dict[str, bytes | None]], None] | None = None
 
     # -- paths -----------------------------------------------------------------------------
     def abs(self, rel: str) -> str:
@@ -82,6 +84,8 @@ class Store:
                 raise StorageError(f"Reading {self.url(rel)} failed: {value}") from value
             else:
                 out[rel] = value
+        if self.on_read is not None:
+            self.on_read(out)
         return out
 
     def exists(self, rel: str) -> bool:
