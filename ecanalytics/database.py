@@ -28,6 +28,7 @@ from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import Resource, TransactionDataset
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
+from ecanalytics.storage.store import probe_endpoint, s3_errors
 
 if TYPE_CHECKING:
     import duckdb
@@ -306,6 +307,9 @@ def connect(
     region: str | None = None,
     key: str | None = None,
     secret: str | None = None,
+    token: str | None = None,
+    profile: str | None = None,
+    storage_options: Mapping[str, str] | None = None,
     checkpoint_interval: int = 10,
     dedup_window: float = 7 * 86400,
     create: bool = True,
@@ -318,10 +322,21 @@ def connect(
         endpoint_url: S3-compatible endpoint (MinIO, moto, ...); default from ``AWS_ENDPOINT_URL``.
         region: S3 region; default from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else us-east-1.
         key, secret: S3 credentials; default from the URI, then the AWS environment.
+        token: an S3 session token (temporary credentials), default ``AWS_SESSION_TOKEN`` with
+            the environment's keys.
+        profile: an AWS profile of ``~/.aws/config`` / ``~/.aws/credentials``; its credentials
+            (and region) are resolved once and given to s3fs, Polars and DuckDB alike.
+        storage_options: the same options as one dict with Polars' (and deltalake's) keys:
+            ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
+            ``aws_region``, ``aws_endpoint_url``, ``aws_profile``.
         checkpoint_interval: write a full checkpoint every this many commits (an int >= 1).
         dedup_window: seconds for which caller-supplied transaction ids are remembered after they
             were applied (retries within it are not counted twice): a finite number from 0 to
             100 years. Bad options raise :class:`ConfigurationError` before the root is touched.
+
+    Missing S3 credentials raise :class:`CredentialsError` (a ``PermissionError``), and an
+    endpoint that does not answer :class:`EndpointUnreachableError` (a ``ConnectionError``), both
+    saying what to do.
 
     Example:
         >>> import ecanalytics as ec
@@ -329,9 +344,17 @@ def connect(
         ...     db.uri
         'memory:///doc'
     """
-    config = StorageConfig.from_uri(uri, endpoint_url=endpoint_url, region=region, key=key, secret=secret)
-    db = Database(config, checkpoint_interval=checkpoint_interval, dedup_window_s=dedup_window)
-    problem = _missing_bucket(db) or (None if create or db.has_catalog() else _no_catalog(db))
+    config = StorageConfig.from_uri(uri, endpoint_url=endpoint_url, region=region, key=key, secret=secret,
+                                    token=token, profile=profile, storage_options=storage_options)
+    _check_options(checkpoint_interval, dedup_window)
+    probe_endpoint(config)
+    with s3_errors(config):
+        db = Database(config, checkpoint_interval=checkpoint_interval, dedup_window_s=dedup_window)
+        try:
+            problem = _missing_bucket(db) or (None if create or db.has_catalog() else _no_catalog(db))
+        except BaseException:
+            db.close()
+            raise
     if problem:
         db.close()
         raise RootNotFoundError(problem)

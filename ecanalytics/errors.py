@@ -54,6 +54,11 @@ class SchemaError(ValidationError):
     """An attribute definition or a record does not fit the resource schema."""
 
 
+class SchemaEvolutionError(SchemaError):
+    """A change to a resource's attributes that stored data could not follow (a type change, a
+    removed attribute, one made required without a default) was refused; nothing was written."""
+
+
 class RecordExistsError(ValidationError):
     """``insert`` was given an id that already exists."""
 
@@ -115,6 +120,14 @@ class RootNotFoundError(TerminalError, FileNotFoundError):
 
 class StorageError(EcError, OSError):
     """The object store failed in a way ecanalytics could not hide."""
+
+
+class CredentialsError(StorageError, TerminalError, PermissionError):
+    """No usable S3 credentials were found (botocore's ``NoCredentialsError``, an unknown profile)."""
+
+
+class EndpointUnreachableError(StorageError, TransientError, ConnectionError):
+    """The S3 endpoint did not answer (wrong host or port, server down, no network)."""
 
 
 class CorruptObjectError(StorageError, TerminalError):

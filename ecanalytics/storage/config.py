@@ -21,22 +21,98 @@ What a URI may hold (anything else raises :class:`ConfigurationError` before any
   prefix: ``s3://bucket/data@2024/p`` is bucket ``bucket``, prefix ``data@2024/p``.
 * A bucket name is letters, digits, ``.``, ``-`` and ``_``. An endpoint is an ``http://`` or
   ``https://`` URL. No part may contain NUL or a lone surrogate.
+
+Options may also come as one ``storage_options`` dict, as deltalake and Polars take them, with
+Polars' keys: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
+``aws_region``, ``aws_endpoint_url``, ``aws_profile`` (and ``aws_allow_http``, which the endpoint's
+scheme decides anyway). :meth:`StorageConfig.polars_storage_options` gives the same dict back.
+
+Credentials are looked for in this order: ``key=``/``secret=``/``token=`` or ``storage_options``,
+then the URI, then a named profile (``profile=`` or ``aws_profile``, resolved once by botocore from
+``~/.aws/config`` and ``~/.aws/credentials``, including its region), then ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, then the ``AWS_PROFILE`` profile. Whatever is
+found, s3fs, Polars and DuckDB all get the same explicit credentials.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import fsspec
 
-from ecanalytics.errors import ConfigurationError
+from ecanalytics.errors import ConfigurationError, CredentialsError
 
 Protocol = Literal["file", "memory", "s3"]
 _BUCKET = re.compile(r"^[A-Za-z0-9._-]+\Z")
+
+
+# Polars' storage_options keys (also deltalake's) -> our option names.
+STORAGE_OPTION_KEYS = {
+    "aws_access_key_id": "key", "aws_secret_access_key": "secret", "aws_session_token": "token",
+    "aws_region": "region", "aws_endpoint_url": "endpoint_url", "aws_profile": "profile",
+}
+_LOCAL_HOSTS = ("localhost", "127.", "0.0.0.0", "[::1]", "minio", "moto")
+
+
+def _options(storage_options: Mapping[str, Any] | None, explicit: dict[str, str | None]) -> dict[str, str | None]:
+    """``explicit`` options completed from ``storage_options``; the same option twice with two
+    different values is an error rather than a silent choice."""
+    if storage_options is None:
+        return explicit
+    if not isinstance(storage_options, Mapping):
+        raise ConfigurationError(f"storage_options must be a dict such as {{'aws_region': 'eu-west-1'}}; "
+                                 f"got {type(storage_options).__name__}.")
+    merged = dict(explicit)
+    for raw_key, value in storage_options.items():
+        name = str(raw_key).lower()
+        if name == "aws_allow_http":
+            continue  # the endpoint's scheme says it
+        if name not in STORAGE_OPTION_KEYS:
+            raise ConfigurationError(
+                f"Unknown storage option {raw_key!r}; use {sorted([*STORAGE_OPTION_KEYS, 'aws_allow_http'])}.")
+        if value is not None and not isinstance(value, str):
+            raise ConfigurationError(f"storage option {raw_key!r} must be a string; got {type(value).__name__}.")
+        ours = STORAGE_OPTION_KEYS[name]
+        if merged.get(ours) is not None and value is not None and merged[ours] != value:
+            raise ConfigurationError(
+                f"{ours}= and storage_options[{raw_key!r}] disagree; pass the option once.")
+        merged[ours] = merged.get(ours) or value
+    return merged
+
+
+def _endpoint_hint(endpoint: str) -> str:
+    host = endpoint.split("/", 1)[0]
+    scheme = "http" if host.startswith(_LOCAL_HOSTS) else "https"
+    return f"{scheme}://{endpoint}"
+
+
+def _profile(name: str) -> tuple[str | None, str | None, str | None, str | None]:
+    """(key, secret, token, region) of AWS profile ``name``, resolved once through botocore."""
+    import botocore.session
+    from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+    try:
+        session = botocore.session.Session(profile=name)
+        credentials = session.get_credentials()
+        region = session.get_config_variable("region")
+    except ProfileNotFound as exc:
+        raise CredentialsError(
+            f"The AWS profile {name!r} does not exist in ~/.aws/config or ~/.aws/credentials (or in "
+            "AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE); check its name, or pass key= and secret=."
+        ) from exc
+    except BotoCoreError as exc:
+        raise CredentialsError(f"The AWS profile {name!r} cannot be read ({type(exc).__name__}); fix it, or pass "
+                               "key= and secret=.") from exc
+    if credentials is None:
+        raise CredentialsError(f"The AWS profile {name!r} holds no credentials; add aws_access_key_id and "
+                               "aws_secret_access_key to it, or pass key= and secret=.")
+    frozen = credentials.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token, region
 
 
 def _env(*names: str) -> str | None:
@@ -63,6 +139,7 @@ class StorageConfig:
     token: str | None = field(default=None, repr=False)
     endpoint_url: str | None = None
     region: str | None = None
+    profile: str | None = None  # the AWS profile the credentials came from, if any
 
     @classmethod
     def from_uri(
@@ -73,9 +150,17 @@ class StorageConfig:
         region: str | None = None,
         key: str | None = None,
         secret: str | None = None,
+        token: str | None = None,
+        profile: str | None = None,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> StorageConfig:
-        """Parse a root URI (rules in the module docstring); options given here win over the URI
-        and the environment. Error messages never repeat an S3 URI, which may hold a secret."""
+        """Parse a root URI (rules in the module docstring); options given here (or in
+        ``storage_options``) win over the URI and the environment. Error messages never repeat
+        an S3 URI, which may hold a secret."""
+        opts = _options(storage_options, {"key": key, "secret": secret, "token": token, "region": region,
+                                          "endpoint_url": endpoint_url, "profile": profile})
+        key, secret, token, region = opts["key"], opts["secret"], opts["token"], opts["region"]
+        endpoint_url, profile = opts["endpoint_url"], opts["profile"]
         try:
             text = os.fspath(uri)
         except TypeError:
@@ -141,18 +226,32 @@ class StorageConfig:
             uri_secret = unquote(raw_secret) if colon and raw_secret else None
             endpoint = endpoint_url or _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
             if endpoint is not None and (not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://"))):
+                hint = (f" Did you mean {_endpoint_hint(endpoint)!r}?"
+                        if isinstance(endpoint, str) and endpoint and "://" not in endpoint else "")
                 raise ConfigurationError(
                     f"The S3 endpoint must be an http:// or https:// URL such as http://127.0.0.1:9000; "
-                    f"got {endpoint!r}."
+                    f"got {endpoint!r}.{hint}"
                 )
+            key, secret = key or uri_key, secret or uri_secret
+            # A named profile beats the environment's keys; AWS_PROFILE comes after them.
+            named = profile or (None if _env("AWS_ACCESS_KEY_ID") else _env("AWS_PROFILE"))
+            if key is None and secret is None and named:
+                key, secret, profile_token, profile_region = _profile(named)
+                token, region = token or profile_token, region or profile_region
+            else:
+                named = None
+                if key is None:  # the environment's session token goes with the environment's key
+                    token = token or _env("AWS_SESSION_TOKEN")
+                key, secret = key or _env("AWS_ACCESS_KEY_ID"), secret or _env("AWS_SECRET_ACCESS_KEY")
             return cls(
                 "s3",
                 f"{bucket}/{prefix.strip('/')}".rstrip("/"),
-                key=key or uri_key or _env("AWS_ACCESS_KEY_ID"),
-                secret=secret or uri_secret or _env("AWS_SECRET_ACCESS_KEY"),
-                token=_env("AWS_SESSION_TOKEN"),
+                key=key,
+                secret=secret,
+                token=token,
                 endpoint_url=endpoint,
                 region=region or _env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
+                profile=named,
             )
         raise ConfigurationError(
             f"Unsupported URI scheme {scheme!r}; use a folder path, file://, memory:// or s3://."

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
 from fsspec.asyn import sync
 
-from ecanalytics.errors import CorruptObjectError, StorageError
+from ecanalytics.errors import CorruptObjectError, CredentialsError, EndpointUnreachableError, StorageError
 from ecanalytics.storage.config import StorageConfig
 
 _MEMORY_LOCK = threading.Lock()
@@ -260,6 +263,58 @@ class Store:
     def read_parquet(self, rel: str) -> pl.DataFrame:
         """Read one Parquet object, turning a decode failure into :class:`CorruptObjectError`."""
         return decode_parquet(self.read(rel), self.url(rel))
+
+
+def _endpoint_name(endpoint: str) -> str:
+    """The endpoint as it may be printed: scheme, host, port and path, never user:password@."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+
+def probe_endpoint(config: StorageConfig, timeout: float = 5.0) -> None:
+    """Fail fast, naming the endpoint, when an explicit S3 endpoint does not accept connections.
+
+    botocore would retry a refused connection for more than a minute before giving up. One TCP
+    connect tells at once; it is skipped behind an HTTP(S) proxy, which may be the only way out."""
+    if config.protocol != "s3" or not config.endpoint_url:
+        return
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return
+    parts = urlsplit(config.endpoint_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        raise EndpointUnreachableError(
+            f"Cannot reach the S3 endpoint {_endpoint_name(config.endpoint_url)} for {config.uri} "
+            f"({exc.strerror or type(exc).__name__}); check endpoint_url= / AWS_ENDPOINT_URL and that the "
+            "server is running."
+        ) from exc
+
+
+@contextmanager
+def s3_errors(config: StorageConfig) -> Iterator[None]:
+    """Turn botocore's credential and connection errors into typed errors that say what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if config.protocol != "s3":
+            raise
+        from botocore import exceptions as bx
+
+        if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
+            raise CredentialsError(
+                f"No AWS credentials for {config.uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, use a profile "
+                "(profile= or AWS_PROFILE), or s3://KEY:SECRET@bucket/prefix."
+            ) from exc
+        if isinstance(exc, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
+            where = _endpoint_name(config.endpoint_url) if config.endpoint_url else f"of AWS in {config.region}"
+            raise EndpointUnreachableError(
+                f"Cannot reach the S3 endpoint {where} for {config.uri} ({type(exc).__name__}); check "
+                "endpoint_url= / AWS_ENDPOINT_URL, the network, and that the server is running."
+            ) from exc
+        raise
 
 
 def _mtime(info: dict[str, Any]) -> float | None:
