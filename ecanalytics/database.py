@@ -18,7 +18,6 @@ from ecanalytics.errors import (
     ConsolidationFailedError,
     CorruptObjectError,
     EcError,
-    ResourceExistsError,
     RootNotFoundError,
     UnknownResourceError,
 )
@@ -187,6 +186,12 @@ class Database:
     def create_resource(self, name: str, attributes: dict[str, str]) -> Resource:
         """Create a resource, or return the existing one if its attributes are the same.
 
+        With a superset of the stored attributes, the new ones are added (schema evolution, see
+        :meth:`Resource.add_attribute`): each must be optional or have a default, which existing
+        records then read. A change stored data could not follow (removing an attribute, changing
+        its type or default, requiring one without a default) raises
+        :class:`SchemaEvolutionError` (also a :class:`ResourceExistsError`) and changes nothing.
+
         Attribute specs: ``'string|required'``, ``'number|default:0'``, ``'integer'``, ``'boolean'``.
         Plugins registered earlier for this resource are attached now (deferred setup).
 
@@ -206,12 +211,12 @@ class Database:
                         f"declare {field!r} as 'number' or 'decimal(p,s)' (nothing was written)."
                     )
             entry = cat.create(self.store, name, schema.to_spec())
-            if Schema.parse(entry["attributes"]) != schema:
-                raise ResourceExistsError(
-                    f"Resource {name!r} already exists with attributes {entry['attributes']}; "
-                    "use another name or the existing schema."
-                )
-            resource = self._resources.get(name) or self._make_resource(name, schema)
+            stored = Schema.parse(entry["attributes"])
+            resource = self._resources.get(name) or self._make_resource(name, stored)
+            if stored != schema:  # schema evolution: new optional/defaulted attributes; anything else is refused
+                resource._evolve(schema, stored)
+            elif resource.schema != stored:  # another process evolved it since this one connected
+                resource._evolve(stored, stored)
             for (res_name, _field), plugin in list(self._deferred.items()):
                 if res_name == name:
                     del self._deferred[(res_name, _field)]

@@ -54,11 +54,6 @@ class SchemaError(ValidationError):
     """An attribute definition or a record does not fit the resource schema."""
 
 
-class SchemaEvolutionError(SchemaError):
-    """A change to a resource's attributes that stored data could not follow (a type change, a
-    removed attribute, one made required without a default) was refused; nothing was written."""
-
-
 class RecordExistsError(ValidationError):
     """``insert`` was given an id that already exists."""
 
@@ -79,6 +74,16 @@ class UnknownResourceError(_KeyLikeError):
 
 class ResourceExistsError(ValidationError):
     """A resource with this name exists with a different schema."""
+
+
+class SchemaEvolutionError(SchemaError, ResourceExistsError):
+    """A change to a resource's attributes that stored data could not follow (a type change, a
+    removed attribute, one made required without a default) was refused; nothing was written."""
+
+
+class StaleSchemaError(TransientError):
+    """Stored records carry attributes this process's schema does not know: another process added
+    them. Reconnect (``ec.connect``) to read them."""
 
 
 class ConfigurationError(TerminalError):

@@ -159,6 +159,38 @@ class Resource:
         """The managed fields."""
         return tuple(self.plugins)
 
+    # -- schema evolution ------------------------------------------------------------------
+    def add_attribute(self, name: str, spec: str) -> Resource:
+        """Add an attribute to an existing resource; existing records read its default.
+
+        The attribute must be optional or have a default (``"string|optional"``,
+        ``"number|default:0"``). Adding one that exists with the same spec does nothing; any other
+        change to an existing attribute raises :class:`SchemaEvolutionError`, as do changes stored
+        data could not follow (see :meth:`Database.create_resource`). A new ``number`` attribute
+        can then be managed by a plugin.
+
+        Example:
+            ``wallets.add_attribute("tier", "string|default:basic")``
+        """
+        from ecanalytics.ledger import catalog as cat
+
+        entry = cat.read(self.ledger.store, self.name)
+        stored = Schema.parse(entry["attributes"]) if entry else self.schema  # the catalog is the truth
+        self._evolve(Schema.parse({**stored.to_spec(), name: spec}), stored)
+        return self
+
+    def _evolve(self, new: Schema, stored: Schema) -> None:
+        """Check ``stored`` -> ``new``, write it to the catalog, and use it from now on. Processes
+        that connected before keep the old schema and raise :class:`StaleSchemaError` once they read
+        a record with the new attributes, so they never write one back without them."""
+        from ecanalytics.ledger import catalog as cat
+
+        stored.check_evolution(new, self.name)
+        if new != stored:
+            cat.save_attributes(self.ledger.store, self.name, new.to_spec())
+        self.schema = new
+        self.ledger.set_schema(new)
+
     # -- records ---------------------------------------------------------------------------
     def _check_unmanaged(self, values: Mapping[str, Any], verb: str) -> None:
         managed = sorted(set(values) & set(self.plugins))

@@ -63,3 +63,12 @@ def save_plugin(store: Store, resource: str, field: str, config: dict[str, Any])
         return
     entry.setdefault("plugins", {})[field] = config
     store.write(P.catalog_entry(resource), json.dumps(entry, indent=2).encode())
+
+
+def save_attributes(store: Store, resource: str, attributes: dict[str, str]) -> None:
+    """Replace a resource's attributes (schema evolution; the caller checked the change)."""
+    entry = read(store, resource)
+    if entry is None:
+        return
+    entry["attributes"] = attributes
+    store.write(P.catalog_entry(resource), json.dumps(entry, indent=2).encode())

@@ -156,7 +156,8 @@ class Ledger:
     def _load_checkpoint(self) -> State:
         try:
             hint = json.loads(self.store.read(P.last_checkpoint(self.resource)))
-            records = self._frame(hint["records"], self.schema.polars_schema)
+            records = self.schema.conform(self._frame(hint["records"], {"id": pl.String()}, keep=True),
+                                          self.store.url(hint["records"]))
             ids = self._frame(hint["ids"], IDS_SCHEMA)
             marks = self._frame(hint["marks"], MARKS_SCHEMA) if hint.get("marks") else pl.DataFrame(schema=MARKS_SCHEMA)
             held = {f: self.store.read_parquet(rel) for f, rel in hint.get("held", {}).items()}
@@ -171,11 +172,13 @@ class Ledger:
             log.warning("Ignoring unreadable checkpoint of %s (%s); replaying the log.", self.resource, exc)
             return self._empty()
 
-    def _frame(self, rel: str, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-        """A metadata Parquet object with exactly ``schema``'s columns, else :class:`CorruptObjectError`."""
+    def _frame(self, rel: str, schema: dict[str, pl.DataType], *, keep: bool = False) -> pl.DataFrame:
+        """A metadata Parquet object with exactly ``schema``'s columns (``keep``: and the others it
+        has), else :class:`CorruptObjectError`."""
         df = self.store.read_parquet(rel)
         try:
-            return df.select([pl.col(c).cast(t) for c, t in schema.items()])
+            return df.with_columns([pl.col(c).cast(t) for c, t in schema.items()]) if keep else df.select(
+                [pl.col(c).cast(t) for c, t in schema.items()])
         except Exception as exc:  # polars: ColumnNotFoundError, InvalidOperationError, ...
             raise CorruptObjectError(
                 f"{self.store.url(rel)} does not have the columns {list(schema)} ({type(exc).__name__}); "
@@ -305,7 +308,7 @@ class Ledger:
         st = self._empty()
         if best is not None:
             v, rec, ids_rel = best
-            records = self.store.read_parquet(rec).cast(self.schema.polars_schema)  # type: ignore[arg-type]
+            records = self.schema.conform(self.store.read_parquet(rec), self.store.url(rec))
             entry = self.read_entry(v)
             st = State(v, records, {}, self.store.read_parquet(ids_rel).cast(IDS_SCHEMA),  # type: ignore[arg-type]
                        entry.committed_at if entry else None, v)
@@ -328,7 +331,13 @@ class Ledger:
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
         """The records an entry upserted."""
         delta = entry.raw.get("delta")
-        return self.store.read_parquet(delta).cast(self.schema.polars_schema) if delta else None  # type: ignore[arg-type]
+        return self.schema.conform(self.store.read_parquet(delta), self.store.url(delta)) if delta else None
+
+    def set_schema(self, schema: Schema) -> None:
+        """Use ``schema`` from now on (schema evolution): the cached state is reloaded, so records
+        stored without a new attribute read its default."""
+        with self._state_lock:
+            self.schema, self._state = schema, None
 
     def state(self) -> State:
         """The latest committed state (reads only the log entries newer than the cached version)."""

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import polars as pl
 
-from ecanalytics.errors import SchemaError
+from ecanalytics.errors import SchemaError, SchemaEvolutionError, StaleSchemaError
 from ecanalytics.storage.paths import describe, validate_name, validate_record_id
 
 Kind = Literal["string", "number", "integer", "boolean", "decimal"]
@@ -198,6 +198,57 @@ class Schema:
 
     def to_spec(self) -> dict[str, str]:
         return {a.name: a.spec for a in self.attributes.values()}
+
+    def check_evolution(self, new: Schema, resource: str) -> list[str]:
+        """The attributes ``new`` adds to this (stored) schema; :class:`SchemaEvolutionError` if
+        stored data could not follow the change.
+
+        Allowed: new attributes that are optional or have a default (existing records read the
+        default), and an existing attribute becoming optional, or required with its default.
+        Refused: removing an attribute, changing its type or its default (existing records and
+        rebuilds would read something else), and requiring a value without a default.
+        """
+        problems = []
+        removed = sorted(set(self.attributes) - set(new.attributes))
+        if removed:
+            problems.append(f"removing {removed} would drop their stored values (keep them in the attributes)")
+        for name, old in self.attributes.items():
+            now = new.attributes.get(name)
+            if now is None:
+                continue
+            if (now.kind, now.precision, now.scale) != (old.kind, old.precision, old.scale):
+                problems.append(f"{name!r} is stored as {old.spec!r}; changing its type to {now.spec!r} would not read "
+                                "the stored values (add a new attribute instead)")
+            elif now.default != old.default:
+                problems.append(f"changing the default of {name!r} from {old.default!r} to {now.default!r} would "
+                                "change what existing records and rebuilds read")
+            elif now.required and not old.required and now.default is None:
+                problems.append(f"making {name!r} required without a default: existing records may have no value")
+        added = [name for name in new.attributes if name not in self.attributes]
+        for name in added:
+            attr = new.attributes[name]
+            if attr.required and attr.default is None:
+                problems.append(f"adding {name!r} as required without a default: existing records have no value "
+                                f"(use '{attr.kind}|optional' or '{attr.spec}|default:V')")
+        if problems:
+            raise SchemaEvolutionError(
+                f"Cannot change the attributes of {resource!r}: {'; '.join(problems)}. Nothing was changed; the "
+                f"stored attributes are {self.to_spec()}."
+            )
+        return added
+
+    def conform(self, df: pl.DataFrame, where: str) -> pl.DataFrame:
+        """Stored records with exactly this schema's columns, in its order. A column stored before
+        its attribute was added reads the attribute's default; a column this schema does not know
+        (added by another process since this one connected) raises :class:`StaleSchemaError`."""
+        unknown = [c for c in df.columns if c not in self.attributes]
+        if unknown:
+            raise StaleSchemaError(
+                f"{where} has attribute(s) {unknown} that this process's schema does not know: another process "
+                "added them. Reconnect (ec.connect) to read them."
+            )
+        return df.select([pl.col(n).cast(a.dtype) if n in df.columns else pl.lit(a.default, dtype=a.dtype).alias(n)
+                          for n, a in self.attributes.items()])
 
     @property
     def polars_schema(self) -> dict[str, pl.DataType]:
