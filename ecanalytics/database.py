@@ -32,7 +32,7 @@ from ecanalytics.storage.store import probe_endpoint, s3_errors
 if TYPE_CHECKING:
     import duckdb
 
-    from ecanalytics.analytics import SqlEngine
+    from ecanalytics.analytics import SqlEngine, Table
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
@@ -178,7 +178,7 @@ class Database:
         if old is not None and old is not plugin:
             old.close()
         plugin._attach(resource)
-        plugin._database = self
+        plugin._sql = self._engine
         resource.plugins[plugin.field] = plugin
         if persist:
             cat.save_plugin(self.store, resource.name, plugin.field, plugin.config())
@@ -269,8 +269,15 @@ class Database:
         if self._sql_engine is None:
             from ecanalytics.analytics import SqlEngine  # DuckDB is imported on first SQL use only
 
-            self._sql_engine = SqlEngine(self)
+            self._sql_engine = SqlEngine(self.config, self.store, self._tables)
         return self._sql_engine
+
+    def _tables(self) -> list[Table]:
+        """What the SQL engine reads: each resource's ledger and its fields' cores."""
+        from ecanalytics.analytics import Table
+
+        return [Table(name, res.ledger, {f: (p.consolidator, p.reducer_name) for f, p in res.plugins.items()})
+                for name, res in self._resources.items()]
 
     def sql(self, query: str, **params: Any) -> duckdb.DuckDBPyRelation:
         """Run DuckDB SQL over views named after every resource and transaction dataset.

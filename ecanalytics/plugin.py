@@ -32,8 +32,8 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer
 
 if TYPE_CHECKING:
+    from ecanalytics.analytics import SqlEngine
     from ecanalytics.analytics.cohorts import Cohorts
-    from ecanalytics.database import Database
     from ecanalytics.resource import Resource
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class EventualConsistencyPlugin:
         self._listeners: dict[str, list[Callback]] = {}
         self._resource: Resource | None = None
         self._attr: Attribute | None = None
-        self._database: Database | None = None
+        self._sql: Callable[[], SqlEngine] | None = None  # given by the database this plugin is attached to
         self._consolidator: Consolidator | None = None
         self._buffer: list[dict[str, Any]] = []
         self._unsure: list[PlannedObject] = []  # objects of a failed flush, retried under the same names
@@ -388,12 +388,12 @@ class EventualConsistencyPlugin:
 
     # -- analytics (DuckDB) ----------------------------------------------------------------
     def _cohorts(self) -> Cohorts:
-        if self._database is None:
+        if self._sql is None:
             raise ConfigurationError(f"Plugin for {self.dataset} is not attached: db.use_plugin(plugin) first.")
         from ecanalytics.analytics.cohorts import Cohorts
 
         self.consolidator  # noqa: B018 - raises a clear error while setup is deferred
-        return Cohorts(self._database._engine(), self.dataset, self.timezone)
+        return Cohorts(self._sql(), self.dataset, self.timezone)
 
     def get_cohort_stats(self, date: str | dt.date) -> dict[str, Any]:
         """``{date, transactionCount, byOperation: {set, add, sub}, totalValue}`` of one cohort day

@@ -327,7 +327,7 @@ class Resource:
                 raise InvalidValueError("events_until must be a timezone-aware datetime.")
             from ecanalytics.maintenance import records_at_events
 
-            return records_at_events(self, events_until)
+            return records_at_events(self.ledger, {f: p.consolidator for f, p in self.plugins.items()}, events_until)
         return self.ledger.state().records.sort("id")
 
     def recalculate(self, id: str | None = None, field: str | None = None) -> RecalculationResult:
@@ -337,7 +337,7 @@ class Resource:
 
         if id is not None:
             P.validate_record_id(id)
-        return recalculate(self, field, id)
+        return recalculate(self.plugin(field).consolidator, id)
 
     def gc(self, retain: int | str, *, field: str | None = None, archive: bool = True) -> RetentionResult:
         """Retention: archive (``archive=True``, under ``_archive/``) or delete the applied
@@ -346,7 +346,7 @@ class Resource:
         Values never change; later recalculations start from the base the commit records."""
         from ecanalytics.maintenance import retain as run
 
-        return run(self, field, parse_days(retain), archive=archive)
+        return run(self.plugin(field).consolidator, parse_days(retain), archive=archive)
 
     def compact(self, field: str | None = None, *, target_rows: int = 1_000_000,
                 target_bytes: int = 64 * 1024 * 1024) -> CompactionResult:
@@ -359,7 +359,7 @@ class Resource:
         for name, target in (("target_rows", target_rows), ("target_bytes", target_bytes)):
             if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 2**63 - 1:
                 raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
-        return compact(self, field, target_rows=target_rows, target_bytes=target_bytes)
+        return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes)
 
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the consolidated records."""

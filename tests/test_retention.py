@@ -58,7 +58,7 @@ def test_retention_archives_old_objects_and_changes_no_value(root: Root) -> None
 
     from ecanalytics.maintenance import retain
 
-    result = retain(w, None, 30, now=NOW)
+    result = retain(w.plugin().consolidator, 30, now=NOW)
     assert result.cut == "2026-10-28" and result.objects > 0 and result.mode == "archive"
     assert values(w) == before
     remaining = db.resources[total_before].query()  # type: ignore[union-attr]
@@ -73,7 +73,7 @@ def test_retention_archives_old_objects_and_changes_no_value(root: Root) -> None
     db.consolidate()  # the late one is folded in event order, although its day was archived
     assert w.get("r0")["balance"] == event_fold(bases["r0"], sorted([*txs["r0"], (late, "late", "add", 1000.0)]))
     assert w.recalculate().changed == 0
-    assert retain(w, None, 30, now=NOW).version is None  # same cut again: nothing to do
+    assert retain(w.plugin().consolidator, 30, now=NOW).version is None  # same cut again: nothing to do
     # The archive keeps the history readable: event time before the cut works too.
     early = NOW - timedelta(days=40)
     got_early = w.to_polars(events_until=early)
@@ -100,12 +100,12 @@ def test_crash_during_retention_then_rerun(root: Root, step: str) -> None:
 
     w.ledger.fault = crash
     with pytest.raises(RuntimeError):
-        retain(w, None, 20, now=NOW)
+        retain(w.plugin().consolidator, 20, now=NOW)
     w.ledger.fault = None
     db2 = root.connect()
     w2 = db2.resources["wallets"]
     assert isinstance(w2, ec.Resource)
-    retain(w2, None, 20, now=NOW)
+    retain(w2.plugin().consolidator, 20, now=NOW)
     dataset = "wallets_transactions_balance"
     live, archived = history_keys(db2.store, dataset), history_keys(db2.store, f"_archive/{dataset}")
     assert not {k for k in live} & {k[len("_archive/"):] for k in archived}  # each object in one place

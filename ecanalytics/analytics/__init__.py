@@ -3,6 +3,6 @@
 Importing this package imports DuckDB; ``import ecanalytics`` alone does not.
 """
 
-from ecanalytics.analytics.engine import SqlEngine
+from ecanalytics.analytics.engine import SqlEngine, Table
 
-__all__ = ["SqlEngine"]
+__all__ = ["SqlEngine", "Table"]

@@ -35,6 +35,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
@@ -47,7 +49,9 @@ from ecanalytics.storage import paths as P
 if TYPE_CHECKING:
     import fsspec
 
-    from ecanalytics.database import Database
+    from ecanalytics.consolidation import Consolidator
+    from ecanalytics.ledger import Ledger
+    from ecanalytics.storage import Store
 
 log = logging.getLogger(__name__)
 S3Path = Literal["local", "fsspec", "httpfs"]
@@ -114,8 +118,19 @@ def choose_s3_path(con: duckdb.DuckDBPyConnection, config: StorageConfig, prefer
     return "httpfs"
 
 
+@dataclass(frozen=True)
+class Table:
+    """What the engine needs of one resource: its ledger, and per managed field the field's core
+    and the reducer's name as the catalog stores it."""
+
+    name: str
+    ledger: Ledger
+    fields: dict[str, tuple[Consolidator, str]]
+
+
 class SqlEngine:
-    """A DuckDB connection whose views follow one :class:`Database`.
+    """A DuckDB connection whose views follow the tables that ``tables()`` returns (a database's
+    resources, given by the database; the engine never reaches into the API objects).
 
     The dataset views (and so ``ec_transactions``, the plugin's cohort stats and rollups, and the
     SQL reports) read the archive by default: after ``gc`` in ``archive`` mode the archived days
@@ -125,18 +140,19 @@ class SqlEngine:
     rollups of those days are zero, and ``ec_bases`` holds the retention base that stands for them.
     """
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, config: StorageConfig, store: Store, tables: Callable[[], list[Table]]) -> None:
+        self.store = store
+        self.tables = tables
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # independent of the host's TZ
-        self.path = choose_s3_path(self.con, db.config, os.environ.get("ECANALYTICS_DUCKDB_S3"))
+        self.path = choose_s3_path(self.con, config, os.environ.get("ECANALYTICS_DUCKDB_S3"))
         if self.path == "httpfs":
-            self.con.execute(httpfs_secret_sql(db.config))
+            self.con.execute(httpfs_secret_sql(config))
         self._fs: fsspec.AbstractFileSystem | None = None
         if self.path == "fsspec":
             # A separate instance whose listings are cached, so DuckDB's size/mtime look-ups after
             # a glob cost no HEAD; refresh() clears the cache so every query lists afresh.
-            self._fs = db.config.filesystem(cached_listings=True) if db.config.protocol == "s3" else db.store.fs
+            self._fs = config.filesystem(cached_listings=True) if config.protocol == "s3" else store.fs
             self.con.register_filesystem(self._fs)
         self._dataset_views: dict[str, bool] = {}  # dataset -> whether its view reads the archive
         self._shape: tuple[Any, ...] = ()
@@ -148,11 +164,11 @@ class SqlEngine:
 
     def glob(self, dataset: str) -> str:
         """The recursive glob of a dataset's Parquet objects (``**`` lists once, unlike ``*/*/*``)."""
-        return f"{self.db.store.url(dataset)}/**/*.parquet"
+        return f"{self.store.url(dataset)}/**/*.parquet"
 
     def archive_glob(self, dataset: str) -> str:
         """The recursive glob of the objects retention archived from a dataset."""
-        return f"{self.db.store.url(P.archive_key(dataset))}/**/*.parquet"
+        return f"{self.store.url(P.archive_key(dataset))}/**/*.parquet"
 
     def _part(self, glob: str, dataset: str, extra: str = "") -> str | None:
         """A SELECT over one glob of a dataset, or None when the glob matches no file."""
@@ -214,22 +230,22 @@ class SqlEngine:
             self._fs.invalidate_cache()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         archives: dict[str, bool] = {}
-        for name, resource in sorted(self.db._resources.items()):
-            state = resource.ledger.state()
+        for table in sorted(self.tables(), key=lambda t: t.name):
+            name, state = table.name, table.ledger.state()
             self.con.register(name, state.records.sort("id"))
-            for field, plugin in sorted(resource.plugins.items()):
-                store = resource.ledger.store
+            for field, (core, reducer) in sorted(table.fields.items()):
+                store = table.ledger.store
                 compaction = state.compaction.get(field, {})
                 retention = state.retention.get(field, {})
                 # Archive mode: the view reads the archive, and a live copy hides itself once its
                 # archive copy exists. Delete mode: the retention base stands for the removed days.
                 archive = retention.get("mode") == "archive"
-                archives[plugin.dataset] = archive
+                archives[core.dataset] = archive
                 gone = [*compaction.get("replaced", []), *([] if archive else retention.get("archived", []))]
-                hidden += [(plugin.dataset, k.rsplit("/", 1)[-1]) for k in gone]
-                tokens += [(plugin.dataset, t) for t in compaction.get("tokens", [])]
-                keys = sorted(plugin.consolidator.pending_objects(state))
-                pending += [(plugin.dataset, key.rsplit("/", 1)[-1]) for key in keys]
+                hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
+                tokens += [(core.dataset, t) for t in compaction.get("tokens", [])]
+                keys = sorted(core.pending_objects(state))
+                pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]
                 # Objects whose writer is still between marker and object do not exist yet.
                 existing = [store.url(k) for k in keys if with_pending and store.exists(k)]
                 if existing:
@@ -240,11 +256,11 @@ class SqlEngine:
                         f"FROM read_parquet([{', '.join(_quote(u) for u in existing)}], filename = true)"
                     )
                 if with_bases:
-                    bases.append(plugin.consolidator.base(state).select(
+                    bases.append(core.base(state).select(
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
                         pl.col("originalId").alias("id"), pl.col("current").cast(pl.Float64).alias("value")))
-                default = plugin.consolidator.default
-                fields.append((name, field, plugin.dataset, plugin.reducer_name, plugin.timezone, float(default)))
+                default = core.default
+                fields.append((name, field, core.dataset, reducer, core.tz, float(default)))
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
                               f'coalesce("{field}", {default}) AS value FROM "{name}"')
         if with_bases:

@@ -1,0 +1,109 @@
+"""Retention: archive (or delete) the applied transaction objects of old cohort days, through the
+commit log, without changing any value."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+import polars as pl
+
+from ecanalytics.errors import ValidationError
+from ecanalytics.ledger import Commit, State
+from ecanalytics.ledger.transactions import history_keys, read_history
+from ecanalytics.storage import paths as P
+
+if TYPE_CHECKING:
+    from ecanalytics.consolidation import Consolidator
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """What a retention run archived (or deleted) for one field."""
+
+    resource: str
+    field: str
+    version: int | None
+    cut: str
+    objects: int
+    transactions: int
+    mode: str
+    duration_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"resource": self.resource, "field": self.field, "version": self.version, "cut": self.cut,
+                "objects": self.objects, "transactions": self.transactions, "mode": self.mode,
+                "durationMs": round(self.duration_s * 1000, 3)}
+
+
+def _finish_moves(c: Consolidator, retention: dict[str, object]) -> None:
+    """Complete the object moves of a committed retention entry (idempotent: safe after a crash)."""
+    store = c.ledger.store
+    keys = [k for k in retention["archived"] if isinstance(k, str)]  # type: ignore[attr-defined]
+    present = {k for k, blob in store.read_many(keys).items() if blob is not None}
+    for key in sorted(present):
+        if retention["mode"] == "archive" and not store.exists(P.archive_key(key)):
+            store.copy(key, P.archive_key(key))
+        c.ledger._fault("retention_move")
+        store.delete([key])
+
+
+def retain(c: Consolidator, days: int, *, archive: bool = True,
+           now: datetime | None = None) -> RetentionResult:
+    """Archive (or delete) the applied transaction objects of cohort days older than ``days``.
+
+    Nothing changes any value: the commit first records, for every record, the base a rebuild
+    starts from (everything before the cut, folded in event order), then the objects move. Pending
+    objects are never touched. A crash anywhere is finished by the next run.
+    """
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ValidationError(f"retain must be a positive number of days; got {days!r}.")
+    store = c.ledger.store
+    started = time.perf_counter()
+    previous = c.ledger.state().retention.get(c.field)
+    if previous:
+        _finish_moves(c, previous)
+    today = (now or datetime.now(dt.UTC)).astimezone(ZoneInfo(c.tz)).date()
+    cut = today - dt.timedelta(days=days)
+    mode = "archive" if archive else "delete"
+    info: dict[str, object] = {"objects": 0, "transactions": 0}
+
+    def build(st: State) -> Commit | None:
+        prev = st.retention.get(c.field)
+        if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
+            return None
+        done = set(prev["archived"]) if prev else set()
+        pending = c.pending_objects(st)
+        prefixes = [
+            P.partition_dir(c.dataset, day.split("=", 1)[1])
+            for month in store.listdirs(c.dataset) if month.startswith("cohortMonth=")
+            for day in store.listdirs(f"{c.dataset}/{month}")
+            if day.startswith("cohortDate=") and dt.date.fromisoformat(day.split("=", 1)[1]) < cut
+        ]
+        keys = [k for k in st.visible(c.field, history_keys(store, c.dataset, prefixes))
+                if k not in pending and k not in done]
+        if not keys:
+            return None
+        rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        start = c.base(st)
+        folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
+        base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
+        base_rel = P.data_file(c.ledger.resource, st.version + 1, uuid.uuid4().hex, f"base-{c.field}")
+        store.write_parquet(base_rel, base)
+        info.update(objects=len(keys), transactions=rows.height)
+        return Commit("retention", stats={"objects": len(keys), "transactions": rows.height},
+                      retention={"field": c.field, "cut": cut.isoformat(), "base": base_rel,
+                                 "archived": keys, "mode": mode})
+
+    committed = c.ledger.commit(build)
+    if committed is not None:
+        entry = committed[0].retention[c.field]
+        _finish_moves(c, entry)
+    return RetentionResult(c.ledger.resource, c.field, committed[0].version if committed else None, cut.isoformat(),
+                           int(info["objects"]), int(info["transactions"]), mode, time.perf_counter() - started)  # type: ignore[call-overload]
+
+
