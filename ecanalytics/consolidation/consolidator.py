@@ -188,7 +188,7 @@ class Consolidator:
     def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
                 ids: pl.Series | None = None) -> pl.DataFrame:
         """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
-        pruning). Where retention archived days (``archive`` mode) they are read from the archive,
+        pruning); ``unapplied`` names objects to leave out besides the ones the inbox lists. Where retention archived days (``archive`` mode) they are read from the archive,
         so the history stays complete; after a ``delete``-mode retention, days before the cut are
         gone and :meth:`base` stands for them."""
         def prefixes(root: str) -> list[str] | None:
@@ -203,6 +203,9 @@ class Consolidator:
 
         cut, archived = self._retention(st)
         live = history_keys(self.store, self.dataset, prefixes(self.dataset))
+        # The inbox is listed *after* the history, so a write that lands in between (marker
+        # first, then object) is seen as pending, never as applied.
+        unapplied = unapplied | self.pending_objects(st)
         keys = [k for k in st.visible(self.field, live, hide_retained=not archived) if k not in unapplied]
         if cut is not None and archived and (since is None or since.isoformat() < cut):
             archive = P.archive_key(self.dataset)

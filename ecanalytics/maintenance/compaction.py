@@ -66,8 +66,9 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS,
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
 
     def build(st: State) -> Commit | None:
-        pending = c.pending_objects(st)
-        keys = [k for k in st.visible(c.field, history_keys(store, c.dataset)) if k not in pending]
+        listed = history_keys(store, c.dataset)
+        pending = c.pending_objects(st)  # after the history: see retention
+        keys = [k for k in st.visible(c.field, listed) if k not in pending]
         by_partition: dict[str, list[str]] = {}
         for key in keys:
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)

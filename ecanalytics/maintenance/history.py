@@ -58,7 +58,7 @@ def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataF
     """Every transaction of the field, deduplicated by id: the applied ones, plus (unless
     ``applied_only``) the pending ones and the rows held back."""
     if applied_only:
-        return c.history(st, frozenset(c.pending_objects(st)))
+        return c.history(st, frozenset())
     rows = c.history(st, frozenset()).select(list(TX_SCHEMA))
     held = c.held_frame(st).drop("_reason").cast(rows.schema)  # type: ignore[arg-type]
     return pl.concat([rows, held]).sort(["timestamp", "id"]).unique("id", keep="first", maintain_order=True)

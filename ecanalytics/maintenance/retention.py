@@ -77,15 +77,17 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
             return None
         done = set(prev["archived"]) if prev else set()
-        pending = c.pending_objects(st)
         prefixes = [
             P.partition_dir(c.dataset, day.split("=", 1)[1])
             for month in store.listdirs(c.dataset) if month.startswith("cohortMonth=")
             for day in store.listdirs(f"{c.dataset}/{month}")
             if day.startswith("cohortDate=") and dt.date.fromisoformat(day.split("=", 1)[1]) < cut
         ]
-        keys = [k for k in st.visible(c.field, history_keys(store, c.dataset, prefixes))
-                if k not in pending and k not in done]
+        listed = history_keys(store, c.dataset, prefixes)
+        # The inbox is listed *after* the history: a write landing in between has its marker
+        # listed (marker first, then object), so it is never taken for an applied one.
+        pending = c.pending_objects(st)
+        keys = [k for k in st.visible(c.field, listed) if k not in pending and k not in done]
         if not keys:
             return None
         rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
