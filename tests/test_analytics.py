@@ -246,7 +246,7 @@ def test_cli_sql_commands(root: Root) -> None:
     assert res.exit_code == 0 and res.output.splitlines()[0].startswith("resource,field,cohortMonth")
     res = runner.invoke(cli, ["sql", "shell", "--root", root.uri], env=env,
                         input=".tables\nSELECT count(*) AS n\n FROM wallets_transactions_balance;\nSELECT broken;\n.quit\n")
-    assert res.exit_code == 0
+    assert res.exit_code == 1  # a script stops at its failing statement, with exit code 1
     assert "wallets_transactions_balance" in res.output and f"│ {len(written)} │" in res.output
     res = runner.invoke(cli, ["sql", "list"])
     assert res.exit_code == 0 and "reconciliation(" in res.output
