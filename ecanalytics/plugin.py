@@ -276,7 +276,8 @@ class EventualConsistencyPlugin:
                 if not self._buffer:
                     self._buffer_since = time.monotonic()
                 self._buffer.append(row)
-                full = len(self._buffer) >= self.batch_size
+                # Rows of a failed flush count too: the next flush retries them with the buffer.
+                full = len(self._buffer) + sum(o.rows.height for o in self._unsure) >= self.batch_size
             if full:
                 self.flush()
             return None

@@ -133,5 +133,5 @@ def test_wrongly_shaped_log_entry_and_checkpoint_are_typed(root: Root) -> None:
     assert again.resources["w"].get("a")["balance"] == 2  # type: ignore[union-attr]  # replayed from the log
     for shape in (b"{}", b"[]", b'{"version": 2, "committedAt": 5, "kind": "x", "token": "t"}'):
         store.write(P.log_entry("w", 2), shape)
-        with pytest.raises(ec.CorruptObjectError, match="00000000000000000002.json"):
+        with pytest.raises(ec.CorruptObjectError, match=r"00000000000000000002\.json"):
             root.connect().resources["w"].get("a")  # type: ignore[union-attr]

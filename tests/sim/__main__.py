@@ -1,0 +1,95 @@
+"""Soak and replay: ``python -m tests.sim --seeds 100000 [--backend memory|local|s3] [--start N]``.
+
+``--seed N`` replays one seed and prints its trace of storage calls; ``--scenario bug3`` replays
+one focused known-bug scenario. ``--profile`` picks the
+fault class (default ``swarm``, a random mix per seed). Run it from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+from tests.sim.simulator import PROFILES, SCENARIOS, SimResult, run_scenario, run_seed
+
+
+@contextlib.contextmanager
+def _moto() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with the bucket ``sim``; yields its endpoint."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_CONFIG_FILE": os.devnull,
+                       "AWS_SHARED_CREDENTIALS_FILE": os.devnull})
+    import boto3  # type: ignore[import-untyped]
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="sim")
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.sim", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--seed", type=int, help="replay one seed with its trace")
+    parser.add_argument("--backend", choices=("memory", "local", "s3"), default="memory")
+    parser.add_argument("--profile", choices=PROFILES, default="swarm")
+    parser.add_argument("--scenario", choices=SCENARIOS, help="replay one focused known-bug scenario with its trace")
+    parser.add_argument("--quiet", action="store_true", help="print failures only at the end")
+    args = parser.parse_args(argv)
+    logging.disable(logging.WARNING)  # the library logs the faults we inject
+    if args.scenario:
+        with _moto() if args.backend == "s3" else contextlib.nullcontext() as endpoint:
+            uri = f"s3://sim/{args.scenario}-{uuid.uuid4().hex[:6]}" if endpoint else None
+            result = run_scenario(args.scenario, args.backend, uri=uri, endpoint_url=endpoint, trace=True)
+        print("\n".join(result.trace))
+        print(result.summary())
+        return 0 if result.ok else 1
+    seeds = [args.seed] if args.seed is not None else range(args.start, args.start + args.seeds)
+    with _moto() if args.backend == "s3" else contextlib.nullcontext() as endpoint:
+        failures: list[SimResult] = []
+        tags: Counter[str] = Counter()
+        first: dict[str, int] = {}
+        started = time.perf_counter()
+        for i, seed in enumerate(seeds, 1):
+            uri = f"s3://sim/{seed}-{uuid.uuid4().hex[:6]}" if endpoint else None
+            result = run_seed(seed, args.backend, profile=args.profile, uri=uri, endpoint_url=endpoint,
+                              trace=args.seed is not None)
+            if args.seed is not None:
+                print("\n".join([*result.trace, result.summary()]))
+            if not result.ok:
+                failures.append(result)
+                for tag in sorted(result.tags):
+                    tags[tag] += 1
+                    first.setdefault(tag, seed)
+                if not args.quiet and args.seed is None:
+                    print(result.summary(), flush=True)
+            if i % 100 == 0:
+                elapsed = time.perf_counter() - started
+                print(f"... {i} seeds, {i / elapsed:.2f} seeds/s, {len(failures)} failing", file=sys.stderr, flush=True)
+        elapsed = time.perf_counter() - started
+    n = len(seeds)
+    print(f"\n{n} seeds ({args.backend}/{args.profile}) in {elapsed:.1f}s: {n / elapsed:.2f} seeds/s; "
+          f"{len(failures)} failing")
+    for tag, count in tags.most_common():
+        print(f"  {tag}: {count} seeds, first seed {first[tag]} (found after {seeds.index(first[tag]) + 1 if isinstance(seeds, range) else 1} seeds)")
+    if failures:
+        print("failing seeds:", " ".join(str(r.seed) for r in failures))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

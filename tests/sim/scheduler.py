@@ -1,0 +1,121 @@
+"""Deterministic interleaving of actors at Store-call granularity.
+
+Each actor runs in its own thread, but only the holder of the baton makes progress: at every
+storage call (:meth:`Scheduler.point`) the actor hands the baton back, and the scheduler, on the
+main thread, picks the next actor with its seeded RNG (uniformly, or PCT-style by random
+priorities, or by a scenario's policy, which sees the call each waiting actor is about to make). Which actors are
+waiting is then the same on every run, so the whole interleaving replays from the seed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+_local = threading.local()
+Policy = Callable[[list["Actor"]], "Actor | None"]  # forces the next actor; None lets the RNG pick
+
+
+class SimulationHang(RuntimeError):
+    """An actor ran for too long without reaching a storage call (a deadlock or a busy loop)."""
+
+
+@dataclass(eq=False)
+class Actor:
+    """One simulated process: a name, a body run on its own thread, a clock skew."""
+
+    index: int
+    name: str
+    body: Callable[[Actor], None]
+    skew_ns: int = 0
+    upcoming: tuple[str, tuple[object, ...]] = ("start", ())  # the storage call it waits to make
+    crashed: bool = False
+    done: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def current_actor() -> Actor | None:
+    """The actor whose thread is calling (None on the main thread and foreign threads)."""
+    actor: Actor | None = getattr(_local, "actor", None)
+    return actor
+
+
+class Scheduler:
+    """Hands the baton to one actor at a time; see the module docstring."""
+
+    def __init__(self, rng: random.Random, *, policy: Policy | None = None, timeout_s: float = 120.0) -> None:
+        self.rng = rng
+        self.policy = policy
+        # Half the seeds use PCT-style priorities: the highest-priority actor runs until one of a few
+        # random change points demotes it, which reaches "one actor far ahead" interleavings more often.
+        self.priorities: dict[int, float] | None = {} if rng.random() < 0.5 else None
+        self.change_points = {rng.randrange(1, 300) for _ in range(rng.randint(1, 6))}
+        self.timeout_s = timeout_s
+        self.running = False
+        self.switches = 0
+        self._cv = threading.Condition()
+        self._holder: Actor | None = None
+        self._ready: list[Actor] = []
+
+    def point(self, actor: Actor) -> None:
+        """Give the baton back and wait until the scheduler hands it to ``actor`` again."""
+        with self._cv:
+            self._ready.append(actor)
+            self._holder = None
+            self._cv.notify_all()
+            while self._holder is not actor:
+                self._cv.wait()
+
+    def _thread(self, actor: Actor) -> None:
+        _local.actor = actor
+        try:
+            self.point(actor)
+            actor.body(actor)
+        except BaseException as exc:  # bodies catch their own; this is a simulator bug
+            actor.notes.append(f"actor body escaped {type(exc).__name__}: {exc}")
+        finally:
+            with self._cv:
+                actor.done = True
+                self._holder = None
+                self._cv.notify_all()
+
+    def _pick(self) -> Actor:
+        ready = sorted(self._ready, key=lambda a: a.index)
+        chosen = self.policy(ready) if self.policy is not None else None
+        if chosen is None and self.priorities is not None:
+            for a in ready:
+                self.priorities.setdefault(a.index, self.rng.random())
+            chosen = max(ready, key=lambda a: self.priorities[a.index])  # type: ignore[index]
+            if self.switches in self.change_points:
+                self.priorities[chosen.index] = -self.switches
+        if chosen is None:
+            chosen = ready[self.rng.randrange(len(ready))]
+        self._ready.remove(chosen)
+        return chosen
+
+    def run(self, actors: list[Actor]) -> None:
+        """Run every actor to completion, one storage step at a time."""
+        threads = [threading.Thread(target=self._thread, args=(a,), name=f"sim-{a.name}", daemon=True) for a in actors]
+        self.running = True
+        try:
+            for t in threads:
+                t.start()
+            with self._cv:
+                if not self._cv.wait_for(lambda: len(self._ready) == len(actors), self.timeout_s):
+                    raise SimulationHang("actors did not start")
+                while True:
+                    if not self._cv.wait_for(lambda: self._holder is None, self.timeout_s):
+                        raise SimulationHang(f"{self._holder.name if self._holder else '?'} never yielded")
+                    if all(a.done for a in actors):
+                        break
+                    if not self._ready:
+                        raise SimulationHang("live actors but none waiting for the baton")
+                    self._holder = self._pick()
+                    self.switches += 1
+                    self._cv.notify_all()
+        finally:
+            self.running = False
+        for t in threads:
+            t.join(self.timeout_s)

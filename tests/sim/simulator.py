@@ -1,0 +1,530 @@
+"""A deterministic simulation of writers, consolidators and maintenance jobs under storage faults.
+
+``run_seed(seed)`` derives everything from the seed: the actors and what they do, the faults
+(``profile`` picks one fault class, ``"swarm"`` a random mix, ``"none"`` interleavings only) and
+the interleaving. Every actor has its own ``ec.connect`` to one root; they run one storage call at
+a time (:mod:`tests.sim.scheduler`) on a simulated clock (:mod:`tests.sim.runtime`) through a
+fault-injecting store (:mod:`tests.sim.faultstore`). Then faults stop, a clean connection
+consolidates twice, and every record is checked against a model of the acknowledged writes.
+
+Each transaction adds a distinct power of eight to its record (a ``sub`` subtracts its negative),
+so the base-8 digits of a final value count how often each transaction was applied (up to 7
+times): 1 for an acknowledged write, 0 or 1 for one whose call raised, never 2. ``source`` carries the
+transaction's number, so a failure can be traced to the objects and faults involved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import io
+import random
+import tempfile
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import polars as pl
+
+import ecanalytics as ec
+from ecanalytics.storage import paths as P
+from tests.sim.faultstore import DELETE_MODES, Faults, Script, SimulatedCrash, World
+from tests.sim.runtime import simulated_runtime
+from tests.sim.scheduler import Actor, Policy, Scheduler, SimulationHang
+
+RESOURCE, FIELD = "wallets", "balance"
+DATASET = P.transactions_dataset(RESOURCE, FIELD)
+SCHEMA = {"id": "string|required", "balance": "number|default:0"}
+RECORDS = ("a", "b", "c")
+BASE, BITS = 8, 17  # 17 base-8 digits (51 bits) stay exact in a float64
+TYPED = (ec.EcError, OSError, TimeoutError)
+PLUGIN: dict[str, Any] = {"auto_consolidate": False, "flush_interval": 3600.0, "consolidation_interval": 3600.0}
+FOCUSED = ("latency", "error", "lost", "per_key", "first_key", "denied", "stop", "torn", "list_lag", "skew", "crash")
+PROFILES = ("swarm", "none", *FOCUSED)
+BUGS = {
+    "bug1-s3-per-key-delete": ("delete:per_key", "delete:first_key"),
+    "bug2-denied-delete": ("delete:denied",),
+    "bug3-partial-delete": ("delete:stop",),
+    "bug3-partial-delete-native-stop": ("delete:native-stop",),  # a real remove stopped at a missing key
+    "list-lag-ghost-marker": ("list:ghost",),
+}
+
+
+# -- what a seed does --------------------------------------------------------------------------
+@dataclass
+class Tx:
+    """One logical transaction: ``amount`` is 8**bit, unique within its record."""
+
+    n: int
+    record: str
+    bit: int
+    op: str
+    days_back: int | None
+    key: str | None = None
+    attempts: int = 1
+    status: str = "unsent"  # unsent | acked | maybe
+
+    @property
+    def amount(self) -> int:
+        return int(BASE**self.bit)
+
+    def settle(self, ok: bool) -> None:
+        if ok:
+            self.status = "acked"
+        elif self.status != "acked":
+            self.status = "maybe"
+
+
+@dataclass
+class ActorSpec:
+    kind: str  # async | batch | sync | keyed | consolidator | maintenance
+    ops: list[Any] = field(default_factory=list)
+    batch_size: int = 100
+
+
+def make_faults(profile: str, seed: int, backend: str) -> Faults:
+    """The faults of a seed: one class (``profile``), a random mix (``swarm``) or none."""
+    rng = random.Random(f"profile-{seed}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
+    pick: Callable[[str], bool] = (lambda c: rng.random() < 0.35) if profile == "swarm" else profile.__eq__
+    delete_mode = "none"
+    if profile == "swarm":
+        delete_mode = rng.choice(("none", "none", *DELETE_MODES[1:]))
+    elif profile in DELETE_MODES:
+        delete_mode = profile
+    return Faults(
+        latency=rng.uniform(0.2, 0.5) if pick("latency") else 0.0,
+        error=rng.uniform(0.02, 0.1) if pick("error") else 0.0,
+        lost=rng.uniform(0.02, 0.08) if pick("lost") else 0.0,
+        delete_mode=delete_mode,
+        delete_rate=rng.uniform(0.2, 0.8),
+        torn=rng.uniform(0.02, 0.1) if pick("torn") and backend == "local" else 0.0,
+        list_lag=rng.randint(1, 20) if pick("list_lag") else 0,
+        skew_s=1200.0 if pick("skew") else 0.0,
+        crash=rng.uniform(0.005, 0.03) if pick("crash") else 0.0,
+    )
+
+
+def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
+    """(checkpoint interval, actor specs) of a seed."""
+    rng = random.Random(f"plan-{seed}")
+    used = dict.fromkeys(RECORDS, 0)
+    count = 0
+
+    def tx(keyed: bool) -> Tx:
+        nonlocal count
+        record = rng.choice([r for r in RECORDS if used[r] < BITS])
+        used[record] += 1
+        count += 1
+        return Tx(count, record, used[record] - 1, rng.choice(("add", "add", "sub")),
+                  rng.choice((None, None, None, 0, 1, 2, 35)), f"key-{count}" if keyed else None,
+                  rng.choice((1, 1, 2, 3)) if keyed else 1)
+
+    specs = []
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(("async", "batch", "sync", "keyed"))
+        spec = ActorSpec(kind, batch_size=rng.choice((2, 3, 100)))
+        for _ in range(rng.randint(2, 7)):
+            spec.ops.append(tx(kind == "keyed"))
+            if kind == "batch" and rng.random() < 0.3:
+                spec.ops.append("flush")
+        if kind == "batch":
+            spec.ops.append("flush")
+        specs.append(spec)
+    specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4)) for _ in range(rng.choice((0, 1, 1, 2, 2, 3)))]
+    if rng.random() < 0.35:
+        specs.append(ActorSpec("maintenance", [rng.choice(("gc", "gc-delete", "compact", "recalc"))
+                                               for _ in range(rng.randint(1, 2))]))
+    return rng.choice((2, 3, 5, 10)), specs
+
+
+# -- one run -----------------------------------------------------------------------------------
+@dataclass
+class SimResult:
+    """The outcome of one seed; ``replay`` is the command that reruns it exactly."""
+
+    seed: int
+    backend: str
+    profile: str
+    problems: list[str]
+    tags: set[str]
+    fired: dict[str, int]
+    digest: str
+    steps: int
+    faults: str
+    trace: list[str] = field(default_factory=list)
+    scenario: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def replay(self) -> str:
+        what = f"--scenario {self.scenario}" if self.scenario else f"--seed {self.seed} --profile {self.profile}"
+        return f"python -m tests.sim {what} --backend {self.backend}"
+
+    def summary(self) -> str:
+        what = f"scenario {self.scenario}" if self.scenario else f"seed {self.seed}"
+        head = f"{what} [{self.backend}/{self.profile}] {'ok' if self.ok else 'FAILED'}"
+        body = "".join(f"\n  - {p}" for p in self.problems[:8])
+        tags = f"\n  tags: {sorted(self.tags)}" if self.tags else ""
+        return f"{head} steps={self.steps} digest={self.digest} faults: {self.faults or 'none'}{body}{tags}" + (
+            f"\n  replay: {self.replay}" if not self.ok else "")
+
+
+@dataclass
+class Run:
+    """Everything one seed's actors share."""
+
+    uri: str
+    endpoint: str | None
+    checkpoint_interval: int
+    world: World
+    problems: list[str] = field(default_factory=list)
+    dbs: list[ec.Database] = field(default_factory=list)
+    txs: list[Tx] = field(default_factory=list)
+
+    def connect(self) -> ec.Database:
+        db = ec.connect(self.uri, endpoint_url=self.endpoint, checkpoint_interval=self.checkpoint_interval)
+        self.dbs.append(db)
+        return db
+
+    def attempt(self, actor: Actor, what: str, fn: Callable[[], object]) -> bool:
+        """Run one library call; True if it returned. Typed errors are expected, others are bugs."""
+        try:
+            fn()
+            return True
+        except SimulatedCrash:
+            raise
+        except TYPED as exc:
+            actor.notes.append(f"{what}: {type(exc).__name__}")
+        except Exception as exc:
+            self.problems.append(f"untyped error from {actor.name} {what}: {type(exc).__name__}: {exc} "
+                                 f"{traceback.format_exc(limit=-3)!r}")
+        return False
+
+
+def _send(res: ec.Resource, tx: Tx, world: World) -> object:
+    """One write call: ``add(record, 8**bit)`` or ``sub(record, -8**bit)``, dated ``days_back``."""
+    ts = None if tx.days_back is None else (
+        dt.datetime.fromtimestamp(world.now_ns() / 1e9, dt.UTC) - dt.timedelta(days=tx.days_back))
+    amount = tx.amount if tx.op == "add" else -tx.amount
+    return getattr(res, tx.op)(tx.record, amount, id=tx.key, timestamp=ts, source=f"t{tx.n}")
+
+
+def _acknowledge(txs: list[Tx]) -> list[Tx]:
+    for tx in txs:
+        tx.settle(True)
+    return []
+
+
+def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
+    """The code an actor runs: open a connection, then the spec's operations."""
+
+    def body(actor: Actor) -> None:
+        sent: list[Tx] = []  # in flight or buffered, not acknowledged yet
+        try:
+            db = run.connect()
+            options: dict[str, Any] = {"mode": "sync"} if spec.kind == "sync" else {
+                "batch_transactions": True, "batch_size": spec.batch_size} if spec.kind == "batch" else {}
+            plugin = functools.partial(ec.EventualConsistencyPlugin, resource=RESOURCE, field=FIELD, **PLUGIN, **options)
+            if not any(run.attempt(actor, "use_plugin", lambda: db.use_plugin(plugin())) for _ in range(3)):
+                return  # never configured as planned: writing anyway would not be the planned kind
+            res = db.resources[RESOURCE]
+            assert isinstance(res, ec.Resource)
+            for op in spec.ops:
+                if isinstance(op, Tx):
+                    run.txs.append(op)
+                    sent.append(op)
+                    for _ in range(op.attempts):
+                        ok = run.attempt(actor, f"{op.op} t{op.n}", functools.partial(_send, res, op, run.world))
+                        if spec.kind != "batch":
+                            op.settle(ok)
+                        elif ok and len(sent) >= spec.batch_size:  # this write flushed the whole buffer
+                            sent = _acknowledge(sent)
+                    if spec.kind != "batch":
+                        sent.remove(op)
+                elif op == "flush":
+                    if run.attempt(actor, "flush", db.flush):
+                        sent = _acknowledge(sent)
+                elif op == "consolidate":
+                    run.attempt(actor, "consolidate", db.consolidate)
+                else:
+                    jobs: dict[str, Callable[[], object]] = {
+                        "gc": lambda: res.gc(30), "gc-delete": lambda: res.gc(30, archive=False),
+                        "compact": res.compact, "recalc": lambda: res.recalculate(field=FIELD)}
+                    run.attempt(actor, op, jobs[op])
+        except SimulatedCrash:
+            actor.notes.append("crashed")
+        except TYPED as exc:
+            actor.notes.append(f"gave up: {type(exc).__name__}: {exc}")
+        except Exception as exc:
+            run.problems.append(f"untyped error in {actor.name}: {type(exc).__name__}: {exc}")
+        for t in sent:
+            t.settle(False)  # buffered or in flight when the actor stopped: maybe durable
+
+    return body
+
+
+def abandon(db: ec.Database) -> None:
+    """Drop a connection like a killed process would: no flush, no close, no exit hook."""
+    for res in list(db._resources.values()):
+        for plugin in res.plugins.values():
+            plugin._stop.set()
+    db._closed = True
+    with contextlib.suppress(AttributeError, ValueError):
+        threading._threading_atexits.remove(db._atexit)  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _root(backend: str, seed: int, uri: str | None) -> Iterator[str]:
+    if uri is not None:
+        yield uri
+    elif backend == "memory":
+        fs, path = fsspec.filesystem("memory"), f"/sim-{seed}"
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path, recursive=True)
+        try:
+            yield f"memory://sim-{seed}"
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path, recursive=True)
+            fs.pseudo_dirs[:] = [d for d in fs.pseudo_dirs if not d.startswith(path)]
+    elif backend == "local":
+        with tempfile.TemporaryDirectory(prefix=f"ec-sim-{seed}-") as tmp:
+            yield f"{tmp}/root"
+    else:
+        raise ValueError(f"backend {backend!r} needs uri= (and endpoint_url= for S3)")
+
+
+def run_seed(seed: int, backend: str = "memory", *, profile: str = "swarm", uri: str | None = None,
+             endpoint_url: str | None = None, trace: bool = False, policy: Policy | None = None,
+             script: Script | None = None, plan: tuple[int, list[ActorSpec]] | None = None,
+             faults: Faults | None = None) -> SimResult:
+    """Simulate one seed and check it; see the module docstring. ``plan``, ``faults``, ``policy``
+    (which actor runs next) and ``script`` (forced fault decisions) pin a scenario."""
+    faults = faults or make_faults(profile, seed, backend)
+    interval, specs = plan or make_plan(seed)
+    world = World(seed, faults, backend, script=script)
+    world.scheduler = Scheduler(random.Random(f"schedule-{seed}"), policy=policy)
+    skews = random.Random(f"skew-{seed}")
+    with _root(backend, seed, uri) as root, simulated_runtime(world):
+        run = Run(root, endpoint_url, interval, world)
+        setup = run.connect()
+        setup.use_plugin(ec.EventualConsistencyPlugin(resource=RESOURCE, field=FIELD, **PLUGIN))
+        setup.create_resource(RESOURCE, SCHEMA)
+        actors = [Actor(i, f"{s.kind}{i}", _body(run, s), int(skews.uniform(-1, 1) * faults.skew_s * 1e9))
+                  for i, s in enumerate(specs)]
+        try:
+            world.scheduler.run(actors)
+        except SimulationHang as exc:
+            run.problems.append(f"hang: {exc}")
+        run.problems += [f"{a.name}: {n}" for a in actors for n in a.notes if n.startswith("actor body escaped")]
+        run.problems += [f"storage call from a non-actor thread: {c}" for c in world.foreign[:3]]
+        tags = check(run) if not any(p.startswith("hang") for p in run.problems) else {"hang"}
+        for db in run.dbs:
+            abandon(db)
+    return SimResult(seed, backend, profile, run.problems, tags, dict(world.fired), world.digest(), world.step,
+                     faults.describe(), world.trace if trace else [])
+
+
+# -- checking ----------------------------------------------------------------------------------
+def digits(value: float) -> list[int]:
+    """Base-8 digits of a non-negative integral value, least significant first."""
+    n, out = int(value), []
+    while n:
+        n, d = divmod(n, BASE)
+        out.append(d)
+    return out
+
+
+def check(run: Run) -> set[str]:
+    """Stop faults, consolidate twice on a clean connection, compare with the model; tag failures."""
+    run.world.settle()
+    db = run.connect()
+    try:
+        db.consolidate()
+        db.consolidate()
+        res = db.resources[RESOURCE]
+        assert isinstance(res, ec.Resource)
+        table = res.to_polars()
+        left = res.plugin(FIELD).pending().height
+    except Exception as exc:
+        run.problems.append(f"clean consolidation failed: {type(exc).__name__}: {exc}")
+        return {"clean-consolidation-failed"}
+    if left:
+        run.problems.append(f"{left} transaction(s) still pending after two clean consolidations")
+    values = dict(zip(table["id"].to_list(), table[FIELD].to_list(), strict=True))
+    by_bit = {(t.record, t.bit): t for t in run.txs}
+    doubled: list[Tx | None] = []
+    lost: list[Tx | None] = []
+    for record in sorted(set(values) | {t.record for t in run.txs}):
+        value = values.get(record, 0.0)
+        if value < 0 or value != int(value):
+            run.problems.append(f"{record} = {value!r} is not a sum of distinct transactions")
+            continue
+        counts = digits(value)
+        for bit in range(max(len(counts), BITS)):
+            c = counts[bit] if bit < len(counts) else 0
+            tx = by_bit.get((record, bit))
+            allowed = {1} if tx and tx.status == "acked" else {0, 1} if tx and tx.status == "maybe" else {0}
+            if c not in allowed:
+                what = f"t{tx.n} ({tx.status}, {tx.op}, key={tx.key})" if tx else f"unknown bit {bit}"
+                run.problems.append(f"{record}: {what} applied {c} times (value {value:.0f})")
+                (doubled if c > 1 else lost).append(tx)
+    return triage(run, db, [t for t in doubled if t], [t for t in lost if t]) if run.problems else set()
+
+
+def _sources(blob: bytes) -> set[str]:
+    with contextlib.suppress(Exception):
+        return set(pl.read_parquet(io.BytesIO(blob))["source"].to_list())
+    return set()
+
+
+def triage(run: Run, db: ec.Database, doubled: list[Tx], lost: list[Tx]) -> set[str]:
+    """Name the failure by the faults that touched the objects and markers involved."""
+    res = db.resources[RESOURCE]
+    assert isinstance(res, ec.Resource)
+    applied: dict[str, list[int]] = {}  # object -> versions of the commits that applied it
+    previous: set[str] = set()
+    for entry in res.ledger.entries(("consolidate",)):
+        consumed = set(entry.raw.get("consumed") or ())
+        for key in consumed - previous:  # carried keys were consumed before, not applied again
+            applied.setdefault(key, []).append(entry.version)
+        previous = consumed
+    world, tags = run.world, set()
+    holders = {key: _sources(blob) for key, blob in world.blobs.items() if "/c-" not in key}  # not compactions
+
+    def marker(key: str) -> str:
+        day, name = key.split("cohortDate=", 1)[1].split("/", 1)
+        return P.inbox_marker(DATASET, day, name.removesuffix(".parquet"))
+
+    by_source = {f"t{t.n}": t for t in run.txs}
+    for key in (k for k, versions in applied.items() if len(versions) > 1):  # an object applied twice: its marker survived
+        events = " ".join(world.events.get(marker(key), []))
+        tags |= {bug for bug, marks in BUGS.items() if any(m in events for m in marks)} or {
+            f"double-unclassified: {events}"}
+    for source, tx in by_source.items():  # applied from two objects by two commits: it was written twice
+        commits = {applied[k][0] for k, s in holders.items() if source in s and k in applied}
+        if len(commits) > 1 and tx.key is None:
+            tags.add("bug4-flush-rewrite")
+        elif len(commits) > 1 and tx in doubled:
+            tags.add("keyed-retry-applied-twice")
+    entries = res.ledger.entries()
+    for tx in doubled:  # counted by a recalculation that took it for applied, then applied for real
+        first = min((applied[k][0] for k, s in holders.items() if f"t{tx.n}" in s and k in applied), default=0)
+        if any(e.raw["kind"] == "recalculate" and e.version < first for e in entries):
+            tags.add("double-recalculate-counted-a-pending-object" + ("-list-lag" if world.faults.list_lag else ""))
+    if doubled and not tags:
+        tags.add("double-unclassified")
+    taken = {k: e.raw["kind"] for e in entries for k in
+             ((e.raw.get("retention") or {}).get("archived", []) + (e.raw.get("compaction") or {}).get("replaced", []))}
+    for tx in lost:
+        keys = [k for k, s in holders.items() if f"t{tx.n}" in s]
+        if not keys:
+            tags.add("lost-never-written")
+        for key in keys:
+            if len(applied.get(key, [])) > 1:
+                continue  # applied several times: the digits carried, the double is tagged above
+            if key in applied:  # applied, then undone by a later maintenance commit
+                later = sorted({e.raw["kind"] for e in entries if e.version > applied[key][0]} - {"consolidate"})
+                tags.add(f"lost-after-apply (later commits: {', '.join(later) or 'none'})")
+            elif any(e.startswith("deleted") for e in world.events.get(marker(key), [])):
+                tags.add("lost-marker-deleted-as-orphan" + ("-clock-skew" if world.faults.skew_s else ""))
+            elif key in taken:  # a maintenance job took an object it wrongly thought applied
+                tags.add(f"lost-pending-object-taken-by-{taken[key]}" + ("-list-lag" if world.faults.list_lag else ""))
+            else:
+                tags.add(f"lost-unclassified: {world.events.get(key, [])}")
+    return tags or {"unclassified"}
+
+
+# -- focused scenarios: each known bug as a small forced schedule -------------------------------
+Until = Callable[[Actor], bool]
+
+
+def sequence(*steps: tuple[str, Until | None]) -> Policy:
+    """A policy that runs each named actor until ``until(actor)`` holds (None: until it is done)."""
+    queue = list(steps)
+
+    def policy(ready: list[Actor]) -> Actor | None:
+        while queue:
+            name, until = queue[0]
+            actor = next((a for a in ready if a.name == name), None)
+            if actor is not None and (until is None or not until(actor)):
+                return actor
+            queue.pop(0)
+        return None
+
+    return policy
+
+
+def deleting_markers(actor: Actor) -> bool:
+    """The actor is about to delete inbox markers."""
+    name, args = actor.upcoming
+    return name == "delete" and any("/_inbox/" in k for k in args[0])  # type: ignore[attr-defined]
+
+
+def _txs(*spec: tuple[str, int | None]) -> list[Tx]:
+    bits: dict[str, int] = {}
+    out = []
+    for n, (record, days) in enumerate(spec, 1):
+        bits[record] = bits.get(record, -1) + 1
+        out.append(Tx(n, record, bits[record], "add", days))
+    return out
+
+
+def scenario(name: str) -> dict[str, Any]:
+    """``run_seed`` arguments that pin one known bug (see :data:`SCENARIOS`)."""
+    if name in ("bug1", "bug2"):  # one connection: add, consolidate, ... with deletes that fail silently
+        t = _txs(*[("a", None)] * (4 if name == "bug1" else 6))
+        ops: list[Any] = [t[0], t[1], "consolidate", t[2], "consolidate", t[3], "consolidate"] if name == "bug1" else [
+            x for tx in t for x in (tx, "consolidate")]
+        return {"plan": (10, [ActorSpec("async", ops)]),
+                "faults": Faults(delete_mode="first_key" if name == "bug1" else "denied")}
+    if name == "bug3":  # two consolidators; a post-commit marker delete is killed half-way
+        t = _txs(("a", None), ("a", None), ("a", None))
+        specs = [ActorSpec("async", t[:2]), ActorSpec("async", t[2:]), ActorSpec("consolidator", ["consolidate"]),
+                 ActorSpec("consolidator", ["consolidate", "consolidate"])]
+        kill = "crash-after"  # with 2 keys, the first (local) or the last (memory://) is removed, then death
+
+        def script(world: World, actor: Actor, call: str, args: tuple[Any, ...]) -> str | None:
+            return kill if actor.name == "consolidator2" and deleting_markers(actor) else None
+
+        policy = sequence(("async0", None), ("consolidator2", deleting_markers), ("async1", None),
+                          ("consolidator3", deleting_markers), ("consolidator2", None), ("consolidator3", None))
+        return {"plan": (10, specs), "faults": Faults(), "policy": policy, "script": script}
+    if name == "bug4":  # a two-day flush fails on the second day; a consolidation runs before the retry
+        t = _txs(("a", None), ("a", 1))
+        specs = [ActorSpec("batch", [t[0], t[1], "flush", "flush"]), ActorSpec("consolidator", ["consolidate"]),
+                 ActorSpec("consolidator", ["consolidate"])]
+        failed: list[bool] = []
+        days: list[str] = []
+
+        def fail_second_day(world: World, actor: Actor, call: str, args: tuple[Any, ...]) -> str | None:
+            if actor.name == "batch0" and call == "write" and "/_inbox/" in args[0] and not failed:
+                days.append(args[0].rsplit("/", 1)[1][:10])
+                if days[-1] != days[0]:
+                    failed.append(True)
+                    return "error"
+            return None
+
+        policy = sequence(("batch0", lambda a: bool(failed) and a.upcoming[0] == "write"), ("consolidator1", None),
+                          ("batch0", None), ("consolidator2", None))
+        return {"plan": (10, specs), "faults": Faults(), "policy": policy, "script": fail_second_day}
+    raise ValueError(f"unknown scenario {name!r}; use one of {SCENARIOS}")
+
+
+SCENARIOS = ("bug1", "bug2", "bug3", "bug4")
+
+
+def run_scenario(name: str, backend: str = "memory", **kwargs: Any) -> SimResult:
+    """Run one focused scenario of :func:`scenario` (``kwargs`` as for :func:`run_seed`)."""
+    result = run_seed(0, backend, profile="none", **scenario(name), **kwargs)
+    result.scenario = name
+    return result
