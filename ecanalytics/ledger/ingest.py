@@ -52,6 +52,8 @@ def to_frame(data: FrameLike) -> pl.DataFrame:
 
 def _reject(frame: pl.DataFrame, bad: pl.Expr, error: type[Exception], what: str, detail: pl.Expr | None = None) -> None:
     """Raise ``error`` naming the first row where ``bad`` holds and how many rows do."""
+    if not frame.select(bad.fill_null(True).any()).item():  # one cheap pass in the common case
+        return
     flagged = frame.with_row_index("_row").filter(bad.fill_null(True))
     if flagged.height:
         first = flagged.row(0, named=True)
@@ -63,6 +65,8 @@ def _reject(frame: pl.DataFrame, bad: pl.Expr, error: type[Exception], what: str
 
 
 def _check_ids(frame: pl.DataFrame, column: str) -> None:
+    if not frame.select(P.any_id_problem(pl.col(column)).any()).item():  # one pass when all are fine
+        return
     problem = P.id_problems(pl.col(column))
     _reject(frame.with_columns(_problem=problem), pl.col("_problem").is_not_null(), InvalidNameError,
             f"an invalid {column!r}", pl.format("'{}': {}", pl.col(column), pl.col("_problem")).first())

@@ -108,6 +108,13 @@ def id_problems(column: pl.Expr) -> pl.Expr:
     )
 
 
+def any_id_problem(column: pl.Expr) -> pl.Expr:
+    """True where :func:`id_problems` finds something: the same rules in one regex pass."""
+    length = column.str.len_bytes()
+    return (column.is_null() | (length == 0) | (column.str.len_chars() > MAX_ID_LENGTH)
+            | column.str.contains(r"[/\\=\x00-\x1f\x7f-\x9f]|\.\.")).fill_null(True)
+
+
 def transactions_dataset(resource: str, field: str) -> str:
     """Name of the transaction dataset of a managed field, e.g. ``wallets_transactions_balance``."""
     return f"{resource}{TX_INFIX}{field}"
