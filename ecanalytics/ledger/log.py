@@ -24,6 +24,7 @@ The state tracks, per managed field:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import logging
@@ -40,7 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
 from ecanalytics.ledger.schema import Schema
-from ecanalytics.storage import Store
+from ecanalytics.storage import Store, decode_parquet, parquet_bytes
 from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ MARKS_SCHEMA: dict[str, pl.DataType] = {
     "maxTs": pl.Datetime("us", "UTC"), "maxId": pl.String(),
 }
 _ENTRY_KEYS = ("version", "committedAt", "kind", "token")
+# Frames this small travel inside the log entry (base64 Parquet, exact types) instead of as objects
+# of their own: a small commit is then one PUT, not three.
+INLINE_ROWS = 64
+_INLINE = "inline:"
 AUTO_ID_PREFIX = "auto-"
 
 
@@ -175,7 +180,7 @@ class Ledger:
     def _frame(self, rel: str, schema: dict[str, pl.DataType], *, keep: bool = False) -> pl.DataFrame:
         """A metadata Parquet object with exactly ``schema``'s columns (``keep``: and the others it
         has), else :class:`CorruptObjectError`."""
-        df = self.store.read_parquet(rel)
+        df = self._read_ref(rel)
         try:
             return df.with_columns([pl.col(c).cast(t) for c, t in schema.items()]) if keep else df.select(
                 [pl.col(c).cast(t) for c, t in schema.items()])
@@ -221,7 +226,7 @@ class Ledger:
         def load(rel: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
             if rel in written:
                 return written[rel]
-            return self._frame(rel, schema) if schema else self.store.read_parquet(rel)
+            return self._frame(rel, schema) if schema else self._read_ref(rel)
 
         records = st.records
         changed = pl.Series("id", raw.get("deletes", []), dtype=pl.String)
@@ -268,7 +273,7 @@ class Ledger:
 
     def _replay(self, st: State) -> State:
         while (entry := self.read_entry(st.version + 1)) is not None:
-            ids = self.store.read_parquet(entry.raw["ids"]) if entry.raw.get("ids") else None
+            ids = self._read_ref(entry.raw["ids"]) if entry.raw.get("ids") else None
             st = self._apply(st, entry, self.read_delta(entry), ids)
         return st
 
@@ -331,7 +336,16 @@ class Ledger:
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
         """The records an entry upserted."""
         delta = entry.raw.get("delta")
-        return self.schema.conform(self.store.read_parquet(delta), self.store.url(delta)) if delta else None
+        return self.schema.conform(self._read_ref(delta), self._where(delta)) if delta else None
+
+    def _read_ref(self, ref: str) -> pl.DataFrame:
+        """A frame a log entry names: an object's path, or the frame itself inline."""
+        if ref.startswith(_INLINE):
+            return decode_parquet(base64.b64decode(ref[len(_INLINE):]), self._where(ref))
+        return self.store.read_parquet(ref)
+
+    def _where(self, ref: str) -> str:
+        return f"a frame inside the log of {self.resource}" if ref.startswith(_INLINE) else self.store.url(ref)
 
     def set_schema(self, schema: Schema) -> None:
         """Use ``schema`` from now on (schema evolution): the cached state is reloaded, so records
@@ -382,7 +396,8 @@ class Ledger:
                 ids = None
                 if change.applied_ids is not None:
                     ids = change.applied_ids.filter(~change.applied_ids.str.starts_with(AUTO_ID_PREFIX)).to_frame("id")
-                files = {}
+                files: dict[str, pl.DataFrame] = {}
+                files_inline: dict[str, pl.DataFrame] = {}
                 if upserts is not None and upserts.height:
                     files[P.data_file(self.resource, version, token, "delta")] = upserts
                     raw["delta"] = next(iter(files))
@@ -397,6 +412,16 @@ class Ledger:
                     raw["held"] = {"field": change.field, "path": held_rel}
                     if held_rel:
                         files[held_rel] = change.held
+                for rel, frame in list(files.items()):
+                    if frame.height <= INLINE_ROWS:
+                        inline = _INLINE + base64.b64encode(parquet_bytes(frame)).decode()
+                        for key in ("delta", "ids", "marks"):
+                            if raw[key] == rel:
+                                raw[key] = inline
+                        if isinstance(raw["held"], dict) and raw["held"]["path"] == rel:
+                            raw["held"]["path"] = inline
+                        del files[rel]
+                        files_inline[inline] = frame
                 # Sequential on purpose: a deterministic order of storage calls (the simulator
                 # replays it exactly); these objects are small and the delta dominates.
                 for rel, frame in files.items():
@@ -410,7 +435,7 @@ class Ledger:
                 entry = LogEntry(version, raw)
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
-                        self._state = self._apply(st, entry, upserts, ids, files)
+                        self._state = self._apply(st, entry, upserts, ids, {**files, **files_inline})
                     cached = self._state
                 new_state = cached if cached is not None and cached.version >= version else self.state()
                 self._fault("before_checkpoint")

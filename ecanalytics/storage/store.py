@@ -253,11 +253,10 @@ class Store:
     # -- parquet helpers -------------------------------------------------------------------
     def write_parquet(self, rel: str, df: pl.DataFrame, *, create: bool = False) -> bool:
         """Serialise ``df`` as Parquet (zstd) and store it; ``create`` makes it create-only."""
-        buf = io.BytesIO()
-        df.write_parquet(buf, compression="zstd", statistics=True)
+        data = parquet_bytes(df)
         if create:
-            return self.create(rel, buf.getvalue())
-        self.write(rel, buf.getvalue())
+            return self.create(rel, data)
+        self.write(rel, data)
         return True
 
     def read_parquet(self, rel: str) -> pl.DataFrame:
@@ -326,6 +325,13 @@ def _mtime(info: dict[str, Any]) -> float | None:
         if isinstance(value, (int, float)):
             return float(value)
     return None
+
+
+def parquet_bytes(df: pl.DataFrame) -> bytes:
+    """``df`` as Parquet bytes (zstd, with statistics): the one encoding of every object we write."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, compression="zstd", statistics=True)
+    return buf.getvalue()
 
 
 def decode_parquet(data: bytes, where: str) -> pl.DataFrame:
