@@ -114,6 +114,7 @@ class EventualConsistencyPlugin:
         self._buffer_lock = threading.Lock()
         self._gc = threading.Condition()
         self._gc_requested = self._gc_done = 0
+        self._gc_objects: list[tuple[PlannedObject, int]] = []  # (object, version seen before it was written)
         self._gc_running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -281,16 +282,25 @@ class EventualConsistencyPlugin:
             if full:
                 self.flush()
             return None
+        seen = consolidator.ledger.cached().version if self.mode == "sync" else 0  # before the write
         try:
-            write_transactions(consolidator.store, self.dataset, self.timezone, tx_frame([row], consolidator.dtype))
+            written = write_transactions(consolidator.store, self.dataset, self.timezone,
+                                         tx_frame([row], consolidator.dtype))
         except Exception as exc:
             self._error("write", exc, recordId=row["originalId"])
             raise
         if self.mode == "async":
             return None
         self.flush()
-        self._group_commit()
-        return self._resource.value(row["originalId"], self.field, consistent=False) if self._resource else None
+        self._group_commit([(obj, seen) for obj in written])
+        return self._committed_value(row["originalId"])
+
+    def _committed_value(self, record_id: str) -> float | Decimal:
+        """The record's value in the state this process committed or saw last (no request)."""
+        found = self.consolidator.ledger.cached().records.filter(pl.col("id") == record_id)
+        value = found[self.field][0] if found.height else None
+        default = self.consolidator.default
+        return (value if isinstance(value, Decimal) else float(value)) if value is not None else default
 
     def write_frame(self, txs: pl.DataFrame, *, batch_size: int = 1_000_000,
                     progress: Callable[[int], None] | None = None) -> float | Decimal | None:
@@ -301,6 +311,7 @@ class EventualConsistencyPlugin:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}.")
         store = self.consolidator.store
+        seen = self.consolidator.ledger.cached().version if self.mode == "sync" else 0  # before the writes
         planned = plan_objects(self.dataset, self.timezone, txs, batch_size)
         done = 0
         try:
@@ -314,7 +325,7 @@ class EventualConsistencyPlugin:
             self._error("write", exc, count=txs.height - done)
             raise
         if self.mode == "sync":
-            self._group_commit()
+            self._group_commit([(obj, seen) for obj in planned])
         return None
 
     def flush(self) -> int:
@@ -350,20 +361,23 @@ class EventualConsistencyPlugin:
             self._maybe_written = None
         return written
 
-    def _group_commit(self) -> None:
+    def _group_commit(self, objects: list[tuple[PlannedObject, int]]) -> None:
         # A consolidation that *starts* after our write was durable covers it, so concurrent sync
-        # writers wait for one run instead of racing for versions.
+        # writers wait for one run instead of racing for versions. The run commits exactly the
+        # objects the waiting writers hold (the lean path), or everything pending (the full one).
         with self._gc:
             self._gc_requested += 1
+            self._gc_objects.extend(objects)
             ticket = self._gc_requested
             while self._gc_done < ticket:
                 if self._gc_running:
                     self._gc.wait()
                     continue
                 self._gc_running, target = True, self._gc_requested
+                batch, self._gc_objects = self._gc_objects, []
                 self._gc.release()
                 try:
-                    self.consolidate()
+                    self._commit_written(batch)
                     ok = True
                 finally:
                     self._gc.acquire()
@@ -371,6 +385,22 @@ class EventualConsistencyPlugin:
                     self._gc.notify_all()
                 if ok:
                     self._gc_done = max(self._gc_done, target)
+
+    def _commit_written(self, batch: list[tuple[PlannedObject, int]]) -> None:
+        """Commit what sync writers wrote: the lean path when it can decide, else a full run."""
+        result = None
+        if batch and not self._buffer and not self._unsure:
+            try:
+                result = self.consolidator.run_known([o for o, _ in batch], min(v for _, v in batch))
+            except Exception as exc:
+                self._error("consolidate", exc)
+                raise
+        if result is None:
+            self.consolidate()
+        elif result.version is not None:
+            self._emit("eventual-consistency.consolidated", {
+                **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
+            })
 
     # -- consolidation ---------------------------------------------------------------------
     def consolidate(self) -> ConsolidationResult:

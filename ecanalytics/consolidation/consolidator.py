@@ -22,7 +22,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +32,23 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConsolidationError
 from ecanalytics.ledger.log import Commit, Ledger, State
-from ecanalytics.ledger.transactions import TX_SCHEMA, Inbox, history_keys, read_history, read_objects
+from ecanalytics.ledger.transactions import (
+    TX_SCHEMA,
+    Inbox,
+    PlannedObject,
+    history_keys,
+    read_history,
+    read_objects,
+)
 from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
 HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
+LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
+
+
+class _Fallback(Exception):
+    """The lean path hands over to the full one."""
 
 
 @dataclass(frozen=True)
@@ -90,8 +102,9 @@ class Pending:
     rows: pl.DataFrame  # new rows and held rows, deduplicated, with ``_object``
     objects: frozenset[str]  # objects read now: consumed by this commit
     markers: dict[str, str]  # their inbox markers
-    carried: frozenset[str]  # consumed keys whose marker the LIST still shows: they stay consumed
-    stale_markers: tuple[str, ...]  # those markers
+    carried: frozenset[str]  # consumed keys whose marker the LIST still shows (or never showed): they stay consumed
+    stale_markers: tuple[str, ...]  # the listed markers of those keys
+    unlisted: frozenset[str]  # consumed keys no LIST has shown yet
     duplicates: int
     unapplied: frozenset[str]  # every listed, unconsumed key (read or not): not in applied history
 
@@ -154,19 +167,29 @@ class Consolidator:
         """Pending rows at ``st``. With ``cleanup``, markers of consumed and orphaned objects are removed."""
         inbox = Inbox.scan(self.store, self.dataset)
         consumed = st.consumed.get(self.field, frozenset())
-        carried = frozenset(k for k in consumed if k in inbox.markers)
-        stale = tuple(inbox.markers[k] for k in sorted(carried))
+        listed = frozenset(k for k in consumed if k in inbox.markers)
+        # A consumed key that no LIST has shown yet stays consumed whether or not this one shows it.
+        unlisted = st.unlisted.get(self.field, frozenset()) - listed
+        carried = listed | (unlisted & consumed)
+        stale = tuple(inbox.markers[k] for k in sorted(listed))
         if cleanup:
             self._delete_markers(list(stale))
         candidates = sorted(k for k in inbox.markers if k not in consumed)
         rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
         if cleanup and missing:
             self._delete_markers([inbox.markers[k] for k in inbox.orphans(self.store, self.dataset, missing)])
-        total = rows.height
+        held = self.held_frame(st)
+        total = rows.height + held.height
+        rows = self._with_held(st, rows, held)
+        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
+                       unlisted & consumed, total - rows.height, frozenset(candidates))
+
+    def _with_held(self, st: State, rows: pl.DataFrame, held: pl.DataFrame) -> pl.DataFrame:
+        """``rows`` without already applied idempotency keys, plus ``held``, one row per id (the
+        first by ``(timestamp, id, object)``)."""
         applied = st.applied_keys(self.field)
         if applied.len():  # only caller-supplied keys are remembered; usually there are none
             rows = rows.filter(~pl.col("id").is_in(applied.implode()))
-        held = self.held_frame(st)
         if held.height:
             rows = pl.concat([rows, held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object"))
                               .select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
@@ -174,8 +197,7 @@ class Consolidator:
         if rows["id"].hash().n_unique() < rows.height:
             rows = rows.sort(["timestamp", "id", "_object"], nulls_last=True).unique(
                 subset="id", keep="first", maintain_order=True)
-        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
-                       total + held.height - rows.height, frozenset(candidates))
+        return rows
 
     # -- history (only for late data) ------------------------------------------------------
     def _retention(self, st: State) -> tuple[str | None, bool]:
@@ -368,6 +390,7 @@ class Consolidator:
                 upserts=upserts,
                 field=self.field,
                 consumed=pending.objects | pending.carried,
+                unlisted=pending.unlisted,
                 applied_ids=folded.applied["id"],
                 held=folded.held,
                 marks=folded.marks,
@@ -393,6 +416,66 @@ class Consolidator:
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
             stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
             **self._held_summary(change.held),
+        )
+
+    def run_known(self, objects: Sequence[PlannedObject], after: int) -> ConsolidationResult | None:
+        """The lean path of a sync writer: commit the objects it just wrote, which it holds, with
+        no LIST and no GET of them; None when the lean path cannot decide (the caller then runs
+        :meth:`run`).
+
+        Steps on the critical path: the log probe (one GET), then the create-only log entry (one
+        PUT; a small delta travels inside it). Exactly once holds without a LIST because an
+        object is skipped when the state's consumed set holds it *or* a version after ``after``
+        (the version this process had seen before the objects were written) consumed it, which
+        this process knows from the versions it replayed. Consumed keys are all carried, and no
+        marker is deleted here: the next full consolidation deletes them and, once a LIST shows
+        them gone, drops them; past :data:`LEAN_MAX_CARRIED` carried keys the full path runs.
+        """
+        started = time.perf_counter()
+        by_key = {o.key: o for o in objects}
+        done: dict[str, Any] = {}
+
+        def build(st: State) -> Commit | None:
+            consumed = st.consumed.get(self.field, frozenset())
+            taken = self.ledger.consumed_since(self.field, by_key, after)
+            if taken is None or len(consumed) > LEAN_MAX_CARRIED:
+                raise _Fallback
+            mine = sorted(k for k in by_key if k not in consumed and k not in taken)
+            if not mine:
+                return None
+            rows = pl.concat([by_key[k].rows.with_columns(pl.lit(i, pl.UInt32).alias("_object"))
+                              for i, k in enumerate(mine)], how="vertical")
+            held = self.held_frame(st)
+            touched = rows["originalId"].unique().implode()
+            rows = self._with_held(st, rows, held.filter(pl.col("originalId").is_in(touched)))
+            folded = self.fold(st, rows, frozenset(mine))
+            kept = held.filter(~pl.col("originalId").is_in(touched))
+            upserts = self._upserts(st, folded.values)
+            done["objects"] = len(mine)
+            return Commit(
+                kind="consolidate", upserts=upserts, field=self.field, consumed=consumed | frozenset(mine),
+                unlisted=st.unlisted.get(self.field, frozenset()) | frozenset(mine),
+                applied_ids=folded.applied["id"], held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
+                marks=folded.marks,
+                stats={"transactions": folded.applied.height, "duplicates": 0, "objects": len(mine),
+                       "records": upserts.height, "late": folded.late, "held": folded.held.height, "lean": True},
+            )
+
+        try:
+            outcome = self.ledger.commit(build)
+        except _Fallback:
+            return None
+        elapsed = time.perf_counter() - started
+        if outcome is None:
+            return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed,
+                                       pl.DataFrame(schema={"id": pl.String(), "value": self.dtype}))
+        state, change = outcome
+        assert change.upserts is not None and change.held is not None
+        stats = change.stats
+        return ConsolidationResult(
+            self.ledger.resource, self.field, state.version, stats["transactions"], 0, stats["objects"],
+            stats["records"], elapsed, change.upserts.select("id", pl.col(self.field).alias("value")),
+            stats["late"], stats["held"], **self._held_summary(change.held),
         )
 
     @staticmethod

@@ -32,7 +32,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -74,6 +74,7 @@ class Commit:
     deletes: tuple[str, ...] = ()
     field: str | None = None
     consumed: frozenset[str] | None = None
+    unlisted: frozenset[str] | None = None  # consumed keys no LIST has shown yet (the lean sync path)
     applied_ids: pl.Series | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     retention: dict[str, Any] | None = None  # {field, cut, base, archived, mode} of a retention commit
@@ -97,6 +98,10 @@ class State:
     compaction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     held: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     marks: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=MARKS_SCHEMA))
+    # Consumed keys that no LIST has shown yet (committed by a sync writer that holds them): their
+    # absence from a LIST proves nothing (a LIST may lag behind the write), so they stay consumed
+    # until a LIST has shown them once.
+    unlisted: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
 
     def visible(self, field_name: str, keys: list[str], *, hide_retained: bool = True) -> list[str]:
         """The objects a reader counts: not replaced by a committed compaction, not the output of
@@ -151,6 +156,8 @@ class Ledger:
         self.dedup_window_s = dedup_window_s
         self.fault: FaultHook | None = None  # test hook: called at each commit step
         self._state: State | None = None
+        self._consumed_seen: dict[str, dict[str, int]] = {}  # field -> key -> version that consumed it
+        self._seen_after: int | None = None  # this process applied every version after this one
         self._state_lock = threading.Lock()
         self._commit_lock = threading.Lock()
 
@@ -167,9 +174,10 @@ class Ledger:
             marks = self._frame(hint["marks"], MARKS_SCHEMA) if hint.get("marks") else pl.DataFrame(schema=MARKS_SCHEMA)
             held = {f: self.store.read_parquet(rel) for f, rel in hint.get("held", {}).items()}
             consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
+            unlisted = {f: frozenset(keys) for f, keys in hint.get("unlisted", {}).items()}
             at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
             return State(int(hint["version"]), records, consumed, ids, at, int(hint["version"]),
-                         dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, marks)
+                         dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, marks, unlisted)
         except FileNotFoundError:
             return self._empty()
         except (ValueError, KeyError, TypeError, AttributeError, CorruptObjectError) as exc:
@@ -240,6 +248,9 @@ class Ledger:
         consumed = st.consumed
         applied = st.applied_ids
         fld = raw.get("field")
+        unlisted = st.unlisted
+        if fld is not None and raw.get("unlisted") is not None:
+            unlisted = {**unlisted, fld: frozenset(raw["unlisted"])}
         if fld is not None and raw.get("consumed") is not None:
             consumed = {**consumed, fld: frozenset(raw["consumed"])}
         if ids is not None and ids.height:
@@ -269,13 +280,41 @@ class Ledger:
                 "tokens": [*before.get("tokens", []), c["token"]], "replaced": c["replaced"]}}
         return replace(st, version=entry.version, records=records, consumed=consumed, applied_ids=applied,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
-                       marks=marks)
+                       marks=marks, unlisted=unlisted)
 
     def _replay(self, st: State) -> State:
+        if self._seen_after is None:
+            self._seen_after = st.version
         while (entry := self.read_entry(st.version + 1)) is not None:
             ids = self._read_ref(entry.raw["ids"]) if entry.raw.get("ids") else None
+            before = st
             st = self._apply(st, entry, self.read_delta(entry), ids)
+            self._note_consumed(before, st)
         return st
+
+    def _note_consumed(self, before: State, after: State) -> None:
+        """Remember which keys each version this process applied newly consumed (for
+        :meth:`consumed_since`); bounded, forgetting the oldest by moving the horizon."""
+        for fld, keys in after.consumed.items():
+            new = keys - before.consumed.get(fld, frozenset())
+            if new:
+                seen = self._consumed_seen.setdefault(fld, {})
+                seen.update(dict.fromkeys(new, after.version))
+        if sum(map(len, self._consumed_seen.values())) > 200_000:
+            self._consumed_seen.clear()
+            self._seen_after = after.version
+
+    def consumed_since(self, fld: str, keys: Iterable[str], after: int) -> set[str] | None:
+        """Which of ``keys`` a commit *after* version ``after`` consumed, from what this process
+        replayed; None when it did not see every version since ``after`` (ask the store instead)."""
+        if self._seen_after is None or after < self._seen_after:
+            return None
+        seen = self._consumed_seen.get(fld, {})
+        return {k for k in keys if seen.get(k, -1) > after}
+
+    def cached(self) -> State:
+        """The state this process last saw (no request once loaded); ``state()`` for the latest."""
+        return self._state if self._state is not None else self.state()
 
     # -- history (maintenance paths: they may read the whole log) ----------------------------
     def latest_version(self) -> int:
@@ -385,6 +424,7 @@ class Ledger:
                     "token": token, "field": change.field, "deletes": list(change.deletes),
                     "delta": None, "stats": change.stats,
                     "consumed": sorted(change.consumed) if change.consumed is not None else None,
+                    "unlisted": sorted(change.unlisted) if change.unlisted is not None else None,
                     "ids": None,
                     "retention": change.retention,
                     "compaction": change.compaction,
@@ -436,6 +476,7 @@ class Ledger:
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
                         self._state = self._apply(st, entry, upserts, ids, {**files, **files_inline})
+                        self._note_consumed(st, self._state)
                     cached = self._state
                 new_state = cached if cached is not None and cached.version >= version else self.state()
                 self._fault("before_checkpoint")
@@ -472,6 +513,7 @@ class Ledger:
         hint = {
             "version": st.version, "records": records_rel, "ids": ids_rel, "marks": marks_rel, "held": held,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
+            "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},
             "retention": st.retention,
             "compaction": st.compaction,
             "committedAt": st.committed_at.isoformat() if st.committed_at else None,
