@@ -208,8 +208,12 @@ class ObjectProgress:
 
 def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Database:
     """Every command but ``demo`` needs an existing catalog: a typo in --root must fail loudly,
-    not report success over nothing."""
-    return connect(root, endpoint_url=endpoint_url, create=create)
+    not report success over nothing. A resource whose catalog entry is unreadable is named on
+    stderr (``consolidate`` also fails on it)."""
+    db = connect(root, endpoint_url=endpoint_url, create=create)
+    for name, error in sorted(db._broken.items()):
+        log.error("Resource %s cannot be opened: %s", name, error)
+    return db
 
 
 def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple[Resource, str]]:
@@ -218,9 +222,10 @@ def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple
 
 
 def _use_reducer(db: Database, spec: str) -> None:
-    """``--reducer wallets.balance=pkg.mod:func``: attach that callable to the field."""
+    """``--reducer wallets.balance=pkg.mod:func``: the function of a field configured with a custom
+    reducer, for this run only (never stored; a built-in reducer is never replaced)."""
     from ecanalytics.consolidation.reducers import load_reference
-    from ecanalytics.plugin import EventualConsistencyPlugin
+    from ecanalytics.errors import ConfigurationError
 
     target, _, ref = spec.partition("=")
     res_name, _, field = target.partition(".")
@@ -229,9 +234,10 @@ def _use_reducer(db: Database, spec: str) -> None:
     resource = db.resources[res_name]
     if not isinstance(resource, Resource):
         raise click.BadParameter(f"{res_name} is a transaction dataset, not a resource", param_hint="--reducer")
-    plugin = resource.plugin(field)
-    config = {**plugin.config(), "reducer": load_reference(ref)}
-    db.use_plugin(EventualConsistencyPlugin(res_name, field, **config))
+    try:
+        resource.plugin(field).supply_reducer(load_reference(ref))
+    except ConfigurationError as exc:
+        raise click.BadParameter(str(exc), param_hint="--reducer") from exc
 
 
 root_option = click.option("--root", default=DEFAULT_ROOT, show_default=True, envvar="EC_ROOT",
@@ -308,7 +314,12 @@ def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records:
 def _consolidate_once(db: Database, plugins: list[Any], out: Output) -> tuple[dict[str, Any], dict[str, Exception]]:
     """One pass over ``plugins``; a field that fails is reported and the others go on."""
     started = time.perf_counter()
-    results, failures = [], {}
+    results: list[Any] = []
+    failures: dict[str, Exception] = {}
+    for broken, error in sorted(db._broken.items()):  # its backlog cannot be applied: fail loudly
+        failures[f"{broken}.*"] = error
+        if out.fmt == "text":
+            out.warn(f"error: {broken}: {error}")
     bar = out.fmt == "text" and _tty()
     # The bar counts the pending objects (one LIST per field, only when it is shown) and their rows.
     total = sum(len(p.consolidator.pending_objects(p.consolidator.ledger.state())) for p in plugins) if bar else None
@@ -583,11 +594,11 @@ def sql_run(root: str, endpoint_url: str | None, name: str, pairs: tuple[str, ..
 
 
 # The views ``.tables`` lists are the documented ones; these are bookkeeping behind them.
-INTERNAL_VIEWS = frozenset({"ec_hidden_objects", "ec_compaction_tokens", "ec_pending_objects"})
+INTERNAL_VIEWS = frozenset({"ec_hidden_objects", "ec_compaction_tokens", "ec_pending_objects", "ec_held_ids"})
 VIEW_DESCRIPTIONS = {
     "ec_transactions": "every transaction dataset, with a resource column",
     "ec_values": "resource, field, id, value of every managed field",
-    "ec_fields": "resource, field, dataset, reducer, timezone, default",
+    "ec_fields": "resource, field, dataset, reducer, timezone, default, deletedBefore",
     "ec_pending": "the pending transactions, with writtenAt",
     "ec_bases": "where a rebuild of each record starts",
 }
@@ -680,16 +691,25 @@ def ingest(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resour
         readers: dict[str, Callable[[str], pl.DataFrame]] = {
             ".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, schema_overrides=csv_types),
             ".ndjson": pl.read_ndjson, ".jsonl": pl.read_ndjson}
-        for path in paths:
+        from ecanalytics.ledger import ingest as ingest_rows
+
+        plugin = res.plugin(field)
+        frames = []
+        for path in paths:  # every file is read and validated before any is written
             suffix = path[path.rfind("."):].lower() if "." in path else ""
             if suffix not in readers:
                 raise click.BadParameter(f"{path}: use .parquet, .csv, .ndjson or .jsonl", param_hint="PATHS")
             try:
                 frame = readers[suffix](path)
+                frames.append((path, ingest_rows.transactions(frame, plugin.field, plugin.consolidator.dtype)))
             except (OSError, pl.exceptions.PolarsError) as exc:
                 raise click.BadParameter(f"{path} cannot be read: {exc}", param_hint="PATHS") from exc
-            with _progress(frame.height, f"ingesting {path}", out.fmt == "text" and _tty()) as tick:
-                total += res.write_transactions(frame, field, batch_size=batch_size, progress=tick)
+            except EcError as exc:
+                raise type(exc)(f"{path}: {exc} (No file was written.)") from exc
+        for path, rows in frames:
+            with _progress(rows.height, f"ingesting {path}", out.fmt == "text" and _tty()) as tick:
+                plugin.write_frame(rows, batch_size=batch_size, progress=tick)
+                total += rows.height
     seconds = time.perf_counter() - started
     out.summary({"resource": resource, "field": field, "files": len(paths), "rows": total,
                  "seconds": round(seconds, 3)},

@@ -106,6 +106,12 @@ class ConsolidationError(TerminalError):
         self.record_id = record_id
 
 
+class TransactionHeldError(ConsolidationError):
+    """A sync write is stored but held, not committed: its record cannot be folded yet (it does not
+    exist and has required attributes without defaults, or its value would overflow). It is not
+    lost: it is applied by the consolidation after the cause goes away."""
+
+
 class ConsolidationFailedError(EcError):
     """Some fields failed to consolidate; the others committed. ``results`` holds the outcomes of
     the fields that succeeded, ``failures`` maps ``"resource.field"`` to the exception."""

@@ -16,7 +16,7 @@ import polars as pl
 
 from ecanalytics import display
 from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer
-from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError
+from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.log import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
@@ -209,6 +209,17 @@ class EventualConsistencyPlugin:
             self._thread = threading.Thread(target=self._background, name=f"ec-{self.dataset}", daemon=True)
             self._thread.start()
 
+    def supply_reducer(self, func: PythonReducer) -> None:
+        """Give a field configured with a custom Python reducer its function in this process
+        (functions are not stored in the catalog). Nothing is persisted, and a field whose stored
+        reducer is a built-in one refuses: use ``db.use_plugin`` to change a reducer on purpose."""
+        if self._reducer is not None and self._reducer.is_builtin:
+            raise ConfigurationError(
+                f"{self.resource_name}.{self.field} uses the built-in reducer {self._reducer.name!r}; a reducer is "
+                "supplied only to a field configured with a custom one. To change it, use db.use_plugin(...)."
+            )
+        self._reducer, self._missing_reducer = Reducer(func), None
+
     def _require_reducer(self) -> Reducer:
         if self._reducer is None:
             raise ReducerRequiredError(
@@ -293,6 +304,15 @@ class EventualConsistencyPlugin:
             return None
         self.flush()
         self._group_commit([(obj, seen) for obj in written])
+        held = consolidator.held_frame(consolidator.ledger.cached()).filter(pl.col("id") == row["id"])
+        if held.height:  # durable and pending, but not committed: sync mode must not pretend it is
+            raise TransactionHeldError(
+                f"The transaction {row['id']!r} on {self.resource_name}.{self.field} of {row['originalId']!r} is "
+                f"stored but held ({held['_reason'][0]}): "
+                + ("the record does not exist and has required attributes without defaults; insert it and "
+                   "the transaction is applied at the next consolidation." if held["_reason"][0] == "awaiting-record"
+                   else "the record's value cannot be folded; see plugin.inspect()."),
+                record_id=row["originalId"])
         return self._committed_value(row["originalId"])
 
     def _committed_value(self, record_id: str) -> float | Decimal:

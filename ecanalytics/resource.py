@@ -14,6 +14,7 @@ from ecanalytics import display
 from ecanalytics.errors import (
     ArgumentError,
     ConfigurationError,
+    ConsolidationError,
     FieldRequiredError,
     InvalidValueError,
     RecordExistsError,
@@ -456,9 +457,15 @@ class Resource:
             pending = consolidator.pending(st, cleanup=False)
             rows = pending.rows.filter(pl.col("originalId") == record_id)
             if rows.height:
-                folded = consolidator.fold(st, rows, pending.unapplied)
+                folded = consolidator.fold(st, rows, pending.unapplied, preview=True)
                 if folded.values.height:
                     return _number(folded.values["value"][0])
+                if folded.held.height:
+                    reasons = sorted(set(folded.held["_reason"].to_list()))
+                    raise ConsolidationError(
+                        f"{self.name}.{plugin.field} of {record_id!r} cannot be folded ({', '.join(reasons)}); its "
+                        "transactions are held, pending, until it can (see plugin.inspect()). A later set fixes an overflow.",
+                        record_id=record_id)
         found = st.records.filter(pl.col("id") == record_id)
         if found.height == 0:
             return _number(consolidator.default)

@@ -179,3 +179,30 @@ def test_ingest_cli_reads_parquet_csv_and_ndjson(root: Root, tmp_path: Path) -> 
     bad.write_text("originalId,value\na,1\nb,nan\n")
     res = CliRunner().invoke(cli, ["ingest", "--root", root.uri, "--resource", "wallets", str(bad)], env=env)
     assert res.exit_code == 1 and "row 1" in str(res.exception)
+
+
+def test_ingest_cli_writes_no_file_until_every_file_is_valid(root: Root, tmp_path: Path) -> None:
+    """A bad second file must not leave the first one written (a retry would apply it twice)."""
+    _db, w = wallets(root)
+    good, bad = tmp_path / "a.csv", tmp_path / "b.ndjson"
+    good.write_text("originalId,value\na,10\n")
+    bad.write_text('{"originalId": "a/b", "value": 1}\n')
+    env = {"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {}
+    res = CliRunner().invoke(cli, ["ingest", "--root", root.uri, "--resource", "wallets", str(good), str(bad)], env=env)
+    assert res.exit_code == 1 and "b.ndjson" in str(res.exception) and "No file was written" in str(res.exception)
+    assert w.plugin().pending().height == 0
+    bad.write_text('{"originalId": "a", "value": 1}\n')
+    res = CliRunner().invoke(cli, ["ingest", "--root", root.uri, "--resource", "wallets", str(good), str(bad)], env=env)
+    assert res.exit_code == 0, res.output
+    assert w.value("a") == 11
+
+
+@pytest.mark.parametrize("stamp", ["2026-11-01T00:30:00", "2026-11-01", "20261101"])
+def test_timestamp_strings_need_an_offset(stamp: str) -> None:
+    db = ec.connect(f"memory://naive-{stamp}")
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="b", auto_consolidate=False))
+    w = db.create_resource("w", {"id": "string|required", "b": "number|default:0"})
+    with pytest.raises(ec.InvalidValueError, match="offset"):
+        w.write_transactions([{"originalId": "a", "value": 1.0, "timestamp": stamp}])
+    assert w.write_transactions([{"originalId": "a", "value": 1.0, "timestamp": stamp + "T00:00:00-03:00"
+                                  if len(stamp) == 10 else "2026-11-01T00:30:00Z"}]) == 1

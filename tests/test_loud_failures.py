@@ -135,3 +135,28 @@ def test_wrongly_shaped_log_entry_and_checkpoint_are_typed(root: Root) -> None:
         store.write(P.log_entry("w", 2), shape)
         with pytest.raises(ec.CorruptObjectError, match=r"00000000000000000002\.json"):
             root.connect().resources["w"].get("a")  # type: ignore[union-attr]
+
+
+def test_reducer_option_never_replaces_a_builtin_reducer(root: Root) -> None:
+    two_fields(root).close()
+    store = root.store()
+    before = store.read(P.catalog_entry("acc"))
+    res = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--reducer",
+                                   "acc.points=tests.test_loud_failures:capped"], env=env(root))
+    assert res.exit_code == 2 and "built-in reducer" in res.output
+    ok = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--reducer",
+                                  "acc.balance=tests.test_loud_failures:capped"], env=env(root))
+    assert ok.exit_code == 0, ok.output
+    assert store.read(P.catalog_entry("acc")) == before  # nothing persisted
+
+
+def test_consolidate_fails_on_a_resource_it_cannot_open(root: Root) -> None:
+    two_fields(root, reducer=None).close()
+    store = root.store()
+    store.write(P.catalog_entry("broken"), b"{trunc")
+    store.write(P.catalog_entry("misnamed"), b'{"name": "other", "attributes": {"id": "string|required"}}')
+    res = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--output", "json"], env=env(root))
+    assert res.exit_code == 1
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    assert sorted(f["resource"] for f in payload["failures"]) == ["broken", "misnamed"]
+    assert root.connect().resources["acc"].get("a")["points"] == 3  # type: ignore[union-attr]  # the rest went on

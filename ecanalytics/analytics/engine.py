@@ -182,7 +182,7 @@ class SqlEngine:
         sql = (
             f"SELECT {TX_COLUMNS}, "
             f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
-            f"AS applied FROM {source} "
+            f"AND id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds}) AS applied FROM {source} "
             f"WHERE parse_filename(filename) NOT IN (SELECT name FROM ec_hidden_objects WHERE dataset = {ds}) "
             f"AND (NOT starts_with(parse_filename(filename), 'c-') OR split_part(parse_filename(filename), '-', 2) "
             f"IN (SELECT token FROM ec_compaction_tokens WHERE dataset = {ds})){extra}"
@@ -229,6 +229,7 @@ class SqlEngine:
         if self._fs is not None:
             self._fs.invalidate_cache()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
+        held_ids: list[tuple[str, str]] = []
         archives: dict[str, bool] = {}
         for table in sorted(self.tables(), key=lambda t: t.name):
             name, state = table.name, table.ledger.state()
@@ -244,6 +245,7 @@ class SqlEngine:
                 gone = [*compaction.get("replaced", []), *([] if archive else retention.get("archived", []))]
                 hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(core.dataset, t) for t in compaction.get("tokens", [])]
+                held_ids += [(core.dataset, i) for i in core.held_frame(state)["id"].to_list()]
                 keys = sorted(core.pending_objects(state))
                 pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]
                 # Objects whose writer is still between marker and object do not exist yet.
@@ -260,7 +262,7 @@ class SqlEngine:
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
                         pl.col("originalId").alias("id"), pl.col("current").cast(pl.Float64).alias("value")))
                 default = core.default
-                fields.append((name, field, core.dataset, reducer, core.tz, float(default)))
+                fields.append((name, field, core.dataset, reducer, core.tz, float(default), core.deleted_before(state)))
                 values.append(f"SELECT {_quote(name)} AS resource, {_quote(field)} AS field, id, "
                               f'coalesce("{field}", {default}) AS value FROM "{name}"')
         if with_bases:
@@ -270,9 +272,11 @@ class SqlEngine:
         self.con.register("ec_hidden_objects", pl.DataFrame(hidden, schema=pair, orient="row"))
         self.con.register("ec_compaction_tokens", pl.DataFrame(tokens, schema={"dataset": pl.String, "token": pl.String}, orient="row"))
         self.con.register("ec_pending_objects", pl.DataFrame(pending, schema={"dataset": pl.String, "name": pl.String}, orient="row"))
+        # Rows held back (records that cannot be folded yet) sit in consumed objects but are not applied.
+        self.con.register("ec_held_ids", pl.DataFrame(held_ids, schema={"dataset": pl.String, "id": pl.String}, orient="row"))
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
-            "timezone": pl.String, "default": pl.Float64}))
+            "timezone": pl.String, "default": pl.Float64, "deletedBefore": pl.Datetime("us", "UTC")}))
         created = False
         for _res, _field, dataset, *_ in fields:
             if self._dataset_views.get(dataset) != archives[dataset]:

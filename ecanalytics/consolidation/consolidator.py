@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import polars as pl
 
@@ -207,6 +208,15 @@ class Consolidator:
             return None, True
         return retention["cut"], retention["mode"] == "archive"
 
+    def deleted_before(self, st: State) -> dt.datetime | None:
+        """After a ``delete``-mode retention, the instant of its cut (the cut day's start in the
+        field's zone): the retention base stands there like a ``set``, so a transaction dated
+        before it that arrives later has no effect, in consolidation and in every rebuild alike."""
+        cut, archived = self._retention(st)
+        if cut is None or archived:
+            return None
+        return dt.datetime.combine(dt.date.fromisoformat(cut), dt.time(), ZoneInfo(self.tz)).astimezone(dt.UTC)
+
     def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
                 ids: pl.Series | None = None) -> pl.DataFrame:
         """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
@@ -235,6 +245,8 @@ class Consolidator:
         rows = read_history(self.store, keys, self.dtype)
         if ids is not None:
             rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
+        if (deleted := self.deleted_before(st)) is not None:
+            rows = rows.filter(pl.col("timestamp") >= deleted)
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
@@ -291,8 +303,10 @@ class Consolidator:
             .group_by("originalId").agg(signed.sum().cast(self.dtype).alias("_extra"))
         )
 
-    def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset()) -> Folded:
-        """Fold ``rows`` in event order on top of ``st``; see :mod:`.eventorder` for late data."""
+    def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
+             preview: bool = False) -> Folded:
+        """Fold ``rows`` in event order on top of ``st``; see :mod:`.eventorder` for late data.
+        ``preview`` (a read, not a commit) folds rows of a record that does not exist yet too."""
         reducer = self._reducer()
         held: list[pl.DataFrame] = []
 
@@ -302,12 +316,18 @@ class Consolidator:
             held.append(rows.filter(mask).drop("_object").with_columns(pl.lit(reason).alias("_reason")))
             rows = rows.filter(~mask)
 
-        if self._needs_record() and rows.height:
+        if not preview and self._needs_record() and rows.height:
             waiting = rows.join(st.records.select(pl.col("id").alias("originalId")), on="originalId", how="anti")
             if waiting.height:
                 hold(waiting["originalId"].unique(), "awaiting-record")
         marks = st.field_marks(self.field)
         late = late_rows(rows, marks)
+        if (deleted := self.deleted_before(st)) is not None:  # see deleted_before: no effect
+            gone = (rows["timestamp"] < deleted).fill_null(False)
+            late, rows = (late | gone).filter(~gone), rows.filter(~gone)
+            dropped = int(gone.sum())
+        else:
+            dropped = 0
         current = st.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
         failed: list[str] = []
         if reducer.name == "default":
@@ -348,7 +368,7 @@ class Consolidator:
         held_rows = (pl.concat([h.cast(self._held_schema) for h in held]) if held  # type: ignore[arg-type]
                      else pl.DataFrame(schema=self._held_schema))
         return Folded(values, new_marks(rows, marks, self.field), held_rows, rows,
-                      int(late.sum()) if late.len() else 0)
+                      (int(late.sum()) if late.len() else 0) + dropped)
 
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
         values = new.rename({"originalId": "id", "value": "_new"})

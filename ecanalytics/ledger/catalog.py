@@ -24,7 +24,11 @@ def read_all(store: Store) -> tuple[dict[str, dict[str, Any]], dict[str, Corrupt
             except CorruptObjectError as exc:
                 broken[name.removesuffix(".json")] = exc
                 continue
-            if entry is not None:
+            if entry is not None and entry["name"] != name.removesuffix(".json"):
+                broken[name.removesuffix(".json")] = CorruptObjectError(
+                    f"Catalog entry {store.url(P.catalog_dir())}/{name} names the resource {entry['name']!r}, not "
+                    f"{name.removesuffix('.json')!r}; restore it from a backup or rename it to match.")
+            elif entry is not None:
                 out[entry["name"]] = entry
     return out, broken
 

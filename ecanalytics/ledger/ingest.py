@@ -117,6 +117,10 @@ def transactions(data: FrameLike, field: str, dtype: pl.DataType) -> pl.DataFram
     if "timestamp" in frame.columns:
         ts = frame.schema["timestamp"]
         if ts == pl.String:
+            # A string without an offset is as ambiguous as a naive datetime: never read it as UTC.
+            _reject(frame, pl.col("timestamp").is_not_null() & ~pl.col("timestamp").str.contains(
+                r"[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}(:?\d{2})?)$"), InvalidValueError, "a timestamp string without a UTC offset "
+                "(write e.g. 2026-11-01T00:30:00-03:00 or ...Z)", pl.col("timestamp").first())
             try:
                 frame = frame.with_columns(pl.col("timestamp").str.to_datetime(time_zone="UTC"))
             except Exception as exc:

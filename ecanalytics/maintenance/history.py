@@ -61,6 +61,8 @@ def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataF
         return c.history(st, frozenset())
     rows = c.history(st, frozenset()).select(list(TX_SCHEMA))
     held = c.held_frame(st).drop("_reason").cast(rows.schema)  # type: ignore[arg-type]
+    if (deleted := c.deleted_before(st)) is not None:
+        held = held.filter(pl.col("timestamp") >= deleted)
     return pl.concat([rows, held]).sort(["timestamp", "id"]).unique("id", keep="first", maintain_order=True)
 
 

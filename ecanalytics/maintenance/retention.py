@@ -91,6 +91,13 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         if not keys:
             return None
         rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        held = c.held_frame(st)
+        if held.height:  # objects with held rows are not applied yet: they stay where they are
+            keep = set(rows.filter(pl.col("id").is_in(held["id"].implode()))["_object"].to_list())
+            keys = [k for k in keys if k not in keep]
+            rows = rows.filter(~pl.col("_object").is_in(list(keep)))
+            if not keys:
+                return None
         start = c.base(st)
         folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])

@@ -3,8 +3,10 @@
 -- a repeated transaction id counts once), starting from the record's base (ec_bases: the value it
 -- was inserted with, else the field default; after a delete-mode retention, the retention base, as
 -- the deleted days are gone while archived days are read from the archive). Lists only the records where
--- they differ. Fields with another reducer are skipped. A transaction applied after a later set
--- (a late arrival) makes a real difference here; recalculate() rewrites it to event order.
+-- they differ. Fields with another reducer are skipped. After a delete-mode retention, the base
+-- stands at the cut like a set, so transactions dated before the cut (late arrivals) are left out,
+-- as consolidation leaves them out. Consolidation folds late data in event order, so this lists
+-- only values changed behind the ledger's back; recalculate() repairs them.
 -- param resource VARCHAR = NULL
 -- param tolerance DOUBLE = 1e-9
 WITH fields AS (
@@ -13,7 +15,7 @@ WITH fields AS (
 history AS (
     SELECT t.resource, t.field, t.originalId, t.id, t.value, t.operation, t.timestamp
     FROM ec_transactions t JOIN fields USING (resource, field)
-    WHERE t.applied
+    WHERE t.applied AND (fields.deletedBefore IS NULL OR t.timestamp >= fields.deletedBefore)
     QUALIFY row_number() OVER (PARTITION BY t.resource, t.field, t.id ORDER BY t.timestamp) = 1
 ),
 last_set AS (
