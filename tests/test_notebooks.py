@@ -105,7 +105,6 @@ def execute(path: Path, workdir: Path, *, checks: bool) -> Any:
 
 
 @pytest.mark.notebook
-@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_shows_the_right_things_and_is_current(path: Path, tmp_path: Path) -> None:
     stored = nbformat.read(path, as_version=4)

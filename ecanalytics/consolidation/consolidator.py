@@ -218,9 +218,10 @@ class Consolidator:
         return dt.datetime.combine(dt.date.fromisoformat(cut), dt.time(), ZoneInfo(self.tz)).astimezone(dt.UTC)
 
     def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
-                ids: pl.Series | None = None) -> pl.DataFrame:
+                ids: pl.Series | None = None, pending_too: bool = False) -> pl.DataFrame:
         """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
-        pruning); ``unapplied`` names objects to leave out besides the ones the inbox lists. Where retention archived days (``archive`` mode) they are read from the archive,
+        pruning); ``unapplied`` names objects to leave out besides the ones the inbox lists
+        (``pending_too``: keep the pending objects as well, for event-time travel). Where retention archived days (``archive`` mode) they are read from the archive,
         so the history stays complete; after a ``delete``-mode retention, days before the cut are
         gone and :meth:`base` stands for them."""
         def prefixes(root: str) -> list[str] | None:
@@ -237,7 +238,7 @@ class Consolidator:
         live = history_keys(self.store, self.dataset, prefixes(self.dataset))
         # The inbox is listed *after* the history, so a write that lands in between (marker
         # first, then object) is seen as pending, never as applied.
-        unapplied = unapplied | self.pending_objects(st)
+        unapplied = frozenset() if pending_too else unapplied | self.pending_objects(st)
         keys = [k for k in st.visible(self.field, live, hide_retained=not archived) if k not in unapplied]
         if cut is not None and archived and (since is None or since.isoformat() < cut):
             archive = P.archive_key(self.dataset)

@@ -59,7 +59,7 @@ def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataF
     ``applied_only``) the pending ones and the rows held back."""
     if applied_only:
         return c.history(st, frozenset())
-    rows = c.history(st, frozenset()).select(list(TX_SCHEMA))
+    rows = c.history(st, frozenset(), pending_too=True).select(list(TX_SCHEMA))
     held = c.held_frame(st).drop("_reason").cast(rows.schema)  # type: ignore[arg-type]
     if (deleted := c.deleted_before(st)) is not None:
         held = held.filter(pl.col("timestamp") >= deleted)
