@@ -218,6 +218,13 @@ def _send(res: ec.Resource, tx: Tx, world: World) -> object:
     return getattr(res, tx.op)(tx.record, amount, id=tx.key, timestamp=ts, source=f"t{tx.n}")
 
 
+def _flushed(res: ec.Resource) -> bool:
+    """Whether the writer holds nothing unwritten: its buffer and the objects of a failed flush
+    (whose retry is pending) are empty. Asked of the plugin, not guessed from counts."""
+    plugin = res.plugin(FIELD)
+    return not plugin._buffer and not plugin._unsure
+
+
 def _acknowledge(txs: list[Tx]) -> list[Tx]:
     for tx in txs:
         tx.settle(True)
@@ -246,7 +253,7 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
                         ok = run.attempt(actor, f"{op.op} t{op.n}", functools.partial(_send, res, op, run.world))
                         if spec.kind != "batch":
                             op.settle(ok)
-                        elif ok and len(sent) >= spec.batch_size:  # this write flushed the whole buffer
+                        elif ok and _flushed(res):  # this write flushed everything it held
                             sent = _acknowledge(sent)
                     if spec.kind != "batch":
                         sent.remove(op)
