@@ -246,6 +246,9 @@ endpoint_option = click.option("--endpoint-url", default=None, envvar="AWS_ENDPO
                                help="S3-compatible endpoint (default: AWS_ENDPOINT_URL).")
 resource_option = click.option("--resource", default=None, help="Only this resource.")
 field_option = click.option("--field", default=None, help="Only this managed field.")
+target_resource_option = click.option("--resource", required=True, help="The resource.")
+target_field_option = click.option("--field", default=None,
+                                   help="The managed field (required when several are managed).")
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
@@ -447,8 +450,8 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> No
 @endpoint_option
 @output_option
 @log_level_option
-@click.option("--resource", required=True, help="The resource.")
-@click.option("--field", default=None, help="The managed field (required when several are managed).")
+@target_resource_option
+@target_field_option
 @click.option("--id", "record_id", default=None, help="Only this record.")
 @click.option("--limit", default=20, show_default=True, type=click.IntRange(0),
               help="Show at most this many changed records (the summary counts them all).")
@@ -668,8 +671,8 @@ def sql_shell(root: str, endpoint_url: str | None) -> None:
 @endpoint_option
 @output_option
 @log_level_option
-@click.option("--resource", required=True, help="The resource.")
-@click.option("--field", default=None, help="The managed field (required when several are managed).")
+@target_resource_option
+@target_field_option
 @click.option("--batch-size", default=1_000_000, show_default=True, type=click.IntRange(1),
               help="At most this many rows per transaction object.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))

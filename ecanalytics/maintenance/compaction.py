@@ -14,6 +14,7 @@ from ecanalytics.storage import paths as P
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
 
+
 COMPACT_GRACE_S = 3600
 TARGET_ROWS = 1_000_000
 TARGET_BYTES = 64 * 1024 * 1024

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
     from ecanalytics.ledger import Ledger
 
+
 @dataclass(frozen=True)
 class RecalculationResult:
     """What ``recalculate`` checked and changed. ``version`` is None when nothing differed."""

@@ -21,6 +21,7 @@ from ecanalytics.storage import paths as P
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
 
+
 @dataclass(frozen=True)
 class RetentionResult:
     """What a retention run archived (or deleted) for one field."""
