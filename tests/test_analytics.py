@@ -313,3 +313,20 @@ def test_one_vocabulary(root: Root) -> None:
         {"start": "2026-11-01"} if "start" in {p.name for p in ec.reports.get(name).params} else
         {"start_month": "2026-11"} if "start_month" in {p.name for p in ec.reports.get(name).params} else {})).columns]
     assert all("_" not in c and c[0].islower() for c in names), names
+
+
+def test_an_idempotent_retry_counts_once_in_analytics(root: Root) -> None:
+    """Three writes with one idempotency key are one transaction, for the fold and for SQL alike."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="bal", auto_consolidate=False))
+    w = db.create_resource("w", {"id": "string|required", "bal": "number|default:0"})
+    when = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+    for _ in range(3):
+        w.add("a", 10, id="pay-1", timestamp=when)
+    w.add("a", 1, timestamp=when)
+    for step in ("pending", "applied"):
+        stats = w.plugin().get_cohort_stats("2026-11-20")
+        assert (stats["transactionCount"], stats["totalValue"]) == (2, 11.0), step
+        assert db.sql("SELECT count(*), sum(value) FROM w_transactions_bal").fetchall() == [(2, 11.0)], step
+        db.consolidate()
+    assert w.get("a")["bal"] == 11

@@ -209,7 +209,13 @@ class SqlEngine:
         if archive:
             parts.append(self._part(self.archive_glob(dataset), dataset))
         found = [p for p in parts if p is not None]
-        self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS ' + (" UNION ALL ".join(found) or EMPTY_TX))
+        # One row per transaction id and cohort day, as the fold counts it: an idempotent retry
+        # written twice is one transaction (an applied copy first). Partitioning the window by
+        # cohortDate keeps partition pruning for filters on it.
+        body = " UNION ALL ".join(found)
+        self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS ' + (
+            f"SELECT * FROM ({body}) QUALIFY row_number() OVER "
+            "(PARTITION BY cohortDate, id ORDER BY applied DESC, timestamp) = 1" if found else EMPTY_TX))
         if len(found) == len(parts):
             self._dataset_views[dataset] = archive
         else:
