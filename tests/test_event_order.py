@@ -250,3 +250,17 @@ def test_sync_write_that_is_held_raises(root: Root) -> None:
         w.add("x", 1e308)
     w.insert({"id": "ghost", "owner": "g"})
     assert w.add("ghost", 1) == 8  # the held 7 is applied with it
+
+
+def test_archive_then_delete_retention_chains_the_base(root: Root) -> None:
+    """A delete-mode run after an archive-mode one starts from the previous retention base, so the
+    days archived first still count (recalculate used to drop them)."""
+    db, w = make(root)
+    for days, amount in ((80, 1), (60, 10), (40, 100), (5, 1000)):
+        w.add("a", amount, timestamp=NOW - timedelta(days=days))
+    db.consolidate()
+    w.gc(70)
+    w.gc(30, archive=False)
+    assert w.get("a")["balance"] == 1111
+    assert w.recalculate().changed == 0 and w.get("a")["balance"] == 1111
+    assert ec.reports.run(db, "reconciliation").height == 0
