@@ -41,11 +41,8 @@ def new_marks(rows: pl.DataFrame, marks: pl.DataFrame, field: str) -> pl.DataFra
     """The marks after applying ``rows`` (``originalId, id, operation, timestamp``) on top of ``marks``
     (``originalId, setTs, setId, maxTs, maxId``); one row ``id, field, setTs, setId, maxTs, maxId``
     per record of ``rows``."""
-    order = ["timestamp", "id"]
-    latest = rows.sort(order).group_by("originalId").agg(
-        pl.col("timestamp").last().alias("_maxTs"), pl.col("id").last().alias("_maxId"))
-    sets = rows.filter(pl.col("operation") == "set").sort(order).group_by("originalId").agg(
-        pl.col("timestamp").last().alias("_setTs"), pl.col("id").last().alias("_setId"))
+    latest = _last(rows.lazy(), "_maxTs", "_maxId")
+    sets = _last(rows.lazy().filter(pl.col("operation") == "set"), "_setTs", "_setId")
     merged = latest.join(sets, on="originalId", how="left").join(marks, on="originalId", how="left")
     take_set, take_max = _later("_setTs", "_setId", "setTs", "setId"), _later("_maxTs", "_maxId", "maxTs", "maxId")
     return merged.select(
@@ -56,6 +53,17 @@ def new_marks(rows: pl.DataFrame, marks: pl.DataFrame, field: str) -> pl.DataFra
         pl.when(take_max).then(pl.col("_maxTs")).otherwise(pl.col("maxTs")).alias("maxTs"),
         pl.when(take_max).then(pl.col("_maxId")).otherwise(pl.col("maxId")).alias("maxId"),
     ).cast({k: v for k, v in MARKS_SCHEMA.items()})  # type: ignore[arg-type]
+
+
+def _last(rows: pl.LazyFrame, ts: str, tid: str) -> pl.DataFrame:
+    """Per record, the ``(timestamp, id)`` that sorts last: a max, then the max id among the rows
+    at that instant (two group-bys and a join; a full sort is several times slower)."""
+    top = rows.group_by("originalId").agg(pl.col("timestamp").max().alias(ts))
+    return (
+        rows.join(top, left_on=["originalId", "timestamp"], right_on=["originalId", ts])
+        .group_by("originalId").agg(pl.col("timestamp").first().alias(ts), pl.col("id").max().alias(tid))
+        .collect()
+    )
 
 
 def marks_from_history(rows: pl.DataFrame, field: str) -> pl.DataFrame:
