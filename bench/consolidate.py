@@ -49,7 +49,7 @@ def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool
     start = int(datetime(2026, 11, 27, 3, tzinfo=timezone.utc).timestamp() * 1e6)
     for offset in range(0, n, batch):
         m = min(batch, n - offset)
-        rnd = (pl.col("i") * 2654435761 + seed) % 1_000_003
+        rnd = (pl.col("i") * 2654435761 + seed) % 1_000_000_007
         frame = pl.DataFrame({"i": pl.int_range(offset, offset + m, eager=True)}).select(
             # Generated ids, as add/sub/set create them; --keyed makes them caller-supplied
             # idempotency keys, which every commit must also remember for the dedup window.
@@ -59,7 +59,7 @@ def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool
             value=((rnd * 7) % 1000).cast(pl.Float64),
             operation=pl.when(rnd % 20 == 0).then(pl.lit("set")).when(rnd % 20 < 7).then(pl.lit("sub")).otherwise(pl.lit("add")),
             # one hour of traffic, many equal timestamps: ties are broken by id
-            timestamp=(start + (rnd * 3600_000_000 // 1_000_003)).cast(pl.Datetime("us", "UTC")),
+            timestamp=(start + (rnd * 3600_000_000 // 1_000_000_007)).cast(pl.Datetime("us", "UTC")),
             source=pl.lit("bench"),
         )
         write_transactions(db.store, DATASET, "UTC", frame)

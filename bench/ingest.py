@@ -23,7 +23,7 @@ import ecanalytics as ec
 
 def frame(n: int, records: int) -> pl.DataFrame:
     i = pl.int_range(0, n, eager=True)
-    rnd = (i * 2654435761 + 17) % 1_000_003
+    rnd = (i * 2654435761 + 17) % 1_000_000_007
     start = int(datetime(2026, 11, 1, tzinfo=UTC).timestamp() * 1e6)
     return pl.DataFrame({"i": i}).select(
         originalId=pl.format("acc-{}", (rnd % records).cast(pl.String)),

@@ -28,6 +28,7 @@ from rich.table import Table
 from ecanalytics import __version__
 from ecanalytics.database import DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import EcError
+from ecanalytics.ledger.buckets import MAX_BUCKETS
 from ecanalytics.resource import Resource
 from ecanalytics.storage import Store
 
@@ -523,6 +524,28 @@ def compact(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resou
     payload = {"root": uri, "results": [r.as_dict() for r in results],
                "sources": sum(r.sources for r in results), "merged": sum(r.merged for r in results)}
     out.summary(payload, f"Merged {payload['sources']} objects into {payload['merged']} over {len(results)} fields.")
+
+
+@cli.command()
+@root_option
+@endpoint_option
+@output_option
+@log_level_option
+@target_resource_option
+@click.option("--buckets", required=True, type=click.IntRange(1, MAX_BUCKETS),
+              help="The new bucket count (about one bucket per 10^5-10^6 records).")
+def rebucket(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str, buckets: int) -> None:
+    """Split a resource's records into a new number of buckets, in one commit."""
+    out = Output(output_fmt)
+    with _open(root, endpoint_url) as db:
+        res = db.resources[resource]
+        if not isinstance(res, Resource):
+            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
+        before = res.ledger.state().n_buckets
+        state = res.rebucket(buckets)
+        uri = db.uri
+    payload = {"root": uri, "resource": resource, "before": before, "buckets": state.n_buckets, "version": state.version}
+    out.summary(payload, f"{resource}: {before} -> {state.n_buckets} buckets (version {state.version}).")
 
 
 @cli.command()

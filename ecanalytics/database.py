@@ -23,6 +23,7 @@ from ecanalytics.errors import (
 )
 from ecanalytics.ledger import Ledger, Schema
 from ecanalytics.ledger import catalog as cat
+from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, check_buckets
 from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import Resource, TransactionDataset
 from ecanalytics.storage import StorageConfig, Store
@@ -152,7 +153,7 @@ class Database:
         entries, self._broken = cat.read_all(self.store)
         for name, entry in entries.items():
             try:
-                resource = self._make_resource(name, Schema.parse(entry["attributes"]))
+                resource = self._make_resource(name, Schema.parse(entry["attributes"]), entry.get("buckets"))
                 for field, config in entry.get("plugins", {}).items():
                     self._attach(resource, EventualConsistencyPlugin.from_config(name, field, config), persist=False)
             except EcError as exc:  # an entry that parses as JSON but not as a schema or plugin
@@ -166,9 +167,10 @@ class Database:
         """Whether the root holds an ecanalytics catalog (at least one resource, even a broken one)."""
         return bool(self._resources or self._broken)
 
-    def _make_resource(self, name: str, schema: Schema) -> Resource:
+    def _make_resource(self, name: str, schema: Schema, buckets: object = None) -> Resource:
         ledger = Ledger(self.store, name, schema, checkpoint_interval=self.checkpoint_interval,
-                        dedup_window_s=self.dedup_window_s)
+                        dedup_window_s=self.dedup_window_s,
+                        buckets=check_buckets(buckets) if buckets is not None else DEFAULT_BUCKETS)
         resource = Resource(name, schema, ledger)
         self._resources[name] = resource
         return resource
@@ -183,8 +185,13 @@ class Database:
         if persist:
             cat.save_plugin(self.store, resource.name, plugin.field, plugin.config())
 
-    def create_resource(self, name: str, attributes: dict[str, str]) -> Resource:
+    def create_resource(self, name: str, attributes: dict[str, str], *, buckets: int | None = None) -> Resource:
         """Create a resource, or return the existing one if its attributes are the same.
+
+        ``buckets`` splits the records by a stable hash of their id (default
+        :data:`~ecanalytics.ledger.buckets.DEFAULT_BUCKETS`, 16; about one bucket per 10^5-10^6
+        records): a commit, a checkpoint and a ``get`` touch only the buckets they need. To change
+        the count of an existing resource use :meth:`Resource.rebucket`.
 
         With a superset of the stored attributes, the new ones are added (schema evolution, see
         :meth:`Resource.add_attribute`): each must be optional or have a default, which existing
@@ -201,6 +208,8 @@ class Database:
         """
         P.validate_resource_name(name)
         schema = Schema.parse(attributes)
+        if buckets is not None:
+            check_buckets(buckets)
         with self._lock:
             for (res_name, field), _plugin in self._deferred.items():
                 attr = schema.attributes.get(field)
@@ -210,9 +219,13 @@ class Database:
                         f"A plugin registered for {name}.{field} waits for this resource, but the attributes {found}; "
                         f"declare {field!r} as 'number' or 'decimal(p,s)' (nothing was written)."
                     )
-            entry = cat.create(self.store, name, schema.to_spec())
+            entry = cat.create(self.store, name, schema.to_spec(), buckets)
             stored = Schema.parse(entry["attributes"])
-            resource = self._resources.get(name) or self._make_resource(name, stored)
+            resource = self._resources.get(name) or self._make_resource(name, stored, entry.get("buckets"))
+            if buckets is not None and resource.ledger.state().n_buckets != buckets:
+                raise ConfigurationError(
+                    f"{name} exists with {resource.ledger.state().n_buckets} buckets, not {buckets}; change the count "
+                    f"with {name}.rebucket({buckets}) or `ecanalytics rebucket --resource {name} --buckets {buckets}`.")
             if stored != schema:  # schema evolution: new optional/defaulted attributes; anything else is refused
                 resource._evolve(schema, stored)
             elif resource.schema != stored:  # another process evolved it since this one connected

@@ -317,7 +317,7 @@ class EventualConsistencyPlugin:
 
     def _committed_value(self, record_id: str) -> float | Decimal:
         """The record's value in the state this process committed or saw last (no request)."""
-        found = self.consolidator.ledger.cached().records.filter(pl.col("id") == record_id)
+        found = self.consolidator.ledger.cached().records_of([record_id])
         value = found[self.field][0] if found.height else None
         default = self.consolidator.default
         return (value if isinstance(value, Decimal) else float(value)) if value is not None else default

@@ -23,7 +23,7 @@ from ecanalytics.errors import (
     UnknownFieldError,
 )
 from ecanalytics.ledger import Commit, Ledger, Schema, State
-from ecanalytics.ledger.transactions import history_keys, read_history
+from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
@@ -203,7 +203,7 @@ class Resource:
         row = self.schema.new_record(dict(record))
 
         def build(st: State) -> Commit:
-            if st.records.filter(pl.col("id") == row["id"]).height:
+            if st.records_of([row["id"]]).height:
                 raise RecordExistsError(f"{self.name} already has a record {row['id']!r}; use update() instead.")
             return Commit("insert", upserts=self.schema.frame([row]))
 
@@ -229,7 +229,7 @@ class Resource:
         frame = ingest.records(records, self.schema)
 
         def build(st: State) -> Commit:
-            clash = frame.join(st.records.select("id"), on="id", how="semi")
+            clash = st.records_of(frame["id"]).select("id")
             if clash.height:
                 raise RecordExistsError(
                     f"{clash.height} of the records exist already in {self.name} (first: {clash['id'][0]!r}); "
@@ -268,8 +268,8 @@ class Resource:
         up to.
         """
         P.validate_record_id(record_id)
-        source = self.ledger.state().records if as_of is None and events_until is None else self.to_polars(
-            as_of=as_of, events_until=events_until)
+        source = self.ledger.state().records_of([record_id]) if as_of is None and events_until is None else (
+            self.to_polars(as_of=as_of, events_until=events_until))
         rows = source.filter(pl.col("id") == record_id)
         if rows.height == 0:
             raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
@@ -284,7 +284,7 @@ class Resource:
         result: dict[str, Any] = {}
 
         def build(st: State) -> Commit:
-            rows = st.records.filter(pl.col("id") == record_id)
+            rows = st.records_of([record_id])
             if rows.height == 0:
                 raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
             result.clear()
@@ -299,7 +299,7 @@ class Resource:
         P.validate_record_id(record_id)
 
         def build(st: State) -> Commit:
-            if st.records.filter(pl.col("id") == record_id).height == 0:
+            if st.records_of([record_id]).height == 0:
                 raise RecordNotFoundError(f"{self.name} has no record {record_id!r}.")
             return Commit("delete", deletes=(record_id,))
 
@@ -361,6 +361,14 @@ class Resource:
             if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 2**63 - 1:
                 raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
         return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes)
+
+    def rebucket(self, buckets: int) -> State:
+        """Split the records into ``buckets`` buckets (by a stable hash of the id), in one commit
+        that rewrites every bucket; the new count holds from that version on. Loads the whole
+        state once. Returns the new state (``state.n_buckets``)."""
+        from ecanalytics.ledger.buckets import check_buckets
+
+        return self.ledger.rebucket(check_buckets(buckets))
 
     def scan(self) -> pl.LazyFrame:
         """A LazyFrame over the consolidated records."""
@@ -466,7 +474,7 @@ class Resource:
                         f"{self.name}.{plugin.field} of {record_id!r} cannot be folded ({', '.join(reasons)}); its "
                         "transactions are held, pending, until it can (see plugin.inspect()). A later set fixes an overflow.",
                         record_id=record_id)
-        found = st.records.filter(pl.col("id") == record_id)
+        found = st.records_of([record_id])
         if found.height == 0:
             return _number(consolidator.default)
         current = found[plugin.field][0]
@@ -502,38 +510,17 @@ class TransactionDataset:
         """The transactions as a pandas DataFrame (``pip install "ecanalytics[pandas]"``)."""
         return _pandas(self.query(where))
 
-    def _objects(self, where: Filter | None) -> list[str]:
-        where = where or {}
-
-        def listed(value: Any) -> list[str]:
-            return [str(v) for v in value] if isinstance(value, (list, tuple, set, frozenset)) else [str(value)]
-
-        # Comparison filters ({">=": day}) read every partition; _apply_filter applies them.
-        where = {k: v for k, v in where.items() if not isinstance(v, Mapping)}
-        if "cohortDate" in where:
-            prefixes = [P.partition_dir(self.name, d) for d in listed(where["cohortDate"])]
-        elif "cohortMonth" in where:
-            prefixes = [P.month_dir(self.name, m) for m in listed(where["cohortMonth"])]
-        else:
-            prefixes = None
-        return history_keys(self.plugin.consolidator.store, self.name, prefixes)
-
     def query(self, where: Filter | None = None, *, include_archived: bool = False) -> pl.DataFrame:
         """Transactions matching equality filters, with the partition columns and ``applied``.
+        The objects come from the committed manifest (plus the pending ones), pruned by
+        ``cohortDate``/``cohortMonth`` equality filters: no LIST of the history.
         ``include_archived`` adds the objects retention moved under ``_archive/``."""
         consolidator = self.plugin.consolidator
         store = consolidator.store
         state = consolidator.ledger.state()
         pending_keys = consolidator.pending_objects(state)
-        field = self.plugin.field
-        keys = state.visible(field, self._objects(where))
-        if include_archived:
-            archived = state.visible(field, [k for k in history_keys(store, P.archive_key(self.name))
-                                             if self._matches_partition(k, where)])
-            moved = {k[len("_archive/"):] for k in archived}
-            # A live copy counts until its archive copy exists (a retention move may be unfinished).
-            live = [k for k in state.visible(field, self._objects(where), hide_retained=False) if k not in moved]
-            keys = live + archived
+        keys = [k for k in [*state.applied_objects(self.plugin.field, archived=include_archived), *sorted(pending_keys)]
+                if self._matches_partition(k, where)]
         df = read_history(store, keys)
         df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
         order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]

@@ -123,14 +123,17 @@ def test_corrupt_catalog_entry_breaks_only_its_resource(root: Root) -> None:
 def test_wrongly_shaped_log_entry_and_checkpoint_are_typed(root: Root) -> None:
     db = root.connect(checkpoint_interval=1)
     db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
-    w = db.create_resource("w", {"id": "string|required", "balance": "number|default:0"})
+    w = db.create_resource("w", {"id": "string|required", "balance": "number|default:0"}, buckets=2)
+    w.insert_many([{"id": f"r{i}"} for i in range(300)])  # big enough for its buckets to be objects
     w.add("a", 2)
     db.consolidate()
     store = root.store()
     hint = json.loads(store.read(P.last_checkpoint("w")))
-    store.write_parquet(hint["records"], pl.DataFrame({"nope": [1]}))  # valid Parquet, wrong columns
+    for bucket in hint["buckets"]:  # valid Parquet, wrong columns
+        store.write_parquet(bucket["records"], pl.DataFrame({"nope": [1]}))
     again = root.connect()
     assert again.resources["w"].get("a")["balance"] == 2  # type: ignore[union-attr]  # replayed from the log
+    assert again.resources["w"].to_polars().height == 301  # type: ignore[union-attr]
     for shape in (b"{}", b"[]", b'{"version": 2, "committedAt": 5, "kind": "x", "token": "t"}'):
         store.write(P.log_entry("w", 2), shape)
         with pytest.raises(ec.CorruptObjectError, match=r"00000000000000000002\.json"):

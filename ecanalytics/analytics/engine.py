@@ -20,8 +20,8 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
 * ``ec_values``: ``resource, field, id, value`` for every managed field;
 * ``ec_fields``: ``resource, field, dataset, reducer, timezone, default``;
 * ``ec_pending_objects``: ``dataset, name`` of objects not yet applied;
-* ``ec_hidden_objects`` / ``ec_compaction_tokens``: what compaction hides (see ``maintenance``),
-  plus the live objects a ``delete``-mode retention run is removing;
+* ``ec_hidden_objects`` / ``ec_compaction_tokens``: for readers of the raw prefixes, the objects
+  compaction replaced or retention removed (the views themselves read the manifest);
 * ``ec_bases``: ``resource, field, id, value`` where a rebuild of each record starts (the value it
   was inserted with; after a ``delete``-mode retention, the retention base); built when a query
   names it;
@@ -37,6 +37,7 @@ import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
@@ -44,7 +45,6 @@ import polars as pl
 
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.storage import StorageConfig
-from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
     import fsspec
@@ -63,6 +63,9 @@ EMPTY_TX = (
 )
 # When the writer named a transaction object: its file id starts with the writer's nanoseconds.
 WRITTEN_AT = "make_timestamp(CAST(split_part(parse_filename(filename), '-', 1) AS BIGINT) // 1000)::TIMESTAMPTZ"
+
+
+_EPOCH = datetime.fromtimestamp(0, UTC)  # objects are immutable: their listing's time does not matter
 
 
 def _quote(value: str) -> str:
@@ -133,11 +136,13 @@ class SqlEngine:
     resources, given by the database; the engine never reaches into the API objects).
 
     The dataset views (and so ``ec_transactions``, the plugin's cohort stats and rollups, and the
-    SQL reports) read the archive by default: after ``gc`` in ``archive`` mode the archived days
-    are read from ``_archive/{dataset}/`` with the same partition pruning, and each transaction
-    counts once, also while a move is unfinished (a live object is left out once its archive copy
-    exists). After ``gc(..., archive=False)`` the days before the cut are gone: cohort stats and
-    rollups of those days are zero, and ``ec_bases`` holds the retention base that stands for them.
+    SQL reports) read exactly the objects the committed manifest names plus the pending ones, never
+    a LIST of the history: the manifest is the one visibility rule, for Python and SQL readers
+    alike (a compaction's sources leave it and its output joins it in one commit; an ``archive``-
+    mode retention swaps the live copies for the archived ones, which are read with the same
+    partition pruning). After ``gc(..., archive=False)`` the days before the cut are gone: cohort
+    stats and rollups of those days are zero, and ``ec_bases`` holds the retention base that
+    stands for them.
     """
 
     def __init__(self, config: StorageConfig, store: Store, tables: Callable[[], list[Table]]) -> None:
@@ -154,7 +159,6 @@ class SqlEngine:
             # a glob cost no HEAD; refresh() clears the cache so every query lists afresh.
             self._fs = config.filesystem(cached_listings=True) if config.protocol == "s3" else store.fs
             self.con.register_filesystem(self._fs)
-        self._dataset_views: dict[str, bool] = {}  # dataset -> whether its view reads the archive
         self._shape: tuple[Any, ...] = ()
 
     @property
@@ -163,63 +167,48 @@ class SqlEngine:
         return self._fs
 
     def glob(self, dataset: str) -> str:
-        """The recursive glob of a dataset's Parquet objects (``**`` lists once, unlike ``*/*/*``)."""
+        """The recursive glob of a dataset's Parquet objects, for plain readers (the views read
+        the manifest instead)."""
         return f"{self.store.url(dataset)}/**/*.parquet"
 
-    def archive_glob(self, dataset: str) -> str:
-        """The recursive glob of the objects retention archived from a dataset."""
-        return f"{self.store.url(P.archive_key(dataset))}/**/*.parquet"
+    def _prime(self, sizes: dict[str, int | None]) -> None:
+        """Tell the S3 filesystem DuckDB reads through what each folder of the views holds (the
+        manifest knows every object's size): DuckDB then asks nothing before it reads, where it
+        would send a HEAD per listed object, pruned or not. A folder with an object of unknown
+        size is left alone (DuckDB asks the store for it)."""
+        if self._fs is None or self.store.config.protocol != "s3":
+            return
+        folders: dict[str, list[dict[str, Any]]] = {}
+        unknown: set[str] = set()
+        for path, size in sizes.items():
+            folder = path.rsplit("/", 1)[0].lstrip("/")
+            if size is None:
+                unknown.add(folder)
+            folders.setdefault(folder, []).append({
+                "Key": path.lstrip("/"), "name": path.lstrip("/"), "Size": size, "size": size, "type": "file",
+                "StorageClass": "STANDARD", "LastModified": _EPOCH})
+        self._fs.dircache.update({f: entries for f, entries in folders.items() if f not in unknown})
 
-    def _part(self, glob: str, dataset: str, extra: str = "") -> str | None:
-        """A SELECT over one glob of a dataset, or None when the glob matches no file."""
+    def _dataset_view(self, dataset: str, urls: list[str]) -> None:
+        """(Re)create a dataset's view over exactly ``urls``: the objects the manifest names (live
+        and archived) and the pending ones. No LIST of the history: DuckDB prunes the list by the
+        Hive partitions in the paths, so a one-day query opens only that day's objects."""
+        if not urls:
+            self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS {EMPTY_TX}')
+            return
+        ds = _quote(dataset)
         source = (
-            f"read_parquet({_quote(glob)}, hive_partitioning = true, filename = true, "
+            f"read_parquet([{', '.join(_quote(u) for u in urls)}], hive_partitioning = true, filename = true, "
             "hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR})"
         )
-        ds = _quote(dataset)
-        # Hidden: sources replaced by a committed compaction, and the output of one that never
-        # committed (its token is unknown); so no reader counts a transaction twice or misses one.
-        sql = (
-            f"SELECT {TX_COLUMNS}, "
-            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
-            f"AND id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds}) AS applied FROM {source} "
-            f"WHERE parse_filename(filename) NOT IN (SELECT name FROM ec_hidden_objects WHERE dataset = {ds}) "
-            f"AND (NOT starts_with(parse_filename(filename), 'c-') OR split_part(parse_filename(filename), '-', 2) "
-            f"IN (SELECT token FROM ec_compaction_tokens WHERE dataset = {ds})){extra}"
-        )
-        try:
-            self.con.execute(f"DESCRIBE {sql}")  # binding lists the glob: fails when it is empty
-        except duckdb.IOException as exc:
-            if "No files found" not in str(exc):
-                raise
-            return None
-        return sql
-
-    def _dataset_view(self, dataset: str, archive: bool) -> None:
-        """(Re)create a dataset's view over its live objects and, with ``archive``, the archive.
-
-        A live object whose archive copy exists (a retention move in progress) is left out, so
-        each transaction counts once. The view is remembered only when every part it wants has
-        files; otherwise it is recreated on the next refresh."""
-        extra = ""
-        if archive:
-            names = f"SELECT parse_filename(file) FROM glob({_quote(self.archive_glob(dataset))})"
-            extra = f" AND parse_filename(filename) NOT IN ({names})"
-        parts = [self._part(self.glob(dataset), dataset, extra)]
-        if archive:
-            parts.append(self._part(self.archive_glob(dataset), dataset))
-        found = [p for p in parts if p is not None]
         # One row per transaction id and cohort day, as the fold counts it: an idempotent retry
         # written twice is one transaction (an applied copy first). Partitioning the window by
         # cohortDate keeps partition pruning for filters on it.
-        body = " UNION ALL ".join(found)
-        self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS ' + (
-            f"SELECT * FROM ({body}) QUALIFY row_number() OVER "
-            "(PARTITION BY cohortDate, id ORDER BY applied DESC, timestamp) = 1" if found else EMPTY_TX))
-        if len(found) == len(parts):
-            self._dataset_views[dataset] = archive
-        else:
-            self._dataset_views.pop(dataset, None)
+        self.con.execute(
+            f'CREATE OR REPLACE VIEW "{dataset}" AS SELECT * FROM (SELECT {TX_COLUMNS}, '
+            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
+            f"AND id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds}) AS applied FROM {source}) "
+            "QUALIFY row_number() OVER (PARTITION BY cohortDate, id ORDER BY applied DESC, timestamp) = 1")
 
     def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -236,7 +225,8 @@ class SqlEngine:
             self._fs.invalidate_cache()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         held_ids: list[tuple[str, str]] = []
-        archives: dict[str, bool] = {}
+        objects: dict[str, list[str]] = {}
+        sizes: dict[str, int | None] = {}  # store path -> size of every object a view reads
         for table in sorted(self.tables(), key=lambda t: t.name):
             name, state = table.name, table.ledger.state()
             self.con.register(name, state.records.sort("id"))
@@ -244,19 +234,21 @@ class SqlEngine:
                 store = table.ledger.store
                 compaction = state.compaction.get(field, {})
                 retention = state.retention.get(field, {})
-                # Archive mode: the view reads the archive, and a live copy hides itself once its
-                # archive copy exists. Delete mode: the retention base stands for the removed days.
-                archive = retention.get("mode") == "archive"
-                archives[core.dataset] = archive
-                gone = [*compaction.get("replaced", []), *([] if archive else retention.get("archived", []))]
+                # For plain readers of the prefixes: what the manifest no longer names.
+                gone = [*compaction.get("replaced", []), *retention.get("archived", [])]
                 hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(core.dataset, t) for t in compaction.get("tokens", [])]
                 held_ids += [(core.dataset, i) for i in core.held_frame(state)["id"].to_list()]
                 keys = sorted(core.pending_objects(state))
                 pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]
                 # Objects whose writer is still between marker and object do not exist yet.
-                existing = [store.url(k) for k in keys if with_pending and store.exists(k)]
-                if existing:
+                found = {k: store.size(k) for k in keys}
+                existing = [store.url(k) for k in keys if found[k] is not None]
+                manifest = state.manifest_of(field)
+                sizes.update({store.abs(k): n for k, n in zip(manifest["key"], manifest["size"], strict=True)})
+                sizes.update({store.abs(k): n for k, n in found.items() if n is not None})
+                objects[core.dataset] = [store.url(k) for k in state.applied_objects(field)] + existing
+                if existing and with_pending:
                     # writtenAt: the writer's clock when it named the object (file ids start with it).
                     pending_reads.append(
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
@@ -283,13 +275,11 @@ class SqlEngine:
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
             "timezone": pl.String, "default": pl.Float64, "deletedBefore": pl.Datetime("us", "UTC")}))
-        created = False
+        self._prime(sizes)
         for _res, _field, dataset, *_ in fields:
-            if self._dataset_views.get(dataset) != archives[dataset]:
-                self._dataset_view(dataset, archives[dataset])
-                created = True
-        shape = (tuple(f[:3] for f in fields), tuple(sorted(self._dataset_views.items())))
-        if created or shape != self._shape:
+            self._dataset_view(dataset, objects[dataset])
+        shape = tuple(f[:3] for f in fields)
+        if shape != self._shape:
             self._shape = shape
             union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
             self.con.execute("CREATE OR REPLACE VIEW ec_transactions AS "
@@ -305,5 +295,13 @@ class SqlEngine:
 
     def sql(self, query: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
         """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars."""
-        con = self.refresh(query)
-        return con.sql(query, params=params) if params else con.sql(query)
+        for attempt in range(3):
+            con = self.refresh(query)
+            try:
+                return con.sql(query, params=params) if params else con.sql(query)
+            except duckdb.IOException:
+                # An object the manifest named was removed since (a maintenance job committed
+                # after this refresh read the state): read the new state and ask again.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")

@@ -22,6 +22,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,21 +32,25 @@ import polars as pl
 
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer
+from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.errors import ConsolidationError
-from ecanalytics.ledger.log import Commit, Ledger, State
+from ecanalytics.ledger.buckets import Part, buckets_of, split
+from ecanalytics.ledger.log import AUTO_ID_PREFIX, Commit, Ledger, State
 from ecanalytics.ledger.transactions import (
     TX_SCHEMA,
     Inbox,
     PlannedObject,
-    history_keys,
     read_history,
     read_objects,
+    tx_schema,
 )
 from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
 HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
+MEMO_ROWS = 100_000
+CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation  # a fold of at most this many rows keeps the buckets it loads in the cached state
 
 
 class _Fallback(Exception):
@@ -119,6 +124,17 @@ class Folded:
     held: pl.DataFrame  # transaction rows + ``_reason``
     applied: pl.DataFrame  # the rows that were folded
     late: int
+    upserts: pl.DataFrame | None = None  # the full records to write (not for a preview)
+
+    @staticmethod
+    def concat(parts: Sequence[Folded]) -> Folded:
+        """The outcome of several buckets as one."""
+        ups = [p.upserts for p in parts if p.upserts is not None]
+        return Folded(pl.concat([p.values for p in parts], how="vertical"),
+                      pl.concat([p.marks for p in parts], how="vertical"),
+                      pl.concat([p.held for p in parts], how="vertical"),
+                      pl.concat([p.applied for p in parts], how="vertical"),
+                      sum(p.late for p in parts), pl.concat(ups, how="vertical") if ups else None)
 
 
 class Consolidator:
@@ -134,6 +150,7 @@ class Consolidator:
         self.dataset = P.transactions_dataset(ledger.resource, field)
         self._reducer = reducer
         self.default = default
+        self.budget_rows = DEFAULT_BUDGET_ROWS  # pending rows held in memory before runs spill to disk
         self._warned_denied = False
 
     # -- what is pending -------------------------------------------------------------------
@@ -164,8 +181,9 @@ class Consolidator:
         elif failed:
             log.info("%d marker delete(s) of %s failed; they are retried on the next run.", len(failed), self.dataset)
 
-    def pending(self, st: State, *, cleanup: bool) -> Pending:
-        """Pending rows at ``st``. With ``cleanup``, markers of consumed and orphaned objects are removed."""
+    def _scan(self, st: State, *, cleanup: bool) -> tuple[Inbox, frozenset[str], tuple[str, ...], frozenset[str], list[str]]:
+        """One LIST of the inbox: (the inbox, the consumed keys carried, their stale markers, the
+        consumed keys no LIST has shown yet, the candidate keys to read, sorted)."""
         inbox = Inbox.scan(self.store, self.dataset)
         consumed = st.consumed.get(self.field, frozenset())
         listed = frozenset(k for k in consumed if k in inbox.markers)
@@ -176,18 +194,28 @@ class Consolidator:
         if cleanup:
             self._delete_markers(list(stale))
         candidates = sorted(k for k in inbox.markers if k not in consumed)
-        rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
-        if cleanup and missing:
+        return inbox, carried, stale, unlisted & consumed, candidates
+
+    def _drop_orphans(self, inbox: Inbox, missing: list[str]) -> None:
+        if missing:
             self._delete_markers([inbox.markers[k] for k in inbox.orphans(self.store, self.dataset, missing)])
+
+    def pending(self, st: State, *, cleanup: bool) -> Pending:
+        """Pending rows at ``st``, all in memory. With ``cleanup``, markers of consumed and orphaned objects are removed."""
+        inbox, carried, stale, unlisted, candidates = self._scan(st, cleanup=cleanup)
+        rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
+        if cleanup:
+            self._drop_orphans(inbox, missing)
         held = self.held_frame(st)
         total = rows.height + held.height
         rows = self._with_held(st, rows, held)
         return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
-                       unlisted & consumed, total - rows.height, frozenset(candidates))
+                       unlisted, total - rows.height, frozenset(candidates))
 
     def _with_held(self, st: State, rows: pl.DataFrame, held: pl.DataFrame) -> pl.DataFrame:
-        """``rows`` without already applied idempotency keys, plus ``held``, one row per id (the
-        first by ``(timestamp, id, object)``)."""
+        """``rows`` without already applied idempotency keys, plus ``held``, one row per record and
+        id (the first by ``(timestamp, id, object)``): an idempotency key counts per record, so the
+        rule is the same whether the rows are deduplicated together or bucket by bucket."""
         applied = st.applied_keys(self.field)
         if applied.len():  # only caller-supplied keys are remembered; usually there are none
             rows = rows.filter(~pl.col("id").is_in(applied.implode()))
@@ -197,7 +225,7 @@ class Consolidator:
         # Equal ids hash equally, so distinct hashes prove there is nothing to deduplicate (cheap).
         if rows["id"].hash().n_unique() < rows.height:
             rows = rows.sort(["timestamp", "id", "_object"], nulls_last=True).unique(
-                subset="id", keep="first", maintain_order=True)
+                subset=["originalId", "id"], keep="first", maintain_order=True)
         return rows
 
     # -- history (only for late data) ------------------------------------------------------
@@ -217,32 +245,18 @@ class Consolidator:
             return None
         return dt.datetime.combine(dt.date.fromisoformat(cut), dt.time(), ZoneInfo(self.tz)).astimezone(dt.UTC)
 
-    def history(self, st: State, unapplied: frozenset[str], *, since: dt.date | None = None,
+    def history(self, st: State, unapplied: frozenset[str] = frozenset(), *, since: dt.date | None = None,
                 ids: pl.Series | None = None, pending_too: bool = False) -> pl.DataFrame:
-        """Applied transactions of ``ids`` (or all), from cohort day ``since`` on (partition
-        pruning); ``unapplied`` names objects to leave out besides the ones the inbox lists
-        (``pending_too``: keep the pending objects as well, for event-time travel). Where retention archived days (``archive`` mode) they are read from the archive,
-        so the history stays complete; after a ``delete``-mode retention, days before the cut are
-        gone and :meth:`base` stands for them."""
-        def prefixes(root: str) -> list[str] | None:
-            if since is None:
-                return None
-            out = []
-            for month in self.store.listdirs(root):
-                if month.startswith("cohortMonth=") and month.split("=", 1)[1] >= since.isoformat()[:7]:
-                    out += [f"{root}/{month}/{day}" for day in self.store.listdirs(f"{root}/{month}")
-                            if day.startswith("cohortDate=") and day.split("=", 1)[1] >= since.isoformat()]
-            return out
-
-        cut, archived = self._retention(st)
-        live = history_keys(self.store, self.dataset, prefixes(self.dataset))
-        # The inbox is listed *after* the history, so a write that lands in between (marker
-        # first, then object) is seen as pending, never as applied.
-        unapplied = frozenset() if pending_too else unapplied | self.pending_objects(st)
-        keys = [k for k in st.visible(self.field, live, hide_retained=not archived) if k not in unapplied]
-        if cut is not None and archived and (since is None or since.isoformat() < cut):
-            archive = P.archive_key(self.dataset)
-            keys += st.visible(self.field, history_keys(self.store, archive, prefixes(archive)), hide_retained=False)
+        """Applied transactions of ``ids`` (or all), from cohort day ``since`` on, read from the
+        objects the manifest names (no LIST of the history; ``since`` prunes by cohort day);
+        ``unapplied`` names objects to leave out (``pending_too``: add the pending objects, one
+        LIST of the inbox, for event-time travel). After an ``archive``-mode retention the
+        manifest names the archived copies, so the history stays complete; after a
+        ``delete``-mode retention, days before the cut are gone and :meth:`base` stands for them."""
+        keys = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
+                if k not in unapplied]
+        if pending_too:
+            keys += sorted(self.pending_objects(st))
         rows = read_history(self.store, keys, self.dtype)
         if ids is not None:
             rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
@@ -251,7 +265,7 @@ class Consolidator:
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-        # A live copy and its archive copy (a move in progress) count once.
+        # An idempotent retry written twice counts once.
         return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
 
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
@@ -306,8 +320,17 @@ class Consolidator:
 
     def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
              preview: bool = False) -> Folded:
-        """Fold ``rows`` in event order on top of ``st``; see :mod:`.eventorder` for late data.
-        ``preview`` (a read, not a commit) folds rows of a record that does not exist yet too."""
+        """Fold ``rows`` in event order on top of ``st``, bucket by bucket (each bucket's records
+        are loaded alone; kept in ``st`` when the fold is small, let go when it is big); see
+        :mod:`.eventorder` for late data. ``preview`` (a read, not a commit) folds rows of a
+        record that does not exist yet too, and computes no upserts."""
+        touched = buckets_of(rows["originalId"].unique(), st.n_buckets).unique().to_list()
+        return self.fold_bucket(st.restrict(touched, memo=rows.height <= MEMO_ROWS), rows, unapplied, preview=preview)
+
+    def fold_bucket(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
+                    preview: bool = False) -> Folded:
+        """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
+        records fold independently, so one bucket at a time or all at once give the same values."""
         reducer = self._reducer()
         held: list[pl.DataFrame] = []
 
@@ -369,7 +392,8 @@ class Consolidator:
         held_rows = (pl.concat([h.cast(self._held_schema) for h in held]) if held  # type: ignore[arg-type]
                      else pl.DataFrame(schema=self._held_schema))
         return Folded(values, new_marks(rows, marks, self.field), held_rows, rows,
-                      (int(late.sum()) if late.len() else 0) + dropped)
+                      (int(late.sum()) if late.len() else 0) + dropped,
+                      None if preview else self._upserts(st, values))
 
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
         values = new.rename({"originalId": "id", "value": "_new"})
@@ -391,33 +415,96 @@ class Consolidator:
         )
         return pl.concat([existing, created.cast(schema.polars_schema)], how="vertical")  # type: ignore[arg-type]
 
+    def _write_part(self, k: int, folded: Folded, version: int, token: str) -> tuple[Part, list[str]]:
+        """Write bucket ``k``'s delta and marks now (a big consolidation keeps no bucket's output
+        in memory); returns the part and the objects written."""
+        refs: list[str | None] = []
+        written = []
+        for kind, frame in ((f"delta-b{k}", folded.upserts), (f"marks-b{k}", folded.marks)):
+            if frame is None or not frame.height:
+                refs.append(None)
+                continue
+            ref, wrote = self.ledger.put_frame(P.data_file(self.ledger.resource, version, token, kind), frame)
+            refs.append(ref)
+            if wrote:
+                written.append(ref)
+        return Part(refs[0], refs[1]), written
+
     def run(self) -> ConsolidationResult:
-        """Consolidate everything pending for this field; see the module docstring."""
+        """Consolidate everything pending for this field; see the module docstring.
+
+        The pending objects are streamed, :data:`CHUNK_OBJECTS` at a time, into per-bucket runs
+        (:class:`~ecanalytics.consolidation.runs.Runs`), and each bucket is folded alone against
+        that bucket's state. Past ``budget_rows`` pending rows the runs spill to local disk and
+        each bucket's delta is written as soon as it is folded, so peak memory is bounded by one
+        bucket's pending rows and state (plus the ``values`` of the result), not by the totals."""
         started = time.perf_counter()
         done: dict[str, Any] = {}
 
         def build(st: State) -> Commit | None:
-            pending = self.pending(st, cleanup=True)
-            done["pending"], done["state"] = pending, st
-            held_before = self.held_frame(st).height
-            if not pending.objects and not held_before:
+            inbox, carried, _stale, unlisted, candidates = self._scan(st, cleanup=True)
+            held = self.held_frame(st)
+            done["state"], done["markers"] = st, []
+            if not candidates and not held.height:
                 return None
-            folded = self.fold(st, pending.rows, pending.unapplied)
-            if not pending.objects and folded.held.height == held_before:
+            read: list[str] = []
+            missing: list[str] = []
+            sizes: dict[str, int] = {}
+            version, token = st.version + 1, uuid.uuid4().hex
+            outs: list[Folded] = []
+            parts: dict[int, Part] = {}
+            written: list[str] = []
+            transactions = duplicates = 0
+            with Runs(st.n_buckets, self.budget_rows) as runs:
+                for i in range(0, len(candidates), CHUNK_OBJECTS):
+                    rows, got, miss = read_objects(self.store, candidates[i:i + CHUNK_OBJECTS], value_dtype=self.dtype,
+                                                   field=self.field, start=len(read), sizes=sizes)
+                    read += got
+                    missing += miss
+                    runs.add(rows)
+                self._drop_orphans(inbox, missing)
+                if not read and not held.height:
+                    return None
+                schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
+                spilled = runs.spilled
+                if not spilled:  # the common case: everything at once, on the touched buckets
+                    rows = runs.take_all(schema)
+                    deduped = self._with_held(st, rows, held)
+                    duplicates = rows.height + held.height - deduped.height
+                    outs.append(self.fold(st, deduped, frozenset(candidates)))
+                    transactions = outs[0].applied.height
+                held_by = split(held, "originalId", st.n_buckets) if runs.spilled else {}
+                for k in sorted(set(runs.buckets()) | set(held_by)) if runs.spilled else ():
+                    rows_k = runs.take(k, schema)
+                    held_k = held_by.get(k, held.clear())
+                    deduped = self._with_held(st, rows_k, held_k)
+                    duplicates += rows_k.height + held_k.height - deduped.height
+                    folded = self.fold_bucket(st.restrict([k]), deduped, frozenset(candidates))
+                    transactions += folded.applied.height
+                    part, objs = self._write_part(k, folded, version, token)
+                    parts[k], written = part, written + objs
+                    ids = folded.applied.select("id").filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX))
+                    outs.append(dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(), applied=ids))
+            folded = Folded.concat(outs)
+            if not read and folded.held.height == held.height:
+                self.store.delete(written)
                 return None  # only held rows, and they are still stuck
-            upserts = self._upserts(st, folded.values)
+            done["markers"], done["values"] = [inbox.markers[k] for k in read], folded.values
             return Commit(
                 kind="consolidate",
-                upserts=upserts,
+                upserts=folded.upserts,
                 field=self.field,
-                consumed=pending.objects | pending.carried,
-                unlisted=pending.unlisted,
+                consumed=frozenset(read) | carried,
+                unlisted=unlisted,
                 applied_ids=folded.applied["id"],
                 held=folded.held,
                 marks=folded.marks,
-                stats={"transactions": folded.applied.height, "duplicates": pending.duplicates,
-                       "objects": len(pending.objects), "records": upserts.height, "late": folded.late,
-                       "held": folded.held.height},
+                parts=parts or None,
+                written=tuple(written),
+                applied={k: sizes.get(k) for k in read},
+                stats={"transactions": transactions, "duplicates": duplicates, "objects": len(read),
+                       "records": folded.values.height, "late": folded.late, "held": folded.held.height,
+                       "spilled": spilled},
             )
 
         outcome = self.ledger.commit(build)
@@ -428,10 +515,9 @@ class Consolidator:
             return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed, empty,
                                        held=held.height, **self._held_summary(held))
         state, change = outcome
-        pending = done["pending"]
-        self._delete_markers(list(pending.markers.values()))  # best effort; the next LIST checks
-        assert change.upserts is not None and change.held is not None
-        values = change.upserts.select("id", pl.col(self.field).alias("value"))
+        self._delete_markers(done["markers"])  # best effort; the next LIST checks
+        assert change.held is not None
+        values = done["values"].rename({"originalId": "id"})
         stats = change.stats
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
@@ -471,10 +557,12 @@ class Consolidator:
             rows = self._with_held(st, rows, held.filter(pl.col("originalId").is_in(touched)))
             folded = self.fold(st, rows, frozenset(mine))
             kept = held.filter(~pl.col("originalId").is_in(touched))
-            upserts = self._upserts(st, folded.values)
+            upserts = folded.upserts
+            assert upserts is not None
             done["objects"] = len(mine)
             return Commit(
                 kind="consolidate", upserts=upserts, field=self.field, consumed=consumed | frozenset(mine),
+                applied={k: by_key[k].size for k in mine},
                 unlisted=st.unlisted.get(self.field, frozenset()) | frozenset(mine),
                 applied_ids=folded.applied["id"], held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
                 marks=folded.marks,

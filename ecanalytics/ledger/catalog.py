@@ -52,9 +52,12 @@ def read(store: Store, resource: str) -> dict[str, Any] | None:
     return entry
 
 
-def create(store: Store, resource: str, attributes: dict[str, str]) -> dict[str, Any]:
-    """Create the entry if absent; return whatever entry exists afterwards."""
-    entry = {"format": FORMAT, "name": resource, "attributes": attributes, "plugins": {}}
+def create(store: Store, resource: str, attributes: dict[str, str], buckets: int | None = None) -> dict[str, Any]:
+    """Create the entry if absent; return whatever entry exists afterwards. ``buckets`` is the
+    bucket count the resource starts with (its commit log is authoritative afterwards)."""
+    entry: dict[str, Any] = {"format": FORMAT, "name": resource, "attributes": attributes, "plugins": {}}
+    if buckets is not None:
+        entry["buckets"] = buckets
     store.create(P.catalog_entry(resource), json.dumps(entry, indent=2).encode())
     current = read(store, resource)
     assert current is not None

@@ -40,6 +40,7 @@ from typing import Any
 import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
+from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.storage import Store, decode_parquet, parquet_bytes
 from ecanalytics.storage import paths as P
@@ -51,12 +52,26 @@ MARKS_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(), "field": pl.String(), "setTs": pl.Datetime("us", "UTC"), "setId": pl.String(),
     "maxTs": pl.Datetime("us", "UTC"), "maxId": pl.String(),
 }
+MANIFEST_SCHEMA: dict[str, pl.DataType] = {"key": pl.String(), "cohortDate": pl.String(), "size": pl.Int64()}
 _ENTRY_KEYS = ("version", "committedAt", "kind", "token")
 # Frames this small travel inside the log entry (base64 Parquet, exact types) instead of as objects
 # of their own: a small commit is then one PUT, not three.
 INLINE_ROWS = 64
 _INLINE = "inline:"
 AUTO_ID_PREFIX = "auto-"
+
+
+def _inline(frame: pl.DataFrame) -> str | None:
+    """The reference that carries ``frame`` inside a log entry or checkpoint, if it is small enough."""
+    return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= INLINE_ROWS else None
+
+
+def manifest_frame(objects: dict[str, int | None]) -> pl.DataFrame:
+    """Manifest rows of transaction objects: ``key``, its ``cohortDate`` (from the path) and its
+    ``size`` in bytes (what lets a reader open it without asking the store first)."""
+    return pl.DataFrame({"key": pl.Series(list(objects), dtype=pl.String),
+                         "size": pl.Series(list(objects.values()), dtype=pl.Int64)}).select(
+        "key", pl.col("key").str.extract(r"cohortDate=(\d{4}-\d{2}-\d{2})").alias("cohortDate"), "size")
 
 
 def new_tx_id() -> str:
@@ -66,8 +81,11 @@ def new_tx_id() -> str:
 
 @dataclass(frozen=True)
 class Commit:
-    """What one commit changes. ``upserts`` holds full records; ``consumed`` and ``held`` replace
-    the field's sets; ``marks`` upserts per-(record, field) event-time marks."""
+    """What one commit changes. ``upserts`` holds full records and ``marks`` per-(record, field)
+    event-time marks (the ledger splits both by bucket); ``parts`` are bucket deltas the builder
+    already wrote (bounded-memory consolidation), ``written`` their objects, removed if the commit
+    loses its race; ``rebase`` replaces every bucket (a change of the bucket count). ``consumed``
+    and ``held`` replace the field's sets."""
 
     kind: str
     upserts: pl.DataFrame | None = None
@@ -81,14 +99,24 @@ class Commit:
     compaction: dict[str, Any] | None = None  # {field, token, merged, replaced} of a compaction commit
     held: pl.DataFrame | None = None
     marks: pl.DataFrame | None = None
+    parts: dict[int, Part] | None = None
+    written: tuple[str, ...] = ()
+    rebase: tuple[Part, ...] | None = None
+    applied: dict[str, int | None] = dataclasses.field(default_factory=dict)  # objects (and sizes) that join the manifest
+    unapplied: tuple[str, ...] = ()  # ... and that leave it (compacted, archived or deleted)
+
+
+StateLoader = Callable[[int, Part], Frames]
+BucketRebuild = Callable[[int, int, int], Frames]  # (bucket, bucket count, version) -> frames
 
 
 @dataclass(frozen=True)
 class State:
-    """The resource at one version."""
+    """The resource at one version. Records and marks live in :attr:`buckets`, loaded on demand:
+    :attr:`records` and :attr:`marks` load every bucket, :meth:`records_of` only the ones needed."""
 
     version: int
-    records: pl.DataFrame
+    buckets: tuple[Bucket, ...]
     consumed: dict[str, frozenset[str]]
     applied_ids: pl.DataFrame
     committed_at: datetime | None
@@ -97,27 +125,91 @@ class State:
     # per field: committed compaction tokens, and sources replaced but maybe not deleted yet
     compaction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     held: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
-    marks: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=MARKS_SCHEMA))
     # Consumed keys that no LIST has shown yet (committed by a sync writer that holds them): their
     # absence from a LIST proves nothing (a LIST may lag behind the write), so they stay consumed
     # until a LIST has shown them once.
     unlisted: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    # per field: the manifest of applied transaction objects (``key, cohortDate``), live and archived
+    manifest: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
+    load: StateLoader | None = dataclasses.field(default=None, compare=False, repr=False)
+    rebuild: BucketRebuild | None = dataclasses.field(default=None, compare=False, repr=False)
+    memo: bool = dataclasses.field(default=True, compare=False, repr=False)
+    only: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)  # see restrict
 
-    def visible(self, field_name: str, keys: list[str], *, hide_retained: bool = True) -> list[str]:
-        """The objects a reader counts: not replaced by a committed compaction, not the output of
-        a compaction that never committed, and (``hide_retained``) not a live copy that retention
-        is archiving."""
-        info = self.compaction.get(field_name, {})
-        tokens, replaced = set(info.get("tokens", [])), set(info.get("replaced", []))
-        if hide_retained:
-            replaced |= set(self.retention.get(field_name, {}).get("archived", []))
-        out = []
-        for key in keys:
-            name = key.rsplit("/", 1)[-1]
-            if key in replaced or (name.startswith("c-") and name.split("-")[1] not in tokens):
-                continue
-            out.append(key)
-        return out
+    @property
+    def n_buckets(self) -> int:
+        return len(self.buckets)
+
+    def bucket_frames(self, k: int) -> Frames:
+        """(records, marks) of bucket ``k``."""
+        return self._frames_of(k, memo=self.memo)
+
+    def _frames_of(self, k: int, *, memo: bool) -> Frames:
+        assert self.load is not None
+        load, rebuild, n = self.load, self.rebuild, self.n_buckets
+        return self.buckets[k].frames(lambda part: load(k, part), memo=memo,
+                                      rebuild=(lambda v: rebuild(k, n, v)) if rebuild else None)
+
+    @property
+    def _visible_buckets(self) -> range | tuple[int, ...]:
+        return self.only if self.only is not None else range(self.n_buckets)
+
+    @property
+    def records(self) -> pl.DataFrame:
+        """Every record (loads every bucket; in a :meth:`restrict`-ed state, its buckets only)."""
+        frames = [self.bucket_frames(k)[0] for k in self._visible_buckets] or [self._nothing()[0]]
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical", rechunk=False)
+
+    @property
+    def marks(self) -> pl.DataFrame:
+        """Every mark (loads every bucket; in a :meth:`restrict`-ed state, its buckets only)."""
+        frames = [self.bucket_frames(k)[1] for k in self._visible_buckets] or [self._nothing()[1]]
+        return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical", rechunk=False)
+
+    def _nothing(self) -> Frames:
+        assert self.load is not None
+        return self.load(0, Part())
+
+    def records_of(self, ids: pl.Series | list[str]) -> pl.DataFrame:
+        """The records of ``ids`` that exist, loading only their buckets."""
+        ids = pl.Series("id", ids, dtype=pl.String)
+        wanted = sorted(set(buckets_of(ids, self.n_buckets).to_list()))
+        frames = [self.bucket_frames(k)[0] for k in wanted]
+        if not frames:
+            return self.bucket_frames(0)[0].clear() if self.n_buckets else pl.DataFrame()
+        return pl.concat(frames, how="vertical", rechunk=False).filter(pl.col("id").is_in(ids.implode()))
+
+    def restrict(self, ks: Iterable[int], *, memo: bool = False) -> State:
+        """This state seen through buckets ``ks`` only (:attr:`records` and :attr:`marks` hold
+        theirs alone): what a fold of rows of those buckets needs. Without ``memo`` the buckets
+        are read and let go, not kept in this state."""
+        only = tuple(sorted(set(ks)))
+        buckets = list(self.buckets)
+        for k in only:
+            if not buckets[k].loaded:
+                buckets[k] = Bucket(Part(), (), self._frames_of(k, memo=memo))
+        return replace(self, buckets=tuple(buckets), only=only)
+
+    def applied_objects(self, field_name: str, *, since: str | None = None, days: Iterable[str] | None = None,
+                        archived: bool = True) -> list[str]:
+        """The transaction objects applied to ``field_name`` (sorted keys), from its manifest:
+        what every ecanalytics reader reads instead of listing the history. ``since`` (an ISO
+        day) and ``days`` prune by cohort day; ``archived=False`` leaves out the archive."""
+        frame = self.manifest_of(field_name)
+        if not frame.height:
+            return []
+        if since is not None:
+            frame = frame.filter(pl.col("cohortDate") >= since)
+        if days is not None:
+            frame = frame.filter(pl.col("cohortDate").is_in(list(days)))
+        if not archived:
+            frame = frame.filter(~pl.col("key").str.starts_with(P.ARCHIVE_PREFIX))
+        return sorted(frame["key"].to_list())
+
+    def manifest_of(self, field_name: str) -> pl.DataFrame:
+        """The manifest of ``field_name``: ``key, cohortDate, size`` of every applied object."""
+        frame = self.manifest.get(field_name)
+        return frame if frame is not None else pl.DataFrame(schema=MANIFEST_SCHEMA)
 
     def applied_keys(self, field_name: str) -> pl.Series:
         return self.applied_ids.filter(pl.col("field") == field_name)["id"]
@@ -148,12 +240,14 @@ class Ledger:
         *,
         checkpoint_interval: int = 10,
         dedup_window_s: float = 7 * 86400,
+        buckets: int = DEFAULT_BUCKETS,
     ) -> None:
         self.store = store
         self.resource = resource
         self.schema = schema
         self.checkpoint_interval = checkpoint_interval
         self.dedup_window_s = dedup_window_s
+        self.buckets = buckets  # the count of a resource that has no commit yet; then the log's
         self.fault: FaultHook | None = None  # test hook: called at each commit step
         self._state: State | None = None
         self._consumed_seen: dict[str, dict[str, int]] = {}  # field -> key -> version that consumed it
@@ -162,22 +256,60 @@ class Ledger:
         self._commit_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
-    def _empty(self) -> State:
-        return State(0, self.schema.empty(), {}, pl.DataFrame(schema=IDS_SCHEMA), None, 0)
+    def _empty(self, n: int | None = None) -> State:
+        n = n or self.buckets
+        return State(0, tuple(Bucket(Part()) for _ in range(n)), {}, pl.DataFrame(schema=IDS_SCHEMA), None, 0,
+                     load=self.load_part, rebuild=self.rebuild_bucket)
+
+    def load_part(self, k: int, part: Part) -> Frames:
+        """The frames a bucket part names (empty where it names none)."""
+        records = (self.schema.conform(self._frame(part.records, {"id": pl.String()}, keep=True),
+                                       self._where(part.records)) if part.records else self.schema.empty())
+        marks = self._frame(part.marks, MARKS_SCHEMA) if part.marks else pl.DataFrame(schema=MARKS_SCHEMA)
+        return records, marks
+
+    def _from_hint(self, hint: dict[str, Any]) -> State:
+        if hint.get("format") != 2:
+            raise ValueError(f"checkpoint format {hint.get('format')!r} is not 2")
+        version = int(hint["version"])
+        buckets = tuple(Bucket(Part(b["records"], b["marks"]), base_version=version) for b in hint["buckets"])
+        if not buckets:
+            raise ValueError("a checkpoint without buckets")
+        ids = self._frame(hint["ids"], IDS_SCHEMA)
+        held = {f: self._read_ref(rel) for f, rel in hint.get("held", {}).items()}
+        consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
+        unlisted = {f: frozenset(keys) for f, keys in hint.get("unlisted", {}).items()}
+        at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
+        manifest = {f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in hint.get("manifest", {}).items()}
+        return State(int(hint["version"]), buckets, consumed, ids, at, int(hint["version"]),
+                     dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, unlisted,
+                     manifest=manifest, load=self.load_part, rebuild=self.rebuild_bucket)
+
+    def rebuild_bucket(self, k: int, n: int, version: int) -> Frames:
+        """Bucket ``k`` of ``n`` at ``version`` from the log alone (every entry up to it): where an
+        unreadable checkpoint object falls back to."""
+        frames = self.load_part(k, Part())
+        for v in range(1, version + 1):
+            entry = self.read_entry(v)
+            if entry is None:
+                raise CorruptObjectError(f"Log entry {v} of {self.resource} is missing; restore it from a backup.")
+            raw = entry.raw
+            if raw.get("rebase") is not None:
+                rebase = raw["rebase"]
+                frames = self.load_part(k, Part(rebase[k]["records"], rebase[k]["marks"])) if len(rebase) == n else (
+                    frames[0].clear(), frames[1].clear())  # a count this bucket was not cut for: later entries rebuild it
+                continue
+            m = int(raw.get("buckets") or n)
+            dels = tuple(d for d, b in zip(raw.get("deletes") or [], buckets_of(raw.get("deletes") or [], m).to_list(),
+                                           strict=True) if b == k) if m == n else ()
+            part = Part((raw.get("delta") or {}).get(str(k)), (raw.get("marks") or {}).get(str(k)), dels) if m == n else Part()
+            recs, mks = self.load_part(k, part)
+            frames = apply_part(frames, recs, mks, part.deletes)
+        return frames
 
     def _load_checkpoint(self) -> State:
         try:
-            hint = json.loads(self.store.read(P.last_checkpoint(self.resource)))
-            records = self.schema.conform(self._frame(hint["records"], {"id": pl.String()}, keep=True),
-                                          self.store.url(hint["records"]))
-            ids = self._frame(hint["ids"], IDS_SCHEMA)
-            marks = self._frame(hint["marks"], MARKS_SCHEMA) if hint.get("marks") else pl.DataFrame(schema=MARKS_SCHEMA)
-            held = {f: self.store.read_parquet(rel) for f, rel in hint.get("held", {}).items()}
-            consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
-            unlisted = {f: frozenset(keys) for f, keys in hint.get("unlisted", {}).items()}
-            at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
-            return State(int(hint["version"]), records, consumed, ids, at, int(hint["version"]),
-                         dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, marks, unlisted)
+            return self._from_hint(json.loads(self.store.read(P.last_checkpoint(self.resource))))
         except FileNotFoundError:
             return self._empty()
         except (ValueError, KeyError, TypeError, AttributeError, CorruptObjectError) as exc:
@@ -194,7 +326,7 @@ class Ledger:
                 [pl.col(c).cast(t) for c, t in schema.items()])
         except Exception as exc:  # polars: ColumnNotFoundError, InvalidOperationError, ...
             raise CorruptObjectError(
-                f"{self.store.url(rel)} does not have the columns {list(schema)} ({type(exc).__name__}); "
+                f"{self._where(rel)} does not have the columns {list(schema)} ({type(exc).__name__}); "
                 "it is not ecanalytics metadata. Restore it from a backup."
             ) from exc
 
@@ -225,26 +357,44 @@ class Ledger:
             raise CorruptObjectError(f"Log entry {self.store.url(rel)} has an unreadable committedAt ({exc}).") from exc
         return entry
 
-    def _apply(self, st: State, entry: LogEntry, upserts: pl.DataFrame | None, ids: pl.DataFrame | None,
+    def _apply(self, st: State, entry: LogEntry, ids: pl.DataFrame | None,
                written: dict[str, pl.DataFrame] | None = None) -> State:
-        """``st`` advanced by ``entry``; ``written`` holds objects this process just wrote (not re-read)."""
+        """``st`` advanced by ``entry``; ``written`` holds frames this process just wrote (by
+        reference: not read back). Bucket parts are only remembered unless their bucket is loaded."""
         raw = entry.raw
         written = written or {}
 
-        def load(rel: str, schema: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
-            if rel in written:
-                return written[rel]
-            return self._frame(rel, schema) if schema else self._read_ref(rel)
+        def load(rel: str) -> pl.DataFrame:
+            return written[rel] if rel in written else self._read_ref(rel)
 
-        records = st.records
-        changed = pl.Series("id", raw.get("deletes", []), dtype=pl.String)
-        if upserts is not None and upserts.height:
-            changed = pl.concat([changed, upserts["id"]])
-        if changed.len():
-            if records.height:
-                records = records.filter(~pl.col("id").is_in(changed.implode()))
-            if upserts is not None and upserts.height:
-                records = pl.concat([records, upserts.select(records.columns)], how="vertical")
+        buckets = st.buckets
+        if raw.get("rebase") is not None:
+            buckets = tuple(Bucket(Part(b["records"], b["marks"]), base_version=entry.version) for b in raw["rebase"])
+        else:
+            n = int(raw.get("buckets") or st.n_buckets)
+            if n != st.n_buckets:
+                if st.version or any(b.changed or b.base != Part() for b in st.buckets):
+                    raise CorruptObjectError(
+                        f"Log entry {entry.version} of {self.resource} has {n} buckets where the state has "
+                        f"{st.n_buckets}; the log is inconsistent. Restore it from a backup.")
+                buckets = self._empty(n).buckets
+            deltas, marks = raw.get("delta") or {}, raw.get("marks") or {}
+            if not isinstance(deltas, dict) or not isinstance(marks, dict):
+                raise CorruptObjectError(
+                    f"Log entry {entry.version} of {self.resource} was written by an ecanalytics without buckets; "
+                    "this version cannot read it. Export with the older version and import again.")
+            dels: dict[int, list[str]] = {}
+            if raw.get("deletes"):
+                for rid, k in zip(raw["deletes"], buckets_of(raw["deletes"], n).to_list(), strict=True):
+                    dels.setdefault(k, []).append(rid)
+            touched = {int(k) for k in deltas} | {int(k) for k in marks} | set(dels)
+            out = list(buckets)
+            for k in sorted(touched):
+                part = Part(deltas.get(str(k)), marks.get(str(k)), tuple(dels.get(k, ())))
+                recs = written.get(part.records) if part.records else None
+                mks = written.get(part.marks) if part.marks else None
+                out[k] = out[k].then(part, recs, mks, load=lambda p, k=k: self.load_part(k, p))  # type: ignore[misc]
+            buckets = tuple(out)
         consumed = st.consumed
         applied = st.applied_ids
         fld = raw.get("field")
@@ -258,12 +408,15 @@ class Ledger:
                 pl.lit(fld, pl.String).alias("field"), pl.col("id").cast(pl.String),
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
-        marks = st.marks
-        if raw.get("deletes"):
-            marks = marks.filter(~pl.col("id").is_in(pl.Series(raw["deletes"], dtype=pl.String).implode()))
-        if raw.get("marks"):
-            new_marks = load(raw["marks"], MARKS_SCHEMA)
-            marks = pl.concat([marks.join(new_marks.select("id", "field"), on=["id", "field"], how="anti"), new_marks])
+        manifest = st.manifest
+        if fld is not None and isinstance(raw.get("manifest"), dict) and (raw["manifest"].get("add")
+                                                                          or raw["manifest"].get("remove")):
+            frame = manifest.get(fld, pl.DataFrame(schema=MANIFEST_SCHEMA))
+            if raw["manifest"].get("remove"):
+                frame = frame.filter(~pl.col("key").is_in(pl.Series(raw["manifest"]["remove"], dtype=pl.String).implode()))
+            if raw["manifest"].get("add"):
+                frame = pl.concat([frame, manifest_frame(raw["manifest"]["add"])], how="vertical")
+            manifest = {**manifest, fld: frame}
         held = st.held
         if isinstance(raw.get("held"), dict):
             h = raw["held"]
@@ -278,9 +431,9 @@ class Ledger:
             before = compaction.get(c["field"], {})
             compaction = {**compaction, c["field"]: {
                 "tokens": [*before.get("tokens", []), c["token"]], "replaced": c["replaced"]}}
-        return replace(st, version=entry.version, records=records, consumed=consumed, applied_ids=applied,
+        return replace(st, version=entry.version, buckets=buckets, consumed=consumed, applied_ids=applied,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
-                       marks=marks, unlisted=unlisted)
+                       unlisted=unlisted, manifest=manifest)
 
     def _replay(self, st: State) -> State:
         if self._seen_after is None:
@@ -288,7 +441,7 @@ class Ledger:
         while (entry := self.read_entry(st.version + 1)) is not None:
             ids = self._read_ref(entry.raw["ids"]) if entry.raw.get("ids") else None
             before = st
-            st = self._apply(st, entry, self.read_delta(entry), ids)
+            st = self._apply(st, entry, ids)
             self._note_consumed(before, st)
         return st
 
@@ -341,26 +494,22 @@ class Ledger:
         current = self.state()
         if version >= current.version:
             return current
-        best: tuple[int, str, str] | None = None
-        names = self.store.listdir(f"{self.resource}/_data")
-        for name in names:
-            if name.endswith(".checkpoint.parquet"):
-                v = int(name[:20])
-                ids = name.replace(".checkpoint.parquet", ".checkpoint-ids.parquet")
-                if v <= version and ids in names and (best is None or v > best[0]):
-                    best = (v, f"{self.resource}/_data/{name}", f"{self.resource}/_data/{ids}")
+        best = -1
+        for name in self.store.listdir(P.log_dir(self.resource)):
+            v = P.checkpoint_hint_version(name)
+            if v is not None and best < v <= version:
+                best = v
         st = self._empty()
-        if best is not None:
-            v, rec, ids_rel = best
-            records = self.schema.conform(self.store.read_parquet(rec), self.store.url(rec))
-            entry = self.read_entry(v)
-            st = State(v, records, {}, self.store.read_parquet(ids_rel).cast(IDS_SCHEMA),  # type: ignore[arg-type]
-                       entry.committed_at if entry else None, v)
+        if best >= 0:
+            try:
+                st = self._from_hint(json.loads(self.store.read(P.checkpoint_hint(self.resource, best))))
+            except (ValueError, KeyError, TypeError, AttributeError, CorruptObjectError) as exc:
+                log.warning("Ignoring unreadable checkpoint %d of %s (%s); replaying the log.", best, self.resource, exc)
         while st.version < version:
             entry = self.read_entry(st.version + 1)
             if entry is None:
                 break
-            st = self._apply(st, entry, self.read_delta(entry), None)
+            st = self._apply(st, entry, None)
         return st
 
     def entries(self, kinds: tuple[str, ...] = ()) -> list[LogEntry]:
@@ -373,9 +522,11 @@ class Ledger:
         return out
 
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
-        """The records an entry upserted."""
-        delta = entry.raw.get("delta")
-        return self.schema.conform(self._read_ref(delta), self._where(delta)) if delta else None
+        """The records an entry upserted (every bucket's part)."""
+        refs = (entry.raw.get("rebase") and [b["records"] for b in entry.raw["rebase"]]) or list(
+            (entry.raw.get("delta") or {}).values())
+        frames = [self.load_part(0, Part(ref))[0] for ref in refs if ref]
+        return pl.concat(frames, how="vertical") if frames else None
 
     def _read_ref(self, ref: str) -> pl.DataFrame:
         """A frame a log entry names: an object's path, or the frame itself inline."""
@@ -430,52 +581,64 @@ class Ledger:
                     "compaction": change.compaction,
                     "marks": None,
                     "held": None,
+                    "manifest": {"add": dict(sorted(change.applied.items())), "remove": sorted(change.unapplied)}
+                    if change.applied or change.unapplied else None,
                 }
-                upserts = change.upserts.select(st.records.columns) if change.upserts is not None else None
                 # Only caller-supplied keys need remembering: generated ids are unique by construction.
                 ids = None
                 if change.applied_ids is not None:
                     ids = change.applied_ids.filter(~change.applied_ids.str.starts_with(AUTO_ID_PREFIX)).to_frame("id")
                 files: dict[str, pl.DataFrame] = {}
-                files_inline: dict[str, pl.DataFrame] = {}
-                if upserts is not None and upserts.height:
-                    files[P.data_file(self.resource, version, token, "delta")] = upserts
-                    raw["delta"] = next(iter(files))
+                frames: dict[str, pl.DataFrame] = {}  # every frame written, by the reference the entry holds
+
+                def ref(kind: str, frame: pl.DataFrame, files: dict[str, pl.DataFrame] = files,
+                        frames: dict[str, pl.DataFrame] = frames, prefix: tuple[int, str] = (version, token)) -> str:
+                    # Frames this small travel inside the entry: a small commit is one PUT.
+                    name = _inline(frame) or P.data_file(self.resource, *prefix, kind)
+                    if not name.startswith(_INLINE):
+                        files[name] = frame
+                    frames[name] = frame
+                    return name
+
+                n = st.n_buckets
+                raw["buckets"] = n
+                if change.rebase is not None:
+                    raw["rebase"] = [{"records": p.records, "marks": p.marks} for p in change.rebase]
+                    raw["buckets"] = len(change.rebase)
+                deltas: dict[str, str] = {}
+                marks: dict[str, str] = {}
+                if change.upserts is not None:
+                    upserts = change.upserts.select(list(self.schema.polars_schema))
+                    for k, part in split(upserts, "id", n).items():
+                        deltas[str(k)] = ref(f"delta-b{k}", part)
+                if change.marks is not None:
+                    mks = change.marks.select(list(MARKS_SCHEMA)).cast(MARKS_SCHEMA)  # type: ignore[arg-type]
+                    for k, part in split(mks, "id", n).items():
+                        marks[str(k)] = ref(f"marks-b{k}", part)
+                for k, prt in (change.parts or {}).items():
+                    if prt.records:
+                        deltas[str(k)] = prt.records
+                    if prt.marks:
+                        marks[str(k)] = prt.marks
+                raw["delta"], raw["marks"] = dict(sorted(deltas.items())), dict(sorted(marks.items()))
                 if ids is not None and ids.height:
-                    raw["ids"] = P.data_file(self.resource, version, token, "ids")
-                    files[raw["ids"]] = ids
-                if change.marks is not None and change.marks.height:
-                    raw["marks"] = P.data_file(self.resource, version, token, "marks")
-                    files[raw["marks"]] = change.marks.select(list(MARKS_SCHEMA)).cast(MARKS_SCHEMA)  # type: ignore[arg-type]
+                    raw["ids"] = ref("ids", ids)
                 if change.held is not None and change.field is not None:
-                    held_rel = P.data_file(self.resource, version, token, "held") if change.held.height else None
-                    raw["held"] = {"field": change.field, "path": held_rel}
-                    if held_rel:
-                        files[held_rel] = change.held
-                for rel, frame in list(files.items()):
-                    if frame.height <= INLINE_ROWS:
-                        inline = _INLINE + base64.b64encode(parquet_bytes(frame)).decode()
-                        for key in ("delta", "ids", "marks"):
-                            if raw[key] == rel:
-                                raw[key] = inline
-                        if isinstance(raw["held"], dict) and raw["held"]["path"] == rel:
-                            raw["held"]["path"] = inline
-                        del files[rel]
-                        files_inline[inline] = frame
+                    raw["held"] = {"field": change.field, "path": ref("held", change.held) if change.held.height else None}
                 # Sequential on purpose: a deterministic order of storage calls (the simulator
                 # replays it exactly); these objects are small and the delta dominates.
                 for rel, frame in files.items():
                     self.store.write_parquet(rel, frame)
                 self._fault("after_delta")
                 if not self._create_entry(version, raw):
-                    self.store.delete(list(files))
+                    self.store.delete([*files, *change.written])
                     time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                     continue
                 self._fault("after_log")
                 entry = LogEntry(version, raw)
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
-                        self._state = self._apply(st, entry, upserts, ids, {**files, **files_inline})
+                        self._state = self._apply(st, entry, ids, frames)
                         self._note_consumed(st, self._state)
                     cached = self._state
                 new_state = cached if cached is not None and cached.version >= version else self.state()
@@ -488,6 +651,43 @@ class Ledger:
             "too many concurrent consolidators. Retry later or run fewer at once."
         )
 
+    def put_frame(self, name: str, frame: pl.DataFrame) -> tuple[str, bool]:
+        """Write ``frame`` for a commit that is being built (``name`` made by
+        :func:`paths.data_file`); returns (the reference a log entry holds, whether an object was
+        written). Frames of at most :data:`INLINE_ROWS` rows travel inside the entry instead."""
+        if (inline := _inline(frame)) is not None:
+            return inline, False
+        self.store.write_parquet(name, frame)
+        return name, True
+
+    def rebucket(self, n: int) -> State:
+        """Split the records into ``n`` buckets: one commit that rewrites every bucket (readers at
+        earlier versions are unaffected). Holds the whole state in memory once."""
+        def build(st: State) -> Commit | None:
+            if n == st.n_buckets:
+                return None
+            token, version = uuid.uuid4().hex, st.version + 1
+            records = split(st.records, "id", n)
+            marks = split(st.marks, "id", n)
+            parts, written = [], []
+            for k in range(n):
+                refs: list[str | None] = []
+                for kind, frames in ((f"rebucket-b{k}", records), (f"rebucket-marks-b{k}", marks)):
+                    frame = frames.get(k)
+                    if frame is None:
+                        refs.append(None)
+                        continue
+                    ref, wrote = self.put_frame(P.data_file(self.resource, version, token, kind), frame)
+                    refs.append(ref)
+                    if wrote:
+                        written.append(ref)
+                parts.append(Part(refs[0], refs[1]))
+            return Commit("rebucket", rebase=tuple(parts), written=tuple(written),
+                          stats={"buckets": n, "before": st.n_buckets})
+
+        self.commit(build)
+        return self.state()
+
     def _create_entry(self, version: int, raw: dict[str, Any]) -> bool:
         rel = P.log_entry(self.resource, version)
         if self.store.create(rel, json.dumps(raw, sort_keys=True).encode()):
@@ -496,36 +696,52 @@ class Ledger:
         return existing is not None and existing.raw.get("token") == raw["token"]
 
     def _checkpoint(self, st: State) -> None:
-        """Snapshot records, the dedup window and the consumed sets at ``st.version``."""
+        """Snapshot the buckets changed since the last checkpoint (the others keep their objects),
+        the dedup window and the consumed sets at ``st.version``."""
         cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.dedup_window_s)
         ids = st.applied_ids.filter(pl.col("committedAt") >= cutoff)
         token = uuid.uuid4().hex
-        records_rel = P.data_file(self.resource, st.version, token, "checkpoint")
-        ids_rel = P.data_file(self.resource, st.version, token, "checkpoint-ids")
-        self.store.write_parquet(records_rel, st.records.sort("id"))
-        self.store.write_parquet(ids_rel, ids)
-        marks_rel = P.data_file(self.resource, st.version, token, "checkpoint-marks")
-        self.store.write_parquet(marks_rel, st.marks.sort("field", "id"))
-        held = {}
-        for f, rows in st.held.items():
-            held[f] = P.data_file(self.resource, st.version, token, f"checkpoint-held-{f}")
-            self.store.write_parquet(held[f], rows)
+
+        def put(kind: str, frame: pl.DataFrame) -> str | None:
+            if not frame.height:
+                return None
+            if (inline := _inline(frame)) is not None:
+                return inline
+            rel = P.data_file(self.resource, st.version, token, kind)
+            self.store.write_parquet(rel, frame)
+            return rel
+
+        bases: list[Part] = []
+        for k, bucket in enumerate(st.buckets):
+            if bucket.changed:
+                # Read and let go: checkpointing a big resource holds one bucket at a time.
+                records, marks = bucket.frames(lambda part, k=k: self.load_part(k, part), memo=False)  # type: ignore[misc]
+                bases.append(Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks)))
+            else:
+                bases.append(bucket.base)
+        held = {f: put(f"checkpoint-held-{f}", rows) for f, rows in st.held.items() if rows.height}
+        manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows) for f, rows in st.manifest.items()}
         hint = {
-            "version": st.version, "records": records_rel, "ids": ids_rel, "marks": marks_rel, "held": held,
+            "format": 2, "version": st.version, "buckets": [{"records": b.records, "marks": b.marks} for b in bases],
+            "ids": put("checkpoint-ids", ids) or _inline(ids),
+            "held": held,
+            "manifest": manifest,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},
             "retention": st.retention,
             "compaction": st.compaction,
             "committedAt": st.committed_at.isoformat() if st.committed_at else None,
         }
+        body = json.dumps(hint).encode()
+        self.store.create(P.checkpoint_hint(self.resource, st.version), body)
         try:
             current = json.loads(self.store.read(P.last_checkpoint(self.resource)))["version"]
         except (FileNotFoundError, ValueError, KeyError):
             current = -1
         if current < st.version:  # a racing checkpointer may have gone further; never go back
-            self.store.write(P.last_checkpoint(self.resource), json.dumps(hint).encode())
+            self.store.write(P.last_checkpoint(self.resource), body)
         with self._state_lock:
             if self._state is not None and self._state.version == st.version:
-                self._state = replace(self._state, checkpoint_version=st.version, applied_ids=ids)
-
-
+                buckets = tuple(b.rebased(base, None, st.version) if b.changed else b
+                                for b, base in zip(self._state.buckets, bases, strict=True))
+                self._state = replace(self._state, checkpoint_version=st.version, applied_ids=ids, buckets=buckets)

@@ -12,6 +12,7 @@ against a probe object's), so a writer whose clock is off never loses a write.
 
 from __future__ import annotations
 
+import dataclasses
 import decimal
 import math
 import numbers
@@ -26,7 +27,7 @@ import polars as pl
 
 from ecanalytics.errors import CorruptObjectError, InvalidTimezoneError, InvalidValueError, SchemaError
 from ecanalytics.ledger.schema import Attribute, to_decimal
-from ecanalytics.storage import Store, decode_parquet
+from ecanalytics.storage import Store, decode_parquet, parquet_bytes
 from ecanalytics.storage import paths as P
 from ecanalytics.types import OPERATIONS
 
@@ -136,17 +137,21 @@ def tx_frame(rows: Sequence[dict[str, Any]], value_dtype: pl.DataType | None = N
 
 @dataclass(frozen=True)
 class PlannedObject:
-    """One transaction object to write: its key, its inbox marker and its rows."""
+    """One transaction object to write: its key, its inbox marker and its rows (and, once
+    written, its size in bytes, which the manifest keeps)."""
 
     key: str
     marker: str
     rows: pl.DataFrame
+    size: int | None = dataclasses.field(default=None, compare=False)
 
     def write(self, store: Store) -> None:
         """Marker first, then the object. Safe to repeat: the names are fixed, so a retry after an
         unknown outcome rewrites the same object instead of adding a second copy."""
+        data = parquet_bytes(self.rows)
         store.write(self.marker, b"")
-        store.write_parquet(self.key, self.rows)
+        store.write(self.key, data)
+        object.__setattr__(self, "size", len(data))
 
 
 def plan_objects(dataset: str, tz: str, txs: pl.DataFrame, max_rows: int | None = None) -> list[PlannedObject]:
@@ -207,15 +212,19 @@ class Inbox:
 
 
 def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType | None = None,
-                 field: str | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
+                 field: str | None = None, start: int = 0,
+                 sizes: dict[str, int] | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read transaction objects. Returns (rows with ``_object``, the index of the row's object in
-    the sorted keys read; the keys read; the keys whose object does not exist (yet)).
+    the sorted keys read, plus ``start`` when reading in chunks; the keys read; the keys whose
+    object does not exist (yet)). ``sizes`` receives the size of each object read.
 
     ``field`` makes an object whose rows name another field a :class:`CorruptObjectError`.
     """
     blobs = store.read_many(keys)
     read = [k for k in keys if blobs[k] is not None]
     missing = [k for k in keys if blobs[k] is None]
+    if sizes is not None:
+        sizes.update({k: len(blobs[k] or b"") for k in read})
 
     def decode(item: tuple[int, str]) -> pl.DataFrame:
         index, key = item
@@ -227,7 +236,7 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
-        frames = list(pool.map(decode, enumerate(read)))
+        frames = list(pool.map(decode, enumerate(read, start)))
     if not frames:
         return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.UInt32).alias("_object")), read, missing
     return pl.concat(frames, how="vertical"), read, missing

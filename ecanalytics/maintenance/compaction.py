@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.transactions import history_keys, read_history
+from ecanalytics.storage import parquet_bytes
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
@@ -67,15 +68,14 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS,
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
 
     def build(st: State) -> Commit | None:
-        listed = history_keys(store, c.dataset)
-        pending = c.pending_objects(st)  # after the history: see retention
-        keys = [k for k in st.visible(c.field, listed) if k not in pending]
+        keys = st.applied_objects(c.field, archived=False)  # the manifest: never a pending object
         by_partition: dict[str, list[str]] = {}
         for key in keys:
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)
         token = P.new_file_id().replace("-", "")[:20] + uuid.uuid4().hex[:12]
         merged: list[str] = []
         replaced: list[str] = []
+        sizes: dict[str, int | None] = {}
         partitions = 0
         for prefix, group in sorted(by_partition.items()):
             if len(group) < 2:
@@ -88,14 +88,17 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS,
             for offset in range(0, rows.height, chunk):
                 # Run-wide numbering: object names must be unique in the dataset (views match names).
                 key = f"{prefix}/c-{token}-{len(merged):06d}.parquet"
-                store.write_parquet(key, rows.slice(offset, chunk))
+                data = parquet_bytes(rows.slice(offset, chunk))
+                store.write(key, data)
                 merged.append(key)
+                sizes[key] = len(data)
             replaced.extend(group)
             partitions += 1
         if not merged:
             return None
         info.update(partitions=partitions, sources=len(replaced), merged=len(merged))
-        return Commit("compact", stats=dict(info),
+        return Commit("compact", field=c.field, stats=dict(info), applied=sizes, unapplied=tuple(replaced),
+                      written=tuple(merged),
                       compaction={"field": c.field, "token": token, "merged": merged, "replaced": replaced})
 
     committed = c.ledger.commit(build)

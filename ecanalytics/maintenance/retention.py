@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from ecanalytics.errors import ValidationError
+from ecanalytics.errors import StorageError, ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import history_keys, read_history
+from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ class RetentionResult:
 
 
 def _finish_moves(c: Consolidator, retention: dict[str, object]) -> None:
-    """Complete the object moves of a committed retention entry (idempotent: safe after a crash)."""
+    """Remove the live copies of a committed retention entry (idempotent: safe after a crash).
+    Archive copies were made, and checked, before the commit."""
     store = c.ledger.store
     keys = [k for k in retention["archived"] if isinstance(k, str)]  # type: ignore[attr-defined]
     present = {k for k, blob in store.read_many(keys).items() if blob is not None}
@@ -77,18 +78,9 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         prev = st.retention.get(c.field)
         if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
             return None
-        done = set(prev["archived"]) if prev else set()
-        prefixes = [
-            P.partition_dir(c.dataset, day.split("=", 1)[1])
-            for month in store.listdirs(c.dataset) if month.startswith("cohortMonth=")
-            for day in store.listdirs(f"{c.dataset}/{month}")
-            if day.startswith("cohortDate=") and dt.date.fromisoformat(day.split("=", 1)[1]) < cut
-        ]
-        listed = history_keys(store, c.dataset, prefixes)
-        # The inbox is listed *after* the history: a write landing in between has its marker
-        # listed (marker first, then object), so it is never taken for an applied one.
-        pending = c.pending_objects(st)
-        keys = [k for k in st.visible(c.field, listed) if k not in pending and k not in done]
+        # The manifest names the applied objects: a pending one is never among them.
+        keys = [k for k in st.applied_objects(c.field, archived=False)
+                if k.split("cohortDate=", 1)[1][:10] < cut.isoformat()]
         if not keys:
             return None
         rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
@@ -104,8 +96,19 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
         base_rel = P.data_file(c.ledger.resource, st.version + 1, uuid.uuid4().hex, f"base-{c.field}")
         store.write_parquet(base_rel, base)
+        archived: dict[str, int | None] = {}
+        known = dict(zip(*st.manifest_of(c.field).select("key", "size").to_dict(as_series=False).values(), strict=True))
+        if mode == "archive":  # copy first and check: the manifest names the copies from the commit on
+            for key in keys:
+                if not store.exists(P.archive_key(key)):
+                    store.copy(key, P.archive_key(key))
+                if not store.exists(P.archive_key(key)):
+                    raise StorageError(f"Archiving {store.url(key)} reported success, but the copy is not there; "
+                                       "nothing was committed. Check the store and run retention again.")
+                archived[P.archive_key(key)] = known.get(key)
         info.update(objects=len(keys), transactions=rows.height)
-        return Commit("retention", stats={"objects": len(keys), "transactions": rows.height},
+        return Commit("retention", field=c.field, applied=archived, unapplied=tuple(keys),
+                      stats={"objects": len(keys), "transactions": rows.height},
                       retention={"field": c.field, "cut": cut.isoformat(), "base": base_rel,
                                  "archived": keys, "mode": mode})
 

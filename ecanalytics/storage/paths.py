@@ -4,7 +4,8 @@ Layout under the root::
 
     _catalog/{resource}.json
     {resource}/_log/{version:020d}.json           create-only commit log
-    {resource}/_log/_last_checkpoint.json         hint, overwritten
+    {resource}/_log/{version:020d}.checkpoint.json  which objects hold each bucket at a checkpoint
+    {resource}/_log/_last_checkpoint.json         the latest of those, overwritten
     {resource}/_data/{version:020d}-{token}.*     deltas and checkpoints named by commits
     {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
     {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
@@ -150,6 +151,17 @@ def last_checkpoint(resource: str) -> str:
     return f"{resource}/_log/_last_checkpoint.json"
 
 
+def checkpoint_hint(resource: str, version: int) -> str:
+    """The checkpoint of ``version``: which objects hold each bucket (what time travel starts from)."""
+    return f"{resource}/_log/{version:020d}.checkpoint.json"
+
+
+def checkpoint_hint_version(name: str) -> int | None:
+    """The version of a checkpoint hint's file name, or None for any other name."""
+    stem = name.removesuffix(".checkpoint.json")
+    return int(stem) if stem != name and len(stem) == 20 and stem.isdigit() else None
+
+
 def data_file(resource: str, version: int, token: str, kind: str) -> str:
     return f"{resource}/_data/{version:020d}-{token}.{kind}.parquet"
 
@@ -173,6 +185,9 @@ def month_dir(dataset: str, cohort_month: str) -> str:
 
 def tx_object(dataset: str, cohort_date: str, file_id: str) -> str:
     return f"{partition_dir(dataset, cohort_date)}/{file_id}.parquet"
+
+
+ARCHIVE_PREFIX = "_archive/"
 
 
 def archive_key(key: str) -> str:

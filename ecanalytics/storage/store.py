@@ -94,6 +94,13 @@ class Store:
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.abs(rel)))
 
+    def size(self, rel: str) -> int | None:
+        """The size of ``rel`` in bytes, or None if it does not exist (one HEAD on S3)."""
+        try:
+            return int(self.fs.info(self.abs(rel))["size"])
+        except FileNotFoundError:
+            return None
+
     def _entries(self, rel_dir: str, kind: str) -> list[dict[str, Any]]:
         try:
             entries = self.fs.ls(self.abs(rel_dir), detail=True)

@@ -1,0 +1,97 @@
+"""Pending rows grouped by bucket: in memory while they are few, spilled to local disk after.
+
+Consolidation streams the pending objects through a :class:`Runs`: each chunk of rows is split by
+the bucket of its record and appended to that bucket's run. Past ``budget`` rows in memory, every
+run is written to a temporary directory (one Parquet file per bucket per spill), so the peak
+memory of a consolidation is about one chunk plus one bucket's rows and state, not the totals.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from ecanalytics.ledger.buckets import split
+
+DEFAULT_BUDGET_ROWS = 4_000_000
+
+
+class Runs:
+    """Per-bucket runs of pending rows (see the module docstring). Use as a context manager."""
+
+    def __init__(self, n_buckets: int, budget_rows: int = DEFAULT_BUDGET_ROWS) -> None:
+        self.n = n_buckets
+        self.budget = budget_rows
+        self._chunks: list[pl.DataFrame] = []
+        self._mem: dict[int, list[pl.DataFrame]] = {}
+        self._rows = 0
+        self._dir: Path | None = None
+        self._files: dict[int, list[Path]] = {}
+        self._spills = 0
+        self.total = 0
+
+    @property
+    def spilled(self) -> bool:
+        """Whether any run went to disk (the consolidation is a big one)."""
+        return self._dir is not None
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Append ``rows`` (with ``originalId``): kept whole while under the budget (splitting by
+        bucket costs a hash per row), split into the buckets' runs on disk past it."""
+        self._chunks.append(rows)
+        self._rows += rows.height
+        self.total += rows.height
+        if self._rows > self.budget:
+            self._spill()
+
+    def take_all(self, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """Every row, when nothing was spilled."""
+        assert not self.spilled
+        rows = pl.concat(self._chunks, how="vertical") if self._chunks else pl.DataFrame(schema=schema)
+        self._chunks.clear()
+        return rows
+
+    def _spill(self) -> None:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix="ecanalytics-runs-"))
+        for chunk in self._chunks:
+            for k, part in split(chunk, "originalId", self.n).items():
+                self._mem.setdefault(k, []).append(part)
+        self._chunks.clear()
+        for k, frames in self._mem.items():
+            path = self._dir / f"b{k:05d}-{self._spills:06d}.parquet"
+            pl.concat(frames, how="vertical").write_parquet(path, compression="lz4")
+            self._files.setdefault(k, []).append(path)
+        self._spills += 1
+        self._mem.clear()
+        self._rows = 0
+
+    def buckets(self) -> list[int]:
+        """The buckets that have rows, in order (after a spill)."""
+        if self._chunks or self._mem:
+            self._spill()
+        return sorted(self._files)
+
+    def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+        """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
+        files = self._files.pop(k, [])
+        frames = [pl.read_parquet(p) for p in files]
+        for path in files:
+            path.unlink(missing_ok=True)
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
+
+    def close(self) -> None:
+        self._mem.clear()
+        self._chunks.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+    def __enter__(self) -> Runs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

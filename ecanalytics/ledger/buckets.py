@@ -1,0 +1,160 @@
+"""Record state split into buckets by a stable hash of the record id.
+
+A resource's records (and their event-time marks) live in ``n`` buckets. The bucket of a record is
+``xxh3_64(id)`` (the ``polars-hash`` plugin: the same value in every process, machine and library
+version, unlike Polars' or DuckDB's own ``hash()``) mapped to ``[0, n)`` by its top 32 bits, so a
+bucket is a contiguous range of the hash space. The model is Apache Paimon's fixed buckets: a commit
+writes a delta only for the buckets it changed, a checkpoint rewrites only the buckets changed since
+the previous one, and a reader loads only the buckets it needs (a ``get(id)`` loads one).
+
+A :class:`Bucket` is a base (the bucket's checkpoint objects, or nothing) plus the parts committed
+after it, loaded on first use. Loading is memoized on the bucket unless the caller asks otherwise
+(bounded-memory consolidation loads one bucket at a time and lets it go).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import polars as pl
+import polars_hash as plh
+
+from ecanalytics.errors import ArgumentError, CorruptObjectError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = 16
+MAX_BUCKETS = 4096
+_TOP = 2**32
+
+
+def check_buckets(n: object) -> int:
+    """A bucket count: an int from 1 to :data:`MAX_BUCKETS`, else :class:`ArgumentError`."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BUCKETS:
+        raise ArgumentError(
+            f"buckets must be an integer from 1 to {MAX_BUCKETS} (about one bucket per 10^5-10^6 records; "
+            f"default {DEFAULT_BUCKETS}); got {n!r}.")
+    return n
+
+
+def bucket_expr(column: str, n: int) -> pl.Expr:
+    """The bucket (``UInt32`` in ``[0, n)``) of each value of the string column ``column``."""
+    return (plh.col(column).nchash.xxh3_64() // _TOP * n // _TOP).cast(pl.UInt32)
+
+
+def buckets_of(ids: Iterable[str] | pl.Series, n: int) -> pl.Series:
+    """The bucket of each id, in order."""
+    frame = pl.DataFrame({"id": pl.Series(list(ids) if not isinstance(ids, pl.Series) else ids, dtype=pl.String)})
+    return frame.select(bucket_expr("id", n).alias("bucket"))["bucket"]
+
+
+def split(frame: pl.DataFrame, column: str, n: int) -> dict[int, pl.DataFrame]:
+    """``frame`` split by the bucket of ``column``; only non-empty buckets appear."""
+    if not frame.height:
+        return {}
+    if n == 1:
+        return {0: frame}
+    parts = frame.with_columns(bucket_expr(column, n).alias("_bucket")).partition_by("_bucket", as_dict=True)
+    return {int(k[0]): v.drop("_bucket") for k, v in parts.items()}  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class Part:
+    """Objects (paths, or inline frames) that change one bucket: upserted records, upserted marks,
+    and deleted record ids. In a base, ``records``/``marks`` are the whole bucket."""
+
+    records: str | None = None
+    marks: str | None = None
+    deletes: tuple[str, ...] = ()
+
+
+Frames = tuple[pl.DataFrame, pl.DataFrame]  # (records, marks)
+Loader = Callable[[Part], Frames]  # reads a part's frames
+Rebuild = Callable[[int], Frames]  # the bucket at a version, from the log alone (an unreadable base)
+
+
+def apply_part(frames: Frames, records: pl.DataFrame | None, marks: pl.DataFrame | None,
+               deletes: tuple[str, ...]) -> Frames:
+    """``frames`` after a part: records replaced by id, marks replaced by ``(id, field)``."""
+    recs, mks = frames
+    changed = pl.Series("id", deletes, dtype=pl.String)
+    if records is not None and records.height:
+        changed = pl.concat([changed, records["id"]])
+    if changed.len() and recs.height:
+        recs = recs.filter(~pl.col("id").is_in(changed.implode()))
+    if records is not None and records.height:
+        recs = pl.concat([recs, records.select(recs.columns).cast(recs.schema)], how="vertical")  # type: ignore[arg-type]
+    if deletes and mks.height:
+        mks = mks.filter(~pl.col("id").is_in(pl.Series(deletes, dtype=pl.String).implode()))
+    if marks is not None and marks.height:
+        mks = pl.concat([mks.join(marks.select("id", "field"), on=["id", "field"], how="anti"),
+                         marks.select(mks.columns).cast(mks.schema)])  # type: ignore[arg-type]
+    return recs, mks
+
+
+class Bucket:
+    """One bucket: a base and the parts committed after it, loaded on demand."""
+
+    __slots__ = ("_frames", "_lock", "base", "base_version", "parts")
+
+    def __init__(self, base: Part, parts: tuple[Part, ...] = (), frames: Frames | None = None,
+                 base_version: int = 0) -> None:
+        self.base = base
+        self.parts = parts
+        self.base_version = base_version  # the version the base was checkpointed at
+        self._frames = frames
+        self._lock = threading.Lock()
+
+    @property
+    def changed(self) -> bool:
+        """Parts were committed since the base: the next checkpoint rewrites this bucket."""
+        return bool(self.parts)
+
+    @property
+    def loaded(self) -> bool:
+        return self._frames is not None
+
+    def frames(self, load: Loader, *, memo: bool = True, rebuild: Rebuild | None = None) -> Frames:
+        """The bucket's (records, marks): the base plus every part, read once and kept (``memo``).
+        A base that cannot be read is rebuilt from the log with ``rebuild`` (the log is complete
+        on its own; a bad checkpoint only costs a longer replay)."""
+        if self._frames is not None:
+            return self._frames
+        with self._lock:
+            if self._frames is not None:
+                return self._frames
+            try:
+                frames = load(self.base)
+            except CorruptObjectError as exc:
+                if rebuild is None or not self.base_version:
+                    raise
+                log.warning("Ignoring an unreadable checkpoint object (%s); rebuilding its bucket from the log.", exc)
+                frames = rebuild(self.base_version)
+            for part in self.parts:
+                recs, mks = load(part) if (part.records or part.marks) else (None, None)
+                frames = apply_part(frames, recs, mks, part.deletes)
+            if memo:
+                self._frames = frames
+            return frames
+
+    def then(self, part: Part, records: pl.DataFrame | None = None, marks: pl.DataFrame | None = None,
+             load: Loader | None = None) -> Bucket:
+        """This bucket after ``part``. A loaded bucket stays loaded: with the part's frames when the
+        caller has them, else by reading the part with ``load``; an unloaded one just remembers it."""
+        frames = None
+        if self._frames is not None:
+            if records is None and marks is None and (part.records or part.marks) and load is not None:
+                records, marks = load(part)
+            if records is not None or marks is not None or not (part.records or part.marks):
+                frames = apply_part(self._frames, records, marks, part.deletes)
+        return Bucket(self.base, (*self.parts, part), frames, self.base_version)
+
+    def rebased(self, base: Part, frames: Frames | None, version: int) -> Bucket:
+        """This bucket with a new base (a checkpoint of it at ``version``) and no parts."""
+        return Bucket(base, (), frames if frames is not None else self._frames, version)
+
+    def __repr__(self) -> str:
+        return f"Bucket(base={self.base!r}, parts={len(self.parts)}, loaded={self.loaded})"

@@ -1,0 +1,182 @@
+"""Bucketed record state: a stable layout, deltas and checkpoints per changed bucket, one bucket
+read per ``get``, a change of the bucket count, and bounded-memory (spilling) consolidation that
+gives the same values as the in-memory one, checked against the plain-Python model."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import threading
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+import ecanalytics as ec
+from ecanalytics.cli import cli
+from ecanalytics.ledger.buckets import buckets_of
+from ecanalytics.storage import paths as P
+from tests.conftest import Root
+from tests.model import LedgerModel, Tx
+from tests.test_cli import env_for
+
+IDS = ["w1", "w2", "alice", "bob", "x" * 40, "ü-ñ"]
+
+
+def test_the_bucket_of_an_id_is_a_persisted_contract() -> None:
+    # xxh3_64 of "" is the published test vector 0x2D06800538D394C2; its top 32 bits place it.
+    assert buckets_of([""], 2**16).to_list() == [0x2D06800538D394C2 >> 48]
+    # Pinned: changing these moves records between buckets of every existing resource.
+    assert buckets_of(IDS, 16).to_list() == [9, 15, 4, 1, 2, 9]
+    assert buckets_of(IDS, 1000).to_list() == [603, 984, 303, 78, 134, 601]
+    code = f"from ecanalytics.ledger.buckets import buckets_of; print(buckets_of({IDS!r}, 1000).to_list())"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123", "PATH": ""})
+    assert other.stdout.strip() == "[603, 984, 303, 78, 134, 601]"
+    spread = Counter(buckets_of([f"r{i}" for i in range(16_000)], 16).to_list())
+    assert sorted(spread) == list(range(16)) and min(spread.values()) > 800
+
+
+def wallets(root: Root, buckets: int = 8, **kwargs: Any) -> tuple[ec.Database, Any]:
+    db = root.connect(**kwargs)
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
+    return db, db.create_resource("w", {"id": "string|required", "balance": "number|default:0"}, buckets=buckets)
+
+
+def entry(root: Root, version: int) -> dict[str, Any]:
+    return json.loads(root.store().read(P.log_entry("w", version)))
+
+
+def test_commits_and_checkpoints_touch_only_changed_buckets(root: Root) -> None:
+    db, w = wallets(root, checkpoint_interval=1)
+    ids = [f"r{i}" for i in range(2000)]
+    w.insert_many(pl.DataFrame({"id": ids}))
+    first = json.loads(root.store().read(P.last_checkpoint("w")))
+    assert len(first["buckets"]) == 8 and all(b["records"] for b in first["buckets"])
+    w.add("r7", 5)
+    w.add("r1234", 2)
+    db.consolidate()
+    touched = sorted(set(buckets_of(["r7", "r1234"], 8).to_list()))
+    last = entry(root, w.ledger.state().version)
+    assert sorted(map(int, last["delta"])) == touched and sorted(map(int, last["marks"])) == touched
+    second = json.loads(root.store().read(P.last_checkpoint("w")))
+    changed = [k for k in range(8) if second["buckets"][k] != first["buckets"][k]]
+    assert changed == touched  # the other buckets keep the objects of the first checkpoint
+    again = root.connect()
+    got = again.resources["w"].to_polars()  # type: ignore[union-attr]
+    assert got.height == 2000 and got.filter(pl.col("balance") != 0).sort("id").rows() == [("r1234", 2.0), ("r7", 5.0)]
+
+
+def test_get_in_a_fresh_process_reads_one_bucket(root: Root) -> None:
+    _db, w = wallets(root, checkpoint_interval=1)
+    w.insert_many(pl.DataFrame({"id": [f"r{i}" for i in range(5000)], "balance": [float(i) for i in range(5000)]}))
+    fresh = root.connect()
+    reads: list[str] = []
+    real = fresh.store.read_parquet
+    fresh.store.read_parquet = lambda rel: (reads.append(rel), real(rel))[1]  # type: ignore[method-assign]
+    assert fresh.resources["w"].get("r4321")["balance"] == 4321.0  # type: ignore[union-attr]
+    bucket = buckets_of(["r4321"], 8)[0]
+    assert reads == [json.loads(root.store().read(P.last_checkpoint("w")))["buckets"][bucket]["records"]]
+
+
+def test_rebucket_keeps_values_and_history(root: Root) -> None:
+    db, w = wallets(root, buckets=4, checkpoint_interval=3)
+    rng = random.Random(5)
+    expected: dict[str, float] = {}
+    for i in range(300):
+        rid = "r1" if i == 0 else f"r{rng.randrange(120)}"
+        w.add(rid, i + 1)
+        expected[rid] = expected.get(rid, 0) + i + 1
+    db.consolidate()
+    before = w.ledger.state().version
+    state = w.rebucket(32)
+    assert state.n_buckets == 32 and state.version == before + 1
+    w.add("r1", 1000)
+    expected["r1"] = expected.get("r1", 0) + 1000
+    db.consolidate()
+    for conn in (db, root.connect()):
+        got = conn.resources["w"].to_polars()  # type: ignore[union-attr]
+        assert dict(zip(got["id"], got["balance"], strict=True)) == expected
+    old = w.ledger.state_at(before).records
+    assert dict(zip(old["id"], old["balance"], strict=True)) == {**expected, "r1": expected["r1"] - 1000}
+    res = CliRunner().invoke(cli, ["rebucket", "--root", root.uri, "--resource", "w", "--buckets", "5", "--output", "json"],
+                             env=env_for(root))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["buckets"] == 5
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == expected
+    with pytest.raises(ec.errors.ConfigurationError, match="rebucket"):
+        root.connect().create_resource("w", {"id": "string|required", "balance": "number|default:0"}, buckets=9)
+    with pytest.raises(ec.errors.ArgumentError, match="buckets"):
+        w.rebucket(0)
+
+
+def random_traffic(w: Any, seed: int, n: int, model: LedgerModel) -> None:
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(n):
+        op = rng.choice(["add", "add", "sub", "set"])
+        tx = Tx(f"k{seed}-{i}", f"r{rng.randrange(40)}", "balance", op, float(rng.randrange(1, 50)),
+                start + timedelta(minutes=rng.randrange(600)))
+        getattr(w, op)(tx.record, tx.value, id=tx.key, timestamp=tx.ts)
+        model.write(tx)
+        if rng.random() < 0.1:  # a retry of the same write
+            getattr(w, op)(tx.record, tx.value, id=tx.key, timestamp=tx.ts)
+
+
+@pytest.mark.parametrize("budget", [7, 10_000_000])
+def test_spilling_consolidation_matches_the_model(root: Root, budget: int) -> None:
+    db, w = wallets(root, buckets=5, checkpoint_interval=2)
+    model = LedgerModel({"balance": 0.0})
+    consolidator = w.plugin("balance").consolidator
+    consolidator.budget_rows = budget
+    for seed in range(3):  # three rounds: the later ones fold late data onto committed marks
+        random_traffic(w, seed, 120, model)
+        w.plugin("balance").flush()
+        result = db.consolidate()[0]
+        model.consolidate("balance")
+        stats = entry(root, result.version)["stats"]
+        assert stats["spilled"] is (budget < 120)
+        assert sorted(result.values["id"].to_list()) == sorted(set(result.values["id"].to_list()))
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+
+
+def test_racing_spilling_consolidators_apply_each_transaction_once(root: Root) -> None:
+    db, w = wallets(root, buckets=3, checkpoint_interval=3)
+    expected: dict[str, float] = {}
+    for i in range(400):
+        w.add(f"r{i % 37}", i)
+        expected[f"r{i % 37}"] = expected.get(f"r{i % 37}", 0) + i
+    w.plugin("balance").flush()
+    errors: list[BaseException] = []
+
+    def consolidate() -> None:
+        try:
+            conn = root.connect(checkpoint_interval=3)
+            conn.resources["w"].plugin("balance").consolidator.budget_rows = 5  # type: ignore[union-attr]
+            conn.consolidate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=consolidate) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    db.consolidate()
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == expected
+    # The loser's bucket deltas were removed; every delta object left is named by a log entry.
+    named = set()
+    for v in range(1, w.ledger.state().version + 1):
+        raw = entry(root, v)
+        named |= {r for r in [*raw["delta"].values(), *raw["marks"].values()] if not r.startswith("inline:")}
+    on_disk = {k for k in root.store().find("w/_data", ".parquet") if "delta-b" in k or "marks-b" in k}
+    assert on_disk == named
