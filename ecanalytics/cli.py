@@ -315,7 +315,40 @@ def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records:
     )
 
 
-def _consolidate_once(db: Database, plugins: list[Any], out: Output) -> tuple[dict[str, Any], dict[str, Exception]]:
+@contextmanager
+def _dask_client(address: str | None) -> Iterator[Any]:
+    """A ``distributed.Client`` for ``--dask`` (``local:N`` starts a LocalCluster of N worker
+    processes, one thread each), or None without the option."""
+    if address is None:
+        yield None
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise click.UsageError('--dask needs Dask: pip install "ecanalytics[dask]"') from exc
+    if address.startswith("local:"):
+        try:
+            workers = int(address.split(":", 1)[1])
+        except ValueError:
+            raise click.BadParameter("use local:N (N worker processes) or a scheduler address", param_hint="--dask") from None
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
+                          dashboard_address=":0") as cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+            yield client
+        return
+    with Client(address) as client:  # type: ignore[no-untyped-call]
+        yield client
+
+
+def _bucket_progress(enabled: bool) -> Any:
+    """A rich progress bar of buckets done per field, for cluster runs."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("buckets"),
+                    console=_progress_console(), disable=not enabled, transient=True)
+
+
+def _consolidate_once(db: Database, plugins: list[Any], out: Output,
+                      client: Any = None) -> tuple[dict[str, Any], dict[str, Exception]]:
     """One pass over ``plugins``; a field that fails is reported and the others go on."""
     started = time.perf_counter()
     results: list[Any] = []
@@ -326,12 +359,24 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output) -> tuple[di
             out.warn(f"error: {broken}: {error}")
     bar = out.fmt == "text" and _tty()
     # The bar counts the pending objects (one LIST per field, only when it is shown) and their rows.
-    total = sum(len(p.consolidator.pending_objects(p.consolidator.ledger.state())) for p in plugins) if bar else None
-    with ObjectProgress(db.store, "consolidating", total=total, enabled=bar):
+    total = sum(len(p.consolidator.pending_objects(p.consolidator.ledger.state())) for p in plugins) if (
+        bar and client is None) else None
+    with ObjectProgress(db.store, "consolidating", total=total, enabled=bar and client is None), \
+            _bucket_progress(bar and client is not None) as buckets:
         for plugin in plugins:
             name = f"{plugin.resource_name}.{plugin.field}"
             try:  # one field's failure is that field's only: go on, exit 1 at the end
-                results.append(plugin.consolidate())
+                engine = None
+                if client is not None:
+                    from ecanalytics.consolidation.cluster import DaskEngine
+
+                    task = buckets.add_task(name, total=None)
+
+                    def tick(done: int, total: int, task: Any = task) -> None:
+                        buckets.update(task, completed=done, total=total)
+
+                    engine = DaskEngine(client, plugin.consolidator, tick)
+                results.append(plugin.consolidate(engine))
             except Exception as exc:
                 failures[name] = exc
                 if out.fmt == "text":
@@ -362,9 +407,12 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output) -> tuple[di
 @click.option("--heartbeat", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="With --watch, idle runs print nothing; one line at most every this many minutes says it is alive.")
 @click.option("--max-runs", type=click.IntRange(1), default=None, hidden=True, help="Stop --watch after this many runs (tests).")
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local:N",
+              help="Fold on a Dask cluster: a scheduler address (tcp://host:8786) or local:N worker processes. "
+                   "Workers take S3 credentials from their own environment.")
 def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None,
                 field: str | None, reducers: tuple[str, ...], watch: bool, interval: float, heartbeat: float,
-                max_runs: int | None) -> None:
+                max_runs: int | None, dask_address: str | None) -> None:
     """Consolidate every managed field (or the ones named): the batch job for async mode.
 
     A field that fails (for example, a custom reducer this process does not have) is reported and
@@ -372,7 +420,7 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
     committed nothing and failed nowhere is idle and prints nothing, except a heartbeat line at
     most every ``--heartbeat`` minutes; the first run and every busy or failed run print a line."""
     out = Output(output_fmt, stamp=watch)
-    with _open(root, endpoint_url) as db:
+    with _open(root, endpoint_url) as db, _dask_client(dask_address) as client:
         for spec in reducers:
             _use_reducer(db, spec)
         plugins = db._plugins(resource, field)
@@ -380,7 +428,7 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
         last_line: float | None = None
         while True:
             runs += 1
-            payload, failures = _consolidate_once(db, plugins, out)
+            payload, failures = _consolidate_once(db, plugins, out, client)
             idle = not failures and payload["versions"] == 0
             now = _clock()
             if not watch or not idle or last_line is None or now - last_line >= heartbeat * 60:

@@ -257,17 +257,31 @@ class Database:
             out.extend([res.plugin(field)] if field else [res.plugins[f] for f in sorted(res.plugins)])
         return out
 
-    def consolidate(self, resource: str | None = None, field: str | None = None) -> list[ConsolidationResult]:
+    def consolidate(self, resource: str | None = None, field: str | None = None, *, client: Any = None,
+                    progress: Callable[[str, int, int], None] | None = None) -> list[ConsolidationResult]:
         """Consolidate every managed field (or the ones named); one result per field.
 
         One field's failure is that field's only: the others still consolidate, and afterwards
         :class:`ConsolidationFailedError` is raised with every success (``.results``) and every
-        failure (``.failures``, keyed ``"resource.field"``)."""
+        failure (``.failures``, keyed ``"resource.field"``).
+
+        ``client`` (a ``distributed.Client``) runs the reading and folding on its Dask workers,
+        bucket by bucket; this process plans and writes the one commit, with the same guarantees
+        and bit-identical values (see :mod:`ecanalytics.consolidation.cluster`; the workers take
+        credentials from their own environment). ``progress`` is called with
+        ``("resource.field", buckets done, buckets in all)``. Needs ``pip install "ecanalytics[dask]"``."""
         results: list[ConsolidationResult] = []
         failures: dict[str, BaseException] = {}
         for plugin in self._plugins(resource, field):
             try:
-                results.append(plugin.consolidate())
+                engine = None
+                if client is not None:
+                    from ecanalytics.consolidation.cluster import DaskEngine
+
+                    name = f"{plugin.resource_name}.{plugin.field}"
+                    tick = (lambda done, total, name=name: progress(name, done, total)) if progress else None
+                    engine = DaskEngine(client, plugin.consolidator, tick)
+                results.append(plugin.consolidate(engine))
             except Exception as exc:
                 failures[f"{plugin.resource_name}.{plugin.field}"] = exc
         if failures:

@@ -16,6 +16,7 @@ import polars as pl
 
 from ecanalytics import display
 from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer
+from ecanalytics.consolidation.consolidator import FoldEngine
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.log import AUTO_ID_PREFIX
@@ -423,11 +424,12 @@ class EventualConsistencyPlugin:
             })
 
     # -- consolidation ---------------------------------------------------------------------
-    def consolidate(self) -> ConsolidationResult:
-        """Consolidate every pending transaction of this field and commit the new values."""
+    def consolidate(self, engine: FoldEngine | None = None) -> ConsolidationResult:
+        """Consolidate every pending transaction of this field and commit the new values
+        (``engine``: fold elsewhere, e.g. on a Dask cluster; see :meth:`Database.consolidate`)."""
         self.flush()
         try:
-            result = self.consolidator.run()
+            result = self.consolidator.run(engine)
         except Exception as exc:
             self._error("consolidate", exc)
             raise

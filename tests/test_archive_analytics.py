@@ -66,16 +66,13 @@ def test_archived_days_are_read_by_default(root: Root) -> None:
     ((archived,),) = db.sql(f"SELECT count(*) FROM \"{dataset}\" WHERE cohortDate = DATE '{OLD.date()}'").fetchall()
     assert archived == 4
 
-    # A move in progress: both copies exist (copied, live not deleted yet), then only the live one
-    # (committed, not copied yet). Each transaction still counts once.
+    # A move in progress. The archive copies are made (and checked) before the commit and the live
+    # copies removed after it, so the manifest names exactly one copy of each object at every step:
+    # with the live copies still there, each transaction still counts once.
     keys = db.resources["wallets"].ledger.state().retention["balance"]["archived"]
-    assert keys
+    assert len(keys) > 1
     for key in keys:
         db.store.copy(P.archive_key(key), key)
-    assert numbers(db, plugin) == before
-    assert ec.reports.run(db, "reconciliation").height == 0
-    assert len(keys) > 1
-    db.store.delete([P.archive_key(k) for k in keys[1:]])  # (the archive never empties once written)
     assert numbers(db, plugin) == before
     assert ec.reports.run(db, "reconciliation").height == 0
     w.gc(30)  # finishes the move

@@ -80,6 +80,7 @@ class ConsolidationResult:
     held: int = 0
     held_records: tuple[str, ...] = ()
     held_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)  # a cluster engine's tasks, workers, phases
 
     def __repr__(self) -> str:
         from ecanalytics.display import result_repr
@@ -98,6 +99,7 @@ class ConsolidationResult:
             "transactions": self.transactions, "duplicates": self.duplicates, "objects": self.objects,
             "records": self.records, "late": self.late, "held": self.held, "heldRecords": list(self.held_records),
             "heldReasons": dict(self.held_reasons), "durationMs": round(self.duration_s * 1000, 3),
+            **({"engine": self.engine} if self.engine else {}),
         }
 
 
@@ -135,6 +137,45 @@ class Folded:
                       pl.concat([p.held for p in parts], how="vertical"),
                       pl.concat([p.applied for p in parts], how="vertical"),
                       sum(p.late for p in parts), pl.concat(ups, how="vertical") if ups else None)
+
+
+@dataclass(frozen=True)
+class BucketOutput:
+    """What :meth:`Consolidator.fold_unit` returns: the bucket's part (already written), the
+    objects it wrote, counts, and the slim fold outcome (values, held rows, caller-supplied ids)."""
+
+    bucket: int
+    part: Part
+    written: tuple[str, ...]
+    transactions: int
+    duplicates: int
+    folded: Folded
+
+
+@dataclass
+class FoldOutcome:
+    """What a fold engine returns to :meth:`Consolidator.run`."""
+
+    read: list[str] = dataclasses.field(default_factory=list)
+    missing: list[str] = dataclasses.field(default_factory=list)
+    sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+    outs: list[Folded] = dataclasses.field(default_factory=list)
+    parts: dict[int, Part] = dataclasses.field(default_factory=dict)
+    written: list[str] = dataclasses.field(default_factory=list)
+    transactions: int = 0
+    duplicates: int = 0
+    spilled: bool = False
+    stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the engine's own (tasks, workers, phases)
+
+    def add(self, unit: BucketOutput) -> None:
+        self.outs.append(unit.folded)
+        self.parts[unit.bucket] = unit.part
+        self.written += unit.written
+        self.transactions += unit.transactions
+        self.duplicates += unit.duplicates
+
+
+FoldEngine = Callable[[State, list[str], pl.DataFrame, int, str], FoldOutcome]  # (state, keys, held, version, token)
 
 
 class Consolidator:
@@ -430,14 +471,56 @@ class Consolidator:
                 written.append(ref)
         return Part(refs[0], refs[1]), written
 
-    def run(self) -> ConsolidationResult:
+    def fold_unit(self, st: State, k: int, rows: pl.DataFrame, held: pl.DataFrame, version: int,
+                  token: str) -> BucketOutput:
+        """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` (and its ``held``
+        rows) against ``st`` restricted to that bucket, and write the bucket's delta and marks
+        for the commit of ``version``, named with ``token`` (the same inputs give the same
+        objects, so a rerun task overwrites what a killed one left). It never commits."""
+        deduped = self._with_held(st, rows, held)
+        folded = self.fold_bucket(st.restrict([k]), deduped)
+        part, written = self._write_part(k, folded, version, token)
+        ids = folded.applied.select("id").filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX))
+        return BucketOutput(k, part, tuple(written), folded.applied.height, rows.height + held.height - deduped.height,
+                            dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(), applied=ids))
+
+    def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
+                    token: str) -> FoldOutcome:
+        """Read and fold in this process (see :meth:`run`)."""
+        out = FoldOutcome()
+        with Runs(st.n_buckets, self.budget_rows) as runs:
+            for i in range(0, len(candidates), CHUNK_OBJECTS):
+                rows, got, miss = read_objects(self.store, candidates[i:i + CHUNK_OBJECTS], value_dtype=self.dtype,
+                                               field=self.field, start=i, sizes=out.sizes)
+                out.read += got
+                out.missing += miss
+                runs.add(rows)
+            if not out.read and not held.height:
+                return out
+            schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
+            out.spilled = runs.spilled
+            if not runs.spilled:  # the common case: everything at once, on the touched buckets
+                rows = runs.take_all(schema)
+                deduped = self._with_held(st, rows, held)
+                out.duplicates = rows.height + held.height - deduped.height
+                out.outs.append(self.fold(st, deduped))
+                out.transactions = out.outs[0].applied.height
+                return out
+            held_by = split(held, "originalId", st.n_buckets)
+            for k in sorted(set(runs.buckets()) | set(held_by)):
+                out.add(self.fold_unit(st, k, runs.take(k, schema), held_by.get(k, held.clear()), version, token))
+        return out
+
+    def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:
         """Consolidate everything pending for this field; see the module docstring.
 
         The pending objects are streamed, :data:`CHUNK_OBJECTS` at a time, into per-bucket runs
-        (:class:`~ecanalytics.consolidation.runs.Runs`), and each bucket is folded alone against
-        that bucket's state. Past ``budget_rows`` pending rows the runs spill to local disk and
-        each bucket's delta is written as soon as it is folded, so peak memory is bounded by one
-        bucket's pending rows and state (plus the ``values`` of the result), not by the totals."""
+        (:class:`~ecanalytics.consolidation.runs.Runs`). Past ``budget_rows`` pending rows the
+        runs spill to local disk and each bucket is folded alone (:meth:`fold_unit`) against that
+        bucket's state, its delta written at once, so peak memory is bounded by one bucket's
+        pending rows and state (plus the ``values`` of the result), not by the totals.
+        ``engine`` folds elsewhere (a Dask cluster: :mod:`ecanalytics.cluster`); this process
+        still plans, and writes the one commit."""
         started = time.perf_counter()
         done: dict[str, Any] = {}
 
@@ -447,64 +530,32 @@ class Consolidator:
             done["state"], done["markers"] = st, []
             if not candidates and not held.height:
                 return None
-            read: list[str] = []
-            missing: list[str] = []
-            sizes: dict[str, int] = {}
             version, token = st.version + 1, uuid.uuid4().hex
-            outs: list[Folded] = []
-            parts: dict[int, Part] = {}
-            written: list[str] = []
-            transactions = duplicates = 0
-            with Runs(st.n_buckets, self.budget_rows) as runs:
-                for i in range(0, len(candidates), CHUNK_OBJECTS):
-                    rows, got, miss = read_objects(self.store, candidates[i:i + CHUNK_OBJECTS], value_dtype=self.dtype,
-                                                   field=self.field, start=len(read), sizes=sizes)
-                    read += got
-                    missing += miss
-                    runs.add(rows)
-                self._drop_orphans(inbox, missing)
-                if not read and not held.height:
-                    return None
-                schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
-                spilled = runs.spilled
-                if not spilled:  # the common case: everything at once, on the touched buckets
-                    rows = runs.take_all(schema)
-                    deduped = self._with_held(st, rows, held)
-                    duplicates = rows.height + held.height - deduped.height
-                    outs.append(self.fold(st, deduped, frozenset(candidates)))
-                    transactions = outs[0].applied.height
-                held_by = split(held, "originalId", st.n_buckets) if runs.spilled else {}
-                for k in sorted(set(runs.buckets()) | set(held_by)) if runs.spilled else ():
-                    rows_k = runs.take(k, schema)
-                    held_k = held_by.get(k, held.clear())
-                    deduped = self._with_held(st, rows_k, held_k)
-                    duplicates += rows_k.height + held_k.height - deduped.height
-                    folded = self.fold_bucket(st.restrict([k]), deduped, frozenset(candidates))
-                    transactions += folded.applied.height
-                    part, objs = self._write_part(k, folded, version, token)
-                    parts[k], written = part, written + objs
-                    ids = folded.applied.select("id").filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX))
-                    outs.append(dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(), applied=ids))
-            folded = Folded.concat(outs)
-            if not read and folded.held.height == held.height:
-                self.store.delete(written)
+            out = (engine or self._fold_local)(st, candidates, held, version, token)
+            done["engine"] = out.stats
+            self._drop_orphans(inbox, out.missing)
+            if not out.read and not held.height:
+                return None
+            folded = Folded.concat(out.outs) if out.outs else None
+            if folded is None or (not out.read and folded.held.height == held.height):
+                self.store.delete(out.written)
                 return None  # only held rows, and they are still stuck
-            done["markers"], done["values"] = [inbox.markers[k] for k in read], folded.values
+            done["markers"], done["values"] = [inbox.markers[k] for k in out.read], folded.values
             return Commit(
                 kind="consolidate",
                 upserts=folded.upserts,
                 field=self.field,
-                consumed=frozenset(read) | carried,
+                consumed=frozenset(out.read) | carried,
                 unlisted=unlisted,
                 applied_ids=folded.applied["id"],
                 held=folded.held,
                 marks=folded.marks,
-                parts=parts or None,
-                written=tuple(written),
-                applied={k: sizes.get(k) for k in read},
-                stats={"transactions": transactions, "duplicates": duplicates, "objects": len(read),
+                parts=out.parts or None,
+                written=tuple(out.written),
+                applied={k: out.sizes.get(k) for k in out.read},
+                stats={"transactions": out.transactions, "duplicates": out.duplicates, "objects": len(out.read),
                        "records": folded.values.height, "late": folded.late, "held": folded.held.height,
-                       "spilled": spilled},
+                       "spilled": out.spilled},
             )
 
         outcome = self.ledger.commit(build)
@@ -513,7 +564,7 @@ class Consolidator:
             empty = pl.DataFrame(schema={"id": pl.String(), "value": self.dtype})
             held = self.held_frame(done["state"])
             return ConsolidationResult(self.ledger.resource, self.field, None, 0, 0, 0, 0, elapsed, empty,
-                                       held=held.height, **self._held_summary(held))
+                                       held=held.height, engine=done.get("engine", {}), **self._held_summary(held))
         state, change = outcome
         self._delete_markers(done["markers"])  # best effort; the next LIST checks
         assert change.held is not None
@@ -522,7 +573,7 @@ class Consolidator:
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
             stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
-            **self._held_summary(change.held),
+            engine=done.get("engine", {}), **self._held_summary(change.held),
         )
 
     def run_known(self, objects: Sequence[PlannedObject], after: int) -> ConsolidationResult | None:

@@ -27,7 +27,7 @@ import polars as pl
 
 from ecanalytics.errors import CorruptObjectError, InvalidTimezoneError, InvalidValueError, SchemaError
 from ecanalytics.ledger.schema import Attribute, to_decimal
-from ecanalytics.storage import Store, decode_parquet, parquet_bytes
+from ecanalytics.storage import Store, decode_parquet
 from ecanalytics.storage import paths as P
 from ecanalytics.types import OPERATIONS
 
@@ -148,10 +148,9 @@ class PlannedObject:
     def write(self, store: Store) -> None:
         """Marker first, then the object. Safe to repeat: the names are fixed, so a retry after an
         unknown outcome rewrites the same object instead of adding a second copy."""
-        data = parquet_bytes(self.rows)
         store.write(self.marker, b"")
-        store.write(self.key, data)
-        object.__setattr__(self, "size", len(data))
+        size = store.write_parquet(self.key, self.rows)
+        object.__setattr__(self, "size", size if type(size) is int and size > 0 else None)
 
 
 def plan_objects(dataset: str, tz: str, txs: pl.DataFrame, max_rows: int | None = None) -> list[PlannedObject]:

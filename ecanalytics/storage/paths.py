@@ -7,6 +7,7 @@ Layout under the root::
     {resource}/_log/{version:020d}.checkpoint.json  which objects hold each bucket at a checkpoint
     {resource}/_log/_last_checkpoint.json         the latest of those, overwritten
     {resource}/_data/{version:020d}-{token}.*     deltas and checkpoints named by commits
+    {resource}/_work/{run}/b{bucket}-m{index}.parquet   a cluster run's per-bucket runs (removed after)
     {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
     {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
     _archive/{resource}_transactions_{field}/cohortMonth=…/cohortDate=…/{file_id}.parquet   retention
@@ -162,8 +163,27 @@ def checkpoint_hint_version(name: str) -> int | None:
     return int(stem) if stem != name and len(stem) == 20 and stem.isdigit() else None
 
 
+def data_dir(resource: str) -> str:
+    return f"{resource}/_data"
+
+
 def data_file(resource: str, version: int, token: str, kind: str) -> str:
     return f"{resource}/_data/{version:020d}-{token}.{kind}.parquet"
+
+
+def data_file_version(rel: str) -> int | None:
+    """The version a ``_data`` object was written for, or None for any other name."""
+    stem = rel.rsplit("/", 1)[-1][:20]
+    return int(stem) if len(stem) == 20 and stem.isdigit() else None
+
+
+def work_dir(resource: str) -> str:
+    """Where cluster runs put their intermediate per-bucket runs."""
+    return f"{resource}/_work"
+
+
+def work_file(resource: str, run: str, name: str) -> str:
+    return f"{resource}/_work/{run}/{name}.parquet"
 
 
 def _check_date(cohort_date: str) -> str:

@@ -147,6 +147,15 @@ class Store:
             return []
         return sorted(self.rel(p) for p in found if p.endswith(suffix))
 
+    def find_times(self, rel_dir: str) -> dict[str, float | None]:
+        """Every file below ``rel_dir`` (recursive) with its modification time by the store's
+        clock (epoch seconds, or None where the store gives none)."""
+        try:
+            found = self.fs.find(self.abs(rel_dir), detail=True)
+        except FileNotFoundError:
+            return {}
+        return {self.rel(path): _mtime(info) for path, info in found.items()}
+
     def du(self, rel_dir: str, suffix: str = "") -> tuple[int, int]:
         """(object count, total bytes) of the files below ``rel_dir`` ending with ``suffix``."""
         try:
@@ -258,13 +267,14 @@ class Store:
         return failed
 
     # -- parquet helpers -------------------------------------------------------------------
-    def write_parquet(self, rel: str, df: pl.DataFrame, *, create: bool = False) -> bool:
-        """Serialise ``df`` as Parquet (zstd) and store it; ``create`` makes it create-only."""
+    def write_parquet(self, rel: str, df: pl.DataFrame, *, create: bool = False) -> int:
+        """Serialise ``df`` as Parquet (zstd) and store it; ``create`` makes it create-only.
+        Returns the bytes written (0 when ``create`` found the object there)."""
         data = parquet_bytes(df)
         if create:
-            return self.create(rel, data)
+            return len(data) if self.create(rel, data) else 0
         self.write(rel, data)
-        return True
+        return len(data)
 
     def read_parquet(self, rel: str) -> pl.DataFrame:
         """Read one Parquet object, turning a decode failure into :class:`CorruptObjectError`."""

@@ -1,0 +1,248 @@
+"""Consolidation on a Dask cluster: the workers really do the work, the values are bit-identical
+to single-process consolidation and to the model, and exactly once holds when a worker dies, when
+the driver dies between the workers' writes and the commit, and when two drivers race.
+
+A LocalCluster of 2 worker processes serves local disk and S3 (moto); ``memory://`` lives in one
+process, so its tests use a cluster of threads (the module docstring of
+``ecanalytics.consolidation.cluster`` says so for users too)."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+
+import ecanalytics as ec
+from ecanalytics.consolidation import cluster
+from ecanalytics.storage import paths as P
+from tests.conftest import Root
+from tests.model import LedgerModel, Tx
+
+distributed = pytest.importorskip("distributed", reason="the [dask] extra is not installed")
+# Dask's own sockets and event loops, closed at cluster shutdown, are not this project's warnings.
+pytestmark = [pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning"), pytest.mark.filterwarnings("ignore::UserWarning")]
+
+
+@pytest.fixture(scope="module")
+def processes() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
+            distributed.Client(lc) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def threads() -> Iterator[Any]:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
+            distributed.Client(lc) as client:
+        yield client
+
+
+@pytest.fixture
+def client(root: Root, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("threads" if root.kind == "memory" else "processes")
+
+
+ACCOUNTS = {"id": "string|required", "balance": "number|default:0", "points": "decimal(12,2)|default:0"}
+
+
+def open_db(root: Root, buckets: int = 4) -> ec.Database:
+    db = root.connect(checkpoint_interval=3)
+    for field in ("balance", "points"):
+        db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field=field, auto_consolidate=False))
+    db.create_resource("acc", ACCOUNTS, buckets=buckets)
+    return db
+
+
+def traffic(db: ec.Database, model: LedgerModel, seed: int, n: int, records: int = 30) -> None:
+    """Random adds, subs and sets on two fields (one decimal), late timestamps and keyed retries."""
+    rng = random.Random(seed)
+    acc = db.resources["acc"]
+    start = datetime(2026, 5, 1, tzinfo=UTC)
+    rows: dict[str, list[dict[str, Any]]] = {"balance": [], "points": []}
+    for i in range(n):
+        field = rng.choice(["balance", "points"])
+        op = rng.choice(["add", "add", "sub", "set"])
+        value = float(rng.randrange(1, 400)) / (100 if field == "points" else 1)
+        tx = Tx(f"s{seed}-{i}", f"a{rng.randrange(records)}", field, op, value, start + timedelta(minutes=rng.randrange(900)))
+        model.write(tx)
+        row = {"id": tx.key, "originalId": tx.record, "value": Decimal(str(value)) if field == "points" else value,
+               "operation": op, "timestamp": tx.ts}
+        rows[field].append(row)
+        if rng.random() < 0.1:
+            rows[field].append(row)  # a retry with the same key
+    for field, batch in rows.items():
+        for chunk in range(0, len(batch), 37):  # many small objects
+            acc.write_transactions(batch[chunk:chunk + 37], field=field)  # type: ignore[union-attr]
+
+
+def table(db: ec.Database) -> pl.DataFrame:
+    return db.resources["acc"].to_polars()  # type: ignore[union-attr]
+
+
+def twin(root: Root) -> Root:
+    if root.kind == "local":
+        return Root("local", root.uri + "-twin")
+    return Root(root.kind, root.uri + "-twin", endpoint_url=root.endpoint_url)
+
+
+def test_dask_consolidation_is_bit_identical_and_runs_on_the_workers(root: Root, client: Any) -> None:
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    on_cluster, local = open_db(root), open_db(twin(root))
+    for seed in range(3):  # later rounds fold late data onto committed marks
+        traffic(on_cluster, model, seed, 400)
+        traffic(local, LedgerModel({"balance": 0.0, "points": 0.0}), seed, 400)
+        with distributed.get_task_stream(client) as stream:
+            results = on_cluster.consolidate(client=client)
+        local.consolidate()
+        for f in ("balance", "points"):
+            model.consolidate(f)
+        ran = {t["key"].split("-")[1] for t in stream.data if isinstance(t["key"], str) and t["key"].startswith("ec-")}
+        assert ran == {"partition", "fold"} and all(t["worker"] for t in stream.data)
+        assert all(r.engine["engine"] == "dask" and r.engine["foldTasks"] >= 1 for r in results)
+        assert set().union(*(r.engine["workers"] for r in results)) <= set(client.scheduler_info()["workers"])
+    got, want = table(on_cluster), table(local)
+    assert got.equals(want)  # bit-identical, decimals included
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+    points = model.table("points")
+    assert {k: float(v) for k, v in zip(got["id"], got["points"], strict=True)} == pytest.approx(points, abs=1e-9)
+    assert [k for k in root.store().find(P.work_dir("acc")) if not k.endswith("/.now")] == []  # runs removed
+
+
+def dying_reducer(flag: str) -> Any:
+    """A Python reducer (sum with sets) whose first call kills its worker process."""
+    def reduce(rows: list[dict[str, Any]]) -> float:
+        if not os.path.exists(flag):
+            Path(flag).write_text("died")
+            os._exit(1)
+        value = 0.0
+        for row in rows:
+            value = row["value"] if row["operation"] == "set" else value + (row["value"] if row["operation"] == "add" else -row["value"])
+        return value
+    return reduce
+
+
+def test_a_killed_worker_is_rerun_and_nothing_is_applied_twice(tmp_path: Path, processes: Any) -> None:
+    root = Root("local", str(tmp_path / "root"))
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", auto_consolidate=False,
+                                               reducer=dying_reducer(str(tmp_path / "flag"))))
+    db.create_resource("acc", {"id": "string|required", "balance": "number|default:0"}, buckets=3)
+    model = LedgerModel({"balance": 0.0})
+    rng = random.Random(4)
+    for i in range(200):
+        tx = Tx(f"k{i}", f"a{rng.randrange(12)}", "balance", rng.choice(["add", "sub", "set"]), float(rng.randrange(50)),
+                datetime(2026, 5, 1, tzinfo=UTC) + timedelta(seconds=i))
+        model.write(tx)
+        db.resources["acc"].write_transactions([{"id": tx.key, "originalId": tx.record, "value": tx.value,  # type: ignore[union-attr]
+                                                 "operation": tx.op, "timestamp": tx.ts}])
+    result = db.consolidate(client=processes)[0]
+    model.consolidate("balance")
+    assert (tmp_path / "flag").exists() and result.transactions == 200
+    got = table(db)
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+
+
+class DriverCrash(BaseException):
+    pass
+
+
+def test_a_driver_killed_before_its_commit_leaves_nothing_applied(root: Root, client: Any) -> None:
+    db = open_db(root)
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    traffic(db, model, 9, 1200, records=1000)  # buckets of more than 64 records: their deltas are objects
+    ledger = db.resources["acc"].ledger  # type: ignore[union-attr]
+
+    def crash(step: str) -> None:
+        if step == "after_delta":
+            raise DriverCrash
+
+    ledger.fault = crash
+    with pytest.raises(DriverCrash):
+        db.consolidate(client=client, field="balance")
+    ledger.fault = None
+    assert ledger.state().version == 0
+    store = root.store()
+    leftovers = [k for k in store.find(P.data_dir("acc")) if ".delta-b" in k]
+    assert leftovers  # the workers wrote deltas that no log entry names
+    assert cluster.sweep(ledger, grace_s=0) >= len(leftovers)
+    assert not [k for k in store.find(P.data_dir("acc")) if ".delta-b" in k]
+    db.consolidate(client=client)
+    for f in ("balance", "points"):
+        model.consolidate(f)
+    again = table(root.connect())
+    balances = model.table("balance")
+    assert {k: v for k, v in zip(again["id"], again["balance"], strict=True) if k in balances or v} == balances
+
+
+def test_two_racing_drivers_apply_each_transaction_once(root: Root, client: Any) -> None:
+    open_db(root).close()
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    writer = root.connect()
+    traffic(writer, model, 3, 500)
+    errors: list[BaseException] = []
+
+    def drive(use_cluster: bool) -> None:
+        try:
+            conn = root.connect(checkpoint_interval=3)
+            for _ in range(2):
+                conn.consolidate(client=client if use_cluster else None)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=drive, args=(flag,)) for flag in (True, True, False)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    final = root.connect()
+    final.consolidate()
+    for f in ("balance", "points"):
+        model.consolidate(f)
+    got = table(final)
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+    assert {k: float(v) for k, v in zip(got["id"], got["points"], strict=True)} == pytest.approx(model.table("points"), abs=1e-9)
+
+
+def test_import_ecanalytics_never_imports_dask() -> None:
+    import subprocess
+    import sys
+
+    code = "import ecanalytics, sys; print(sorted(m for m in ('dask', 'distributed') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_cli_dask_local_reports_tasks_workers_and_phases(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from ecanalytics.cli import cli
+
+    root = Root("local", str(tmp_path / "root"))
+    db = open_db(root)
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    traffic(db, model, 1, 300)
+    db.close()
+    res = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--dask", "local:2", "--output", "json"])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(res.stdout.strip().splitlines()[-1])
+    engines = [r["engine"] for r in payload["results"]]
+    assert len(engines) == 2 and all(e["engine"] == "dask" and e["workers"] and set(e["phases"]) == {"partitionS", "foldS"}
+                                     and e["tasks"] == e["partitionTasks"] + e["foldTasks"] for e in engines)
+    for f in ("balance", "points"):
+        model.consolidate(f)
+    got = table(root.connect())
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+    bad = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--dask", "local:x"])
+    assert bad.exit_code == 2 and "local:N" in bad.output
