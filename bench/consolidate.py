@@ -19,11 +19,20 @@ All implementations must produce identical values; the run fails otherwise.
     python bench/consolidate.py            # 10^6
     python bench/consolidate.py --n 1e7
     python bench/consolidate.py --keyed     # every transaction carries an idempotency key
+    python bench/consolidate.py --n 1e7 --skip-loop --dask local:2   # also on a Dask cluster
+
+``--dask local:N`` (a LocalCluster of N worker processes, one thread each, as the CLI's
+``--dask local:N``) or ``--dask ADDRESS`` (a running scheduler whose workers see this machine's
+``--root``) also consolidates a copy of the same objects with ``db.consolidate(client=...)`` in a
+fresh process, and compares it with the single-process ``ecanalytics`` phase: time ratio (the
+cluster's start-up is not timed), the driver's peak RSS and every worker's (``ru_maxrss``, which
+a spawned process inherits from its parent's high-water mark, and ``VmHWM``, which exec resets).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import shutil
 import sys
@@ -66,13 +75,23 @@ def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool
     db.close()
 
 
-def run_ecanalytics(root: str) -> pl.DataFrame:
+def consolidate_with(root: str, client: Any = None, budget_rows: int | None = None) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``db.consolidate()`` end to end (on ``client``'s Dask workers if given; ``budget_rows``:
+    the consolidator's in-memory budget, else the library's default): (values, engine stats)."""
     import ecanalytics as ec
 
     db = ec.connect(root)
-    result = db.consolidate(RESOURCE, FIELD)[0]
+    if budget_rows is not None:
+        res = db.resources[RESOURCE]
+        assert isinstance(res, ec.Resource)
+        res.plugin(FIELD).consolidator.budget_rows = budget_rows
+    result = db.consolidate(RESOURCE, FIELD, client=client)[0]
     db.close()
-    return result.values.rename({"id": "originalId"})
+    return result.values.rename({"id": "originalId"}), result.engine
+
+
+def run_ecanalytics(root: str) -> pl.DataFrame:
+    return consolidate_with(root)[0]
 
 
 def fold_sql(source: str) -> str:
@@ -173,28 +192,71 @@ def _vm(field: str) -> float:
     return float("nan")
 
 
-def _child(name: str, root: str, queue: Any) -> None:
+def _child(name: str, root: str, queue: Any, dask: str | None = None) -> None:
     # Import every engine before the clock starts, so no phase pays for an import.
     import duckdb  # noqa: F401
 
     import ecanalytics  # noqa: F401
+    from ecanalytics.cli import _dask_client  # the CLI's --dask: local:N or a scheduler address
 
-    base = _vm("VmRSS")
-    started = time.perf_counter()
-    out = PHASES[name](root)
-    seconds = time.perf_counter() - started
-    peak = _vm("VmHWM")
-    queue.put((seconds, base, peak, out.sort("originalId").write_ipc(None).getvalue()))
+    def peaks() -> tuple[float, float]:
+        """(ru_maxrss, VmHWM) in MB of the worker it runs on (pickled by value: no module globals)."""
+        import resource
+
+        with open("/proc/self/status") as status:
+            hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, hwm / 1024
+
+    extra: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        client = None
+        if dask is not None:
+            started = time.perf_counter()
+            client = stack.enter_context(_dask_client(dask))
+            extra["startup_s"] = time.perf_counter() - started
+        base = _vm("VmRSS")
+        started = time.perf_counter()
+        if client is None:
+            out = PHASES[name](root)
+        else:
+            out, extra["engine"] = consolidate_with(root, client)
+        seconds = time.perf_counter() - started
+        peak = _vm("VmHWM")
+        if client is not None:
+            extra["workers"] = client.run(peaks)
+    queue.put((seconds, base, peak, out.sort("originalId").write_ipc(None).getvalue(), extra))
 
 
-def measure(name: str, root: str) -> tuple[float, float, pl.DataFrame]:
+def measure(name: str, root: str, dask: str | None = None) -> tuple[float, float, pl.DataFrame, float, dict[str, Any]]:
+    """(seconds, MB over the post-import RSS, values, peak RSS MB, extras) of one phase in a fresh process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(name, root, queue))
+    proc = ctx.Process(target=_child, args=(name, root, queue, dask))
     proc.start()
-    seconds, base, peak, blob = queue.get()
+    seconds, base, peak, blob, extra = queue.get()
     proc.join()
-    return seconds, peak - base, pl.read_ipc(blob)
+    return seconds, peak - base, pl.read_ipc(blob), peak, extra
+
+
+def compare_dask(root: str, dask: str, n: int, single: tuple[float, float], reference: pl.DataFrame) -> bool:
+    """Consolidate ``root`` (a copy of the objects the single-process phase consumed) on the
+    cluster and print the comparison; ``single`` is that phase's (seconds, peak RSS MB). False if
+    the values differ from the single-process ones."""
+    seconds, mb, out, peak, extra = measure("ecanalytics-dask", root, dask)
+    if not out.equals(reference):
+        joined = reference.join(out, on="originalId", how="full", suffix="_dask")
+        print(f"MISMATCH between single-process and Dask:\n{joined.filter(pl.col('value').ne_missing(pl.col('value_dask')))}")
+        return False
+    print(f"\nDask {dask}: cluster start-up {extra['startup_s']:.1f}s (not timed); engine {extra['engine']}")
+    print(f"{'run':<14}{'seconds':>10}{'M rows/s':>11}{'peak MB':>10}")
+    for name, s, rss in (("single", *single), ("dask", seconds, peak)):
+        print(f"{name:<14}{s:>10.3f}{n / s / 1e6:>11.2f}{rss:>10.0f}")
+    print(f"dask/single time ratio: {seconds / single[0]:.2f} (issue target <= 1.30)")
+    print(f"dask driver peak RSS: {peak:.0f} MB VmHWM (+{mb:.0f} MB over its RSS after the cluster started)")
+    for address, (maxrss, hwm) in sorted(extra["workers"].items()):
+        print(f"dask worker {address}: peak RSS {maxrss:.0f} MB ru_maxrss, {hwm:.0f} MB VmHWM")
+    print(f"all {reference.height:,} record values agree between single-process and Dask")
+    return True
 
 
 def main() -> int:
@@ -205,26 +267,31 @@ def main() -> int:
     parser.add_argument("--root", default=None, help="local folder (default: a temporary one)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow Python loop")
     parser.add_argument("--keyed", action="store_true", help="caller-supplied ids (idempotency keys) instead of generated ones")
+    parser.add_argument("--dask", default=None, metavar="local:N|ADDRESS",
+                        help="also consolidate a copy of the data on a Dask cluster and compare (see above)")
     args = parser.parse_args()
     n = int(args.n)
     root = args.root or tempfile.mkdtemp(prefix="ec-bench-")
+    copy = tempfile.mkdtemp(prefix="ec-bench-dask-") if args.dask else None
     try:
         t = time.perf_counter()
         generate(root, n, args.records, args.batch, seed=7, keyed=args.keyed)
         print(f"wrote {n:,} transactions over {args.records:,} records in {time.perf_counter() - t:.1f}s -> {root}")
+        if copy is not None:  # the same objects for the Dask run: the single-process commit consumes them
+            shutil.copytree(root, copy, dirs_exist_ok=True)
         fold = fold_only(root, not args.skip_loop)
         # The baselines first: the ecanalytics commit consumes the pending objects.
         order = ["duckdb", *([] if args.skip_loop else ["python-loop"]), "ecanalytics"]
         results = {name: measure(name, root) for name in order}
         reference = results["ecanalytics"][2]
-        for name, (_s, _m, out) in results.items():
+        for name, (_s, _m, out, _p, _e) in results.items():
             if not out.equals(reference):
                 joined = reference.join(out, on="originalId", how="full", suffix="_other")
                 print(f"MISMATCH between ecanalytics and {name}:\n{joined.filter(pl.col('value') != pl.col('value_other'))}")
                 return 1
         ec_seconds = results["ecanalytics"][0]
         print(f"{'phase':<14}{'seconds':>10}{'M rows/s':>11}{'+peak MB':>10}{'ecanalytics is':>18}")
-        for name, (seconds, mb, _out) in results.items():
+        for name, (seconds, mb, *_rest) in results.items():
             ratio = "" if name == "ecanalytics" else f"{seconds / ec_seconds:.2f}x faster"
             print(f"{name:<14}{seconds:>10.3f}{n / seconds / 1e6:>11.2f}{mb:>10.0f}{ratio:>18}")
         print("\nfold only, data in memory")
@@ -238,9 +305,13 @@ def main() -> int:
             ratio = "" if name == "ecanalytics" else f"{seconds / base:.2f}x faster"
             print(f"{name:<14}{seconds:>10.3f}{n / seconds / 1e6:>11.2f}{ratio:>18}")
         print(f"all {reference.height:,} record values agree across implementations")
+        if copy is not None and not compare_dask(copy, args.dask, n, (ec_seconds, results["ecanalytics"][3]), reference):
+            return 1
     finally:
         if args.root is None:
             shutil.rmtree(root, ignore_errors=True)
+        if copy is not None:
+            shutil.rmtree(copy, ignore_errors=True)
     return 0
 
 

@@ -79,7 +79,7 @@ ALL = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
 DEFAULT = ("S1", "S3", "S4", "S5", "S6", "S7", "S8")
 CHILDREN = {"ecanalytics-consolidate": "ecanalytics", "duckdb-fold": "duckdb"}  # -> consolidate.PHASES
 ATTRS = {"id": "string|required", "balance": "number|default:0"}  # bench/consolidate.py's resource
-GENERATOR_IDS = 1_000_003  # bench/consolidate.py and bench/ingest.py draw record ids modulo this
+GENERATOR_IDS = 1_000_000_007  # bench/consolidate.py and bench/ingest.py draw record ids modulo this
 _t0 = time.perf_counter()
 
 
@@ -134,9 +134,10 @@ def _vm(name: str) -> float:
     return float("nan")
 
 
-def child_main(name: str, root: str, out: str) -> int:
-    """``--child NAME ROOT OUT``: one phase of bench/consolidate.py, timed without the imports
-    (both engines are imported first, as there); values to OUT, figures as a JSON line."""
+def child_main(name: str, root: str, out: str, budget_rows: str | None = None) -> int:
+    """``--child NAME ROOT OUT [BUDGET_ROWS]``: one phase of bench/consolidate.py, timed without
+    the imports (both engines are imported first, as there); values to OUT, figures as a JSON line.
+    BUDGET_ROWS sets the consolidator's ``budget_rows`` (ecanalytics only)."""
     import consolidate as bc
     import duckdb  # noqa: F401
     import polars  # noqa: F401
@@ -145,7 +146,10 @@ def child_main(name: str, root: str, out: str) -> int:
 
     base = _vm("VmRSS")
     started = time.perf_counter()
-    values = bc.PHASES[CHILDREN[name]](root)
+    if budget_rows is not None and CHILDREN[name] == "ecanalytics":
+        values = bc.consolidate_with(root, budget_rows=int(budget_rows))[0]
+    else:
+        values = bc.PHASES[CHILDREN[name]](root)
     seconds = time.perf_counter() - started
     values.sort("originalId").write_parquet(out)
     print(json.dumps({"seconds": seconds, "base_mib": base, "vmhwm_mib": _vm("VmHWM")}), flush=True)
@@ -161,9 +165,10 @@ class ChildRun:
     values: str  # Parquet file of its record values
 
 
-def run_child(name: str, root: str, out: str) -> ChildRun:
+def run_child(name: str, root: str, out: str, budget_rows: int | None = None) -> ChildRun:
     me = os.path.abspath(__file__)
     cmd = [sys.executable, me, "--rusage", sys.executable, me, "--child", name, root, out]
+    cmd += [] if budget_rows is None else [str(budget_rows)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -252,7 +257,8 @@ def count_s3_requests(filesystems: Iterable[Any]) -> Iterator[collections.Counte
 
 
 # -- S1, S2: consolidation vs DuckDB ---------------------------------------------------------
-def fold_vs_duckdb(tmp: str, n: int, records: int, batch: int, buckets: int | None) -> tuple[ChildRun, ChildRun]:
+def fold_vs_duckdb(tmp: str, n: int, records: int, batch: int, buckets: int | None,
+                   budget_rows: int | None = None) -> tuple[ChildRun, ChildRun]:
     """(ecanalytics, duckdb) on the same generated objects; their values must agree."""
     import consolidate as bc
     import polars as pl
@@ -267,7 +273,7 @@ def fold_vs_duckdb(tmp: str, n: int, records: int, batch: int, buckets: int | No
     log(f"wrote {n:,} transactions over {records:,} records in {time.perf_counter() - started:.1f}s")
     duck = run_child("duckdb-fold", root, f"{tmp}/duckdb.parquet")  # first: ecanalytics consumes them
     log(f"duckdb fold: {duck.seconds:.2f}s, {duck.rss_mib:.0f} MiB")
-    ours = run_child("ecanalytics-consolidate", root, f"{tmp}/ecanalytics.parquet")
+    ours = run_child("ecanalytics-consolidate", root, f"{tmp}/ecanalytics.parquet", budget_rows)
     log(f"ecanalytics consolidate: {ours.seconds:.2f}s, {ours.rss_mib:.0f} MiB")
     if not pl.read_parquet(ours.values).equals(pl.read_parquet(duck.values)):
         raise RuntimeError("ecanalytics and DuckDB disagree on the record values")
@@ -280,7 +286,7 @@ def child_details(ours: ChildRun, duck: ChildRun) -> dict[str, Any]:
 
 
 def s1(args: argparse.Namespace, tmp: str) -> list[Row]:
-    ours, duck = fold_vs_duckdb(tmp, args.n, args.records, args.batch, args.buckets)
+    ours, duck = fold_vs_duckdb(tmp, args.n, args.records, args.batch, args.buckets, args.budget_rows)
     work = f"consolidate {sci(args.n)} tx / {sci(args.records)} records, local Parquet"
     details = child_details(ours, duck)
     return [
@@ -292,7 +298,7 @@ def s1(args: argparse.Namespace, tmp: str) -> list[Row]:
 
 
 def s2(args: argparse.Namespace, tmp: str) -> list[Row]:
-    ours, duck = fold_vs_duckdb(tmp, args.s2_n, args.s2_records, args.batch, args.buckets)
+    ours, duck = fold_vs_duckdb(tmp, args.s2_n, args.s2_records, args.batch, args.buckets, args.budget_rows)
     work = f"consolidate {sci(args.s2_n)} tx / {sci(args.s2_records)} records, local Parquet"
     details = child_details(ours, duck)
     limit = 1.5 * 1024
@@ -572,6 +578,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--records", type=sizes, default=10**5, help="S1, S3 records (1e5)")
     p.add_argument("--batch", type=sizes, default=10**5, help="rows per generated Parquet object (1e5)")
     p.add_argument("--buckets", type=int, default=None, help="buckets of every resource (library default)")
+    p.add_argument("--budget-rows", type=sizes, default=None,
+                   help="S1, S2: the consolidator's budget_rows (pending rows in memory before spilling; library default)")
     p.add_argument("--s2-n", type=sizes, default=10**8)
     p.add_argument("--s2-records", type=sizes, default=10**7)
     p.add_argument("--s3", action="store_true", help="S3 also on a moto server")
@@ -602,7 +610,7 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["--rusage"]:
         return rusage_main(argv[1:])
     if argv[:1] == ["--child"]:
-        return child_main(*argv[1:4])
+        return child_main(*argv[1:5])
     args = parse(argv)
     rows: list[Row] = []
     for tid in args.only:

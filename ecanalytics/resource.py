@@ -331,14 +331,15 @@ class Resource:
             return records_at_events(self.ledger, {f: p.consolidator for f, p in self.plugins.items()}, events_until)
         return self.ledger.state().records.sort("id")
 
-    def recalculate(self, id: str | None = None, field: str | None = None) -> RecalculationResult:
+    def recalculate(self, id: str | None = None, field: str | None = None, *, client: Any = None) -> RecalculationResult:
         """Rebuild ``field`` (of one record, or all) from its applied history, committing only the
-        records whose value differs. See :mod:`ecanalytics.maintenance`."""
+        records whose value differs. ``client`` (a ``distributed.Client``) rebuilds bucket by
+        bucket on its Dask workers. See :mod:`ecanalytics.maintenance`."""
         from ecanalytics.maintenance import recalculate
 
         if id is not None:
             P.validate_record_id(id)
-        return recalculate(self.plugin(field).consolidator, id)
+        return recalculate(self.plugin(field).consolidator, id, client=client)
 
     def gc(self, retain: int | str, *, field: str | None = None, archive: bool = True) -> RetentionResult:
         """Retention: archive (``archive=True``, under ``_archive/``) or delete the applied
@@ -350,17 +351,18 @@ class Resource:
         return run(self.plugin(field).consolidator, parse_days(retain), archive=archive)
 
     def compact(self, field: str | None = None, *, target_rows: int = 1_000_000,
-                target_bytes: int = 64 * 1024 * 1024) -> CompactionResult:
+                target_bytes: int = 64 * 1024 * 1024, client: Any = None) -> CompactionResult:
         """Merge each partition's small applied objects into objects of up to ``target_rows`` rows
         (or about ``target_bytes``) through the commit log. Readers through ecanalytics never count
         a transaction twice or miss one, during the run or after a crash in it. Both targets are
-        positive integers (at most 2**63 - 1); anything else is rejected before any work."""
+        positive integers (at most 2**63 - 1); anything else is rejected before any work.
+        ``client`` (a ``distributed.Client``) merges the partitions on its Dask workers."""
         from ecanalytics.maintenance import compact
 
         for name, target in (("target_rows", target_rows), ("target_bytes", target_bytes)):
             if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 2**63 - 1:
                 raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
-        return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes)
+        return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes, client=client)
 
     def rebucket(self, buckets: int) -> State:
         """Split the records into ``buckets`` buckets (by a stable hash of the id), in one commit

@@ -69,7 +69,7 @@ def test_archived_days_are_read_by_default(root: Root) -> None:
     # A move in progress. The archive copies are made (and checked) before the commit and the live
     # copies removed after it, so the manifest names exactly one copy of each object at every step:
     # with the live copies still there, each transaction still counts once.
-    keys = db.resources["wallets"].ledger.state().retention["balance"]["archived"]
+    keys = db.resources["wallets"].ledger.state().retention["balance"].archived
     assert len(keys) > 1
     for key in keys:
         db.store.copy(P.archive_key(key), key)

@@ -246,3 +246,32 @@ def test_cli_dask_local_reports_tasks_workers_and_phases(tmp_path: Path) -> None
     assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
     bad = CliRunner().invoke(cli, ["consolidate", "--root", root.uri, "--dask", "local:x"])
     assert bad.exit_code == 2 and "local:N" in bad.output
+
+
+def test_recalculate_and_compact_on_the_cluster(root: Root, client: Any) -> None:
+    from ecanalytics.ledger import Commit
+
+    db = open_db(root)
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    for seed in (21, 22):
+        traffic(db, model, seed, 300)
+        db.consolidate(client=client)
+    for f in ("balance", "points"):
+        model.consolidate(f)
+    acc = db.resources["acc"]
+    broken = ["a3", "a17", "a25"]
+    acc.ledger.commit(lambda st: Commit("update", upserts=st.records_of(broken).with_columns(balance=pl.lit(-1.0))))  # type: ignore[union-attr]
+    result = acc.recalculate(field="balance", client=client)  # type: ignore[union-attr]
+    want = model.table("balance")
+    assert sorted(result.values["id"].to_list()) == sorted(b for b in broken if want.get(b, 0.0) != -1.0)
+    assert result.transactions == sum(1 for (r, f), txs in model.applied.items() if f == "balance" for _ in txs)
+    got = table(db)
+    assert {k: v for k, v in zip(got["id"], got["balance"], strict=True) if k in want or v} == want
+    before = table(db)
+    compacted = acc.compact("balance", client=client)  # type: ignore[union-attr]
+    assert compacted.merged >= 1 and compacted.sources > compacted.merged
+    state = acc.ledger.state()  # type: ignore[union-attr]
+    keys = state.applied_objects("balance")
+    assert sum("/c-" in k for k in keys) == compacted.merged
+    assert table(root.connect()).equals(before)
+    assert acc.recalculate(field="balance", client=client).changed == 0  # type: ignore[union-attr]

@@ -232,12 +232,12 @@ class SqlEngine:
             self.con.register(name, state.records.sort("id"))
             for field, (core, reducer) in sorted(table.fields.items()):
                 store = table.ledger.store
-                compaction = state.compaction.get(field, {})
-                retention = state.retention.get(field, {})
+                compaction = state.compaction.get(field)
+                retention = state.retention.get(field)
                 # For plain readers of the prefixes: what the manifest no longer names.
-                gone = [*compaction.get("replaced", []), *retention.get("archived", [])]
+                gone = [*(compaction.replaced if compaction else ()), *(retention.archived if retention else ())]
                 hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
-                tokens += [(core.dataset, t) for t in compaction.get("tokens", [])]
+                tokens += [(core.dataset, t) for t in (compaction.tokens if compaction else ())]
                 held_ids += [(core.dataset, i) for i in core.held_frame(state)["id"].to_list()]
                 keys = sorted(core.pending_objects(state))
                 pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]

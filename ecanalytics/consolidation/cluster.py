@@ -161,7 +161,7 @@ def sweep(ledger: Ledger, grace_s: float | None = None) -> int:
     if now is None:
         return 0
     old = {rel: t for rel, t in store.find_times(P.work_dir(ledger.resource)).items()
-           if t is not None and now - t > grace_s and not rel.endswith("/.now")}
+           if t is not None and now - t >= grace_s and not rel.endswith("/.now")}
     latest = ledger.latest_version()
     for rel, t in store.find_times(P.data_dir(ledger.resource)).items():
         version = P.data_file_version(rel)
@@ -169,7 +169,7 @@ def sweep(ledger: Ledger, grace_s: float | None = None) -> int:
             continue
         entry = ledger.read_entry(version) if version <= latest else None
         if entry is None:
-            if now - t > grace_s:
+            if now - t >= grace_s:
                 old[rel] = t
         elif rel not in (entry.raw.get("delta") or {}).values() and rel not in (entry.raw.get("marks") or {}).values():
             old[rel] = t  # written for a version another commit won

@@ -275,7 +275,7 @@ class Consolidator:
         retention = st.retention.get(self.field)
         if retention is None:
             return None, True
-        return retention["cut"], retention["mode"] == "archive"
+        return retention.cut, retention.mode == "archive"
 
     def deleted_before(self, st: State) -> dt.datetime | None:
         """After a ``delete``-mode retention, the instant of its cut (the cut day's start in the
@@ -306,8 +306,8 @@ class Consolidator:
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-        # An idempotent retry written twice counts once.
-        return rows.sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        # An idempotent retry written twice counts once (an idempotency key counts per record).
+        return rows.sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
 
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
         """``originalId, current``: where a rebuild from :meth:`history` starts: the value each
@@ -326,7 +326,7 @@ class Consolidator:
         cut, archived = self._retention(st)
         if cut is None or (archived and not retention_base):
             return inserted
-        base = self.store.read_parquet(st.retention[self.field]["base"]).cast(schema)  # type: ignore[arg-type]
+        base = self.store.read_parquet(st.retention[self.field].base).cast(schema)  # type: ignore[arg-type]
         return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
 
     # -- folding ---------------------------------------------------------------------------

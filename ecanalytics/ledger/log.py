@@ -41,6 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
+from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState, RetentionCut
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.storage import Store, decode_parquet, parquet_bytes
 from ecanalytics.storage import paths as P
@@ -95,8 +96,8 @@ class Commit:
     unlisted: frozenset[str] | None = None  # consumed keys no LIST has shown yet (the lean sync path)
     applied_ids: pl.Series | None = None
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
-    retention: dict[str, Any] | None = None  # {field, cut, base, archived, mode} of a retention commit
-    compaction: dict[str, Any] | None = None  # {field, token, merged, replaced} of a compaction commit
+    retention: RetentionCut | None = None
+    compaction: CompactionRun | None = None
     held: pl.DataFrame | None = None
     marks: pl.DataFrame | None = None
     parts: dict[int, Part] | None = None
@@ -121,9 +122,8 @@ class State:
     applied_ids: pl.DataFrame
     committed_at: datetime | None
     checkpoint_version: int
-    retention: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # latest per field
-    # per field: committed compaction tokens, and sources replaced but maybe not deleted yet
-    compaction: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    retention: dict[str, RetentionCut] = dataclasses.field(default_factory=dict)  # the latest per field
+    compaction: dict[str, CompactionState] = dataclasses.field(default_factory=dict)
     held: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     # Consumed keys that no LIST has shown yet (committed by a sync writer that holds them): their
     # absence from a LIST proves nothing (a LIST may lag behind the write), so they stay consumed
@@ -282,7 +282,8 @@ class Ledger:
         at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
         manifest = {f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in hint.get("manifest", {}).items()}
         return State(int(hint["version"]), buckets, consumed, ids, at, int(hint["version"]),
-                     dict(hint.get("retention", {})), dict(hint.get("compaction", {})), held, unlisted,
+                     {f: RetentionCut.from_json(r) for f, r in hint.get("retention", {}).items()},
+                     {f: CompactionState.from_json(c) for f, c in hint.get("compaction", {}).items()}, held, unlisted,
                      manifest=manifest, load=self.load_part, rebuild=self.rebuild_bucket)
 
     def rebuild_bucket(self, k: int, n: int, version: int) -> Frames:
@@ -382,7 +383,7 @@ class Ledger:
             if not isinstance(deltas, dict) or not isinstance(marks, dict):
                 raise CorruptObjectError(
                     f"Log entry {entry.version} of {self.resource} was written by an ecanalytics without buckets; "
-                    "this version cannot read it. Export with the older version and import again.")
+                    "this version cannot read it (there is no migration): keep using the older version for this root.")
             dels: dict[int, list[str]] = {}
             if raw.get("deletes"):
                 for rid, k in zip(raw["deletes"], buckets_of(raw["deletes"], n).to_list(), strict=True):
@@ -424,13 +425,12 @@ class Ledger:
                 f: v for f, v in held.items() if f != h["field"]}
         retention = st.retention
         if raw.get("retention"):
-            retention = {**retention, raw["retention"]["field"]: raw["retention"]}
+            cut = RetentionCut.from_json(raw["retention"])
+            retention = {**retention, cut.field: cut}
         compaction = st.compaction
         if raw.get("compaction"):
-            c = raw["compaction"]
-            before = compaction.get(c["field"], {})
-            compaction = {**compaction, c["field"]: {
-                "tokens": [*before.get("tokens", []), c["token"]], "replaced": c["replaced"]}}
+            run = CompactionRun.from_json(raw["compaction"])
+            compaction = {**compaction, run.field: compaction.get(run.field, CompactionState()).after(run)}
         return replace(st, version=entry.version, buckets=buckets, consumed=consumed, applied_ids=applied,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
                        unlisted=unlisted, manifest=manifest)
@@ -577,8 +577,8 @@ class Ledger:
                     "consumed": sorted(change.consumed) if change.consumed is not None else None,
                     "unlisted": sorted(change.unlisted) if change.unlisted is not None else None,
                     "ids": None,
-                    "retention": change.retention,
-                    "compaction": change.compaction,
+                    "retention": change.retention.as_json() if change.retention else None,
+                    "compaction": change.compaction.as_json() if change.compaction else None,
                     "marks": None,
                     "held": None,
                     "manifest": {"add": dict(sorted(change.applied.items())), "remove": sorted(change.unapplied)}
@@ -728,8 +728,8 @@ class Ledger:
             "manifest": manifest,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},
-            "retention": st.retention,
-            "compaction": st.compaction,
+            "retention": {f: r.as_json() for f, r in st.retention.items()},
+            "compaction": {f: c.as_json() for f, c in st.compaction.items()},
             "committedAt": st.committed_at.isoformat() if st.committed_at else None,
         }
         body = json.dumps(hint).encode()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ecanalytics.consolidation.cluster import FieldSpec
 from ecanalytics.ledger import Commit, State
+from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState
 from ecanalytics.ledger.transactions import history_keys, read_history
-from ecanalytics.storage import parquet_bytes
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
@@ -42,13 +43,13 @@ class CompactionResult:
 def _finish_compaction(c: Consolidator, st: State) -> None:
     """Delete sources a committed compaction replaced, and old output of uncommitted ones."""
     store = c.ledger.store
-    info = st.compaction.get(c.field, {})
-    replaced = [k for k in info.get("replaced", []) if isinstance(k, str)]
+    info = st.compaction.get(c.field, CompactionState())
+    replaced = list(info.replaced)
     for key in replaced:
         c.ledger._fault("compaction_delete")
         store.delete([key])
     dataset = c.dataset
-    committed = set(info.get("tokens", []))
+    committed = set(info.tokens)
     now_ns = time.time_ns()
     for key in history_keys(store, dataset):
         name = key.rsplit("/", 1)[-1]
@@ -58,11 +59,36 @@ def _finish_compaction(c: Consolidator, st: State) -> None:
                 store.delete([key])  # output of a compaction that died before committing
 
 
-def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS,
-            target_bytes: int = TARGET_BYTES) -> CompactionResult:
-    """Merge the small applied objects of each partition into objects of up to ``target_rows`` rows
-    (or about ``target_bytes``), through the commit log; see the module notes on readers."""
+def merge_partition(c: Consolidator, prefix: str, group: list[str], token: str, p: int, target_rows: int,
+                    target_bytes: int) -> dict[str, int] | None:
+    """Merge one partition's objects into objects of up to ``target_rows`` rows (or about
+    ``target_bytes``), named by ``token`` and the partition's index ``p`` (unique in the run);
+    returns each merged object's size, or None when merging would not reduce the object count."""
     store = c.ledger.store
+    rows = read_history(store, group, c.dtype).drop("cohortDate", "cohortMonth", "_object").sort("timestamp", "id")
+    per_row = max(1, int(rows.estimated_size()) // max(1, rows.height))
+    chunk = max(1, min(target_rows, target_bytes // per_row))
+    if (rows.height + chunk - 1) // chunk >= len(group):
+        return None
+    sizes = {}
+    for j, offset in enumerate(range(0, rows.height, chunk)):
+        key = P.compacted_object(prefix, token, p * 10_000 + j)
+        sizes[key] = store.write_parquet(key, rows.slice(offset, chunk))
+    return sizes
+
+
+def _merge_task(spec: FieldSpec, prefix: str, group: list[str], token: str, p: int, target_rows: int,
+                target_bytes: int) -> dict[str, int] | None:
+    """:func:`merge_partition` on a Dask worker."""
+    return merge_partition(spec.consolidator(), prefix, group, token, p, target_rows, target_bytes)
+
+
+def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: int = TARGET_BYTES,
+            client: Any = None) -> CompactionResult:
+    """Merge the small applied objects of each partition into objects of up to ``target_rows`` rows
+    (or about ``target_bytes``), through the commit log; see the module notes on readers.
+    ``client`` (a ``distributed.Client``) merges the partitions on its workers; this process
+    plans and commits."""
     started = time.perf_counter()
     _finish_compaction(c, c.ledger.state())
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
@@ -73,33 +99,27 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS,
         for key in keys:
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)
         token = P.new_file_id().replace("-", "")[:20] + uuid.uuid4().hex[:12]
-        merged: list[str] = []
-        replaced: list[str] = []
+        groups = [(prefix, group) for prefix, group in sorted(by_partition.items()) if len(group) >= 2]
+        if client is None:
+            outputs = [merge_partition(c, prefix, group, token, p, target_rows, target_bytes)
+                       for p, (prefix, group) in enumerate(groups)]
+        else:
+            spec = FieldSpec.of(c)
+            outputs = client.gather([client.submit(_merge_task, spec, prefix, group, token, p, target_rows, target_bytes,
+                                                   key=f"ec-compact-{token}-{p}", pure=False)
+                                     for p, (prefix, group) in enumerate(groups)])
         sizes: dict[str, int | None] = {}
-        partitions = 0
-        for prefix, group in sorted(by_partition.items()):
-            if len(group) < 2:
-                continue
-            rows = read_history(store, group, c.dtype).drop("cohortDate", "cohortMonth", "_object").sort("timestamp", "id")
-            per_row = max(1, int(rows.estimated_size()) // max(1, rows.height))
-            chunk = max(1, min(target_rows, target_bytes // per_row))
-            if (rows.height + chunk - 1) // chunk >= len(group):
-                continue  # merging would not reduce the number of objects
-            for offset in range(0, rows.height, chunk):
-                # Run-wide numbering: object names must be unique in the dataset (views match names).
-                key = f"{prefix}/c-{token}-{len(merged):06d}.parquet"
-                data = parquet_bytes(rows.slice(offset, chunk))
-                store.write(key, data)
-                merged.append(key)
-                sizes[key] = len(data)
-            replaced.extend(group)
-            partitions += 1
-        if not merged:
+        replaced: list[str] = []
+        for (_prefix, group), merged in zip(groups, outputs, strict=True):
+            if merged:
+                sizes.update(merged)
+                replaced.extend(group)
+        if not sizes:
             return None
-        info.update(partitions=partitions, sources=len(replaced), merged=len(merged))
+        info.update(partitions=sum(1 for m in outputs if m), sources=len(replaced), merged=len(sizes))
         return Commit("compact", field=c.field, stats=dict(info), applied=sizes, unapplied=tuple(replaced),
-                      written=tuple(merged),
-                      compaction={"field": c.field, "token": token, "merged": merged, "replaced": replaced})
+                      written=tuple(sizes),
+                      compaction=CompactionRun(c.field, token, tuple(sizes), tuple(replaced)))
 
     committed = c.ledger.commit(build)
     if committed is not None:

@@ -15,15 +15,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics.consolidation.cluster import FieldSpec, partition_task
+from ecanalytics.consolidation.consolidator import CHUNK_OBJECTS
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import TX_SCHEMA
+from ecanalytics.ledger.transactions import TX_SCHEMA, tx_schema
 
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
@@ -52,7 +54,7 @@ class RecalculationResult:
 def retention_cut(c: Consolidator, st: State) -> dt.date | None:
     """The cohort day before which the field's history was archived or deleted (None if never)."""
     retention = st.retention.get(c.field)
-    return dt.date.fromisoformat(retention["cut"]) if retention else None
+    return dt.date.fromisoformat(retention.cut) if retention else None
 
 
 def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataFrame:
@@ -64,41 +66,105 @@ def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataF
     held = c.held_frame(st).drop("_reason").cast(rows.schema)  # type: ignore[arg-type]
     if (deleted := c.deleted_before(st)) is not None:
         held = held.filter(pl.col("timestamp") >= deleted)
-    return pl.concat([rows, held]).sort(["timestamp", "id"]).unique("id", keep="first", maintain_order=True)
+    return pl.concat([rows, held]).sort(["timestamp", "id"]).unique(["originalId", "id"], keep="first", maintain_order=True)
 
 
-def recalculate(c: Consolidator, record_id: str | None = None) -> RecalculationResult:
-    """Rebuild ``field`` from its applied history and commit only the records that differ."""
+@dataclass(frozen=True)
+class _Rebuilt:
+    """What a rebuild of some records found: ``id, before, after`` of those that differ, their new
+    records and marks, and how many records and transactions it checked."""
+
+    diff: pl.DataFrame
+    upserts: pl.DataFrame
+    marks: pl.DataFrame
+    checked: int
+    transactions: int
+
+
+def _rebuild(c: Consolidator, st: State, rows: pl.DataFrame, record_id: str | None) -> _Rebuilt:
+    """Fold ``rows`` (the applied history of ``st``'s records, or of the buckets ``st`` is
+    restricted to) from each record's base and compare with the records."""
+    records = st.records
+    if record_id is not None:
+        rows = rows.filter(pl.col("originalId") == record_id)
+        records = records.filter(pl.col("id") == record_id)
+    base = c.base(st)
+    new = c._reducer()(rows, base, c.default)
+    default = pl.lit(c.default).cast(c.dtype)
+    current = records.select("id", pl.col(c.field).fill_null(default).alias("before"))
+    # A record without history (e.g. all of it archived by retention) keeps its base.
+    diff = (
+        current.join(new.rename({"originalId": "id", "value": "after"}), on="id", how="left")
+        .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")
+        .select("id", "before", pl.coalesce("after", "_base", default).alias("after"))
+        .filter(pl.col("before") != pl.col("after"))
+    )
+    upserts = (
+        records.join(diff.select("id", "after"), on="id", how="inner")
+        .with_columns(pl.col("after").alias(c.field)).drop("after")
+    )
+    changed = rows.filter(pl.col("originalId").is_in(diff["id"].implode()))
+    return _Rebuilt(diff, upserts, marks_from_history(changed, c.field), records.height, rows.height)
+
+
+def _history_rows(c: Consolidator, st: State, rows: pl.DataFrame) -> pl.DataFrame:
+    """History rows read from objects, as :meth:`Consolidator.history` gives them (per record)."""
+    if (deleted := c.deleted_before(st)) is not None:
+        rows = rows.filter(pl.col("timestamp") >= deleted)
+    held = c.held_frame(st)
+    if held.height:
+        rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
+    return rows.sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
+
+
+def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record_id: str | None) -> _Rebuilt:
+    """One bucket of a recalculation, on a Dask worker: its history runs against its records."""
+    c = spec.consolidator()
+    st = spec.state(c, version).restrict([k])
+    schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
+    frames = [c.store.read_parquet(rel) for rel in runs]
+    rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    return _rebuild(c, st, _history_rows(c, st, rows), record_id)
+
+
+def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) -> _Rebuilt:
+    """A recalculation's rebuild on a Dask cluster: the history objects (from the manifest) are
+    split into per-bucket runs by partition tasks, and each bucket is rebuilt by its own task."""
+    run = f"{time.time_ns():020d}-recalc"
+    spec = FieldSpec.of(c)
+    keys = st.applied_objects(c.field)
+    chunks = [(keys[i:i + CHUNK_OBJECTS], i) for i in range(0, len(keys), CHUNK_OBJECTS)]
+    parts = client.gather([client.submit(partition_task, spec, chunk, start, run, key=f"ec-rpartition-{run}-{start}",
+                                         pure=False) for chunk, start in chunks])
+    runs: dict[int, list[str]] = {}
+    for p in parts:
+        for k, rel in p.runs.items():
+            runs.setdefault(k, []).append(rel)
+    try:
+        out = client.gather([client.submit(_rebuild_task, spec, st.version, k, runs.get(k, []), record_id,
+                                           key=f"ec-rebuild-{run}-{k}", pure=False) for k in range(st.n_buckets)])
+    finally:
+        c.store.delete(sorted({rel for rels in runs.values() for rel in rels}))
+    return _Rebuilt(pl.concat([o.diff for o in out]), pl.concat([o.upserts for o in out]),
+                    pl.concat([o.marks for o in out]), sum(o.checked for o in out), sum(o.transactions for o in out))
+
+
+def recalculate(c: Consolidator, record_id: str | None = None, *, client: Any = None) -> RecalculationResult:
+    """Rebuild ``field`` from its applied history and commit only the records that differ.
+    ``client`` (a ``distributed.Client``) rebuilds bucket by bucket on its Dask workers."""
     started = time.perf_counter()
     outcome: dict[str, object] = {}
 
     def build(st: State) -> Commit | None:
-        rows = field_history(c, st, applied_only=True)
-        records = st.records
-        if record_id is not None:
-            rows = rows.filter(pl.col("originalId") == record_id)
-            records = records.filter(pl.col("id") == record_id)
-        base = c.base(st)
-        new = c._reducer()(rows, base, c.default)
-        default = pl.lit(c.default).cast(c.dtype)
-        current = records.select("id", pl.col(c.field).fill_null(default).alias("before"))
-        # A record without history (e.g. all of it archived by retention) keeps its base.
-        diff = (
-            current.join(new.rename({"originalId": "id", "value": "after"}), on="id", how="left")
-            .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")
-            .select("id", "before", pl.coalesce("after", "_base", default).alias("after"))
-            .filter(pl.col("before") != pl.col("after"))
-        )
-        outcome.update(checked=records.height, transactions=rows.height, diff=diff)
-        if diff.height == 0:
+        if client is not None:
+            rebuilt = _rebuild_on(client, c, st, record_id)
+        else:
+            rebuilt = _rebuild(c, st, field_history(c, st, applied_only=True), record_id)
+        outcome.update(checked=rebuilt.checked, transactions=rebuilt.transactions, diff=rebuilt.diff)
+        if rebuilt.diff.height == 0:
             return None
-        upserts = (
-            records.join(diff.select("id", "after"), on="id", how="inner")
-            .with_columns(pl.col("after").alias(c.field)).drop("after")
-        )
-        changed = rows.filter(pl.col("originalId").is_in(diff["id"].implode()))
-        return Commit("recalculate", upserts=upserts, field=None, stats={"changed": diff.height},
-                      marks=marks_from_history(changed, c.field))
+        return Commit("recalculate", upserts=rebuilt.upserts, field=None, stats={"changed": rebuilt.diff.height},
+                      marks=rebuilt.marks)
 
     committed = c.ledger.commit(build)
     diff = outcome["diff"]
@@ -122,7 +188,7 @@ def records_at_events(ledger: Ledger, cores: Mapping[str, Consolidator], until: 
     st = ledger.state()
     for name, c in cores.items():
         cut = retention_cut(c, st)
-        deleted = st.retention.get(name, {}).get("mode") == "delete"
+        deleted = (last := st.retention.get(name)) is not None and last.mode == "delete"
         if cut is not None and deleted and until < datetime.combine(cut, dt.time(), ZoneInfo(c.tz)):
             raise ValidationError(
                 f"The history of {c.dataset} before {cut} was deleted by retention; events_until must "

@@ -15,6 +15,7 @@ import polars as pl
 
 from ecanalytics.errors import StorageError, ValidationError
 from ecanalytics.ledger import Commit, State
+from ecanalytics.ledger.maintenance_records import RetentionCut, RetentionMode
 from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
 
@@ -41,14 +42,14 @@ class RetentionResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def _finish_moves(c: Consolidator, retention: dict[str, object]) -> None:
+def _finish_moves(c: Consolidator, retention: RetentionCut) -> None:
     """Remove the live copies of a committed retention entry (idempotent: safe after a crash).
     Archive copies were made, and checked, before the commit."""
     store = c.ledger.store
-    keys = [k for k in retention["archived"] if isinstance(k, str)]  # type: ignore[attr-defined]
+    keys = list(retention.archived)
     present = {k for k, blob in store.read_many(keys).items() if blob is not None}
     for key in sorted(present):
-        if retention["mode"] == "archive" and not store.exists(P.archive_key(key)):
+        if retention.mode == "archive" and not store.exists(P.archive_key(key)):
             store.copy(key, P.archive_key(key))
         c.ledger._fault("retention_move")
         store.delete([key])
@@ -71,19 +72,19 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         _finish_moves(c, previous)
     today = (now or datetime.now(dt.UTC)).astimezone(ZoneInfo(c.tz)).date()
     cut = today - dt.timedelta(days=days)
-    mode = "archive" if archive else "delete"
+    mode: RetentionMode = "archive" if archive else "delete"
     info: dict[str, object] = {"objects": 0, "transactions": 0}
 
     def build(st: State) -> Commit | None:
         prev = st.retention.get(c.field)
-        if prev and dt.date.fromisoformat(prev["cut"]) >= cut:
+        if prev and dt.date.fromisoformat(prev.cut) >= cut:
             return None
         # The manifest names the applied objects: a pending one is never among them.
         keys = [k for k in st.applied_objects(c.field, archived=False)
                 if k.split("cohortDate=", 1)[1][:10] < cut.isoformat()]
         if not keys:
             return None
-        rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique("id", keep="first", maintain_order=True)
+        rows = read_history(store, keys, c.dtype).sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
         held = c.held_frame(st)
         if held.height:  # objects with held rows are not applied yet: they stay where they are
             keep = set(rows.filter(pl.col("id").is_in(held["id"].implode()))["_object"].to_list())
@@ -109,8 +110,7 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
         info.update(objects=len(keys), transactions=rows.height)
         return Commit("retention", field=c.field, applied=archived, unapplied=tuple(keys),
                       stats={"objects": len(keys), "transactions": rows.height},
-                      retention={"field": c.field, "cut": cut.isoformat(), "base": base_rel,
-                                 "archived": keys, "mode": mode})
+                      retention=RetentionCut(c.field, cut.isoformat(), base_rel, tuple(keys), mode))
 
     committed = c.ledger.commit(build)
     if committed is not None:

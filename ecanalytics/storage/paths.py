@@ -207,6 +207,11 @@ def tx_object(dataset: str, cohort_date: str, file_id: str) -> str:
     return f"{partition_dir(dataset, cohort_date)}/{file_id}.parquet"
 
 
+def compacted_object(partition: str, token: str, n: int) -> str:
+    """The ``n``-th object a compaction run (``token``) merges into ``partition``."""
+    return f"{partition}/c-{token}-{n:06d}.parquet"
+
+
 ARCHIVE_PREFIX = "_archive/"
 
 

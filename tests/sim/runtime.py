@@ -33,7 +33,7 @@ PATCHES = {
     "ecanalytics.storage.store": ("uuid",),
     "ecanalytics.ledger.log": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
     "ecanalytics.ledger.transactions": ("ThreadPoolExecutor",),
-    "ecanalytics.consolidation.consolidator": ("time",),
+    "ecanalytics.consolidation.consolidator": ("time", "uuid"),
     "ecanalytics.maintenance.history": ("time", "uuid", "datetime"),
     "ecanalytics.maintenance.retention": ("time", "uuid", "datetime"),
     "ecanalytics.maintenance.compaction": ("time", "uuid", "datetime"),

@@ -377,7 +377,8 @@ def check(run: Run) -> set[str]:
     # After a delete-mode retention the base stands at its cut (30 days back) like a set: a write
     # dated before the cut and applied after that commit has no effect, by design. Those writes may
     # show 0 or 1 times, never 2.
-    deleted = res.ledger.state().retention.get(FIELD, {}).get("mode") == "delete"
+    last = res.ledger.state().retention.get(FIELD)
+    deleted = last is not None and last.mode == "delete"
     before_cut = {id(t) for t in run.txs if deleted and t.days_back is not None and t.days_back >= 29}
     doubled: list[Tx | None] = []
     lost: list[Tx | None] = []
