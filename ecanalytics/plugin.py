@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,17 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Callback = Callable[[dict[str, Any]], None]
 EVENTS = ("eventual-consistency.consolidated", "eventual-consistency.transaction-error")
+
+
+@dataclass
+class _Batch:
+    """Sync writes committed together (see ``EventualConsistencyPlugin._group_commit``)."""
+
+    seen: int  # the oldest version a writer of the batch had seen before writing
+    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    objects: list[tuple[PlannedObject, int]] = dataclasses.field(default_factory=list)
+    done: bool = False
+    error: BaseException | None = None
 
 
 class EventualConsistencyPlugin:
@@ -114,8 +127,7 @@ class EventualConsistencyPlugin:
         self._buffer_since = 0.0
         self._buffer_lock = threading.Lock()
         self._gc = threading.Condition()
-        self._gc_requested = self._gc_done = 0
-        self._gc_objects: list[tuple[PlannedObject, int]] = []  # (object, version seen before it was written)
+        self._gc_open: _Batch | None = None  # the batch that sync writers arriving now join
         self._gc_running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -294,17 +306,14 @@ class EventualConsistencyPlugin:
             if full:
                 self.flush()
             return None
-        seen = consolidator.ledger.cached().version if self.mode == "sync" else 0  # before the write
-        try:
-            written = write_transactions(consolidator.store, self.dataset, self.timezone,
-                                         tx_frame([row], consolidator.dtype))
-        except Exception as exc:
-            self._error("write", exc, recordId=row["originalId"])
-            raise
         if self.mode == "async":
+            try:
+                write_transactions(consolidator.store, self.dataset, self.timezone, tx_frame([row], consolidator.dtype))
+            except Exception as exc:
+                self._error("write", exc, recordId=row["originalId"])
+                raise
             return None
-        self.flush()
-        self._group_commit([(obj, seen) for obj in written])
+        self._group_commit(row=row, seen=consolidator.ledger.cached().version)  # the version seen before the write
         held = consolidator.held_frame(consolidator.ledger.cached()).filter(pl.col("id") == row["id"])
         if held.height:  # durable and pending, but not committed: sync mode must not pretend it is
             raise TransactionHeldError(
@@ -346,7 +355,7 @@ class EventualConsistencyPlugin:
             self._error("write", exc, count=txs.height - done)
             raise
         if self.mode == "sync":
-            self._group_commit([(obj, seen) for obj in planned])
+            self._group_commit([(obj, seen) for obj in planned], seen=seen)
         return None
 
     def flush(self) -> int:
@@ -382,30 +391,51 @@ class EventualConsistencyPlugin:
             self._maybe_written = None
         return written
 
-    def _group_commit(self, objects: list[tuple[PlannedObject, int]]) -> None:
-        # A consolidation that *starts* after our write was durable covers it, so concurrent sync
-        # writers wait for one run instead of racing for versions. The run commits exactly the
-        # objects the waiting writers hold (the lean path), or everything pending (the full one).
+    def _group_commit(self, objects: list[tuple[PlannedObject, int]] | None = None, row: dict[str, Any] | None = None,
+                      seen: int = 0) -> None:
+        """Group commit of sync writes. Writers that arrive while a commit runs form the next
+        batch; its first writer to get the turn writes the batch's rows as *one* object per
+        cohort day (one marker, one object, however many writers) and commits them with the
+        objects writers of frames already wrote, through the lean path; the others wait for that
+        batch. A batch that fails fails for every writer in it, with the same error: nobody is
+        told a write committed when it did not."""
         with self._gc:
-            self._gc_requested += 1
-            self._gc_objects.extend(objects)
-            ticket = self._gc_requested
-            while self._gc_done < ticket:
+            batch = self._gc_open
+            if batch is None:
+                batch = self._gc_open = _Batch(seen=seen)
+            batch.objects.extend(objects or [])
+            if row is not None:
+                batch.rows.append(row)
+            batch.seen = min(batch.seen, seen)
+            while not batch.done:
                 if self._gc_running:
                     self._gc.wait()
                     continue
-                self._gc_running, target = True, self._gc_requested
-                batch, self._gc_objects = self._gc_objects, []
+                self._gc_running, self._gc_open = True, None
                 self._gc.release()
                 try:
-                    self._commit_written(batch)
-                    ok = True
+                    self._run_batch(batch)
+                except BaseException as exc:  # every writer of the batch gets it
+                    batch.error = exc
                 finally:
                     self._gc.acquire()
-                    self._gc_running = False
+                    self._gc_running, batch.done = False, True
                     self._gc.notify_all()
-                if ok:
-                    self._gc_done = max(self._gc_done, target)
+        if batch.error is not None:
+            raise batch.error
+
+    def _run_batch(self, batch: _Batch) -> None:
+        objects = list(batch.objects)
+        if batch.rows:
+            c = self.consolidator
+            try:
+                written = write_transactions(c.store, self.dataset, self.timezone, tx_frame(batch.rows, c.dtype))
+            except Exception as exc:
+                self._error("write", exc, count=len(batch.rows))
+                raise
+            objects += [(obj, batch.seen) for obj in written]
+        self.flush()
+        self._commit_written(objects)
 
     def _commit_written(self, batch: list[tuple[PlannedObject, int]]) -> None:
         """Commit what sync writers wrote: the lean path when it can decide, else a full run."""

@@ -14,7 +14,8 @@ delta through the usual create-only commit; a driver that loses the race drops t
 output and plans again. Task outputs are named by the run's token, the bucket and the object
 index, so a task that Dask reruns after a worker died rewrites the same objects. What a killed
 driver leaves (runs, deltas that no log entry names) is removed by :func:`sweep`, which every
-cluster run calls first, once it is older than :data:`ORPHAN_GRACE_S` by the store's clock.
+cluster run (runs) or compaction (deltas) calls, once it is older than :data:`ORPHAN_GRACE_S`
+by the store's clock.
 
 Workers get no credentials from the driver: a task carries the root's URI and endpoint and the
 field's definition (:class:`FieldSpec`), never a key, a secret or a token, so nothing secret
@@ -151,10 +152,12 @@ def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], held: pl.D
     return c.fold_unit(st, k, rows, held, version + 1, token), _worker()
 
 
-def sweep(ledger: Ledger, grace_s: float | None = None) -> int:
-    """Remove what killed drivers left: runs under ``_work/`` and bucket deltas that no log entry
-    names, once older than ``grace_s`` (default :data:`ORPHAN_GRACE_S`) by the store's clock.
-    Returns how many objects went."""
+def sweep(ledger: Ledger, grace_s: float | None = None, *, deltas: bool = True) -> int:
+    """Remove what killed drivers left: runs under ``_work/`` and (``deltas``) bucket deltas that
+    no log entry names, once older than ``grace_s`` (default :data:`ORPHAN_GRACE_S`) by the
+    store's clock. Returns how many objects went. Looking for deltas lists ``_data/`` and reads
+    the entry of each version found there, so cluster runs sweep ``_work/`` only and
+    :func:`~ecanalytics.maintenance.compact` sweeps both."""
     grace_s = ORPHAN_GRACE_S if grace_s is None else grace_s
     store = ledger.store
     now = store.store_now(f"{P.work_dir(ledger.resource)}/.now")
@@ -163,7 +166,7 @@ def sweep(ledger: Ledger, grace_s: float | None = None) -> int:
     old = {rel: t for rel, t in store.find_times(P.work_dir(ledger.resource)).items()
            if t is not None and now - t >= grace_s and not rel.endswith("/.now")}
     latest = ledger.latest_version()
-    for rel, t in store.find_times(P.data_dir(ledger.resource)).items():
+    for rel, t in (store.find_times(P.data_dir(ledger.resource)) if deltas else {}).items():
         version = P.data_file_version(rel)
         if version is None or t is None or not ("-delta-b" in rel or ".delta-b" in rel or ".marks-b" in rel):
             continue
@@ -186,7 +189,7 @@ class DaskEngine:
         self.consolidator = c
         self.spec = FieldSpec.of(c)
         self.progress = progress
-        sweep(c.ledger)
+        sweep(c.ledger, deltas=False)
 
     def __call__(self, st: State, candidates: list[str], held: pl.DataFrame, version: int, token: str) -> FoldOutcome:
         from distributed import as_completed

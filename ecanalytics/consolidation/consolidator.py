@@ -301,12 +301,17 @@ class Consolidator:
         rows = read_history(self.store, keys, self.dtype)
         if ids is not None:
             rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
+        return self.history_rows(st, rows)
+
+    def history_rows(self, st: State, rows: pl.DataFrame) -> pl.DataFrame:
+        """Transaction rows read from applied objects, as history: without what a ``delete``-mode
+        retention cut off or what is held, an idempotent retry written twice counting once (an
+        idempotency key counts per record)."""
         if (deleted := self.deleted_before(st)) is not None:
             rows = rows.filter(pl.col("timestamp") >= deleted)
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-        # An idempotent retry written twice counts once (an idempotency key counts per record).
         return rows.sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
 
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ecanalytics.consolidation.cluster import FieldSpec
+from ecanalytics.consolidation.cluster import FieldSpec, sweep
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState
 from ecanalytics.ledger.transactions import history_keys, read_history
@@ -90,6 +90,7 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: in
     ``client`` (a ``distributed.Client``) merges the partitions on its workers; this process
     plans and commits."""
     started = time.perf_counter()
+    sweep(c.ledger)  # what killed cluster drivers left
     _finish_compaction(c, c.ledger.state())
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
 

@@ -107,16 +107,6 @@ def _rebuild(c: Consolidator, st: State, rows: pl.DataFrame, record_id: str | No
     return _Rebuilt(diff, upserts, marks_from_history(changed, c.field), records.height, rows.height)
 
 
-def _history_rows(c: Consolidator, st: State, rows: pl.DataFrame) -> pl.DataFrame:
-    """History rows read from objects, as :meth:`Consolidator.history` gives them (per record)."""
-    if (deleted := c.deleted_before(st)) is not None:
-        rows = rows.filter(pl.col("timestamp") >= deleted)
-    held = c.held_frame(st)
-    if held.height:
-        rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-    return rows.sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
-
-
 def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record_id: str | None) -> _Rebuilt:
     """One bucket of a recalculation, on a Dask worker: its history runs against its records."""
     c = spec.consolidator()
@@ -124,7 +114,7 @@ def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record
     schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
     frames = [c.store.read_parquet(rel) for rel in runs]
     rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
-    return _rebuild(c, st, _history_rows(c, st, rows), record_id)
+    return _rebuild(c, st, c.history_rows(st, rows), record_id)
 
 
 def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) -> _Rebuilt:
