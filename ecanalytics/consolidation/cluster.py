@@ -3,7 +3,7 @@
 :meth:`Consolidator.run` plans on the driver (one LIST of the inbox, the state version) and hands
 the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 
-1. *partition* (one per :data:`CHUNK_OBJECTS` pending objects): read the objects straight from the
+1. *partition* (one per :data:`PARTITION_OBJECTS` pending objects): read the objects straight from the
    store, split the rows by bucket and write one run per bucket under
    ``{resource}/_work/{token}/``;
 2. *fold* (one per bucket): read the bucket's runs and the bucket's state at the planned version,
@@ -41,7 +41,7 @@ from typing import Any
 
 import polars as pl
 
-from ecanalytics.consolidation.consolidator import CHUNK_OBJECTS, BucketOutput, Consolidator, FoldOutcome
+from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
@@ -52,6 +52,9 @@ from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
 
 ORPHAN_GRACE_S = 3600.0
+# Pending objects per partition task: enough tasks to spread the reads over the workers, few
+# enough that tiny objects do not make a task each (the LIST gives no object sizes).
+PARTITION_OBJECTS = 16
 Progress = Callable[[int, int], None]  # (buckets done, buckets in all)
 
 
@@ -200,7 +203,7 @@ class DaskEngine:
         out = FoldOutcome()
         run = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
         started = time.perf_counter()
-        chunks = [(candidates[i:i + CHUNK_OBJECTS], i) for i in range(0, len(candidates), CHUNK_OBJECTS)]
+        chunks = [(candidates[i:i + PARTITION_OBJECTS], i) for i in range(0, len(candidates), PARTITION_OBJECTS)]
         futures = [client.submit(partition_task, spec, keys, start, run, key=f"ec-partition-{run}-{start}", pure=False)
                    for keys, start in chunks]
         parts: list[Partitioned] = client.gather(futures)

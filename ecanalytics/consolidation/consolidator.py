@@ -49,8 +49,9 @@ from ecanalytics.storage import paths as P
 log = logging.getLogger(__name__)
 HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
-MEMO_ROWS = 100_000
-CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation  # a fold of at most this many rows keeps the buckets it loads in the cached state
+MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
+CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
+FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
 
 
 class _Fallback(Exception):
@@ -494,12 +495,17 @@ class Consolidator:
         """Read and fold in this process (see :meth:`run`)."""
         out = FoldOutcome()
         with Runs(st.n_buckets, self.budget_rows) as runs:
-            for i in range(0, len(candidates), CHUNK_OBJECTS):
-                rows, got, miss = read_objects(self.store, candidates[i:i + CHUNK_OBJECTS], value_dtype=self.dtype,
+            # Chunks of objects sized from what was read so far, so that one chunk holds at most
+            # about a quarter of the budget's rows (objects may hold one row or millions).
+            i, n = 0, FIRST_CHUNK_OBJECTS
+            while i < len(candidates):
+                rows, got, miss = read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype,
                                                field=self.field, start=i, sizes=out.sizes)
                 out.read += got
                 out.missing += miss
                 runs.add(rows)
+                i += n
+                n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
             if not out.read and not held.height:
                 return out
             schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
@@ -519,7 +525,8 @@ class Consolidator:
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:
         """Consolidate everything pending for this field; see the module docstring.
 
-        The pending objects are streamed, :data:`CHUNK_OBJECTS` at a time, into per-bucket runs
+        The pending objects are streamed, in chunks of at most :data:`CHUNK_OBJECTS` objects and
+        about a quarter of ``budget_rows`` rows, into per-bucket runs
         (:class:`~ecanalytics.consolidation.runs.Runs`). Past ``budget_rows`` pending rows the
         runs spill to local disk and each bucket is folded alone (:meth:`fold_unit`) against that
         bucket's state, its delta written at once, so peak memory is bounded by one bucket's

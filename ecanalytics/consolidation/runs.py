@@ -2,7 +2,7 @@
 
 Consolidation streams the pending objects through a :class:`Runs`: each chunk of rows is split by
 the bucket of its record and appended to that bucket's run. Past ``budget`` rows in memory, every
-run is written to a temporary directory (one Parquet file per bucket per spill), so the peak
+run is written to a temporary directory (one Arrow IPC file per bucket per spill), so the peak
 memory of a consolidation is about one chunk plus one bucket's rows and state, not the totals.
 """
 
@@ -62,8 +62,9 @@ class Runs:
                 self._mem.setdefault(k, []).append(part)
         self._chunks.clear()
         for k, frames in self._mem.items():
-            path = self._dir / f"b{k:05d}-{self._spills:06d}.parquet"
-            pl.concat(frames, how="vertical").write_parquet(path, compression="lz4")
+            # Arrow IPC, uncompressed: a spill is read back once, soon, on this machine.
+            path = self._dir / f"b{k:05d}-{self._spills:06d}.arrow"
+            pl.concat(frames, how="vertical").write_ipc(path, compression="uncompressed")
             self._files.setdefault(k, []).append(path)
         self._spills += 1
         self._mem.clear()
@@ -78,7 +79,7 @@ class Runs:
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
         files = self._files.pop(k, [])
-        frames = [pl.read_parquet(p) for p in files]
+        frames = [pl.read_ipc(p) for p in files]
         for path in files:
             path.unlink(missing_ok=True)
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)

@@ -20,8 +20,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
-from ecanalytics.consolidation.cluster import FieldSpec, partition_task
-from ecanalytics.consolidation.consolidator import CHUNK_OBJECTS
+from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, partition_task
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
@@ -123,7 +122,7 @@ def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) 
     run = f"{time.time_ns():020d}-recalc"
     spec = FieldSpec.of(c)
     keys = st.applied_objects(c.field)
-    chunks = [(keys[i:i + CHUNK_OBJECTS], i) for i in range(0, len(keys), CHUNK_OBJECTS)]
+    chunks = [(keys[i:i + PARTITION_OBJECTS], i) for i in range(0, len(keys), PARTITION_OBJECTS)]
     parts = client.gather([client.submit(partition_task, spec, chunk, start, run, key=f"ec-rpartition-{run}-{start}",
                                          pure=False) for chunk, start in chunks])
     runs: dict[int, list[str]] = {}
