@@ -367,10 +367,10 @@ class Consolidator:
 
     def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
              preview: bool = False) -> Folded:
-        """Fold ``rows`` in event order on top of ``st``, bucket by bucket (each bucket's records
-        are loaded alone; kept in ``st`` when the fold is small, let go when it is big); see
-        :mod:`.eventorder` for late data. ``preview`` (a read, not a commit) folds rows of a
-        record that does not exist yet too, and computes no upserts."""
+        """Fold ``rows`` in event order on top of ``st``, loading only the buckets of their records
+        (kept in ``st`` when the fold is small, let go when it is big); see :mod:`.eventorder` for
+        late data. ``preview`` (a read, not a commit) folds rows of a record that does not exist yet
+        too, and computes no upserts."""
         touched = buckets_of(rows["originalId"].unique(), st.n_buckets).unique().to_list()
         return self.fold_bucket(st.restrict(touched, memo=rows.height <= MEMO_ROWS), rows, unapplied, preview=preview)
 
