@@ -276,3 +276,37 @@ def test_recalculate_and_compact_on_the_cluster(root: Root, client: Any) -> None
     assert sum("/c-" in k for k in keys) == compacted.merged
     assert table(root.connect()).equals(before)
     assert acc.recalculate(field="balance", client=client).changed == 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("reducer", ec.consolidation.BUILTIN_REDUCERS)
+def test_every_builtin_reducer_is_bit_identical_on_the_cluster(tmp_path: Path, processes: Any, reducer: str) -> None:
+    dbs = []
+    for name in ("cluster", "local"):
+        db = Root("local", str(tmp_path / name)).connect()
+        db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", auto_consolidate=False, reducer=reducer))
+        db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="points", auto_consolidate=False, reducer=reducer))
+        db.create_resource("acc", ACCOUNTS, buckets=3)
+        dbs.append(db)
+    for seed in (31, 32):  # two rounds: the second folds onto committed values and marks
+        for db in dbs:
+            traffic(db, LedgerModel({"balance": 0.0, "points": 0.0}), seed, 300)
+        dbs[0].consolidate(client=processes)
+        dbs[1].consolidate()
+    assert table(dbs[0]).equals(table(dbs[1]))
+    assert table(dbs[0]).height == 30
+
+
+def test_tasks_carry_no_credentials(tmp_path: Path) -> None:
+    import pickle
+
+    db = ec.connect(str(tmp_path / "root"), create=True)
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", auto_consolidate=False))
+    acc = db.create_resource("acc", {"id": "string|required", "balance": "number|default:0"})
+    c = acc.plugin("balance").consolidator
+    secret = "S3CR3T-value-that-must-not-travel"
+    c.store.config = c.store.config.__class__(  # as if connect had been given explicit credentials
+        c.store.config.protocol, c.store.config.root, key="AKIAEXAMPLE", secret=secret, token="session-token")
+    spec = cluster.FieldSpec.of(c)
+    assert spec.config.key is None and spec.config.secret is None and spec.config.token is None
+    blob = pickle.dumps(spec)
+    assert secret.encode() not in blob and b"AKIAEXAMPLE" not in blob and b"session-token" not in blob
