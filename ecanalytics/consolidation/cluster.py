@@ -188,6 +188,10 @@ class DaskEngine:
     (see the module docstring). ``progress`` is called with (buckets done, buckets in all)."""
 
     def __init__(self, client: Any, c: Consolidator, progress: Progress | None = None) -> None:
+        try:
+            import distributed  # noqa: F401 - fail now, with the fix, not in the middle of a run
+        except ImportError as exc:
+            raise ConfigurationError('Consolidating on a Dask cluster needs Dask: pip install "ecanalytics[dask]".') from exc
         self.client = client
         self.consolidator = c
         self.spec = FieldSpec.of(c)
