@@ -462,21 +462,6 @@ class Consolidator:
         )
         return pl.concat([existing, created.cast(schema.polars_schema)], how="vertical")  # type: ignore[arg-type]
 
-    def _write_part(self, k: int, folded: Folded, version: int, token: str) -> tuple[Part, list[str]]:
-        """Write bucket ``k``'s delta and marks now (a big consolidation keeps no bucket's output
-        in memory); returns the part and the objects written."""
-        refs: list[str | None] = []
-        written = []
-        for kind, frame in ((f"delta-b{k}", folded.upserts), (f"marks-b{k}", folded.marks)):
-            if frame is None or not frame.height:
-                refs.append(None)
-                continue
-            ref, wrote = self.ledger.put_frame(P.data_file(self.ledger.resource, version, token, kind), frame)
-            refs.append(ref)
-            if wrote:
-                written.append(ref)
-        return Part(refs[0], refs[1]), written
-
     def fold_unit(self, st: State, k: int, rows: pl.DataFrame, held: pl.DataFrame, version: int,
                   token: str) -> BucketOutput:
         """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` (and its ``held``
@@ -485,7 +470,8 @@ class Consolidator:
         objects, so a rerun task overwrites what a killed one left). It never commits."""
         deduped = self._with_held(st, rows, held)
         folded = self.fold_bucket(st.restrict([k]), deduped)
-        part, written = self._write_part(k, folded, version, token)
+        part, written = self.ledger.put_part(version, token, (f"delta-b{k}", f"marks-b{k}"), folded.upserts,
+                                             folded.marks)
         ids = folded.applied.select("id").filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX))
         return BucketOutput(k, part, tuple(written), folded.applied.height, rows.height + held.height - deduped.height,
                             dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(), applied=ids))

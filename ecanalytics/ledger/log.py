@@ -133,7 +133,6 @@ class State:
     manifest: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     load: StateLoader | None = dataclasses.field(default=None, compare=False, repr=False)
     rebuild: BucketRebuild | None = dataclasses.field(default=None, compare=False, repr=False)
-    memo: bool = dataclasses.field(default=True, compare=False, repr=False)
     only: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)  # see restrict
 
     @property
@@ -142,7 +141,7 @@ class State:
 
     def bucket_frames(self, k: int) -> Frames:
         """(records, marks) of bucket ``k``."""
-        return self._frames_of(k, memo=self.memo)
+        return self._frames_of(k, memo=True)
 
     def _frames_of(self, k: int, *, memo: bool) -> Frames:
         assert self.load is not None
@@ -651,6 +650,22 @@ class Ledger:
             "too many concurrent consolidators. Retry later or run fewer at once."
         )
 
+    def put_part(self, version: int, token: str, names: tuple[str, str], records: pl.DataFrame | None,
+                 marks: pl.DataFrame | None) -> tuple[Part, list[str]]:
+        """Write one bucket's records and marks for the commit of ``version`` being built (kinds
+        ``names``; an absent or empty frame is no object); returns the part and the objects written."""
+        refs: list[str | None] = []
+        written = []
+        for kind, frame in zip(names, (records, marks), strict=True):
+            if frame is None or not frame.height:
+                refs.append(None)
+                continue
+            ref, wrote = self.put_frame(P.data_file(self.resource, version, token, kind), frame)
+            refs.append(ref)
+            if wrote:
+                written.append(ref)
+        return Part(refs[0], refs[1]), written
+
     def put_frame(self, name: str, frame: pl.DataFrame) -> tuple[str, bool]:
         """Write ``frame`` for a commit that is being built (``name`` made by
         :func:`paths.data_file`); returns (the reference a log entry holds, whether an object was
@@ -671,17 +686,10 @@ class Ledger:
             marks = split(st.marks, "id", n)
             parts, written = [], []
             for k in range(n):
-                refs: list[str | None] = []
-                for kind, frames in ((f"rebucket-b{k}", records), (f"rebucket-marks-b{k}", marks)):
-                    frame = frames.get(k)
-                    if frame is None:
-                        refs.append(None)
-                        continue
-                    ref, wrote = self.put_frame(P.data_file(self.resource, version, token, kind), frame)
-                    refs.append(ref)
-                    if wrote:
-                        written.append(ref)
-                parts.append(Part(refs[0], refs[1]))
+                part, objs = self.put_part(version, token, (f"rebucket-b{k}", f"rebucket-marks-b{k}"),
+                                           records.get(k), marks.get(k))
+                parts.append(part)
+                written += objs
             return Commit("rebucket", rebase=tuple(parts), written=tuple(written),
                           stats={"buckets": n, "before": st.n_buckets})
 
