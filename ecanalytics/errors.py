@@ -147,3 +147,24 @@ class CorruptObjectError(StorageError, TerminalError):
 
 class CommitConflictError(StorageError, TransientError):
     """Another writer kept winning the next log version; try again later."""
+
+
+class MissingObjectError(CorruptObjectError, FileNotFoundError):
+    """An object that the committed state names (the manifest of applied transaction objects, a
+    delta, a checkpoint part) is gone. That is corruption, never "no rows": nothing is committed
+    from a read that met it. ``key`` is the missing object's URL."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class SnapshotGoneError(StorageError, TransientError, FileNotFoundError):
+    """A query's files were replaced by maintenance (compaction, retention) while it ran, or
+    after the relation was built: re-run the query, which then reads the current objects."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from ecanalytics.maintenance import CompactionResult, RecalculationResult, RetentionResult
+    from ecanalytics.maintenance import CompactionResult, Problem, RecalculationResult, RetentionResult
     from ecanalytics.plugin import EventualConsistencyPlugin
 
 Filter = Mapping[str, Any]
@@ -364,6 +364,16 @@ class Resource:
                 raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
         return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes, client=client)
 
+    def verify(self) -> list[Problem]:
+        """Check that every object the committed state names exists (applied transaction objects,
+        live and archived, bucket objects, retention bases): one LIST per prefix, no GET, no
+        change. Returns the missing ones (empty when the resource is whole); a reader that meets
+        one raises :class:`~ecanalytics.errors.MissingObjectError`. ``ecanalytics inspect --verify``
+        runs it for every resource."""
+        from ecanalytics.maintenance import verify
+
+        return verify(self.ledger, self.plugins)
+
     def rebucket(self, buckets: int) -> State:
         """Split the records into ``buckets`` buckets (by a stable hash of the id), in one commit
         that rewrites every bucket; the new count holds from that version on. Loads the whole
@@ -523,7 +533,7 @@ class TransactionDataset:
         pending_keys = consolidator.pending_objects(state)
         keys = [k for k in [*state.applied_objects(self.plugin.field, archived=include_archived), *sorted(pending_keys)]
                 if self._matches_partition(k, where)]
-        df = read_history(store, keys)
+        df = read_history(store, keys, pending=pending_keys)
         df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
         order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]
         return _apply_filter(df.select(order), where).sort("timestamp", "id")

@@ -11,7 +11,6 @@ import pytest
 
 import ecanalytics as ec
 from ecanalytics.ledger.transactions import Inbox
-from ecanalytics.storage import paths as P
 from tests import workers
 from tests.conftest import Root
 
@@ -153,26 +152,30 @@ def test_killed_process_at_each_commit_step_on_s3(s3_root: Root, step: str) -> N
     assert values(db2) == {"r0": 101.0, "r1": 2.0, "r2": 3.0, "r3": 4.0}
 
 
-def test_orphan_marker_of_a_dead_writer_is_ignored_then_removed(root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A marker's age is taken from the store's clock, never from a writer's: the stale marker
-    names a time in 1970 and the fresh one a time far in the future (writers with skewed clocks),
-    and only the age the store records decides."""
-    import time
+def test_a_writer_paused_between_marker_and_object_is_never_lost(root: Root) -> None:
+    """A marker without its object may be a dead writer's or a paused one's; no age tells them
+    apart (a process can stop for days, clocks disagree). So consolidation skips such a marker and
+    never deletes it, and the paused writer's object is applied once it lands, however late."""
+    from datetime import UTC, datetime
 
-    from ecanalytics.ledger import transactions
+    from ecanalytics.ledger.transactions import plan_objects, tx_frame
 
-    monkeypatch.setattr(transactions, "ORPHAN_MARKER_GRACE_S", 1.5)
     db = make_wallets(root)
     wallets = db.resources["wallets"]
     assert isinstance(wallets, ec.Resource)
     store = root.store()
     dataset = "wallets_transactions_balance"
-    stale = P.inbox_marker(dataset, "2026-11-27", f"{time.time_ns() + 10**12:020d}-{'0' * 32}")
-    fresh = P.inbox_marker(dataset, "2026-11-27", f"{1:020d}-{'1' * 32}")
-    store.write(stale, b"")  # a writer that died between its marker and its object
-    time.sleep(3)  # S3 LastModified has one-second resolution
-    store.write(fresh, b"")  # a writer between its marker and its object
+    rows = tx_frame([{"id": "paused-1", "originalId": "r2", "field": "balance", "value": 7.0, "operation": "add",
+                      "timestamp": datetime(2026, 11, 27, 10, tzinfo=UTC), "source": "test"}])
+    (paused,) = plan_objects(dataset, "UTC", rows)
+    store.write(paused.marker, b"")  # the writer stops here (SIGSTOP, a VM suspend)
     wallets.add("r1", 5)
-    db.consolidate()
+    for _ in range(3):  # however many runs pass meanwhile
+        db.consolidate()
     assert values(db) == {"r1": 5.0}
-    assert list(Inbox.scan(store, dataset).markers.values()) == [fresh]
+    assert paused.key in Inbox.scan(store, dataset).markers  # kept: the writer may still come back
+    store.write_parquet(paused.key, paused.rows)  # it wakes up and finishes its write
+    db.consolidate()
+    assert values(db) == {"r1": 5.0, "r2": 7.0}
+    assert root.connect().resources["wallets_transactions_balance"].query()["id"].to_list().count("paused-1") == 1  # type: ignore[union-attr]
+    assert paused.key not in Inbox.scan(store, dataset).markers  # consumed: its marker went after the commit

@@ -13,9 +13,9 @@ Workers never commit. The driver writes one log entry naming every consumed obje
 delta through the usual create-only commit; a driver that loses the race drops the workers'
 output and plans again. Task outputs are named by the run's token, the bucket and the object
 index, so a task that Dask reruns after a worker died rewrites the same objects. What a killed
-driver leaves (runs, deltas that no log entry names) is removed by :func:`sweep`, which every
-cluster run (runs) or compaction (deltas) calls, once it is older than :data:`ORPHAN_GRACE_S`
-by the store's clock.
+or outraced driver leaves (runs, deltas that no log entry names) is removed by :func:`sweep`,
+which every cluster run (runs) or compaction (deltas) calls, once the version those objects were
+written for is taken by another commit (never by age: see :func:`sweep`).
 
 Workers get no credentials from the driver: a task carries the root's URI and endpoint and the
 field's definition (:class:`FieldSpec`), never a key, a secret or a token, so nothing secret
@@ -51,7 +51,6 @@ from ecanalytics.ledger.transactions import read_objects, tx_schema
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
 
-ORPHAN_GRACE_S = 3600.0
 # Pending objects per partition task: enough tasks to spread the reads over the workers, few
 # enough that tiny objects do not make a task each (the LIST gives no object sizes).
 PARTITION_OBJECTS = 16
@@ -155,30 +154,31 @@ def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], held: pl.D
     return c.fold_unit(st, k, rows, held, version + 1, token), _worker()
 
 
-def sweep(ledger: Ledger, grace_s: float | None = None, *, deltas: bool = True) -> int:
-    """Remove what killed drivers left: runs under ``_work/`` and (``deltas``) bucket deltas that
-    no log entry names, once older than ``grace_s`` (default :data:`ORPHAN_GRACE_S`) by the
-    store's clock. Returns how many objects went. Looking for deltas lists ``_data/`` and reads
-    the entry of each version found there, so cluster runs sweep ``_work/`` only and
+def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
+    """Remove what killed or outraced drivers left: runs under ``_work/`` and (``deltas``) bucket
+    deltas that no log entry names. Returns how many objects went.
+
+    Fenced by versions, never by age: every such object is named with the version its commit
+    would create, and a commit can only create that version. So an object is an orphan exactly
+    when its version is taken (its log entry exists) and that entry does not name it; an object
+    of a version nobody took yet is kept, however old, because its writer (maybe paused for days)
+    may still commit it. Looking for deltas lists ``_data/`` and reads the entry of each version
+    found there, so cluster runs sweep ``_work/`` only and
     :func:`~ecanalytics.maintenance.compact` sweeps both."""
-    grace_s = ORPHAN_GRACE_S if grace_s is None else grace_s
     store = ledger.store
-    now = store.store_now(f"{P.work_dir(ledger.resource)}/.now")
-    if now is None:
-        return 0
-    old = {rel: t for rel, t in store.find_times(P.work_dir(ledger.resource)).items()
-           if t is not None and now - t >= grace_s and not rel.endswith("/.now")}
     latest = ledger.latest_version()
-    for rel, t in (store.find_times(P.data_dir(ledger.resource)) if deltas else {}).items():
+    old: list[str] = []
+    for rel in store.find(P.work_dir(ledger.resource)):
+        version = P.work_run_version(rel)
+        if version is not None and version <= latest:
+            old.append(rel)  # that version is taken: this run's driver can no longer commit it
+    for rel in store.find(P.data_dir(ledger.resource)) if deltas else []:
         version = P.data_file_version(rel)
-        if version is None or t is None or not ("-delta-b" in rel or ".delta-b" in rel or ".marks-b" in rel):
+        if version is None or version > latest or not P.is_commit_part(rel):
             continue
-        entry = ledger.read_entry(version) if version <= latest else None
-        if entry is None:
-            if now - t >= grace_s:
-                old[rel] = t
-        elif rel not in (entry.raw.get("delta") or {}).values() and rel not in (entry.raw.get("marks") or {}).values():
-            old[rel] = t  # written for a version another commit won
+        entry = ledger.read_entry(version)
+        if entry is not None and rel not in entry.parts():
+            old.append(rel)  # written for a version another commit won
     store.delete(sorted(old))
     return len(old)
 
@@ -205,7 +205,7 @@ class DaskEngine:
         if st.n_buckets != spec.buckets:
             spec = dataclasses.replace(spec, buckets=st.n_buckets)
         out = FoldOutcome()
-        run = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        run = P.work_run(version, uuid.uuid4().hex[:12])  # fenced: swept once ``version`` is taken
         started = time.perf_counter()
         chunks = [(candidates[i:i + PARTITION_OBJECTS], i) for i in range(0, len(candidates), PARTITION_OBJECTS)]
         futures = [client.submit(partition_task, spec, keys, start, run, key=f"ec-partition-{run}-{start}", pure=False)

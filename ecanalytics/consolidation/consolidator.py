@@ -238,16 +238,10 @@ class Consolidator:
         candidates = sorted(k for k in inbox.markers if k not in consumed)
         return inbox, carried, stale, unlisted & consumed, candidates
 
-    def _drop_orphans(self, inbox: Inbox, missing: list[str]) -> None:
-        if missing:
-            self._delete_markers([inbox.markers[k] for k in inbox.orphans(self.store, self.dataset, missing)])
-
     def pending(self, st: State, *, cleanup: bool) -> Pending:
         """Pending rows at ``st``, all in memory. With ``cleanup``, markers of consumed and orphaned objects are removed."""
         inbox, carried, stale, unlisted, candidates = self._scan(st, cleanup=cleanup)
-        rows, read, missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
-        if cleanup:
-            self._drop_orphans(inbox, missing)
+        rows, read, _missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
         held = self.held_frame(st)
         total = rows.height + held.height
         rows = self._with_held(st, rows, held)
@@ -297,9 +291,8 @@ class Consolidator:
         ``delete``-mode retention, days before the cut are gone and :meth:`base` stands for them."""
         keys = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
                 if k not in unapplied]
-        if pending_too:
-            keys += sorted(self.pending_objects(st))
-        rows = read_history(self.store, keys, self.dtype)
+        pending = self.pending_objects(st) if pending_too else set()
+        rows = read_history(self.store, [*keys, *sorted(pending)], self.dtype, pending=pending)
         if ids is not None:
             rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
         return self.history_rows(st, rows)
@@ -531,7 +524,6 @@ class Consolidator:
             version, token = st.version + 1, uuid.uuid4().hex
             out = (engine or self._fold_local)(st, candidates, held, version, token)
             done["engine"] = out.stats
-            self._drop_orphans(inbox, out.missing)
             if not out.read and not held.height:
                 return None
             folded = Folded.concat(out.outs) if out.outs else None

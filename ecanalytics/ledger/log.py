@@ -67,6 +67,11 @@ def _inline(frame: pl.DataFrame) -> str | None:
     return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= INLINE_ROWS else None
 
 
+def is_inline(ref: str) -> bool:
+    """Whether a reference carries its frame inside the log entry (no object of its own)."""
+    return ref.startswith(_INLINE)
+
+
 def manifest_frame(objects: dict[str, int | None]) -> pl.DataFrame:
     """Manifest rows of transaction objects: ``key``, its ``cohortDate`` (from the path) and its
     ``size`` in bytes (what lets a reader open it without asking the store first)."""
@@ -226,6 +231,24 @@ class LogEntry:
     @property
     def committed_at(self) -> datetime:
         return datetime.fromisoformat(self.raw["committedAt"])
+
+    def parts(self) -> frozenset[str]:
+        """Every object this entry names (deltas, marks, ids, held rows, a retention base...):
+        what a sweep must keep among the objects written for this version."""
+        names: set[str] = set()
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                names.add(value)
+            elif isinstance(value, dict):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list):
+                for item in value:
+                    walk(item)
+
+        walk({k: v for k, v in self.raw.items() if k not in ("manifest", "consumed", "unlisted", "stats")})
+        return frozenset(names)
 
 
 class Ledger:
@@ -551,7 +574,8 @@ class Ledger:
             return st
 
     # -- writing ---------------------------------------------------------------------------
-    def _fault(self, step: str) -> None:
+    def fault_point(self, step: str) -> None:
+        """Call the fault hook (tests and the simulator inject crashes here) at ``step``."""
         if self.fault is not None:
             self.fault(step)
 
@@ -564,7 +588,15 @@ class Ledger:
         for attempt in range(max_attempts):
             with self._commit_lock:
                 st = self.state()
-                change = build(st)
+                try:
+                    change = build(st)
+                except FileNotFoundError:
+                    # An object the build read went away. After a newer commit that is a race (a
+                    # maintenance job replaced it, a sweep removed a run fenced by the version we
+                    # lost): build again on the new state. At the latest version it is corruption.
+                    if self.latest_version() > st.version:
+                        continue
+                    raise
                 if change is None:
                     return None
                 version, token = st.version + 1, uuid.uuid4().hex
@@ -628,12 +660,12 @@ class Ledger:
                 # replays it exactly); these objects are small and the delta dominates.
                 for rel, frame in files.items():
                     self.store.write_parquet(rel, frame)
-                self._fault("after_delta")
+                self.fault_point("after_delta")
                 if not self._create_entry(version, raw):
                     self.store.delete([*files, *change.written])
                     time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                     continue
-                self._fault("after_log")
+                self.fault_point("after_log")
                 entry = LogEntry(version, raw)
                 with self._state_lock:
                     if self._state is not None and self._state.version == st.version:
@@ -641,7 +673,7 @@ class Ledger:
                         self._note_consumed(st, self._state)
                     cached = self._state
                 new_state = cached if cached is not None and cached.version >= version else self.state()
-                self._fault("before_checkpoint")
+                self.fault_point("before_checkpoint")
                 if version - new_state.checkpoint_version >= self.checkpoint_interval:
                     self._checkpoint(new_state)
                 return new_state, change

@@ -5,9 +5,10 @@ A transaction object is written once, under a unique time-sortable name, inside 
 ``_inbox/{cohortDate}.{file_id}``. The consolidator lists only the inbox, so finding pending work
 costs O(pending objects), never O(history); after a commit it deletes the markers it consumed.
 Writing the marker first means an object can never exist unannounced: a writer that dies between
-the two leaves only a marker without an object, which the consolidator ignores and removes once
-the marker is older than :data:`ORPHAN_MARKER_GRACE_S` *by the store's clock* (its LastModified
-against a probe object's), so a writer whose clock is off never loses a write.
+the two leaves only a marker without an object, which the consolidator skips. It never deletes
+such a marker: no age proves that the writer is dead rather than paused, and a writer that wakes
+up after any grace would write its object under a marker that is gone, and the write would be
+lost. An orphan marker costs one failed GET per consolidation; ``inspect`` counts them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import dataclasses
 import decimal
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,13 +26,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
-from ecanalytics.errors import CorruptObjectError, InvalidTimezoneError, InvalidValueError, SchemaError
+from ecanalytics.errors import (
+    CorruptObjectError,
+    InvalidTimezoneError,
+    InvalidValueError,
+    MissingObjectError,
+    SchemaError,
+)
 from ecanalytics.ledger.schema import Attribute, to_decimal
 from ecanalytics.storage import Store, decode_parquet
 from ecanalytics.storage import paths as P
 from ecanalytics.types import OPERATIONS
 
-ORPHAN_MARKER_GRACE_S = 15 * 60
 TX_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(),
     "originalId": pl.String(),
@@ -198,17 +204,6 @@ class Inbox:
                 times[target[0]] = mtime
         return cls(markers, times)
 
-    def orphans(self, store: Store, dataset: str, missing: Sequence[str]) -> list[str]:
-        """Of ``missing`` (listed, but without an object), the keys whose marker is older than the
-        grace period by the store's clock: their writer died between the marker and the object.
-        Costs a probe write only when something is missing."""
-        if not missing:
-            return []
-        now = store.store_now(f"{P.inbox_dir(dataset)}/.now")
-        if now is None:
-            return []
-        return [k for k in missing if (t := self.times.get(k)) is not None and now - t > ORPHAN_MARKER_GRACE_S]
-
 
 def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType | None = None,
                  field: str | None = None, start: int = 0,
@@ -278,13 +273,23 @@ def history_keys(store: Store, dataset: str, prefixes: Sequence[str] | None = No
     return sorted({k for p in roots for k in store.find(p, ".parquet") if "/_" not in k[len(dataset):]})
 
 
-def read_history(store: Store, keys: Sequence[str], value_dtype: pl.DataType | None = None) -> pl.DataFrame:
-    """Transactions of ``keys`` with ``cohortDate``, ``cohortMonth`` (from the path) and ``_object``."""
+def read_history(store: Store, keys: Sequence[str], value_dtype: pl.DataType | None = None, *,
+                 pending: Collection[str] = ()) -> pl.DataFrame:
+    """Transactions of ``keys`` with ``cohortDate``, ``cohortMonth`` (from the path) and ``_object``.
+
+    ``keys`` are applied objects (the manifest names them) or ``pending`` ones (an inbox marker
+    names them). A missing applied object raises :class:`MissingObjectError`: an incomplete
+    history must never read as fewer rows. A missing pending one has no rows yet."""
     blobs = store.read_many(keys)
     frames = []
     for key, blob in blobs.items():
-        if blob is None:  # deleted since it was listed (a maintenance job moved it)
-            continue
+        if blob is None and key in pending:
+            continue  # a marker whose writer has not written (or never wrote) the object: no rows yet
+        if blob is None:
+            raise MissingObjectError(
+                f"{store.url(key)} is named by the committed manifest but is missing: the history is incomplete, "
+                "so nothing was read or committed. Restore the object (from a backup or the bucket's versions), "
+                "then check the root with `ecanalytics inspect --verify`.", store.url(key))
         day = key.split("cohortDate=", 1)[1].split("/", 1)[0]
         frames.append(_validate(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
             pl.lit(datetime.fromisoformat(day).date()).alias("cohortDate"),

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
 
 
-COMPACT_GRACE_S = 3600
 TARGET_ROWS = 1_000_000
 TARGET_BYTES = 64 * 1024 * 1024
 
@@ -41,22 +40,35 @@ class CompactionResult:
 
 
 def _finish_compaction(c: Consolidator, st: State) -> None:
-    """Delete sources a committed compaction replaced, and old output of uncommitted ones."""
+    """Delete sources a committed compaction replaced, and output of compactions that lost.
+
+    An output is named with the version its compaction would commit (:func:`_run_token`), so it is
+    an orphan exactly when that version is taken (at most ``st.version``) by another commit: its
+    writer can never commit it, however long it was paused. Output of a version nobody took yet is
+    kept (no age check, no clock)."""
     store = c.ledger.store
     info = st.compaction.get(c.field, CompactionState())
     replaced = list(info.replaced)
     for key in replaced:
-        c.ledger._fault("compaction_delete")
+        c.ledger.fault_point("compaction_delete")
         store.delete([key])
-    dataset = c.dataset
     committed = set(info.tokens)
-    now_ns = time.time_ns()
-    for key in history_keys(store, dataset):
+    for key in history_keys(store, c.dataset):
         name = key.rsplit("/", 1)[-1]
         if name.startswith("c-"):
             token = name.split("-")[1]
-            if token not in committed and now_ns - int(token[:20]) > COMPACT_GRACE_S * 1_000_000_000:
-                store.delete([key])  # output of a compaction that died before committing
+            version = _token_version(token)
+            if token not in committed and version is not None and version <= st.version:
+                store.delete([key])
+
+
+def _run_token(version: int) -> str:
+    """A compaction run's token: the version it would commit, then randomness."""
+    return f"{version:020d}{uuid.uuid4().hex[:12]}"
+
+
+def _token_version(token: str) -> int | None:
+    return int(token[:20]) if len(token) == 32 and token[:20].isdigit() else None
 
 
 def merge_partition(c: Consolidator, prefix: str, group: list[str], token: str, p: int, target_rows: int,
@@ -90,7 +102,7 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: in
     ``client`` (a ``distributed.Client``) merges the partitions on its workers; this process
     plans and commits."""
     started = time.perf_counter()
-    sweep(c.ledger)  # what killed cluster drivers left
+    sweep(c.ledger)  # what killed or outraced drivers left
     _finish_compaction(c, c.ledger.state())
     info: dict[str, int] = {"partitions": 0, "sources": 0, "merged": 0}
 
@@ -99,7 +111,7 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: in
         by_partition: dict[str, list[str]] = {}
         for key in keys:
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)
-        token = P.new_file_id().replace("-", "")[:20] + uuid.uuid4().hex[:12]
+        token = _run_token(st.version + 1)
         groups = [(prefix, group) for prefix, group in sorted(by_partition.items()) if len(group) >= 2]
         if client is None:
             outputs = [merge_partition(c, prefix, group, token, p, target_rows, target_bytes)

@@ -51,7 +51,7 @@ def _finish_moves(c: Consolidator, retention: RetentionCut) -> None:
     for key in sorted(present):
         if retention.mode == "archive" and not store.exists(P.archive_key(key)):
             store.copy(key, P.archive_key(key))
-        c.ledger._fault("retention_move")
+        c.ledger.fault_point("retention_move")
         store.delete([key])
 
 

@@ -177,9 +177,29 @@ def data_file_version(rel: str) -> int | None:
     return int(stem) if len(stem) == 20 and stem.isdigit() else None
 
 
+def is_commit_part(rel: str) -> bool:
+    """Whether a ``_data`` object was written by a commit being built (a delta, marks, ids, held
+    rows, a retention base), which its log entry names, rather than by a checkpoint."""
+    name = rel.rsplit("/", 1)[-1]
+    kind = name.split(".", 1)[1] if "." in name else ""
+    return data_file_version(rel) is not None and not kind.startswith("checkpoint-")
+
+
 def work_dir(resource: str) -> str:
     """Where cluster runs put their intermediate per-bucket runs."""
     return f"{resource}/_work"
+
+
+def work_run(version: int, tag: str) -> str:
+    """The name of a cluster run that builds the commit of ``version`` (what fences its sweep)."""
+    return f"v{version:020d}-{tag}"
+
+
+def work_run_version(rel: str) -> int | None:
+    """The version the cluster run holding ``rel`` (a path under :func:`work_dir`) builds."""
+    parts = rel.split("/_work/", 1)
+    run = parts[1].split("/", 1)[0] if len(parts) == 2 else ""
+    return int(run[1:21]) if len(run) > 21 and run[0] == "v" and run[1:21].isdigit() else None
 
 
 def work_file(resource: str, run: str, name: str) -> str:
