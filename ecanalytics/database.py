@@ -227,9 +227,9 @@ class Database:
                     f"{name} exists with {resource.ledger.state().n_buckets} buckets, not {buckets}; change the count "
                     f"with {name}.rebucket({buckets}) or `ecanalytics rebucket --resource {name} --buckets {buckets}`.")
             if stored != schema:  # schema evolution: new optional/defaulted attributes; anything else is refused
-                resource._evolve(schema, stored)
+                resource._evolve(lambda _stored: schema)
             elif resource.schema != stored:  # another process evolved it since this one connected
-                resource._evolve(stored, stored)
+                resource._evolve(lambda latest: latest)
             for (res_name, _field), plugin in list(self._deferred.items()):
                 if res_name == name:
                     del self._deferred[(res_name, _field)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, overload
 
@@ -173,22 +173,26 @@ class Resource:
         Example:
             ``wallets.add_attribute("tier", "string|default:basic")``
         """
-        from ecanalytics.ledger import catalog as cat
-
-        entry = cat.read(self.ledger.store, self.name)
-        stored = Schema.parse(entry["attributes"]) if entry else self.schema  # the catalog is the truth
-        self._evolve(Schema.parse({**stored.to_spec(), name: spec}), stored)
+        self._evolve(lambda stored: Schema.parse({**stored.to_spec(), name: spec}))
         return self
 
-    def _evolve(self, new: Schema, stored: Schema) -> None:
-        """Check ``stored`` -> ``new``, write it to the catalog, and use it from now on. Processes
-        that connected before keep the old schema and raise :class:`StaleSchemaError` once they read
-        a record with the new attributes, so they never write one back without them."""
+    def _evolve(self, change: Callable[[Schema], Schema]) -> None:
+        """Commit ``change`` (stored schema -> new schema) to the catalog and use the result from now
+        on. The change is checked and applied on the latest catalog version, and again on a
+        concurrent writer's version if one wins the race, so no concurrent change is lost.
+        Processes that connected before keep the old schema and raise :class:`StaleSchemaError`
+        once they read a record with the new attributes, so they never write one back without them."""
         from ecanalytics.ledger import catalog as cat
 
-        stored.check_evolution(new, self.name)
-        if new != stored:
-            cat.save_attributes(self.ledger.store, self.name, new.to_spec())
+        def apply(entry: dict[str, Any]) -> dict[str, Any]:
+            stored = Schema.parse(entry["attributes"])
+            new = change(stored)
+            stored.check_evolution(new, self.name)
+            entry["attributes"] = new.to_spec()
+            return entry
+
+        entry = cat.update(self.ledger.store, self.name, apply)
+        new = Schema.parse(entry["attributes"]) if entry is not None else change(self.schema)
         self.schema = new
         self.ledger.set_schema(new)
 

@@ -137,7 +137,13 @@ def catalog_dir() -> str:
 
 
 def catalog_entry(resource: str) -> str:
-    return f"_catalog/{resource}.json"
+    """The first version of ``resource``'s catalog entry (see :func:`catalog_version`)."""
+    return catalog_version(resource, 0)
+
+
+def catalog_version(resource: str, version: int) -> str:
+    """Version ``version`` of ``resource``'s catalog entry: each change creates the next one."""
+    return f"_catalog/{resource}.json" if version == 0 else f"_catalog/{resource}.v{version:09d}.json"
 
 
 def log_dir(resource: str) -> str:
