@@ -52,11 +52,23 @@ def _literals(column: str, dtype: pl.DataType, values: list[Any]) -> pl.Series:
         raise InvalidValueError(f"The filter on {column!r} needs values of type {dtype}; got {values!r}.") from exc
 
 
+def check_filter(where: object) -> Filter | None:
+    """``where`` as a filter (None or an empty one: no filter), or :class:`ArgumentError`."""
+    if where is None:
+        return None
+    if not isinstance(where, Mapping):
+        raise ArgumentError(
+            f"A filter is a dict of column -> value, e.g. {{'currency': 'USD'}} or {{'cohortDate': ['2026-11-27']}}; "
+            f"got {P.describe(where)}. For anything richer use scan() with Polars expressions.")
+    return where or None
+
+
 def _apply_filter(df: pl.DataFrame, where: Filter | None) -> pl.DataFrame:
     """Filters: a value means equality, a list, tuple or set means "any of", and a dict of
     comparisons such as ``{"value": {">": 100, "<=": 500}}`` (``==, !=, >, >=, <, <=``) ANDs
     them. For anything richer, use ``scan()`` with Polars expressions."""
-    if not where:
+    where = check_filter(where)
+    if where is None:
         return df
     exprs = []
     for column, value in where.items():
@@ -531,6 +543,7 @@ class TransactionDataset:
         The objects come from the committed manifest (plus the pending ones), pruned by
         ``cohortDate``/``cohortMonth`` equality filters: no LIST of the history.
         ``include_archived`` adds the objects retention moved under ``_archive/``."""
+        where = check_filter(where)
         consolidator = self.plugin.consolidator
         store = consolidator.store
         state = consolidator.ledger.state()

@@ -665,3 +665,27 @@ def test_fuzz_inputs_are_distinct_and_deterministic() -> None:
     keys = list(_iter_all())
     assert len(keys) == len(set(keys))
     assert list(_iter_all()) == [f"{c}:{label}" for c, cases in _inputs().items() for label, _ in cases]
+
+
+def test_frames_and_filters_of_the_wrong_shape(root: Root, db: ec.Database) -> None:
+    """A decimal256 column, a filter that is not a dict, and a number in a string attribute of a
+    frame each raise a typed error and write nothing; a decimal256 that fits 38 digits is read."""
+    import pyarrow as pa
+
+    w = wallets(db)
+    guard = Guard(root)
+    wide = pa.table({"originalId": ["w1"], "value": pa.array([Decimal("1.50")], type=pa.decimal256(40, 2))})
+    assert "decimal128(38, 2)" in str(guard.reject(ec.InvalidValueError, lambda: w.write_transactions(wide, "credit")))
+    assert "decimal128(38, 2)" in str(guard.reject(ec.InvalidValueError, lambda: w.write_transactions(wide, "balance")))
+    for bad in ([1, 2], "USD", 5, ("currency", "USD")):
+        guard.reject(ec.ArgumentError, lambda bad=bad: w.query(bad))
+        guard.reject(ec.ArgumentError, lambda bad=bad: db.resources["wallets_transactions_balance"].query(bad))  # type: ignore[union-attr]
+    for frame in (pl.DataFrame({"id": ["w9"], "note": [5]}), [{"id": "w9", "note": 5}],
+                  pl.DataFrame({"id": ["w9"], "n": [1.5]}), pl.DataFrame({"id": ["w9"], "balance": [True]})):
+        guard.reject(ec.SchemaError, lambda frame=frame: w.insert_many(frame))
+    guard.reject(ec.SchemaError, lambda: w.insert({"id": "w9", "note": 5}))  # the same rule as one insert
+    guard.unchanged()
+    fits = pa.table({"originalId": ["w1"], "value": pa.array([Decimal("1.50")], type=pa.decimal256(20, 2))})
+    w.write_transactions(fits, "credit")
+    db.consolidate()
+    assert w.get("w1")["credit"] == Decimal("2.75")

@@ -38,7 +38,7 @@ def to_frame(data: FrameLike) -> pl.DataFrame:
                 raise InvalidValueError("A list of rows must hold dicts such as {'originalId': 'w1', 'value': 5}.")
             return pl.DataFrame(list(data), infer_schema_length=None)
         if hasattr(data, "__arrow_c_stream__") or type(data).__module__.startswith("pyarrow"):
-            frame = pl.from_arrow(data) if type(data).__module__.startswith("pyarrow") else pl.DataFrame(data)
+            frame = pl.from_arrow(_arrow_for_polars(data))
             return frame if isinstance(frame, pl.DataFrame) else frame.to_frame()
     except InvalidValueError:
         raise
@@ -48,6 +48,33 @@ def to_frame(data: FrameLike) -> pl.DataFrame:
         f"Expected a Polars DataFrame or LazyFrame, a pyarrow Table or RecordBatchReader, an object with "
         f"__arrow_c_stream__ (e.g. pandas), or a list of dicts; got {type(data).__name__}."
     )
+
+
+def _arrow_for_polars(data: Any) -> Any:
+    """``data`` as a pyarrow Table or Array Polars can read: ``decimal256`` columns (which Polars
+    cannot hold, and panics on) become ``decimal128`` when their precision fits 38 digits."""
+    import pyarrow as pa
+
+    if isinstance(data, pa.RecordBatchReader):
+        data = data.read_all()
+    elif isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    elif not isinstance(data, (pa.Table, pa.Array, pa.ChunkedArray)):
+        data = pa.table(data)  # anything with __arrow_c_stream__ (pandas, DuckDB relations)
+    if not isinstance(data, pa.Table):
+        return data
+    fields = []
+    for f in data.schema:
+        if pa.types.is_decimal256(f.type):
+            if f.type.precision > 38:
+                raise InvalidValueError(
+                    f"Column {f.name!r} is {f.type}: more than 38 digits, which no engine here holds exactly. Cast it "
+                    f"to decimal128(38, {min(f.type.scale, 38)}) or float64 first; nothing was written.")
+            fields.append(f.with_type(pa.decimal128(f.type.precision, f.type.scale)))
+        else:
+            fields.append(f)
+    schema = pa.schema(fields)
+    return data if schema == data.schema else data.cast(schema)
 
 
 def _reject(frame: pl.DataFrame, bad: pl.Expr, error: type[Exception], what: str, detail: pl.Expr | None = None) -> None:
@@ -155,6 +182,20 @@ def transactions(data: FrameLike, field: str, dtype: pl.DataType) -> pl.DataFram
     return frame.with_columns(field=pl.lit(field)).select(list(tx_schema(dtype))).cast(tx_schema(dtype))  # type: ignore[arg-type]
 
 
+def _fits_kind(dtype: pl.DataType, kind: str) -> bool:
+    """Whether a column of ``dtype`` holds values of an attribute ``kind`` without reinterpreting
+    them (the rules of :meth:`Attribute.check`: no number becomes a string, no bool a number)."""
+    if dtype == pl.Null:
+        return True
+    if kind == "string":
+        return dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)
+    if kind == "boolean":
+        return dtype == pl.Boolean
+    if kind == "integer":
+        return dtype.is_integer()
+    return dtype.is_numeric()  # number, decimal(p,s): range and precision are checked by the cast
+
+
 def records(data: FrameLike, schema: Schema) -> pl.DataFrame:
     """Validated full records: known attributes only, ``id`` valid and unique, required ones
     present, defaults filled in, every value cast to its attribute's type."""
@@ -166,6 +207,11 @@ def records(data: FrameLike, schema: Schema) -> pl.DataFrame:
         raise InvalidNameError("Records need an 'id' column of strings.")
     _check_ids(frame, "id")
     _reject(frame, pl.col("id").is_duplicated(), SchemaError, "an id that appears more than once", pl.col("id").first())
+    for name, attr in schema.attributes.items():
+        if name in frame.columns and not _fits_kind(frame.schema[name], attr.kind):
+            raise SchemaError(
+                f"Attribute {name!r} is {attr.kind}; the column is {frame.schema[name]}. Nothing was written: cast the "
+                f"column first (as insert() refuses such a value too), e.g. pl.col({name!r}).cast(...).")
     columns = []
     for name, attr in schema.attributes.items():
         if name in frame.columns:
