@@ -11,12 +11,14 @@ stderr, so ``>> ec.log 2>&1`` stays valid JSON Lines.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 import click
@@ -775,7 +777,10 @@ def ingest(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resour
                 raise click.BadParameter(f"{path}: use .parquet, .csv, .ndjson or .jsonl", param_hint="PATHS")
             try:
                 frame = readers[suffix](path)
-                frames.append((path, ingest_rows.transactions(frame, plugin.field, plugin.consolidator.dtype)))
+                # Ids of rows without one derive from the file's content: a re-run counts once.
+                seed = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
+                frames.append((path, ingest_rows.transactions(frame, plugin.field, plugin.consolidator.dtype,
+                                                              id_seed=seed)))
             except (OSError, pl.exceptions.PolarsError) as exc:
                 raise click.BadParameter(f"{path} cannot be read: {exc}", param_hint="PATHS") from exc
             except EcError as exc:

@@ -257,7 +257,7 @@ class Resource:
         return frame.height
 
     def write_transactions(self, transactions: Any, field: str | None = None, *, batch_size: int = 1_000_000,
-                           progress: Any = None) -> int:
+                           progress: Any = None, idempotent: bool | str = False) -> int:
         """Write many transactions of one managed field at once; returns how many.
 
         Columns: ``originalId``, ``value``; optional ``operation`` (``"add"`` by default, ``"sub"``,
@@ -267,11 +267,22 @@ class Resource:
         bad frame is rejected whole with nothing written. Rows become one object per cohort day
         per at most ``batch_size`` rows, with the usual inbox markers, so consolidation sees them
         exactly once; in ``sync`` mode this returns after the commit.
+
+        **Retries.** Rows with an ``id`` count once however often they are written. Rows without
+        one get generated ids, so writing the same frame again (a retry after a crash or a
+        timeout) counts its rows twice, unless ``idempotent``: ``True`` derives each missing id
+        from a digest of the frame's content and the row's position (the same frame retried gives
+        the same ids: it counts once; a frame built differently is new data), and a string (a
+        batch name such as ``"import-2026-12-05"``) derives them from that name and the row's
+        position instead. ``ecanalytics ingest`` does the same with each file's content digest.
         """
         from ecanalytics.ledger import ingest
 
         plugin = self.plugin(field)
-        rows = ingest.transactions(transactions, plugin.field, plugin.consolidator.dtype)
+        if not isinstance(idempotent, (bool, str)):
+            raise ArgumentError(f"idempotent must be True, False or a batch name; got {P.describe(idempotent)}.")
+        seed = "" if idempotent is True else (idempotent or None)
+        rows = ingest.transactions(transactions, plugin.field, plugin.consolidator.dtype, id_seed=seed)
         plugin.write_frame(rows, batch_size=batch_size, progress=progress)
         return rows.height
 

@@ -206,3 +206,74 @@ def test_timestamp_strings_need_an_offset(stamp: str) -> None:
         w.write_transactions([{"originalId": "a", "value": 1.0, "timestamp": stamp}])
     assert w.write_transactions([{"originalId": "a", "value": 1.0, "timestamp": stamp + "T00:00:00-03:00"
                                   if len(stamp) == 10 else "2026-11-01T00:30:00Z"}]) == 1
+
+
+class Killed(BaseException):
+    """The process dies here (raised from inside a write, so nothing after it runs)."""
+
+
+@pytest.mark.parametrize("consolidate_between", [False, True], ids=["rerun-pending", "rerun-after-consolidation"])
+def test_a_killed_ingest_of_files_without_ids_rerun_counts_once(root: Root, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 consolidate_between: bool) -> None:
+    """Issue: a killed and re-run ``ecanalytics ingest`` of files without an ``id`` column applied
+    part of them twice. Ids now derive from each file's content and row number, so the re-run's
+    rows repeat the first run's ids and count once, pending or already applied."""
+    from ecanalytics.ledger import transactions as tx_module
+
+    _db, w = wallets(root)
+    w.insert_many(pl.DataFrame({"id": [f"w{i}" for i in range(20)], "user": ["u"] * 20}))
+    parts = [frame(400, seed=s).drop("id") for s in (7, 8)]
+    # Distinct instants across the files (the model cannot tie-break by ids the files do not have).
+    parts[0] = parts[0].with_columns(pl.col("timestamp") + timedelta(milliseconds=500))
+    expected = model(pl.concat(parts).with_columns(id=pl.lit("")))
+    paths = [tmp_path / "a.parquet", tmp_path / "b.csv"]
+    parts[0].write_parquet(paths[0])
+    parts[1].with_columns(pl.col("timestamp").dt.to_string("%Y-%m-%dT%H:%M:%S%z")).write_csv(paths[1])
+    env = {"AWS_ENDPOINT_URL": root.endpoint_url} if root.endpoint_url else {}
+    command = ["ingest", "--root", root.uri, "--resource", "wallets", "--batch-size", "50", *map(str, paths)]
+    real_write, written = tx_module.PlannedObject.write, []
+
+    def dying_write(self: tx_module.PlannedObject, store: object) -> None:
+        if len(written) == 9:  # the 10th object: the process is killed part-way through the files
+            raise Killed
+        written.append(self.key)
+        real_write(self, store)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tx_module.PlannedObject, "write", dying_write)
+    with pytest.raises(Killed):
+        CliRunner().invoke(cli, command, env=env)
+    assert len(written) == 9
+    monkeypatch.setattr(tx_module.PlannedObject, "write", real_write)
+    if consolidate_between:
+        assert CliRunner().invoke(cli, ["consolidate", "--root", root.uri], env=env).exit_code == 0
+    res = CliRunner().invoke(cli, command, env=env)  # the same command again
+    assert res.exit_code == 0, res.output
+    assert CliRunner().invoke(cli, ["consolidate", "--root", root.uri], env=env).exit_code == 0
+    again = root.connect().resources["wallets"]
+    assert isinstance(again, ec.Resource)
+    assert values(again) == expected
+    # A third run changes nothing either.
+    assert CliRunner().invoke(cli, command, env=env).exit_code == 0
+    assert CliRunner().invoke(cli, ["consolidate", "--root", root.uri], env=env).exit_code == 0
+    assert values(root.connect().resources["wallets"]) == values(again)  # type: ignore[arg-type]
+
+
+def test_write_transactions_idempotent_frames(root: Root) -> None:
+    """A frame without ids written twice counts twice by default, once with ``idempotent=True``
+    (ids from its content) or with the same batch name; a different frame is new data."""
+    _db, w = wallets(root)
+    w.insert_many(pl.DataFrame({"id": ["a", "b"], "user": ["u", "u"]}))
+    batch = pl.DataFrame({"originalId": ["a", "a", "b"], "value": [5.0, 5.0, 1.0]})
+    w.write_transactions(batch)
+    w.write_transactions(batch)
+    for _ in range(2):
+        w.write_transactions(batch, idempotent=True)
+        w.write_transactions(batch.with_columns(pl.col("value") * 100), idempotent="import-7")
+    w.write_transactions(batch.with_columns(pl.col("value") * 10), idempotent=True)
+    _db.consolidate()
+    assert values(w) == {"a": 10.0 * 2 + 10.0 + 1000.0 + 100.0, "b": 1.0 * 2 + 1.0 + 100.0 + 10.0}
+    with pytest.raises(ec.ArgumentError):
+        w.write_transactions(batch, idempotent=1)  # type: ignore[arg-type]
+    with pytest.raises(ec.InvalidNameError):
+        w.write_transactions(batch, idempotent="a/b")

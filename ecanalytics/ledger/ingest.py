@@ -99,13 +99,40 @@ def _check_ids(frame: pl.DataFrame, column: str) -> None:
             f"an invalid {column!r}", pl.format("'{}': {}", pl.col(column), pl.col("_problem")).first())
 
 
-def transactions(data: FrameLike, field: str, dtype: pl.DataType) -> pl.DataFrame:
+def content_digest(frame: pl.DataFrame) -> str:
+    """A digest of ``frame``'s content (its Arrow IPC bytes, one chunk): equal for a retry of the
+    same frame, so ids derived from it repeat and the retry counts once."""
+    import hashlib
+    import io
+
+    buffer = io.BytesIO()
+    frame.rechunk().write_ipc(buffer, compression="uncompressed")
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+DERIVED_ID_PREFIX = "row-"
+
+
+def derived_ids(seed: str) -> pl.Expr:
+    """Ids for rows without one, derived from ``seed`` (a digest of their source, or a batch name
+    the caller chose) and the row's position: a retry of the same input gets the same ids, so it
+    counts once. They are idempotency keys like caller-supplied ones (remembered for
+    ``dedup_window``)."""
+    return pl.format(f"{DERIVED_ID_PREFIX}{seed}-" + "{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(12))
+
+
+def transactions(data: FrameLike, field: str, dtype: pl.DataType, *, id_seed: str | None = None) -> pl.DataFrame:
     """Validated transaction rows for ``field``: columns ``originalId``, ``value`` and optionally
     ``operation`` (``add`` by default), ``timestamp`` (timezone-aware; default now), ``id``
     (idempotency key; default generated) and ``source`` (default ``"api"``). A null in an
     optional column means "not given" (rows built from dicts with different keys), so it takes
-    the default too."""
+    the default too. With ``id_seed``, rows without an id get :func:`derived_ids` instead of
+    generated ones (``""`` derives the seed from the frame's content)."""
     frame = to_frame(data)
+    if id_seed == "":
+        id_seed = content_digest(frame)[:32]
+    elif id_seed is not None:
+        P.validate_record_id(id_seed)
     allowed = {"originalId", "value", "operation", "timestamp", "id", "source", "field"}
     unknown = sorted(set(frame.columns) - allowed)
     missing = sorted({"originalId", "value"} - set(frame.columns))
@@ -164,7 +191,8 @@ def transactions(data: FrameLike, field: str, dtype: pl.DataType) -> pl.DataFram
     else:
         frame = frame.with_columns(timestamp=pl.lit(now, pl.Datetime("us", "UTC")))
     stamp = f"{AUTO_ID_PREFIX}{now.strftime('%Y%m%d%H%M%S%f')}-{P.new_file_id()[-16:]}-"
-    generated = pl.format(stamp + "{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(12))
+    generated = (derived_ids(id_seed) if id_seed is not None
+                 else pl.format(stamp + "{}", pl.int_range(pl.len()).cast(pl.String).str.zfill(12)))
     if "id" in frame.columns:
         if frame.schema["id"] not in (pl.String, pl.Null):
             raise InvalidNameError(f"id must be a string column; got {frame.schema['id']}.")
