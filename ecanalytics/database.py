@@ -33,7 +33,7 @@ from ecanalytics.storage.store import probe_endpoint, s3_errors
 if TYPE_CHECKING:
     import duckdb
 
-    from ecanalytics.analytics import SqlEngine, Table
+    from ecanalytics.analytics import Relation, SqlEngine, Table
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
@@ -306,11 +306,13 @@ class Database:
         return [Table(name, res.ledger, {f: (p.consolidator, p.reducer_name) for f, p in res.plugins.items()})
                 for name, res in self._resources.items()]
 
-    def sql(self, query: str, **params: Any) -> duckdb.DuckDBPyRelation:
+    def sql(self, query: str, **params: Any) -> Relation:
         """Run DuckDB SQL over views named after every resource and transaction dataset.
 
-        Views see the latest committed state. ``.pl()`` on the result gives a Polars DataFrame;
-        ``$name`` placeholders take ``params``.
+        Views see the latest committed state. The result is a DuckDB relation (wrapped: see
+        :class:`~ecanalytics.analytics.Relation`); ``.pl()`` on it gives a Polars DataFrame;
+        ``$name`` placeholders take ``params``. If maintenance replaces an object the query reads
+        before it is fetched, fetching raises :class:`SnapshotGoneError`: re-run the query.
 
         Example:
             ``db.sql("SELECT cohortDate, count(*) FROM wallets_transactions_balance GROUP BY 1").pl()``

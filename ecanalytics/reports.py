@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ecanalytics.errors import InvalidValueError, ValidationError
+from ecanalytics.errors import InvalidValueError, SnapshotGoneError, ValidationError
 from ecanalytics.storage.paths import describe
 
 if TYPE_CHECKING:
@@ -151,5 +151,12 @@ def run(db: Database, name: str, **params: Any) -> pl.DataFrame:
     Example: ``ec.reports.run(db, "daily_totals", start="2026-11-01", end="2026-11-30")``
     """
     report = get(name)
-    result: pl.DataFrame = db.sql(report.sql, **report.bind(params)).pl()
-    return result
+    bound = report.bind(params)
+    for attempt in range(3):
+        try:
+            result: pl.DataFrame = db.sql(report.sql, **bound).pl()
+            return result
+        except SnapshotGoneError:  # maintenance replaced a file between planning and reading: plan again
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")

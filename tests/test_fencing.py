@@ -194,3 +194,21 @@ def test_a_missing_applied_object_is_a_typed_error_and_commits_nothing(root: Roo
         assert gone.rsplit("/", 1)[-1] in str(info.value) and "inspect --verify" in str(info.value)
     assert w.ledger.state().version == version
     assert pl.Series([version]).item() == root.connect().resources["acc"].ledger.state().version  # type: ignore[union-attr]
+
+
+def test_a_relation_kept_across_compaction_says_to_rerun(root: Root) -> None:
+    """Issue case 5: a relation built before a compaction (kept in a notebook) reads files the
+    compaction deleted: a typed SnapshotGoneError that says to re-run, never a raw DuckDB or s3fs
+    error and never a wrong number; re-running gives the right one."""
+    db = open_db(root)
+    sums = small_objects(db)
+    query = f"SELECT count(*) AS n, sum(value) AS total FROM {DATASET}"
+    kept = db.sql(query)
+    assert db.resources["acc"].compact("balance", target_rows=100).sources == 30  # type: ignore[union-attr]
+    for fetch in (lambda: kept.fetchall(), lambda: kept.pl(), lambda: kept.filter("n > 0").fetchall()):
+        with pytest.raises(ec.SnapshotGoneError) as info:
+            fetch()
+        assert "re-run the query" in str(info.value)
+    assert db.sql(query).fetchall() == [(30, sum(sums.values()))]
+    assert ec.reports.run(db, "daily_totals", start="2026-11-01", end="2026-11-30")["transactionCount"].sum() == 30
+    assert db.resources["acc"].plugins["balance"].get_cohort_stats("2026-11-21")["transactionCount"] == 10  # type: ignore[union-attr]

@@ -4,5 +4,6 @@ Importing this package imports DuckDB; ``import ecanalytics`` alone does not.
 """
 
 from ecanalytics.analytics.engine import SqlEngine, Table
+from ecanalytics.analytics.relation import Relation
 
-__all__ = ["SqlEngine", "Table"]
+__all__ = ["Relation", "SqlEngine", "Table"]

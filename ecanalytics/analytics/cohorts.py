@@ -203,12 +203,12 @@ class Cohorts:
 
     def stats(self, date: Any) -> dict[str, Any]:
         day = to_key("day", date, self.tz)
-        (row,) = self.engine.sql(
+        row = self.engine.frame(
             f"""SELECT count(*), count(*) FILTER (operation = 'set'), count(*) FILTER (operation = 'add'),
                        count(*) FILTER (operation = 'sub'), coalesce(sum({_SIGNED}), 0)
                 FROM "{self.dataset}" WHERE cohortDate = $day::DATE""",
             {"day": day},
-        ).fetchall()
+        ).row(0)
         total = row[4] if isinstance(row[4], Decimal) else float(row[4])  # exact for decimal fields
         return {"date": day, "transactionCount": row[0], "byOperation": {"set": row[1], "add": row[2], "sub": row[3]},
                 "totalValue": total}
@@ -229,7 +229,7 @@ class Cohorts:
             f"count(*) FILTER (operation = '{op}') AS {op}Count, coalesce(sum(sv) FILTER (operation = '{op}'), 0) AS {op}Sum"
             for op in ("set", "add", "sub")
         )
-        df: pl.DataFrame = self.engine.sql(
+        df: pl.DataFrame = self.engine.frame(
             f"""SELECT cohort, count(*) AS transactionCount, sum(sv) AS totalValue, avg(sv) AS avgValue,
                        min(sv) AS minValue, max(sv) AS maxValue,
                        count(DISTINCT originalId) AS recordCount, {per_op}
@@ -240,7 +240,7 @@ class Cohorts:
                 WHERE cohort BETWEEN $start_key AND $end_key
                 GROUP BY cohort ORDER BY cohort""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "record_id": record_id, "start_key": start_key, "end_key": end_key},
-        ).pl()
+        )
         # Counts are integers; sums stay DOUBLE, or exact DECIMAL for decimal(p,s) fields.
         df = df.with_columns([pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items() if t == pl.Int64 or c == "cohort"])
         df = df.select(list(ROLLUP_SCHEMA))
@@ -260,13 +260,13 @@ class Cohorts:
         key = to_key(p, date, self.tz)
         with _calendar(f"Cohort {key}"):
             lo, hi = date_bounds(p, key, key)
-        top: pl.DataFrame = self.engine.sql(
+        top: pl.DataFrame = self.engine.frame(
             f"""SELECT originalId, count(*) AS transactionCount, sum({_SIGNED}) AS totalValue
                 FROM "{self.dataset}"
                 WHERE cohortDate BETWEEN $lo::DATE AND $hi::DATE AND {key_sql(p, self.tz)} = $key
                 GROUP BY originalId ORDER BY {metric} DESC, originalId LIMIT {limit}""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "key": key},
-        ).pl()
+        )
         return top
 
     def last_n(self, period: str, n: int, fill_gaps: bool, now: dt.datetime | None = None) -> pl.DataFrame:

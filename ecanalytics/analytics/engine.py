@@ -43,7 +43,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import duckdb
 import polars as pl
 
-from ecanalytics.errors import ConfigurationError
+from ecanalytics.analytics.relation import Relation, snapshot_guard
+from ecanalytics.errors import ConfigurationError, SnapshotGoneError
 from ecanalytics.storage import StorageConfig
 
 if TYPE_CHECKING:
@@ -293,15 +294,29 @@ class SqlEngine:
             self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty))
         return self.con
 
-    def sql(self, query: str, params: dict[str, Any] | None = None) -> duckdb.DuckDBPyRelation:
-        """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars."""
+    def sql(self, query: str, params: dict[str, Any] | None = None) -> Relation:
+        """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars. A file that
+        vanishes later (maintenance replaced it) raises :class:`SnapshotGoneError` on fetch."""
         for attempt in range(3):
             con = self.refresh(query)
             try:
-                return con.sql(query, params=params) if params else con.sql(query)
-            except duckdb.IOException:
+                with snapshot_guard():
+                    return Relation(con.sql(query, params=params) if params else con.sql(query))
+            except SnapshotGoneError:
                 # An object the manifest named was removed since (a maintenance job committed
                 # after this refresh read the state): read the new state and ask again.
                 if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def frame(self, query: str, params: dict[str, Any] | None = None, *, attempts: int = 3) -> pl.DataFrame:
+        """Run ``query`` and fetch it as Polars at once; a file replaced by maintenance between the
+        two (:class:`SnapshotGoneError`) makes it plan again on the new state."""
+        for attempt in range(attempts):
+            try:
+                result: pl.DataFrame = self.sql(query, params).pl()
+                return result
+            except SnapshotGoneError:
+                if attempt == attempts - 1:
                     raise
         raise AssertionError("unreachable")
