@@ -21,7 +21,7 @@ from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Con
 from ecanalytics.consolidation.consolidator import FoldEngine
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
 from ecanalytics.ledger import Attribute, new_tx_id
-from ecanalytics.ledger.log import AUTO_ID_PREFIX
+from ecanalytics.ledger.keys import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
     PlannedObject,
     check_amount,

@@ -45,6 +45,7 @@ from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, F
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
+from ecanalytics.ledger.keys import generated
 from ecanalytics.ledger.log import Ledger, State
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.ledger.transactions import read_objects, tx_schema
@@ -119,6 +120,7 @@ class Partitioned:
     sizes: dict[str, int]
     runs: dict[int, str]
     worker: str
+    keyed: pl.DataFrame  # rows with caller-supplied keys: the driver resolves them for the whole field
 
 
 def _worker() -> str:
@@ -136,22 +138,23 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, token: str) -> 
     sizes: dict[str, int] = {}
     rows, read, missing = read_objects(c.store, keys, value_dtype=c.dtype, field=c.field, start=start, sizes=sizes)
     runs = {}
-    for k, part in split(rows, "originalId", spec.buckets).items():
+    for k, part in split(rows.filter(generated()), "originalId", spec.buckets).items():
         rel = P.work_file(spec.resource, token, f"b{k:05d}-m{start:09d}")
         c.store.write_parquet(rel, part)
         runs[k] = rel
-    return Partitioned(read, missing, sizes, runs, _worker())
+    return Partitioned(read, missing, sizes, runs, _worker(), rows.filter(~generated()))
 
 
-def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], held: pl.DataFrame,
+def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], keyed: pl.DataFrame,
               token: str) -> tuple[BucketOutput, str]:
-    """Fold bucket ``k`` (its runs, in planned order) against the state at ``version``."""
+    """Fold bucket ``k`` (its runs, in planned order, and its resolved ``keyed`` rows) against the
+    state at ``version``."""
     c = spec.consolidator()
     st = spec.state(c, version)
     frames = [c.store.read_parquet(rel) for rel in runs]
     schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
     rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
-    return c.fold_unit(st, k, rows, held, version + 1, token), _worker()
+    return c.fold_unit(st, k, rows, keyed, version + 1, token), _worker()
 
 
 def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
@@ -221,12 +224,16 @@ class DaskEngine:
             workers.add(p.worker)
             for k, rel in p.runs.items():
                 runs.setdefault(k, []).append(rel)
-        held_by = split(held, "originalId", st.n_buckets)
+        schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
+        keyed = pl.concat([p.keyed.cast(schema) for p in parts], how="vertical") if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+        resolved = c.resolve(st, keyed, held)  # the one key rule, for the whole field at once
+        out.duplicates, out.conflicts = resolved.retries + resolved.conflicts.height, resolved.conflicts
+        held_by = split(resolved.kept, "originalId", st.n_buckets)
         buckets = sorted(set(runs) | set(held_by))
         if not buckets:  # only empty objects: still one fold, so the commit has its columns
             buckets = [0]
         folded_at = time.perf_counter()
-        futures = [client.submit(fold_task, spec, st.version, k, runs.get(k, []), held_by.get(k, held.clear()), token,
+        futures = [client.submit(fold_task, spec, st.version, k, runs.get(k, []), held_by.get(k, resolved.kept.clear()), token,
                                  key=f"ec-fold-{run}-{k}", pure=False) for k in buckets]
         outputs: list[BucketOutput] = []
         for done, future in enumerate(as_completed(futures), 1):  # type: ignore[no-untyped-call]

@@ -34,8 +34,10 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.errors import ConsolidationError
-from ecanalytics.ledger.buckets import Part, buckets_of, split
-from ecanalytics.ledger.log import AUTO_ID_PREFIX, Commit, Ledger, State
+from ecanalytics.ledger import keys
+from ecanalytics.ledger.buckets import Part, buckets_of
+from ecanalytics.ledger.keys import Resolved
+from ecanalytics.ledger.log import Commit, Ledger, State
 from ecanalytics.ledger.transactions import (
     TX_SCHEMA,
     Inbox,
@@ -66,6 +68,10 @@ class ConsolidationResult:
     record this consolidation wrote. ``late`` counts the transactions that sorted before their
     record's latest applied one (folded in event order); ``held`` counts the rows of records that
     could not be folded and stay pending (``held_records`` names them, ``held_reasons`` says why).
+    ``duplicates`` counts the occurrences of caller-supplied keys that did not count (see
+    :mod:`ecanalytics.ledger.keys`); ``conflicts`` lists those that reused a key for another record,
+    operation or amount (``id, originalId, operation, value, timestamp, reason``), which are not
+    applied.
     """
 
     resource: str
@@ -82,6 +88,7 @@ class ConsolidationResult:
     held_records: tuple[str, ...] = ()
     held_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     engine: dict[str, Any] = dataclasses.field(default_factory=dict)  # a cluster engine's tasks, workers, phases
+    conflicts: pl.DataFrame | None = None  # reused keys not applied (ledger.keys.CONFLICT_SCHEMA)
 
     def __repr__(self) -> str:
         from ecanalytics.display import result_repr
@@ -100,6 +107,8 @@ class ConsolidationResult:
             "transactions": self.transactions, "duplicates": self.duplicates, "objects": self.objects,
             "records": self.records, "late": self.late, "held": self.held, "heldRecords": list(self.held_records),
             "heldReasons": dict(self.held_reasons), "durationMs": round(self.duration_s * 1000, 3),
+            "conflicts": [] if self.conflicts is None else [
+                {**row, "timestamp": row["timestamp"].isoformat()} for row in self.conflicts.iter_rows(named=True)],
             **({"engine": self.engine} if self.engine else {}),
         }
 
@@ -116,6 +125,7 @@ class Pending:
     unlisted: frozenset[str]  # consumed keys no LIST has shown yet
     duplicates: int
     unapplied: frozenset[str]  # every listed, unconsumed key (read or not): not in applied history
+    conflicts: pl.DataFrame  # reused keys that are not applied (ledger.keys.CONFLICT_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -165,6 +175,7 @@ class FoldOutcome:
     written: list[str] = dataclasses.field(default_factory=list)
     transactions: int = 0
     duplicates: int = 0
+    conflicts: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=keys.CONFLICT_SCHEMA))
     spilled: bool = False
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the engine's own (tasks, workers, phases)
 
@@ -242,27 +253,19 @@ class Consolidator:
         """Pending rows at ``st``, all in memory. With ``cleanup``, markers of consumed and orphaned objects are removed."""
         inbox, carried, stale, unlisted, candidates = self._scan(st, cleanup=cleanup)
         rows, read, _missing = read_objects(self.store, candidates, value_dtype=self.dtype, field=self.field)
-        held = self.held_frame(st)
-        total = rows.height + held.height
-        rows = self._with_held(st, rows, held)
-        return Pending(rows, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
-                       unlisted, total - rows.height, frozenset(candidates))
+        resolved = self.resolve(st, rows, self.held_frame(st))
+        return Pending(resolved.kept, frozenset(read), {k: inbox.markers[k] for k in read}, carried, stale,
+                       unlisted, resolved.retries + resolved.conflicts.height, frozenset(candidates),
+                       resolved.conflicts)
 
-    def _with_held(self, st: State, rows: pl.DataFrame, held: pl.DataFrame) -> pl.DataFrame:
-        """``rows`` without already applied idempotency keys, plus ``held``, one row per record and
-        id (the first by ``(timestamp, id, object)``): an idempotency key counts per record, so the
-        rule is the same whether the rows are deduplicated together or bucket by bucket."""
-        applied = st.applied_keys(self.field)
-        if applied.len():  # only caller-supplied keys are remembered; usually there are none
-            rows = rows.filter(~pl.col("id").is_in(applied.implode()))
+    def resolve(self, st: State, rows: pl.DataFrame, held: pl.DataFrame) -> Resolved:
+        """``rows`` (with ``_object``) plus the ``held`` ones, under the one key rule
+        (:mod:`ecanalytics.ledger.keys`): one row per id, the applied or earliest occurrence of a
+        caller-supplied key counting, whatever the bucket layout, memory budget or engine."""
         if held.height:
             rows = pl.concat([rows, held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object"))
                               .select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
-        # Equal ids hash equally, so distinct hashes prove there is nothing to deduplicate (cheap).
-        if rows["id"].hash().n_unique() < rows.height:
-            rows = rows.sort(["timestamp", "id", "_object"], nulls_last=True).unique(
-                subset=["originalId", "id"], keep="first", maintain_order=True)
-        return rows
+        return keys.resolve(rows, st.applied_keys(self.field))
 
     # -- history (only for late data) ------------------------------------------------------
     def _retention(self, st: State) -> tuple[str | None, bool]:
@@ -299,14 +302,15 @@ class Consolidator:
 
     def history_rows(self, st: State, rows: pl.DataFrame) -> pl.DataFrame:
         """Transaction rows read from applied objects, as history: without what a ``delete``-mode
-        retention cut off or what is held, an idempotent retry written twice counting once (an
-        idempotency key counts per record)."""
+        retention cut off or what is held, one row per id under the key rule
+        (:func:`ecanalytics.ledger.keys.visible`: retries and conflicts that did not count are
+        hidden)."""
         if (deleted := self.deleted_before(st)) is not None:
             rows = rows.filter(pl.col("timestamp") >= deleted)
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-        return rows.sort(["timestamp", "id", "_object"]).unique(["originalId", "id"], keep="first", maintain_order=True)
+        return keys.visible(rows, st.applied_keys(self.field)).sort(["timestamp", "id", "_object"])
 
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
         """``originalId, current``: where a rebuild from :meth:`history` starts: the value each
@@ -455,25 +459,29 @@ class Consolidator:
         )
         return pl.concat([existing, created.cast(schema.polars_schema)], how="vertical")  # type: ignore[arg-type]
 
-    def fold_unit(self, st: State, k: int, rows: pl.DataFrame, held: pl.DataFrame, version: int,
+    def fold_unit(self, st: State, k: int, rows: pl.DataFrame, keyed: pl.DataFrame, version: int,
                   token: str) -> BucketOutput:
-        """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` (and its ``held``
-        rows) against ``st`` restricted to that bucket, and write the bucket's delta and marks
-        for the commit of ``version``, named with ``token`` (the same inputs give the same
-        objects, so a rerun task overwrites what a killed one left). It never commits."""
-        deduped = self._with_held(st, rows, held)
-        folded = self.fold_bucket(st.restrict([k]), deduped)
+        """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` with generated ids and
+        its ``keyed`` rows (caller-supplied keys and held rows, already resolved for the whole field
+        by :meth:`resolve`) against ``st`` restricted to that bucket, and write the bucket's delta
+        and marks for the commit of ``version``, named with ``token`` (the same inputs give the
+        same objects, so a rerun task overwrites what a killed one left). It never commits."""
+        rows = pl.concat([rows, keyed.select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
+        folded = self.fold_bucket(st.restrict([k]), rows)
         part, written = self.ledger.put_part(version, token, (f"delta-b{k}", f"marks-b{k}"), folded.upserts,
                                              folded.marks)
-        ids = folded.applied.select("id").filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX))
-        return BucketOutput(k, part, tuple(written), folded.applied.height, rows.height + held.height - deduped.height,
-                            dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(), applied=ids))
+        return BucketOutput(k, part, tuple(written), folded.applied.height, 0,
+                            dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
+                                                applied=folded.applied.filter(~keys.generated())))
 
     def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
                     token: str) -> FoldOutcome:
         """Read and fold in this process (see :meth:`run`)."""
         out = FoldOutcome()
-        with Runs(st.n_buckets, self.budget_rows) as runs:
+        # Rows with caller-supplied keys go to runs split by id, so the key rule can be applied to
+        # all occurrences of a key at once (one id bucket at a time), whatever the record.
+        with Runs(st.n_buckets, self.budget_rows // 2) as runs, \
+                Runs(st.n_buckets, self.budget_rows // 2, column="id") as keyed:
             # Chunks of objects sized from what was read so far, so that one chunk holds at most
             # about a quarter of the budget's rows (objects may hold one row or millions).
             i, n = 0, FIRST_CHUNK_OBJECTS
@@ -482,23 +490,35 @@ class Consolidator:
                                                field=self.field, start=i, sizes=out.sizes)
                 out.read += got
                 out.missing += miss
+                if rows.height and not rows.select(keys.generated().all()).item():
+                    keyed.add(rows.filter(~keys.generated()))
+                    rows = rows.filter(keys.generated())
                 runs.add(rows)
                 i += n
                 n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
             if not out.read and not held.height:
                 return out
             schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
-            out.spilled = runs.spilled
-            if not runs.spilled:  # the common case: everything at once, on the touched buckets
-                rows = runs.take_all(schema)
-                deduped = self._with_held(st, rows, held)
-                out.duplicates = rows.height + held.height - deduped.height
-                out.outs.append(self.fold(st, deduped))
+            held_rows = held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object")).cast(schema)  # type: ignore[arg-type]
+            if not runs.spilled and not keyed.spilled:  # the common case: everything at once
+                resolved = self.resolve(st, keyed.take_all(schema), held)
+                out.duplicates, out.conflicts = resolved.retries + resolved.conflicts.height, resolved.conflicts
+                rows = pl.concat([runs.take_all(schema), resolved.kept.cast(schema)], how="vertical")  # type: ignore[arg-type]
+                out.outs.append(self.fold(st, rows))
                 out.transactions = out.outs[0].applied.height
                 return out
-            held_by = split(held, "originalId", st.n_buckets)
-            for k in sorted(set(runs.buckets()) | set(held_by)):
-                out.add(self.fold_unit(st, k, runs.take(k, schema), held_by.get(k, held.clear()), version, token))
+            keyed.add(held_rows)
+            conflicts = [out.conflicts]
+            for j in keyed.buckets():  # one id bucket at a time: every occurrence of its keys
+                resolved = keys.resolve(keyed.take(j, schema), st.applied_keys(self.field))
+                out.duplicates += resolved.retries + resolved.conflicts.height
+                conflicts.append(resolved.conflicts)
+                runs.add(resolved.kept)
+            out.conflicts = pl.concat(conflicts, how="vertical")
+            out.spilled = True
+            empty = pl.DataFrame(schema=schema)
+            for k in runs.buckets():
+                out.add(self.fold_unit(st, k, runs.take(k, schema), empty, version, token))
         return out
 
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:
@@ -537,12 +557,13 @@ class Consolidator:
                 field=self.field,
                 consumed=frozenset(out.read) | carried,
                 unlisted=unlisted,
-                applied_ids=folded.applied["id"],
+                applied_ids=keys.applied_keys(folded.applied),
                 held=folded.held,
                 marks=folded.marks,
                 parts=out.parts or None,
                 written=tuple(out.written),
                 applied={k: out.sizes.get(k) for k in out.read},
+                conflicts=out.conflicts,
                 stats={"transactions": out.transactions, "duplicates": out.duplicates, "objects": len(out.read),
                        "records": folded.values.height, "late": folded.late, "held": folded.held.height,
                        "spilled": out.spilled},
@@ -563,7 +584,7 @@ class Consolidator:
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
             stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
-            engine=done.get("engine", {}), **self._held_summary(change.held),
+            engine=done.get("engine", {}), conflicts=change.conflicts, **self._held_summary(change.held),
         )
 
     def run_known(self, objects: Sequence[PlannedObject], after: int) -> ConsolidationResult | None:
@@ -595,8 +616,8 @@ class Consolidator:
                               for i, k in enumerate(mine)], how="vertical")
             held = self.held_frame(st)
             touched = rows["originalId"].unique().implode()
-            rows = self._with_held(st, rows, held.filter(pl.col("originalId").is_in(touched)))
-            folded = self.fold(st, rows, frozenset(mine))
+            resolved = self.resolve(st, rows, held.filter(pl.col("originalId").is_in(touched)))
+            folded = self.fold(st, resolved.kept, frozenset(mine))
             kept = held.filter(~pl.col("originalId").is_in(touched))
             upserts = folded.upserts
             assert upserts is not None
@@ -605,10 +626,11 @@ class Consolidator:
                 kind="consolidate", upserts=upserts, field=self.field, consumed=consumed | frozenset(mine),
                 applied={k: by_key[k].size for k in mine},
                 unlisted=st.unlisted.get(self.field, frozenset()) | frozenset(mine),
-                applied_ids=folded.applied["id"], held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
-                marks=folded.marks,
-                stats={"transactions": folded.applied.height, "duplicates": 0, "objects": len(mine),
-                       "records": upserts.height, "late": folded.late, "held": folded.held.height, "lean": True},
+                applied_ids=keys.applied_keys(folded.applied), held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
+                marks=folded.marks, conflicts=resolved.conflicts,
+                stats={"transactions": folded.applied.height, "duplicates": resolved.retries + resolved.conflicts.height,
+                       "objects": len(mine), "records": upserts.height, "late": folded.late,
+                       "held": folded.held.height, "lean": True},
             )
 
         try:
@@ -623,9 +645,9 @@ class Consolidator:
         assert change.upserts is not None and change.held is not None
         stats = change.stats
         return ConsolidationResult(
-            self.ledger.resource, self.field, state.version, stats["transactions"], 0, stats["objects"],
-            stats["records"], elapsed, change.upserts.select("id", pl.col(self.field).alias("value")),
-            stats["late"], stats["held"], **self._held_summary(change.held),
+            self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
+            stats["objects"], stats["records"], elapsed, change.upserts.select("id", pl.col(self.field).alias("value")),
+            stats["late"], stats["held"], conflicts=change.conflicts, **self._held_summary(change.held),
         )
 
     @staticmethod

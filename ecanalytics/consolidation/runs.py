@@ -22,8 +22,9 @@ DEFAULT_BUDGET_ROWS = 4_000_000
 class Runs:
     """Per-bucket runs of pending rows (see the module docstring). Use as a context manager."""
 
-    def __init__(self, n_buckets: int, budget_rows: int = DEFAULT_BUDGET_ROWS) -> None:
+    def __init__(self, n_buckets: int, budget_rows: int = DEFAULT_BUDGET_ROWS, column: str = "originalId") -> None:
         self.n = n_buckets
+        self.column = column  # what the buckets split by: the record (folding) or the id (the key rule)
         self.budget = budget_rows
         self._chunks: list[pl.DataFrame] = []
         self._mem: dict[int, list[pl.DataFrame]] = {}
@@ -39,7 +40,7 @@ class Runs:
         return self._dir is not None
 
     def add(self, rows: pl.DataFrame) -> None:
-        """Append ``rows`` (with ``originalId``): kept whole while under the budget (splitting by
+        """Append ``rows`` (with the bucket column): kept whole while under the budget (splitting by
         bucket costs a hash per row), split into the buckets' runs on disk past it."""
         self._chunks.append(rows)
         self._rows += rows.height
@@ -58,7 +59,7 @@ class Runs:
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="ecanalytics-runs-"))
         for chunk in self._chunks:
-            for k, part in split(chunk, "originalId", self.n).items():
+            for k, part in split(chunk, self.column, self.n).items():
                 self._mem.setdefault(k, []).append(part)
         self._chunks.clear()
         for k, frames in self._mem.items():

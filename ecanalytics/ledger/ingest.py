@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from ecanalytics.errors import InvalidNameError, InvalidValueError, SchemaError
-from ecanalytics.ledger.log import AUTO_ID_PREFIX
+from ecanalytics.ledger.keys import AUTO_ID_PREFIX
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.ledger.transactions import tx_schema
 from ecanalytics.storage import paths as P

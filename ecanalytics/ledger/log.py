@@ -41,6 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
+from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState, RetentionCut
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.storage import Store, decode_parquet, parquet_bytes
@@ -48,7 +49,7 @@ from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
 FaultHook = Callable[[str], None]
-IDS_SCHEMA: dict[str, pl.DataType] = {"field": pl.String(), "id": pl.String(), "committedAt": pl.Datetime("us", "UTC")}
+IDS_SCHEMA: dict[str, pl.DataType] = {"field": pl.String(), **APPLIED_KEY_SCHEMA, "committedAt": pl.Datetime("us", "UTC")}
 MARKS_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(), "field": pl.String(), "setTs": pl.Datetime("us", "UTC"), "setId": pl.String(),
     "maxTs": pl.Datetime("us", "UTC"), "maxId": pl.String(),
@@ -58,8 +59,8 @@ _ENTRY_KEYS = ("version", "committedAt", "kind", "token")
 # Frames this small travel inside the log entry (base64 Parquet, exact types) instead of as objects
 # of their own: a small commit is then one PUT, not three.
 INLINE_ROWS = 64
+MAX_CONFLICTS = 1000  # key conflicts kept per field for inspect (the newest)
 _INLINE = "inline:"
-AUTO_ID_PREFIX = "auto-"
 
 
 def _inline(frame: pl.DataFrame) -> str | None:
@@ -99,7 +100,7 @@ class Commit:
     field: str | None = None
     consumed: frozenset[str] | None = None
     unlisted: frozenset[str] | None = None  # consumed keys no LIST has shown yet (the lean sync path)
-    applied_ids: pl.Series | None = None
+    applied_ids: pl.DataFrame | None = None  # caller-supplied keys applied, with their signature (ledger.keys)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     retention: RetentionCut | None = None
     compaction: CompactionRun | None = None
@@ -110,6 +111,7 @@ class Commit:
     rebase: tuple[Part, ...] | None = None
     applied: dict[str, int | None] = dataclasses.field(default_factory=dict)  # objects (and sizes) that join the manifest
     unapplied: tuple[str, ...] = ()  # ... and that leave it (compacted, archived or deleted)
+    conflicts: pl.DataFrame | None = None  # reused keys not applied (keys.CONFLICT_SCHEMA): kept for inspect
 
 
 StateLoader = Callable[[int, Part], Frames]
@@ -136,6 +138,8 @@ class State:
     unlisted: dict[str, frozenset[str]] = dataclasses.field(default_factory=dict)
     # per field: the manifest of applied transaction objects (``key, cohortDate``), live and archived
     manifest: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
+    # per field: the latest key conflicts (reused keys not applied; at most MAX_CONFLICTS), for inspect
+    conflicts: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     load: StateLoader | None = dataclasses.field(default=None, compare=False, repr=False)
     rebuild: BucketRebuild | None = dataclasses.field(default=None, compare=False, repr=False)
     only: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)  # see restrict
@@ -215,8 +219,10 @@ class State:
         frame = self.manifest.get(field_name)
         return frame if frame is not None else pl.DataFrame(schema=MANIFEST_SCHEMA)
 
-    def applied_keys(self, field_name: str) -> pl.Series:
-        return self.applied_ids.filter(pl.col("field") == field_name)["id"]
+    def applied_keys(self, field_name: str) -> pl.DataFrame:
+        """The caller-supplied keys of ``field_name`` applied within the dedup window, with the
+        record, operation and amount they were applied with (:data:`keys.APPLIED_KEY_SCHEMA`)."""
+        return self.applied_ids.filter(pl.col("field") == field_name).select(list(APPLIED_KEY_SCHEMA))
 
     def field_marks(self, field_name: str) -> pl.DataFrame:
         """``originalId, setTs, setId, maxTs, maxId`` of the records of ``field_name``."""
@@ -303,10 +309,11 @@ class Ledger:
         unlisted = {f: frozenset(keys) for f, keys in hint.get("unlisted", {}).items()}
         at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
         manifest = {f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in hint.get("manifest", {}).items()}
+        conflicts = {f: self._frame(ref, CONFLICT_SCHEMA) for f, ref in hint.get("conflicts", {}).items()}
         return State(int(hint["version"]), buckets, consumed, ids, at, int(hint["version"]),
                      {f: RetentionCut.from_json(r) for f, r in hint.get("retention", {}).items()},
                      {f: CompactionState.from_json(c) for f, c in hint.get("compaction", {}).items()}, held, unlisted,
-                     manifest=manifest, load=self.load_part, rebuild=self.rebuild_bucket)
+                     manifest=manifest, conflicts=conflicts, load=self.load_part, rebuild=self.rebuild_bucket)
 
     def rebuild_bucket(self, k: int, n: int, version: int) -> Frames:
         """Bucket ``k`` of ``n`` at ``version`` from the log alone (every entry up to it): where an
@@ -428,7 +435,8 @@ class Ledger:
             consumed = {**consumed, fld: frozenset(raw["consumed"])}
         if ids is not None and ids.height:
             applied = pl.concat([applied, ids.select(
-                pl.lit(fld, pl.String).alias("field"), pl.col("id").cast(pl.String),
+                pl.lit(fld, pl.String).alias("field"),
+                *[(pl.col(c) if c in ids.columns else pl.lit(None)).cast(t).alias(c) for c, t in APPLIED_KEY_SCHEMA.items()],
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
         manifest = st.manifest
@@ -453,7 +461,14 @@ class Ledger:
         if raw.get("compaction"):
             run = CompactionRun.from_json(raw["compaction"])
             compaction = {**compaction, run.field: compaction.get(run.field, CompactionState()).after(run)}
+        conflicts = st.conflicts
+        if isinstance(raw.get("conflicts"), dict):
+            c = raw["conflicts"]
+            recent = pl.concat([conflicts.get(c["field"], pl.DataFrame(schema=CONFLICT_SCHEMA)),
+                                load(c["path"]).cast(CONFLICT_SCHEMA)], how="vertical")  # type: ignore[arg-type]
+            conflicts = {**conflicts, c["field"]: recent.tail(MAX_CONFLICTS)}
         return replace(st, version=entry.version, buckets=buckets, consumed=consumed, applied_ids=applied,
+                       conflicts=conflicts,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
                        unlisted=unlisted, manifest=manifest)
 
@@ -618,7 +633,8 @@ class Ledger:
                 # Only caller-supplied keys need remembering: generated ids are unique by construction.
                 ids = None
                 if change.applied_ids is not None:
-                    ids = change.applied_ids.filter(~change.applied_ids.str.starts_with(AUTO_ID_PREFIX)).to_frame("id")
+                    ids = change.applied_ids.filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX)).select(
+                        list(APPLIED_KEY_SCHEMA)).cast(APPLIED_KEY_SCHEMA)  # type: ignore[arg-type]
                 files: dict[str, pl.DataFrame] = {}
                 frames: dict[str, pl.DataFrame] = {}  # every frame written, by the reference the entry holds
 
@@ -656,6 +672,8 @@ class Ledger:
                     raw["ids"] = ref("ids", ids)
                 if change.held is not None and change.field is not None:
                     raw["held"] = {"field": change.field, "path": ref("held", change.held) if change.held.height else None}
+                if change.conflicts is not None and change.conflicts.height and change.field is not None:
+                    raw["conflicts"] = {"field": change.field, "path": ref("conflicts", change.conflicts.tail(MAX_CONFLICTS))}
                 # Sequential on purpose: a deterministic order of storage calls (the simulator
                 # replays it exactly); these objects are small and the delta dominates.
                 for rel, frame in files.items():
@@ -765,6 +783,7 @@ class Ledger:
             "format": 2, "version": st.version, "buckets": [{"records": b.records, "marks": b.marks} for b in bases],
             "ids": put("checkpoint-ids", ids) or _inline(ids),
             "held": held,
+            "conflicts": {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height},
             "manifest": manifest,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},
