@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
+# The end of RootNotFoundError's message; the CLI says it in flags instead.
+CREATE_HINT = " Check the root, or connect with create=True to start a new database there."
 MAX_DEDUP_WINDOW_S = 100 * 365 * 86400  # 100 years; more would overflow the cut-off date
 
 
@@ -423,4 +425,4 @@ def _no_catalog(db: Database) -> str:
              if s != name and db.store.fs.exists(f"{parent}/{s}/{P.catalog_dir()}")]
     if close:
         message += f" Did you mean {db.uri.rsplit('/', 1)[0]}/{close[0]}?"
-    return message + " Check the root (--root / EC_ROOT), or connect with create=True to start a new database there."
+    return message + CREATE_HINT
