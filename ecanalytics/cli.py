@@ -36,7 +36,6 @@ from ecanalytics import __version__
 from ecanalytics.database import CREATE_HINT, DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import (
     EcError,
-    InvalidUriError,
     MalformedFileError,
     RootNotFoundError,
     UnknownFieldError,
@@ -347,11 +346,10 @@ CLI_CREATE_HINT = (" Check --root (or EC_ROOT). The other commands work on an ex
 def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Database:
     """Every command but ``demo`` needs an existing catalog: a typo in --root must fail loudly,
     not report success over nothing. A resource whose catalog entry is unreadable is named on
-    stderr (``consolidate`` also fails on it). A malformed --root is a usage error (exit 2)."""
+    stderr (``consolidate`` also fails on it). A malformed --root raises ``InvalidUriError`` (exit 1,
+    one line saying what was probably meant), as every error about the data's location does."""
     try:
         db = connect(root, endpoint_url=endpoint_url, create=create)
-    except InvalidUriError as exc:
-        raise click.BadParameter(str(exc), param_hint="'--root'") from exc
     except RootNotFoundError as exc:
         message = str(exc)
         if message.endswith(CREATE_HINT):
