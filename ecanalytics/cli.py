@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -171,8 +172,7 @@ class Output:
 
 
 def _env_columns() -> bool:
-    import os
-
+    """COLUMNS says how wide the output may be, terminal or not."""
     return (os.environ.get("COLUMNS") or "").isdigit()
 
 
