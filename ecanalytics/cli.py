@@ -3,6 +3,10 @@
 Exit codes: 0 success, 1 failure, 2 bad usage. Errors print one line; ``--log-level debug``
 adds the traceback. Only credential-free URIs are ever printed.
 
+``--log-level LEVEL`` sets the level of ecanalytics' own loggers; other libraries' loggers stay
+at WARNING unless named (``--log-level botocore=debug``, repeatable). Every record goes through
+:class:`ecanalytics.redaction.RedactingFilter`, which masks AWS keys, secrets and session tokens.
+
 ``--output json`` writes JSON Lines: one JSON object per line, never indented, also on failure
 (``{"error": ..., "type": ..., "exitCode": 1}`` on stdout), and log records become JSON objects on
 stderr, so ``>> ec.log 2>&1`` stays valid JSON Lines.
@@ -11,26 +15,36 @@ stderr, so ``>> ec.log 2>&1`` stays valid JSON Lines.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
+import math
+import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
+from decimal import Decimal
 from typing import Any, Literal
 
 import click
 import polars as pl
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ecanalytics import __version__
-from ecanalytics.database import DEFAULT_ROOT, Database, connect
-from ecanalytics.errors import EcError
+from ecanalytics.database import CREATE_HINT, DEFAULT_ROOT, Database, connect
+from ecanalytics.errors import (
+    EcError,
+    MalformedFileError,
+    RootNotFoundError,
+    UnknownFieldError,
+    UnknownResourceError,
+)
 from ecanalytics.ledger.buckets import MAX_BUCKETS
+from ecanalytics.plugin import EventualConsistencyPlugin
+from ecanalytics.redaction import RedactingFilter, redact
 from ecanalytics.resource import Resource
 from ecanalytics.storage import Store
 
@@ -57,6 +71,35 @@ def json_line(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, default=_jsonable, ensure_ascii=False)
 
 
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 transaction``, ``2,000 transactions``: a count for people, with its noun."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def cell(value: object) -> str:
+    """A value as text, every digit kept: counts get thousands separators, floats their shortest
+    exact repr (``81,942.37``), dates and times ISO 8601, a missing value ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:,}" if math.isfinite(value) else str(value)
+    if isinstance(value, Decimal):
+        return f"{value:,}" if value.is_finite() else str(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {cell(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(cell(v) for v in value) or "-"
+    return str(value)
+
+
 class Output:
     """Renders results as rich text on a terminal, or as JSON Lines for machines.
 
@@ -66,18 +109,40 @@ class Output:
     def __init__(self, fmt: OutputFormat, *, stamp: bool = False) -> None:
         self.fmt = fmt
         self.stamp = stamp
-        # Off a terminal rich would wrap at 80 columns; reports are wider than that.
-        self.console = Console() if sys.stdout.isatty() else Console(width=200)
+        # Off a terminal rich would wrap at 80 columns; reports are wider than that (COLUMNS wins).
+        self.console = Console() if sys.stdout.isatty() or _env_columns() else Console(width=200)
 
     def frame(self, title: str, df: pl.DataFrame) -> None:
+        """A table that fits the terminal, or one block per record when it cannot: never a cell
+        cut to an ellipsis, never a digit dropped."""
         if self.fmt == "json":
             return
-        table = Table(title=title)
-        for column in df.columns:
-            table.add_column(column, justify="right" if df.schema[column].is_numeric() else "left")
-        for row in df.iter_rows():
-            table.add_row(*[f"{v:,.2f}" if isinstance(v, float) else str(v) for v in row])
-        self.console.print(table)
+        rows = [[cell(v) for v in row] for row in df.iter_rows()]
+        right = [df.schema[c].is_numeric() for c in df.columns]
+        for style in (box.HEAVY_HEAD, box.SIMPLE):
+            table = Table(box=style, pad_edge=style is box.HEAVY_HEAD)
+            for column, numeric in zip(df.columns, right, strict=True):
+                table.add_column(column, justify="right" if numeric else "left", overflow="fold")
+            for row in rows:
+                table.add_row(*row)
+            natural = self.console.measure(table, options=self.console.options.update_width(1 << 16)).maximum
+            if natural <= self.console.width:
+                if title:  # above the table, not in it: rich would cut a title wider than the table
+                    self.console.print(title, style="bold", highlight=False, overflow="fold", markup=False)
+                self.console.print(table)
+                return
+        self.records(title, [dict(zip(df.columns, row, strict=True)) for row in rows])
+
+    def records(self, title: str, rows: list[dict[str, str]], headings: list[str] | None = None) -> None:
+        """One block per record, ``key: value`` per line, for what is too wide for a table."""
+        if title:
+            self.console.print(title, style="bold", highlight=False, overflow="fold", markup=False)
+        width = max((len(k) for row in rows for k in row), default=0)
+        for i, row in enumerate(rows):
+            heading = headings[i] if headings else f"record {i + 1} of {len(rows)}"
+            self.console.print(f"\n{heading}", style="bold", highlight=False, overflow="fold")
+            for key, value in row.items():
+                self.console.print(f"  {key.ljust(width)}  {value}", highlight=False, overflow="fold", markup=False)
 
     def table(self, title: str, df: pl.DataFrame) -> None:
         """A whole result: a rich table, one JSON object per row and line, or CSV."""
@@ -96,9 +161,19 @@ class Output:
         else:
             self.console.print(f"{_now()} {text}" if self.stamp else text, highlight=False)
 
+    def line(self, text: str) -> None:
+        """A plain line of text output (nothing in JSON mode)."""
+        if self.fmt != "json":
+            self.console.print(text, highlight=False, overflow="fold", markup=False)
+
     def warn(self, text: str) -> None:
         """A line for people on stderr; in JSON mode a log record (JSON on stderr too)."""
         log.warning(text) if self.fmt == "json" else click.echo(f"{_now()} {text}" if self.stamp else text, err=True)
+
+
+def _env_columns() -> bool:
+    """COLUMNS says how wide the output may be, terminal or not."""
+    return (os.environ.get("COLUMNS") or "").isdigit()
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -113,32 +188,87 @@ class _JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         payload = {"time": dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            payload["traceback"] = self.formatException(record.exc_info)
+        if record.exc_info or record.exc_text:
+            payload["traceback"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
         return json_line(payload)
 
 
-def _configure_logging(level: str | None = None, *, json_lines: bool | None = None) -> None:
-    """Set the level and (JSON or text) format of log records on stderr; may be called again."""
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+OWN_LOGGER = "ecanalytics"
+_TEXT_LOG_FORMAT = ("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+
+
+class _LevelFilter(logging.Filter):
+    """Per-logger thresholds on the CLI's handler: ecanalytics' level for ours, WARNING for every
+    other library unless it was named (``--log-level botocore=debug``). Loggers that set their own
+    level (werkzeug's INFO) stay quiet too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.levels: dict[str, int] = {OWN_LOGGER: logging.WARNING}
+
+    def threshold(self, name: str) -> int:
+        best, level = "", logging.WARNING
+        for prefix, value in self.levels.items():
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > len(best):
+                best, level = prefix, value
+        return level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.threshold(record.name)
+
+
+class LogLevel(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2 on
+    """``LEVEL`` (ecanalytics' loggers) or ``LOGGER=LEVEL`` (any other library's, e.g. botocore)."""
+
+    name = "[LOGGER=]LEVEL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        name, sep, level = str(value).rpartition("=")
+        level = level.strip().lower()
+        if level not in LOG_LEVELS or (sep and not name.strip()):
+            self.fail(f"{value!r}: use one of {', '.join(LOG_LEVELS)}, or LOGGER=LEVEL such as botocore=debug", param, ctx)
+        return name.strip() or OWN_LOGGER, level
+
+
+# Loggers whose level this process changed, with their level before: restored on close.
+_saved_levels: dict[str, int] = {}
+
+
+def _configure_logging(levels: Iterable[tuple[str, str]] = (), *, json_lines: bool | None = None) -> None:
+    """Install the stderr handler (level filter, secret redaction, text or JSON format) and set
+    the levels asked for; may be called again (options after the subcommand)."""
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, _StderrHandler)), None)
     if handler is None:
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(logging.Formatter(*_TEXT_LOG_FORMAT))
+        handler.addFilter(_LevelFilter())
+        handler.addFilter(RedactingFilter())
         root.addHandler(handler)
-    if level is not None:
-        root.setLevel(level.upper())
-        handler.setLevel(level.upper())  # also for loggers that set their own level (werkzeug)
+        for name in ("", OWN_LOGGER):
+            _saved_levels.setdefault(name, logging.getLogger(name).level)
+        root.setLevel(logging.WARNING)  # other libraries log nothing below WARNING unless named
+        logging.getLogger(OWN_LOGGER).setLevel(logging.WARNING)
+    level_filter = next(f for f in handler.filters if isinstance(f, _LevelFilter))
+    for name, level in levels:
+        logger = logging.getLogger(name)
+        _saved_levels.setdefault(name, logger.level)
+        logger.setLevel(level.upper())
+        level_filter.levels[name] = logging.getLevelName(level.upper())
     if json_lines is not None:
-        handler.setFormatter(_JsonLogFormatter() if json_lines else logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        handler.setFormatter(_JsonLogFormatter() if json_lines else logging.Formatter(*_TEXT_LOG_FORMAT))
 
 
-def _restore_logging(level: int) -> None:
+def _restore_logging() -> None:
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
         root.removeHandler(handler)
-    root.setLevel(level)
+    for name, level in _saved_levels.items():
+        logging.getLogger(name).setLevel(level)
+    _saved_levels.clear()
 
 
 def _progress_console() -> Console:
@@ -209,11 +339,22 @@ class ObjectProgress:
             self._bar.stop()
 
 
+CLI_CREATE_HINT = (" Check --root (or EC_ROOT). The other commands work on an existing database: create one from "
+                   "Python (ec.connect), or try `ecanalytics demo --root DIR` on a new folder.")
+
+
 def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Database:
     """Every command but ``demo`` needs an existing catalog: a typo in --root must fail loudly,
     not report success over nothing. A resource whose catalog entry is unreadable is named on
-    stderr (``consolidate`` also fails on it)."""
-    db = connect(root, endpoint_url=endpoint_url, create=create)
+    stderr (``consolidate`` also fails on it). A malformed --root raises ``InvalidUriError`` (exit 1,
+    one line saying what was probably meant), as every error about the data's location does."""
+    try:
+        db = connect(root, endpoint_url=endpoint_url, create=create)
+    except RootNotFoundError as exc:
+        message = str(exc)
+        if message.endswith(CREATE_HINT):
+            raise RootNotFoundError(message.removesuffix(CREATE_HINT) + CLI_CREATE_HINT) from exc
+        raise
     for name, error in sorted(db._broken.items()):
         log.error("Resource %s cannot be opened: %s", name, error)
     return db
@@ -222,6 +363,29 @@ def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Datab
 def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple[Resource, str]]:
     """(resource, field) of every managed field, or of the ones named."""
     return [(db._resources[p.resource_name], p.field) for p in db._plugins(resource, field)]
+
+
+def _resource(db: Database, name: str) -> Resource:
+    """The resource ``--resource`` names (exit 1 for a name the root does not hold, as for a root
+    without catalog: the data decides, not the command line)."""
+    if name not in db._resources:
+        known = ", ".join(sorted(db._resources)) or "none"
+        raise UnknownResourceError(f"--resource {name}: {db.uri} has no such resource (resources: {known}).")
+    return db._resources[name]
+
+
+def _managed(res: Resource, field: str | None) -> EventualConsistencyPlugin:
+    """The field ``--field`` names, which may be left out when the resource manages one: said in
+    flags, not in Python calls."""
+    fields = sorted(res.plugins)
+    if not fields:
+        raise UnknownFieldError(f"--resource {res.name}: it has no managed field (add one from Python with db.use_plugin).")
+    if field is None and len(fields) > 1:
+        raise click.UsageError(f"{res.name} manages {len(fields)} fields ({', '.join(fields)}): choose one with "
+                               f"--field, e.g. --field {fields[0]}.")
+    if field is not None and field not in res.plugins:
+        raise UnknownFieldError(f"--field {field}: {res.name} manages no such field (managed: {', '.join(fields)}).")
+    return res.plugins[field] if field is not None else res.plugins[fields[0]]
 
 
 def _use_reducer(db: Database, spec: str) -> None:
@@ -252,7 +416,6 @@ field_option = click.option("--field", default=None, help="Only this managed fie
 target_resource_option = click.option("--resource", required=True, help="The resource.")
 target_field_option = click.option("--field", default=None,
                                    help="The managed field (required when several are managed).")
-LOG_LEVELS = ["debug", "info", "warning", "error"]
 
 
 def _output_callback(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
@@ -260,34 +423,31 @@ def _output_callback(_ctx: click.Context, _param: click.Parameter, value: str) -
     return value
 
 
-def _log_level_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    if value is not None:
-        _configure_logging(value)
+def _log_level_callback(_ctx: click.Context, _param: click.Parameter, value: tuple[tuple[str, str], ...]) -> None:
+    _configure_logging(value)
 
 
 output_option = click.option("--output", "output_fmt", type=click.Choice(["text", "json"]), default="text",
                              show_default=True, callback=_output_callback,
                              help="Text for people; JSON Lines (one object per line) for machines.")
+LOG_LEVEL_HELP = ("Verbosity of ecanalytics' logs (debug also prints tracebacks); other libraries stay at warning "
+                  "unless named, e.g. --log-level botocore=debug (repeatable). Secrets are masked.")
 # Accepted after the subcommand too (``ecanalytics consolidate --log-level debug``).
-log_level_option = click.option("--log-level", type=click.Choice(LOG_LEVELS), default=None, expose_value=False,
-                                callback=_log_level_callback, help="Logging verbosity; debug also prints tracebacks.")
+log_level_option = click.option("--log-level", type=LogLevel(), multiple=True, expose_value=False,
+                                callback=_log_level_callback, help=LOG_LEVEL_HELP)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="ecanalytics", message="%(prog)s %(version)s")
-@click.option("--log-level", type=click.Choice(LOG_LEVELS), default="warning",
-              show_default=True, help="Logging verbosity; debug also prints tracebacks (also after the subcommand).")
+@click.option("--log-level", "log_levels", type=LogLevel(), multiple=True, help=LOG_LEVEL_HELP + " Default: warning.")
 @click.pass_context
-def cli(ctx: click.Context, log_level: str) -> None:
+def cli(ctx: click.Context, log_levels: tuple[tuple[str, str], ...]) -> None:
     """ecanalytics: eventually consistent counters and balances on object storage."""
-    root_logger = logging.getLogger()
-    saved = root_logger.level
-    _configure_logging(log_level)
-    ctx.call_on_close(lambda: _restore_logging(saved))  # in-process callers (tests) get their logging back
-    ctx.obj = {"debug": log_level == "debug"}
+    _configure_logging(log_levels)
+    ctx.call_on_close(_restore_logging)  # in-process callers (tests) get their logging back
 
 
-@cli.command()
+@cli.command(short_help="Write sample traffic, consolidate it, print a report.")
 @root_option
 @endpoint_option
 @output_option
@@ -296,24 +456,34 @@ def cli(ctx: click.Context, log_level: str) -> None:
 @click.option("--transactions", default=2000, show_default=True, type=click.IntRange(1), help="Transactions to write.")
 @click.option("--seed", default=7, show_default=True, type=int, help="Random seed of the sample traffic.")
 def demo(root: str, endpoint_url: str | None, output_fmt: OutputFormat, records: int, transactions: int, seed: int) -> None:
-    """Write sample wallet traffic, consolidate it, print values and a cohort summary."""
-    from ecanalytics.demo import run_demo
+    """Write sample wallet traffic, consolidate it, print values and a cohort summary.
+
+    On a new folder the demo creates a wallets resource; run again on the same folder, it appends
+    more traffic to the same wallets (and says so). It refuses a folder that holds anything else."""
+    from ecanalytics.demo import check_demo_root, run_demo
 
     out = Output(output_fmt)
     started = time.perf_counter()
-    with _open(root, endpoint_url, create=True) as db, _progress(transactions, "writing", out.fmt == "text" and _tty()) as tick:
-        report = run_demo(db, records=records, transactions=transactions, seed=seed, progress=tick)
+    with _open(root, endpoint_url, create=True) as db:
+        if check_demo_root(db):
+            out.line(f"{db.uri} holds an earlier demo: appending more traffic to its wallets "
+                     "(use a new --root for a fresh demo).")
+        with _progress(transactions, "writing", out.fmt == "text" and _tty()) as tick:
+            report = run_demo(db, records=records, transactions=transactions, seed=seed, progress=tick)
         uri = db.uri
     out.frame("Wallets (top 10 by balance)", report.values.sort("balance", descending=True).head(10))
     out.frame("Cohorts of wallets_transactions_balance (America/Sao_Paulo)", report.cohorts)
     applied = sum(r.transactions for r in report.results)
+    verb = "Appended" if report.appended else "Wrote"
     out.summary(
-        {"root": uri, "written": report.written, "applied": applied,
-         "consolidations": [r.as_dict() for r in report.results],
+        {"root": uri, "appended": report.appended, "earlier": report.earlier, "written": report.written,
+         "applied": applied, "consolidations": [r.as_dict() for r in report.results],
          "values": report.values.to_dicts(), "cohorts": report.cohorts.to_dicts(),
          "seconds": round(time.perf_counter() - started, 3)},
-        f"Wrote {report.written} transactions to {uri}; applied {applied} in "
-        f"{len(report.results)} consolidations ({time.perf_counter() - started:.2f}s).",
+        f"{verb} {count(report.written, 'transaction')} to {uri}"
+        + (f" (after {report.earlier:,} balance transactions of earlier demos)" if report.appended else "")
+        + f"; applied {applied:,} in {count(len(report.results), 'consolidation')} "
+        f"({time.perf_counter() - started:.2f}s).",
     )
 
 
@@ -329,16 +499,28 @@ def _dask_client(address: str | None) -> Iterator[Any]:
     except ImportError as exc:
         raise click.UsageError('--dask needs Dask: pip install "ecanalytics[dask]"') from exc
     if address.startswith("local:"):
-        try:
-            workers = int(address.split(":", 1)[1])
-        except ValueError:
-            raise click.BadParameter("use local:N (N worker processes) or a scheduler address", param_hint="--dask") from None
+        workers = int(address.split(":", 1)[1])  # checked by _dask_callback
         with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,  # type: ignore[no-untyped-call]
                           dashboard_address=":0") as cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
             yield client
         return
     with Client(address) as client:  # type: ignore[no-untyped-call]
         yield client
+
+
+def _dask_callback(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """``local:N`` needs N >= 1 worker processes: checked before anything is opened (exit 2)."""
+    if value is not None and value.startswith("local:"):
+        text = value.split(":", 1)[1]
+        try:
+            workers = int(text)
+        except ValueError:
+            raise click.BadParameter(f"{value!r}: use local:N (N >= 1 worker processes) or a scheduler address "
+                                     "such as tcp://host:8786") from None
+        if workers < 1:
+            raise click.BadParameter(f"{value!r} starts no worker, so nothing would ever be consolidated; use local:N "
+                                     "with N >= 1, e.g. local:2")
+    return value
 
 
 def _bucket_progress(enabled: bool) -> Any:
@@ -395,7 +577,7 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output,
     return payload, failures
 
 
-@cli.command()
+@cli.command(short_help="Consolidate pending transactions: the batch job.")
 @root_option
 @endpoint_option
 @output_option
@@ -409,7 +591,7 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output,
 @click.option("--heartbeat", default=10.0, show_default=True, type=click.FloatRange(min=0),
               help="With --watch, idle runs print nothing; one line at most every this many minutes says it is alive.")
 @click.option("--max-runs", type=click.IntRange(1), default=None, hidden=True, help="Stop --watch after this many runs (tests).")
-@click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local:N",
+@click.option("--dask", "dask_address", default=None, metavar="ADDRESS|local:N", callback=_dask_callback,
               help="Fold on a Dask cluster: a scheduler address (tcp://host:8786) or local:N worker processes. "
                    "Workers take S3 credentials from their own environment.")
 def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str | None,
@@ -418,9 +600,9 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
     """Consolidate every managed field (or the ones named): the batch job for async mode.
 
     A field that fails (for example, a custom reducer this process does not have) is reported and
-    the others go on; the exit code is 1 if any field failed. With ``--watch``, a run that
-    committed nothing and failed nowhere is idle and prints nothing, except a heartbeat line at
-    most every ``--heartbeat`` minutes; the first run and every busy or failed run print a line."""
+    the others go on; the exit code is 1 if any field failed. With --watch, a run that committed
+    nothing and failed nowhere is idle and prints nothing, except a heartbeat line at most every
+    --heartbeat minutes; the first run and every busy or failed run print a line."""
     out = Output(output_fmt, stamp=watch)
     with _open(root, endpoint_url) as db, _dask_client(dask_address) as client:
         for spec in reducers:
@@ -435,14 +617,15 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
             now = _clock()
             if not watch or not idle or last_line is None or now - last_line >= heartbeat * 60:
                 text = (
-                    f"Applied {payload['transactions']} transactions to {payload['records']} records in "
-                    f"{payload['versions']} commits over {len(plugins)} fields ({payload['seconds']}s)."
-                    + (f" {len(failures)} field(s) FAILED: {', '.join(failures)}." if failures else "")
+                    f"Applied {count(payload['transactions'], 'transaction')} to {count(payload['records'], 'record')} "
+                    f"in {count(payload['versions'], 'commit')} over {count(len(plugins), 'field')} ({payload['seconds']}s)."
+                    + (f" {count(len(failures), 'field')} FAILED: {', '.join(failures)}." if failures else "")
                 )
                 if watch:
                     payload.update(run=runs, idle=idle, quietRuns=quiet)
                     if idle and last_line is not None:
-                        text = f"Idle: nothing to consolidate over {len(plugins)} fields ({quiet} quiet runs since the last line)."
+                        text = (f"Idle: nothing to consolidate over {count(len(plugins), 'field')} "
+                                f"({count(quiet, 'quiet run')} since the last line).")
                 out.summary(payload, text)
                 last_line, quiet = now, 0
             else:
@@ -454,7 +637,7 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
             _sleep(interval)
 
 
-@cli.command()
+@cli.command(short_help="Backlog, age, version and sizes of every managed field.")
 @root_option
 @endpoint_option
 @output_option
@@ -492,11 +675,15 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> No
         uri = db.uri
     if out.fmt == "json":
         out.summary({"root": uri, "fields": rows}, "")
-    else:
-        out.frame(f"ecanalytics at {uri}", pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame())
+    elif not rows:
+        out.line(f"ecanalytics at {uri}: no resources yet.")
+    else:  # one block per field: twenty columns never fit a terminal
+        headings = [f"{r['resource']}.{r['field']}" if r["field"] else f"{r['resource']} (no managed field)" for r in rows]
+        out.records(f"ecanalytics at {uri}", [{k: cell(v) for k, v in r.items() if k not in ("resource", "field")}
+                                              for r in rows], headings)
 
 
-@cli.command()
+@cli.command(short_help="Rebuild values from the history; commit only what differs.")
 @root_option
 @endpoint_option
 @output_option
@@ -511,22 +698,23 @@ def recalculate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
     """Rebuild values from the full history through the commit log; commit only what differs."""
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
-        res = db.resources[resource]
-        if not isinstance(res, Resource):
-            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
+        res = _resource(db, resource)
+        plugin = _managed(res, field)
         with ObjectProgress(db.store, "recalculating", enabled=out.fmt == "text" and _tty()):
-            result = res.recalculate(id=record_id, field=field)
+            result = res.recalculate(id=record_id, field=plugin.field)
     shown, more = result.values.sort("id").head(limit), max(0, result.changed - limit)
+    changed = (f"changed {result.changed:,} (version {result.version})" if result.version is not None
+               else "changed none, nothing committed")
     out.summary({**result.as_dict(), "changedRecords": shown.to_dicts(), "more": more},
-                f"Checked {result.checked} records against {result.transactions} transactions; "
-                f"changed {result.changed} (version {result.version}) in {result.duration_s:.2f}s.")
+                f"Checked {count(result.checked, 'record')} against {count(result.transactions, 'transaction')}; "
+                f"{changed} in {result.duration_s:.2f}s.")
     if shown.height:
         out.frame(f"changed records of {resource}.{result.field}", shown)
-    if more and out.fmt == "text":
-        out.console.print(f"… and {more} more (--limit {result.changed} shows them all)", highlight=False)
+    if more:
+        out.line(f"and {more:,} more (--limit {result.changed} shows them all)")
 
 
-@cli.command()
+@cli.command(short_help="Archive or delete applied transactions older than --retain.")
 @root_option
 @endpoint_option
 @output_option
@@ -547,15 +735,17 @@ def gc(root: str, endpoint_url: str | None, output_fmt: OutputFormat, retain: st
         with ObjectProgress(db.store, "archiving" if not delete_ else "deleting", enabled=out.fmt == "text" and _tty()):
             results = [res.gc(days, field=f, archive=not delete_) for res, f in _fields(db, resource, field)]
         uri = db.uri
+    objects, transactions = sum(r.objects for r in results), sum(r.transactions for r in results)
     payload = {"root": uri, "retain": retain, "results": [r.as_dict() for r in results],
-               "objects": sum(r.objects for r in results), "transactions": sum(r.transactions for r in results)}
+               "objects": objects, "transactions": transactions}
     verb = "Deleted" if delete_ else "Archived"
     cuts = sorted({r.cut for r in results})
-    out.summary(payload, f"{verb} {payload['objects']} objects ({payload['transactions']} transactions) older than "
-                         f"{retain} over {len(results)} fields" + (f" (cohort days before {', '.join(cuts)})." if cuts else "."))
+    out.summary(payload, f"{verb} {count(objects, 'object')} ({count(transactions, 'transaction')}) "
+                         f"older than {retain} over {count(len(results), 'field')}"
+                         + (f" (cohort days before {', '.join(cuts)})." if cuts else "."))
 
 
-@cli.command()
+@cli.command(short_help="Merge small applied transaction objects per partition.")
 @root_option
 @endpoint_option
 @output_option
@@ -571,12 +761,13 @@ def compact(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resou
         with ObjectProgress(db.store, "compacting", enabled=out.fmt == "text" and _tty()):
             results = [res.compact(f, target_rows=target_rows) for res, f in _fields(db, resource, field)]
         uri = db.uri
-    payload = {"root": uri, "results": [r.as_dict() for r in results],
-               "sources": sum(r.sources for r in results), "merged": sum(r.merged for r in results)}
-    out.summary(payload, f"Merged {payload['sources']} objects into {payload['merged']} over {len(results)} fields.")
+    sources, merged = sum(r.sources for r in results), sum(r.merged for r in results)
+    payload = {"root": uri, "results": [r.as_dict() for r in results], "sources": sources, "merged": merged}
+    out.summary(payload, f"Merged {count(sources, 'object')} into {merged:,} over "
+                         f"{count(len(results), 'field')}.")
 
 
-@cli.command()
+@cli.command(short_help="Split a resource's records into a new number of buckets.")
 @root_option
 @endpoint_option
 @output_option
@@ -588,9 +779,7 @@ def rebucket(root: str, endpoint_url: str | None, output_fmt: OutputFormat, reso
     """Split a resource's records into a new number of buckets, in one commit."""
     out = Output(output_fmt)
     with _open(root, endpoint_url) as db:
-        res = db.resources[resource]
-        if not isinstance(res, Resource):
-            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
+        res = _resource(db, resource)
         before = res.ledger.state().n_buckets
         state = res.rebucket(buckets)
         uri = db.uri
@@ -598,7 +787,7 @@ def rebucket(root: str, endpoint_url: str | None, output_fmt: OutputFormat, reso
     out.summary(payload, f"{resource}: {before} -> {state.n_buckets} buckets (version {state.version}).")
 
 
-@cli.command()
+@cli.command(short_help="Print external-table DDL for Athena, Spark, Trino or DuckDB.")
 @root_option
 @endpoint_option
 @log_level_option
@@ -608,8 +797,10 @@ def rebucket(root: str, endpoint_url: str | None, output_fmt: OutputFormat, reso
 @click.option("--export", "export_", is_flag=True,
               help="First write the consolidated records to _export/{resource}/records.parquet, which the records tables read.")
 def ddl(root: str, endpoint_url: str | None, engine: str, schema_name: str | None, export_: bool) -> None:
-    """Print CREATE EXTERNAL TABLE statements (DuckDB: views) for every transaction dataset and the
-    consolidated records, so Athena, Spark, Trino or DuckDB can read the root without ecanalytics."""
+    """Print CREATE EXTERNAL TABLE statements for every dataset and the records.
+
+    Athena, Spark and Trino get external tables (DuckDB: views) over every transaction dataset and
+    the consolidated records, so they can read the root without ecanalytics."""
     from ecanalytics import ddl as ddl_module
 
     with _open(root, endpoint_url) as db:
@@ -618,7 +809,7 @@ def ddl(root: str, endpoint_url: str | None, engine: str, schema_name: str | Non
         click.echo(ddl_module.generate(db, engine, schema=schema_name))  # type: ignore[arg-type]
 
 
-@cli.group()
+@cli.group(short_help="SQL reports and an interactive DuckDB prompt.")
 @log_level_option
 def sql() -> None:
     """SQL reports and an interactive DuckDB prompt over the store's views."""
@@ -651,7 +842,7 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@sql.command("run")
+@sql.command("run", short_help="Run a report by name (see sql list).")
 @root_option
 @endpoint_option
 @log_level_option
@@ -660,10 +851,24 @@ def _params(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--output", "output_fmt", type=click.Choice(["text", "json", "csv"]), default="text", show_default=True,
               callback=_output_callback, help="A table, JSON Lines (one object per row), or CSV.")
 def sql_run(root: str, endpoint_url: str | None, name: str, pairs: tuple[str, ...], output_fmt: OutputFormat) -> None:
-    """Run report NAME, e.g. ``sql run daily_totals -p start=2026-11-01 -p end=2026-11-30``."""
+    """Run report NAME with its parameters.
+
+    Example: ecanalytics sql run daily_totals -p start=2026-11-01 -p end=2026-11-30
+    """
     from ecanalytics import reports
 
     params = _params(pairs)
+    if name not in reports.names():
+        raise click.BadParameter(f"no report named {name!r}; `ecanalytics sql list` shows {', '.join(reports.names())}.",
+                                 param_hint="NAME")
+    report = reports.get(name)
+    taken = {p.name for p in report.params}
+    unknown = sorted(set(params) - taken)
+    missing = [p for p in report.params if p.required and p.name not in params]
+    if unknown or missing:
+        wanted = " ".join(f"-p {p.name}={p.type}" for p in report.params if p.required) or "no parameter"
+        problem = f"{name} has no parameter {', '.join(unknown)}" if unknown else f"{name} needs {wanted}"
+        raise click.UsageError(f"{problem} (its parameters: {', '.join(sorted(taken)) or 'none'}; see sql list).")
     with _open(root, endpoint_url) as db:
         df = reports.run(db, name, **params)
     Output(output_fmt).table(name, df)
@@ -689,16 +894,15 @@ def _tables(db: Database) -> pl.DataFrame:
     return pl.DataFrame({"name": names, "contents": [about.get(n, "") for n in names]}, schema={"name": pl.String, "contents": pl.String})
 
 
-@sql.command("shell")
+@sql.command("shell", short_help="An interactive DuckDB prompt with every view.")
 @root_option
 @endpoint_option
 @log_level_option
 def sql_shell(root: str, endpoint_url: str | None) -> None:
     """An interactive DuckDB prompt with every view defined. End statements with ';'.
 
-    ``.tables`` lists the views, ``.quit`` leaves. When stdin is not a terminal it runs a script:
-    a last statement may omit its ';', and the first failing statement stops the script with
-    exit code 1.
+    .tables lists the views, .quit leaves. When stdin is not a terminal it runs a script: a last
+    statement may omit its ';', and the first failing statement stops the script with exit code 1.
     """
     interactive = sys.stdin.isatty()
     out = Output("text")
@@ -739,7 +943,7 @@ def sql_shell(root: str, endpoint_url: str | None) -> None:
                 raise SystemExit(1)
 
 
-@cli.command()
+@cli.command(short_help="Write transactions from Parquet, CSV or NDJSON files.")
 @root_option
 @endpoint_option
 @output_option
@@ -748,43 +952,37 @@ def sql_shell(root: str, endpoint_url: str | None) -> None:
 @target_field_option
 @click.option("--batch-size", default=1_000_000, show_default=True, type=click.IntRange(1),
               help="At most this many rows per transaction object.")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 def ingest(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resource: str, field: str | None,
            batch_size: int, paths: tuple[str, ...]) -> None:
     """Write the transactions in Parquet, CSV or NDJSON files (columns originalId, value and
     optionally operation, timestamp, id, source). Each file is validated whole before anything
     of it is written."""
+    from ecanalytics.ledger import files
+    from ecanalytics.ledger import ingest as ingest_rows
+
     out = Output(output_fmt)
     started = time.perf_counter()
     total = 0
+    for path in paths:  # before opening the root: a wrong suffix is bad usage
+        if not path.lower().endswith(files.SUFFIXES):
+            raise click.BadParameter(f"{path}: use .parquet, .csv, .ndjson or .jsonl files", param_hint="PATHS")
     with _open(root, endpoint_url) as db:
-        res = db.resources[resource]
-        if not isinstance(res, Resource):
-            raise click.BadParameter(f"{resource} is a transaction dataset, not a resource", param_hint="--resource")
-        # CSV is text: read values as the field's type (a decimal field parses its strings exactly).
-        exact = isinstance(res.plugin(field).consolidator.dtype, pl.Decimal)
-        csv_types = {"value": pl.String if exact else pl.Float64}
-        readers: dict[str, Callable[[str], pl.DataFrame]] = {
-            ".parquet": pl.read_parquet, ".csv": lambda p: pl.read_csv(p, schema_overrides=csv_types),
-            ".ndjson": pl.read_ndjson, ".jsonl": pl.read_ndjson}
-        from ecanalytics.ledger import ingest as ingest_rows
-
-        plugin = res.plugin(field)
+        plugin = _managed(_resource(db, resource), field)
+        dtype = plugin.consolidator.dtype
         frames = []
         for path in paths:  # every file is read and validated before any is written
-            suffix = path[path.rfind("."):].lower() if "." in path else ""
-            if suffix not in readers:
-                raise click.BadParameter(f"{path}: use .parquet, .csv, .ndjson or .jsonl", param_hint="PATHS")
             try:
-                frame = readers[suffix](path)
                 # Ids of rows without one derive from the file's content: a re-run counts once.
-                seed = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:32]
-                frames.append((path, ingest_rows.transactions(frame, plugin.field, plugin.consolidator.dtype,
-                                                              id_seed=seed)))
-            except (OSError, pl.exceptions.PolarsError) as exc:
-                raise click.BadParameter(f"{path} cannot be read: {exc}", param_hint="PATHS") from exc
-            except EcError as exc:
-                raise type(exc)(f"{path}: {exc} (No file was written.)") from exc
+                rows = ingest_rows.transactions(files.read_transactions(path, dtype), plugin.field, dtype,
+                                                id_seed=files.digest(path))
+            except MalformedFileError:
+                raise
+            except EcError as exc:  # a validation error names the row; say which file, once
+                message = str(exc).replace(" Nothing was written: fix or drop those rows and retry.", "")
+                message = message.replace("; nothing was written", "").rstrip(".")
+                raise type(exc)(f"{path}: {message}. No file was written: fix or drop those rows and retry.") from exc
+            frames.append((path, rows))
         for path, rows in frames:
             with _progress(rows.height, f"ingesting {path}", out.fmt == "text" and _tty()) as tick:
                 plugin.write_frame(rows, batch_size=batch_size, progress=tick)
@@ -792,18 +990,24 @@ def ingest(root: str, endpoint_url: str | None, output_fmt: OutputFormat, resour
     seconds = time.perf_counter() - started
     out.summary({"resource": resource, "field": field, "files": len(paths), "rows": total,
                  "seconds": round(seconds, 3)},
-                f"Wrote {total} transactions from {len(paths)} file(s) in {seconds:.2f}s.")
+                f"Wrote {count(total, 'transaction')} from {count(len(paths), 'file')} in {seconds:.2f}s.")
+
+
+def _option_values(args: list[str], name: str) -> list[str]:
+    """Every value given to ``name`` (``--name v`` or ``--name=v``) anywhere in ``args``."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith(name + "="):
+            found.append(arg.split("=", 1)[1])
+    return found
 
 
 def _option_value(args: list[str], name: str) -> str | None:
-    """The last value given to ``name`` (``--name v`` or ``--name=v``) anywhere in ``args``."""
-    found = None
-    for i, arg in enumerate(args):
-        if arg == name and i + 1 < len(args):
-            found = args[i + 1]
-        elif arg.startswith(name + "="):
-            found = arg.split("=", 1)[1]
-    return found
+    """The last value given to ``name`` anywhere in ``args``."""
+    values = _option_values(args, name)
+    return values[-1] if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -812,10 +1016,11 @@ def main(argv: list[str] | None = None) -> int:
     With ``--output json`` a failure is one JSON object on stdout (``error``, ``type``,
     ``exitCode``) and nothing else is printed, so a JSON Lines log stays valid."""
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = _option_value(args, "--log-level") == "debug"
+    debug = any(v.lower() in ("debug", f"{OWN_LOGGER}=debug") for v in _option_values(args, "--log-level"))
     as_json = _option_value(args, "--output") == "json"
 
     def fail(message: str, kind: str, code: int) -> int:
+        message = redact(message)
         if as_json:
             click.echo(json_line({"time": _now(), "error": message, "type": kind, "exitCode": code}))
         return code
@@ -837,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         kind = "" if isinstance(exc, EcError) else f"{type(exc).__name__}: "
         if not as_json:
-            click.echo(f"error: {kind}{exc} (run with --log-level debug for details)", err=True)
+            click.echo(redact(f"error: {kind}{exc} (run with --log-level debug for details)"), err=True)
         return fail(f"{kind}{exc}", type(exc).__name__, 1)
     return code if isinstance(code, int) else 0
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_ROOT = "./ec-data"
+# The end of RootNotFoundError's message; the CLI says it in flags instead.
+CREATE_HINT = " Check the root, or connect with create=True to start a new database there."
 MAX_DEDUP_WINDOW_S = 100 * 365 * 86400  # 100 years; more would overflow the cut-off date
 
 
@@ -362,11 +364,12 @@ def connect(
             ``s3://[KEY:SECRET@]bucket/prefix``.
         endpoint_url: S3-compatible endpoint (MinIO, moto, ...); default from ``AWS_ENDPOINT_URL``.
         region: S3 region; default from ``AWS_REGION`` / ``AWS_DEFAULT_REGION``, else us-east-1.
-        key, secret: S3 credentials; default from the URI, then the AWS environment.
-        token: an S3 session token (temporary credentials), default ``AWS_SESSION_TOKEN`` with
-            the environment's keys.
-        profile: an AWS profile of ``~/.aws/config`` / ``~/.aws/credentials``; its credentials
-            (and region) are resolved once and given to s3fs, Polars and DuckDB alike.
+        key, secret: static S3 credentials, used as given (also from the URI). Without them,
+            botocore's provider chain supplies credentials (the environment, a profile, SSO,
+            web identity, an instance role) and refreshes temporary ones before they expire.
+        token: an S3 session token to go with ``key`` and ``secret`` (or with the environment's keys).
+        profile: an AWS profile of ``~/.aws/config`` / ``~/.aws/credentials``: the chain starts
+            there (its region counts too); nothing of it is frozen at connect.
         storage_options: the same options as one dict with Polars' (and deltalake's) keys:
             ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``,
             ``aws_region``, ``aws_endpoint_url``, ``aws_profile``.
@@ -425,4 +428,4 @@ def _no_catalog(db: Database) -> str:
              if s != name and db.store.fs.exists(f"{parent}/{s}/{P.catalog_dir()}")]
     if close:
         message += f" Did you mean {db.uri.rsplit('/', 1)[0]}/{close[0]}?"
-    return message + " Check the root (--root / EC_ROOT), or connect with create=True to start a new database there."
+    return message + CREATE_HINT

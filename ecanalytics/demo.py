@@ -1,4 +1,8 @@
-"""The demo job: sample wallet traffic written to a root, consolidated, and summarised."""
+"""The demo job: sample wallet traffic written to a root, consolidated, and summarised.
+
+The demo writes to a new root, or appends to a root an earlier demo wrote (more traffic on the
+same wallets). It refuses any other root before writing anything: a root that holds other
+resources, or a ``wallets`` resource with other attributes, is someone's data."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import polars as pl
 
 from ecanalytics.consolidation import ConsolidationResult
 from ecanalytics.database import Database
+from ecanalytics.errors import ResourceExistsError
 from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import TransactionDataset
 
@@ -31,6 +36,25 @@ class DemoReport:
     results: list[ConsolidationResult]
     values: pl.DataFrame
     cohorts: pl.DataFrame
+    appended: bool = False  # the root held an earlier demo's wallets, which got more traffic
+    earlier: int = 0  # balance transactions that earlier demos had written there
+
+
+def check_demo_root(db: Database) -> bool:
+    """True when ``db`` holds an earlier demo's wallets, False when it is empty; raises
+    :class:`ResourceExistsError` (nothing written) for a root that holds anything else."""
+    others = sorted((set(db._resources) | set(db._broken)) - {"wallets"})
+    wallets = db._resources.get("wallets")
+    if wallets is not None and wallets.schema.to_spec() != WALLET_ATTRIBUTES:
+        others.insert(0, "wallets (with other attributes than the demo's)")
+    if "wallets" in db._broken:
+        others.insert(0, "wallets (unreadable)")
+    if others:
+        raise ResourceExistsError(
+            f"{db.uri} is not a demo root: it holds {', '.join(others)}. The demo writes only to a new folder or "
+            "to one an earlier demo wrote; nothing was written. Pick another folder, e.g. --root ./ec-demo."
+        )
+    return wallets is not None
 
 
 def run_demo(
@@ -46,7 +70,15 @@ def run_demo(
 ) -> DemoReport:
     """Write ``transactions`` random add/sub/set calls over ``records`` wallets spread over the
     ``days`` days before ``until`` (default now; pass a fixed instant for reproducible output),
-    batched and async, consolidate both fields, and summarise per cohort day."""
+    batched and async, consolidate both fields, and summarise per cohort day.
+
+    On a root an earlier demo wrote, the traffic is appended (``appended`` and ``earlier`` say
+    so); any other non-empty root raises :class:`ResourceExistsError` before anything is written."""
+    appended = check_demo_root(db)
+    earlier = 0
+    if appended:
+        history = db.resources.get("wallets_transactions_balance")
+        earlier = history.to_polars().height if isinstance(history, TransactionDataset) else 0
     rng = random.Random(seed)
     for field in ("balance", "points"):
         db.use_plugin(EventualConsistencyPlugin(
@@ -77,7 +109,7 @@ def run_demo(
     history = db.resources["wallets_transactions_balance"]
     assert isinstance(history, TransactionDataset)
     cohorts = cohort_summary(history.to_polars())
-    return DemoReport(transactions, results, values, cohorts)
+    return DemoReport(transactions, results, values, cohorts, appended, earlier)
 
 
 def cohort_summary(txs: pl.DataFrame) -> pl.DataFrame:

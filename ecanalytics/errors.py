@@ -90,6 +90,16 @@ class ConfigurationError(TerminalError):
     """A plugin or database option is inconsistent."""
 
 
+class InvalidUriError(ConfigurationError, ValueError):
+    """A database URI is malformed (``s3:/bucket`` with one slash, an unknown scheme, a bad bucket
+    name, a relative ``file:`` URI); the message says what was probably meant."""
+
+
+class MalformedFileError(ValidationError):
+    """A file given to ``ecanalytics ingest`` cannot be read as transactions; the message names
+    the file and its first bad row (and line, for CSV and NDJSON). Nothing was written."""
+
+
 class ReducerRequiredError(ConfigurationError):
     """The field was configured with a custom Python reducer that must be passed again."""
 

@@ -24,6 +24,21 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 import ecanalytics as ec
 
 BUCKET = "ec-test"
+DEFAULT_WORKERS = 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> None:
+    """Run on two xdist workers unless told otherwise.
+
+    ``-n 2`` in ``addopts`` would break ``pytest -p no:xdist`` (``unrecognized arguments: -n``), so
+    the default lives here: it applies only when xdist is loaded, this is not a worker, and the
+    command line gave no ``-n``. Runs before xdist's own hook, which turns the count into workers.
+    """
+    if not config.pluginmanager.hasplugin("xdist") or hasattr(config, "workerinput"):
+        return
+    if getattr(config.option, "numprocesses", None) is None and not config.getoption("usepdb", False):
+        config.option.numprocesses = DEFAULT_WORKERS
 
 
 @pytest.fixture(scope="session")

@@ -142,7 +142,7 @@ def test_watch_is_quiet_when_idle(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(out) == 3, out
     if fmt == "text":
         assert all(STAMP.match(line) for line in out), out
-        assert "Applied 7 transactions" in out[0] and "Applied 1 transactions" in out[1]
+        assert "Applied 7 transactions" in out[0] and "Applied 1 transaction to 1 record in 1 commit" in out[1]
         assert "Idle" in out[2] and "9 quiet runs" in out[2]
         return
     runs = lines(res.output)
@@ -220,7 +220,7 @@ def test_recalculate_prints_a_summary_and_at_most_limit_rows(tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     assert res.output.startswith("Checked 12 records") and "changed 12" in res.output
     assert "w02" in res.output and "w03" not in res.output
-    assert res.output.rstrip().endswith("… and 9 more (--limit 12 shows them all)")
+    assert res.output.rstrip().endswith("and 9 more (--limit 12 shows them all)")
     db.close()
 
 

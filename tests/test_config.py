@@ -19,7 +19,10 @@ def test_s3_uris(monkeypatch: pytest.MonkeyPatch, uri: str, root: str, key: str,
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     cfg = StorageConfig.from_uri(uri)
-    assert (cfg.root, cfg.key, cfg.secret, cfg.endpoint_url) == (root, key, secret, "http://127.0.0.1:1")
+    assert (cfg.root, cfg.endpoint_url) == (root, "http://127.0.0.1:1")
+    assert cfg.credentials() == (key, secret, None)
+    # Keys from the URI are static; the environment's come from botocore's chain, asked when needed.
+    assert cfg.static_credentials == (key != "env-key")
     assert secret not in cfg.uri and secret not in repr(cfg)  # never printed
     assert StorageConfig.from_uri(uri, endpoint_url="http://x:9", key="k2").key == "k2"
 

@@ -43,10 +43,11 @@ def two_fields(root: Root, reducer: Any = capped) -> ec.Database:
 def test_cli_on_a_root_without_catalog_exits_1(root: Root) -> None:
     two_fields(root).close()
     typo = root.uri + "x"
-    for args in (["consolidate"], ["inspect"], ["sql", "run", "daily_totals"], ["gc", "--retain", "30d"]):
+    for args in (["consolidate"], ["inspect"], ["sql", "run", "daily_totals", "-p", "start=2026-11-01"], ["gc", "--retain", "30d"]):
         res = CliRunner().invoke(cli, [*args, "--root", typo], env=env(root))
         assert res.exit_code == 1, (args, res.output)
         assert "No ecanalytics catalog" in str(res.exception or res.output)
+        assert "create=True" not in str(res.exception) and "--root" in str(res.exception)  # said in flags
     with pytest.raises(ec.RootNotFoundError, match="Did you mean") as info:
         ec.connect(typo, endpoint_url=root.endpoint_url, create=False)
     assert isinstance(info.value, ec.EcError) and root.uri.rsplit("/", 1)[-1] in str(info.value)

@@ -119,16 +119,21 @@ def test_profile_and_storage_options_reach_every_engine(s3: str, tmp_path: Path,
         monkeypatch.delenv(name)
     uri = f"s3://{BUCKET}/profiled"
     with ec.connect(uri, endpoint_url=s3, profile="ecprof") as db:
-        assert (db.config.key, db.config.region, db.config.profile) == ("testing", "eu-west-1", "ecprof")
+        # The profile's credentials are not frozen into the config: the chain is asked when they are needed.
+        assert (db.config.key, db.config.region, db.config.profile) == (None, "eu-west-1", "ecprof")
+        assert db.config.credentials() == ("testing", "testing", None)
         db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False))
         wallets = db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0"})
         wallets.add("w1", 5)
         db.consolidate()
         # Polars reads with the same credentials through its own object store...
         options = db.config.polars_storage_options()
-        assert options is not None and options["aws_access_key_id"] == "testing"
+        assert options is not None and "aws_access_key_id" not in options
+        provider = db.config.polars_credential_provider()
+        assert isinstance(provider, pl.CredentialProviderAWS)
         key = db.store.find("wallets_transactions_balance", ".parquet")[0]
-        assert pl.read_parquet(db.store.url(key), storage_options=options)["value"].to_list() == [5.0]
+        assert pl.read_parquet(db.store.url(key), storage_options=options,
+                               credential_provider=provider)["value"].to_list() == [5.0]
         assert db.sql("SELECT sum(value) FROM wallets_transactions_balance").fetchall() == [(5.0,)]  # ...and DuckDB
     # The same root through storage_options alone, and through the profile's name in it.
     with ec.connect(uri, create=False, storage_options={"aws_profile": "ecprof", "aws_endpoint_url": s3}) as db:

@@ -76,12 +76,13 @@ def _quote(value: str) -> str:
 def httpfs_secret_sql(config: StorageConfig) -> str:
     """The ``CREATE SECRET`` statement that points httpfs at ``config``'s S3 endpoint."""
     parts = ["TYPE s3", f"REGION {_quote(config.region or 'us-east-1')}"]
-    if config.key:
-        parts.append(f"KEY_ID {_quote(config.key)}")
-    if config.secret:
-        parts.append(f"SECRET {_quote(config.secret)}")
-    if config.token:
-        parts.append(f"SESSION_TOKEN {_quote(config.token)}")
+    key, secret, token = config.credentials() or ("", "", None)  # the chain's current ones: they may rotate
+    if key:
+        parts.append(f"KEY_ID {_quote(key)}")
+    if secret:
+        parts.append(f"SECRET {_quote(secret)}")
+    if token:
+        parts.append(f"SESSION_TOKEN {_quote(token)}")
     if config.endpoint_url:
         scheme, _, host = config.endpoint_url.partition("://")
         parts += [f"ENDPOINT {_quote(host.rstrip('/'))}", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
@@ -152,8 +153,9 @@ class SqlEngine:
         self.con = duckdb.connect()
         self.con.execute("SET TimeZone = 'UTC'")  # independent of the host's TZ
         self.path = choose_s3_path(self.con, config, os.environ.get("ECANALYTICS_DUCKDB_S3"))
+        self._secret = ""
         if self.path == "httpfs":
-            self.con.execute(httpfs_secret_sql(config))
+            self._renew_secret()
         self._fs: fsspec.AbstractFileSystem | None = None
         if self.path == "fsspec":
             # A separate instance whose listings are cached, so DuckDB's size/mtime look-ups after
@@ -161,6 +163,14 @@ class SqlEngine:
             self._fs = config.filesystem(cached_listings=True) if config.protocol == "s3" else store.fs
             self.con.register_filesystem(self._fs)
         self._shape: tuple[Any, ...] = ()
+
+    def _renew_secret(self) -> None:
+        """(Re)create httpfs' S3 secret when the provider chain's credentials changed (the fsspec
+        path needs nothing: s3fs asks the chain itself)."""
+        secret = httpfs_secret_sql(self.store.config)
+        if secret != self._secret:
+            self.con.execute(secret)
+            self._secret = secret
 
     @property
     def filesystem(self) -> fsspec.AbstractFileSystem | None:
@@ -224,6 +234,8 @@ class SqlEngine:
         with_bases = query is None or "ec_bases" in query
         if self._fs is not None:
             self._fs.invalidate_cache()
+        if self.path == "httpfs":
+            self._renew_secret()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         held_ids: list[tuple[str, str]] = []
         objects: dict[str, list[str]] = {}

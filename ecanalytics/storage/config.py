@@ -28,10 +28,13 @@ Polars' keys: ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_to
 scheme decides anyway). :meth:`StorageConfig.polars_storage_options` gives the same dict back.
 
 Credentials are looked for in this order: ``key=``/``secret=``/``token=`` or ``storage_options``,
-then the URI, then a named profile (``profile=`` or ``aws_profile``, resolved once by botocore from
-``~/.aws/config`` and ``~/.aws/credentials``, including its region), then ``AWS_ACCESS_KEY_ID`` /
-``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, then the ``AWS_PROFILE`` profile. Whatever is
-found, s3fs, Polars and DuckDB all get the same explicit credentials.
+then the URI (these are *static* keys, used as given), then botocore's provider chain: a named
+profile (``profile=`` or ``aws_profile``; its region too), then ``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, then the ``AWS_PROFILE`` profile, web identity
+(IRSA), SSO, ``credential_process``, container and instance roles. Credentials from the chain are
+never frozen at connect: s3fs, Polars (:meth:`StorageConfig.polars_credential_provider`) and DuckDB
+ask the chain again, so temporary credentials (SSO, assume-role, an instance role) are refreshed
+before they expire, also under a long ``consolidate --watch``.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from urllib.parse import unquote, urlsplit
 
 import fsspec
 
-from ecanalytics.errors import ConfigurationError, CredentialsError
+from ecanalytics.errors import ConfigurationError, CredentialsError, InvalidUriError
 
 Protocol = Literal["file", "memory", "s3"]
 _BUCKET = re.compile(r"^[A-Za-z0-9._-]+\Z")
@@ -91,15 +94,16 @@ def _endpoint_hint(endpoint: str) -> str:
     return f"{scheme}://{endpoint}"
 
 
-def _profile(name: str) -> tuple[str | None, str | None, str | None, str | None]:
-    """(key, secret, token, region) of AWS profile ``name``, resolved once through botocore."""
+def _profile(name: str) -> str | None:
+    """Check that AWS profile ``name`` exists and yields credentials; return its region. The
+    credentials themselves are not kept: the chain is asked again whenever they are needed."""
     import botocore.session
     from botocore.exceptions import BotoCoreError, ProfileNotFound
 
     try:
         session = botocore.session.Session(profile=name)
         credentials = session.get_credentials()
-        region = session.get_config_variable("region")
+        region: str | None = session.get_config_variable("region")
     except ProfileNotFound as exc:
         raise CredentialsError(
             f"The AWS profile {name!r} does not exist in ~/.aws/config or ~/.aws/credentials (or in "
@@ -111,8 +115,14 @@ def _profile(name: str) -> tuple[str | None, str | None, str | None, str | None]
     if credentials is None:
         raise CredentialsError(f"The AWS profile {name!r} holds no credentials; add aws_access_key_id and "
                                "aws_secret_access_key to it, or pass key= and secret=.")
-    frozen = credentials.get_frozen_credentials()
-    return frozen.access_key, frozen.secret_key, frozen.token, region
+    return region
+
+
+def _chain_credentials(profile: str | None) -> Any:
+    """botocore's credentials from its provider chain (refreshable ones refresh themselves), or None."""
+    import botocore.session
+
+    return botocore.session.Session(profile=profile).get_credentials()
 
 
 def _env(*names: str) -> str | None:
@@ -139,7 +149,13 @@ class StorageConfig:
     token: str | None = field(default=None, repr=False)
     endpoint_url: str | None = None
     region: str | None = None
-    profile: str | None = None  # the AWS profile the credentials came from, if any
+    profile: str | None = None  # the named AWS profile (profile= or aws_profile), if any
+    # botocore's credentials from the chain, looked up once on first use (they refresh themselves).
+    _chain: list[Any] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Never pickle credentials (Dask tasks carry configs): a copy asks the chain itself.
+        return {**self.__dict__, "_chain": []}
 
     @classmethod
     def from_uri(
@@ -166,24 +182,24 @@ class StorageConfig:
         except TypeError:
             text = None
         if not isinstance(text, str):
-            raise ConfigurationError(
+            raise InvalidUriError(
                 f"The database URI must be a str or a path; got {type(uri).__name__}. "
                 "Pass a folder, memory://name or s3://bucket/prefix."
             )
         if not text:
-            raise ConfigurationError("The database URI is empty; pass a folder, memory://name or s3://bucket/prefix.")
+            raise InvalidUriError("The database URI is empty; pass a folder, memory://name or s3://bucket/prefix.")
         if "\x00" in text or any(0xD800 <= ord(c) < 0xE000 for c in text):
-            raise ConfigurationError("The database URI contains NUL or a lone surrogate; pass valid text.")
+            raise InvalidUriError("The database URI contains NUL or a lone surrogate; pass valid text.")
         parts = urlsplit(text)
         scheme = parts.scheme.lower()
         if scheme in ("file", "memory") and ("?" in text or "#" in text):
-            raise ConfigurationError(
+            raise InvalidUriError(
                 f"{scheme}: URIs take no ?query or #fragment; pass options as keyword arguments "
                 "(a folder whose name has '?' or '#' can be given as a plain path)."
             )
         if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
             if scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
-                raise ConfigurationError(
+                raise InvalidUriError(
                     f"{text!r} is not an absolute file URI; use file:///abs/path (three slashes), or pass a "
                     f"relative folder without the scheme, e.g. {(parts.netloc + parts.path) or '.'!r}."
                 )
@@ -192,8 +208,15 @@ class StorageConfig:
         if scheme == "memory":
             name = (parts.netloc + parts.path).strip("/")
             if not name:
-                raise ConfigurationError("memory:// needs a name, for example memory://notebook.")
+                raise InvalidUriError("memory:// needs a name, for example memory://notebook.")
             return cls("memory", "/" + name)
+        if scheme in ("s3", "s3a") and not text[len(scheme) + 1:].startswith("//"):
+            # s3:/bucket/demo: urlsplit would take "bucket" for part of the path.
+            rest = text[len(scheme) + 1:].lstrip("/")
+            secretive = any(c in rest.split("/", 1)[0] for c in ":@")
+            meant = f"{scheme}://{rest}" if rest and not secretive else f"{scheme}://bucket/prefix"
+            shown = f"{text!r} is" if not secretive else "The URI is"
+            raise InvalidUriError(f"{shown} not an S3 URI: it needs two slashes after '{scheme}:'. Did you mean {meant!r}?")
         if scheme in ("s3", "s3a"):
             # Split by hand: AWS secrets may contain '/' and '+', which urlsplit would take for the
             # start of the path. Credentials are there iff the text before the first '/' has ':'
@@ -204,20 +227,20 @@ class StorageConfig:
             if ":" in head or "@" in head:
                 userinfo, at, location = rest.partition("@")
                 if not at:
-                    raise ConfigurationError(
+                    raise InvalidUriError(
                         "An S3 URI with ':' before the first '/' needs credentials, s3://KEY:SECRET@bucket/prefix; "
                         "a host:port goes in endpoint_url=."
                     )
             if "?" in location or "#" in location:
-                raise ConfigurationError(
+                raise InvalidUriError(
                     "S3 URIs take no ?query or #fragment; pass endpoint_url=, region=, key= and secret= as "
                     "keyword arguments instead."
                 )
             bucket, _, prefix = location.partition("/")
             if not bucket:
-                raise ConfigurationError("An S3 URI needs a bucket: s3://bucket/prefix.")
+                raise InvalidUriError("An S3 URI needs a bucket: s3://bucket/prefix.")
             if not _BUCKET.match(bucket):
-                raise ConfigurationError(
+                raise InvalidUriError(
                     "The S3 bucket name may hold only letters, digits, '.', '-' and '_'; if the secret in "
                     "s3://KEY:SECRET@bucket contains '@', write it as %40."
                 )
@@ -233,16 +256,16 @@ class StorageConfig:
                     f"got {endpoint!r}.{hint}"
                 )
             key, secret = key or uri_key, secret or uri_secret
-            # A named profile beats the environment's keys; AWS_PROFILE comes after them.
-            named = profile or (None if _env("AWS_ACCESS_KEY_ID") else _env("AWS_PROFILE"))
-            if key is None and secret is None and named:
-                key, secret, profile_token, profile_region = _profile(named)
-                token, region = token or profile_token, region or profile_region
-            else:
-                named = None
-                if key is None:  # the environment's session token goes with the environment's key
-                    token = token or _env("AWS_SESSION_TOKEN")
-                key, secret = key or _env("AWS_ACCESS_KEY_ID"), secret or _env("AWS_SECRET_ACCESS_KEY")
+            if key is None and secret is None and token is not None:  # a token= goes with the environment's keys
+                key, secret = _env("AWS_ACCESS_KEY_ID"), _env("AWS_SECRET_ACCESS_KEY")
+            named = None
+            if key is None and secret is None:
+                # botocore's chain: a named profile beats the environment's keys, which beat
+                # AWS_PROFILE (the profile's region counts; its credentials are not frozen here).
+                named, token = profile, None
+                chain_profile = profile or (None if _env("AWS_ACCESS_KEY_ID") else _env("AWS_PROFILE"))
+                if chain_profile:
+                    region = region or _profile(chain_profile)
             return cls(
                 "s3",
                 f"{bucket}/{prefix.strip('/')}".rstrip("/"),
@@ -253,9 +276,33 @@ class StorageConfig:
                 region=region or _env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
                 profile=named,
             )
-        raise ConfigurationError(
+        raise InvalidUriError(
             f"Unsupported URI scheme {scheme!r}; use a folder path, file://, memory:// or s3://."
         )
+
+    @property
+    def static_credentials(self) -> bool:
+        """True when keys were given (keywords, ``storage_options`` or the URI) and are used as
+        they are; False when botocore's provider chain supplies (and refreshes) them."""
+        return self.key is not None or self.secret is not None
+
+    def credentials(self) -> tuple[str, str, str | None] | None:
+        """The credentials to sign with *now*: ``(key, secret, token)``, or None if there are none.
+
+        Static keys come back as given. Otherwise botocore's provider chain is asked (once per
+        config; refreshable credentials renew themselves shortly before they expire), so a caller
+        that asks before each use never holds expired keys."""
+        if self.protocol != "s3":
+            return None
+        if self.static_credentials:
+            return self.key or "", self.secret or "", self.token
+        if not self._chain:
+            self._chain.append(_chain_credentials(self.profile))
+        chain = self._chain[0]
+        if chain is None:
+            return None
+        frozen = chain.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
 
     @property
     def uri(self) -> str:
@@ -283,10 +330,13 @@ class StorageConfig:
             client_kwargs: dict[str, Any] = {"region_name": self.region}
             if self.endpoint_url:
                 client_kwargs["endpoint_url"] = self.endpoint_url
+            # Static keys as given; otherwise s3fs' own botocore session walks the provider chain
+            # (with the named profile) and refreshes temporary credentials before they expire.
             return s3fs.S3FileSystem(
                 key=self.key,
                 secret=self.secret,
                 token=self.token,
+                profile=None if self.static_credentials else self.profile,
                 client_kwargs=client_kwargs,
                 use_listings_cache=cached_listings,
                 skip_instance_cache=True,
@@ -299,7 +349,13 @@ class StorageConfig:
         return fsspec.filesystem(self.protocol, skip_instance_cache=self.protocol == "file")
 
     def polars_storage_options(self) -> dict[str, str] | None:
-        """``storage_options`` for Polars' native object-store reader (S3 only)."""
+        """``storage_options`` for Polars' native object-store reader (S3 only).
+
+        They hold keys only when keys were given; credentials from the provider chain come from
+        :meth:`polars_credential_provider`, which Polars asks again before they expire:
+        ``pl.scan_parquet(url, storage_options=c.polars_storage_options(),
+        credential_provider=c.polars_credential_provider())``.
+        """
         if self.protocol != "s3":
             return None
         opts = {"aws_region": self.region or "us-east-1"}
@@ -314,3 +370,30 @@ class StorageConfig:
             if self.endpoint_url.startswith("http://"):
                 opts["aws_allow_http"] = "true"
         return opts
+
+    def polars_credential_provider(self) -> Any:
+        """Polars' ``credential_provider=`` for this root: None with static keys (they are in
+        :meth:`polars_storage_options`) or off S3; otherwise ``pl.CredentialProviderAWS`` for the
+        profile when boto3 is installed, else a function over the same botocore chain. Either
+        one is asked again whenever the credentials it returned are about to expire."""
+        if self.protocol != "s3" or self.static_credentials:
+            return None
+        import importlib.util
+
+        import polars as pl
+
+        if importlib.util.find_spec("boto3") is not None:
+            return pl.CredentialProviderAWS(profile_name=self.profile, region_name=self.region)
+        return self._polars_chain_provider
+
+    def _polars_chain_provider(self) -> tuple[dict[str, str | None], int | None]:
+        """Polars' credential-function protocol: (options, expiry in epoch seconds or None)."""
+        current = self.credentials()
+        if current is None:
+            raise CredentialsError(f"No AWS credentials for {self.uri}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                                   "use a profile (profile= or AWS_PROFILE), or s3://KEY:SECRET@bucket/prefix.")
+        key, secret, token = current
+        expiry = getattr(self._chain[0], "_expiry_time", None) if self._chain else None
+        # Ask again a little before botocore would refresh, never later than the expiry.
+        expires = int(expiry.timestamp()) - 60 if expiry is not None else None
+        return {"aws_access_key_id": key, "aws_secret_access_key": secret, "aws_session_token": token}, expires
