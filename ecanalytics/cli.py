@@ -164,7 +164,10 @@ class Output:
     def line(self, text: str) -> None:
         """A plain line of text output (nothing in JSON mode)."""
         if self.fmt != "json":
-            self.console.print(text, highlight=False, overflow="fold", markup=False)
+            # Piped output is not wrapped (a path split across lines cannot be pasted); a terminal
+            # wraps at words and folds only a word longer than the line.
+            self.console.print(text, highlight=False, overflow="fold", markup=False,
+                               soft_wrap=not self.console.is_terminal)
 
     def warn(self, text: str) -> None:
         """A line for people on stderr; in JSON mode a log record (JSON on stderr too)."""

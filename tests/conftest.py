@@ -23,6 +23,12 @@ os.environ.pop("AWS_ENDPOINT_URL", None)
 
 import ecanalytics as ec
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist workers inherit COLUMNS=80 from execnet, which no user's pipe has: CLI output would
+    # wrap at 80 in the parallel run only. Tests that want a width set COLUMNS themselves.
+    os.environ.pop("COLUMNS", None)
+    os.environ.pop("LINES", None)
+
 BUCKET = "ec-test"
 DEFAULT_WORKERS = 2
 
