@@ -23,7 +23,6 @@ from ecanalytics.errors import (
     UnknownFieldError,
 )
 from ecanalytics.ledger import Commit, Ledger, Schema, State
-from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
 from ecanalytics.types import Operation
 
@@ -549,34 +548,29 @@ class TransactionDataset:
         """The transactions as a pandas DataFrame (``pip install "ecanalytics[pandas]"``)."""
         return _pandas(self.query(where))
 
-    def query(self, where: Filter | None = None, *, include_archived: bool = False) -> pl.DataFrame:
-        """Transactions matching equality filters, with the partition columns and ``applied``.
-        The objects come from the committed manifest (plus the pending ones), pruned by
-        ``cohortDate``/``cohortMonth`` equality filters: no LIST of the history.
-        ``include_archived`` adds the objects retention moved under ``_archive/``."""
+    def query(self, where: Filter | None = None, *, include_archived: bool = True) -> pl.DataFrame:
+        """Transactions matching equality filters, with the partition columns and ``applied``:
+        the rows every reader sees (the one scan planner, :mod:`ecanalytics.ledger.scan`: one row
+        per id, ``applied`` false for pending and held rows), as the SQL view of the dataset
+        shows them. The objects come from the committed manifest plus the pending ones, pruned by
+        ``cohortDate``/``cohortMonth`` equality filters: no LIST of the history. Days that
+        retention archived are part of the history; ``include_archived=False`` leaves them out."""
         where = check_filter(where)
         consolidator = self.plugin.consolidator
-        store = consolidator.store
         state = consolidator.ledger.state()
-        pending_keys = consolidator.pending_objects(state)
-        keys = [k for k in [*state.applied_objects(self.plugin.field, archived=include_archived), *sorted(pending_keys)]
-                if self._matches_partition(k, where)]
-        df = read_history(store, keys, pending=pending_keys)
-        df = df.with_columns((~pl.col("_object").is_in(list(pending_keys))).alias("applied"))
-        order = ["id", "originalId", "field", "value", "operation", "timestamp", "cohortDate", "cohortMonth", "source", "applied"]
-        return _apply_filter(df.select(order), where).sort("timestamp", "id")
+        plan = consolidator.scan(state, days=self._wanted(where, "cohortDate"), months=self._wanted(where, "cohortMonth"),
+                                 archived=include_archived)
+        df = plan.read(consolidator.store, consolidator.dtype)
+        return _apply_filter(df, where).sort("timestamp", "id")
 
     @staticmethod
-    def _matches_partition(key: str, where: Filter | None) -> bool:
-        # _apply_filter checks every column afterwards; this only skips reading archived objects.
-        where = where or {}
-        day = key.split("cohortDate=", 1)[1][:10]
-        for column, prefix_len in (("cohortDate", 10), ("cohortMonth", 7)):
-            if column in where and not isinstance(where[column], Mapping):
-                wanted = where[column] if isinstance(where[column], (list, tuple, set, frozenset)) else [where[column]]
-                if day[:prefix_len] not in {str(v) for v in wanted}:
-                    return False
-        return True
+    def _wanted(where: Filter | None, column: str) -> set[str] | None:
+        """The partition values an equality filter on ``column`` names (None: no such filter);
+        ``_apply_filter`` checks every column afterwards, this only prunes objects."""
+        if not where or column not in where or isinstance(where[column], Mapping):
+            return None
+        value = where[column]
+        return {str(v) for v in (value if isinstance(value, (list, tuple, set, frozenset)) else [value])}
 
     def to_polars(self) -> pl.DataFrame:
         """Every transaction of the field."""

@@ -45,6 +45,8 @@ import polars as pl
 
 from ecanalytics.analytics.relation import Relation, snapshot_guard
 from ecanalytics.errors import ConfigurationError, SnapshotGoneError
+from ecanalytics.ledger.keys import AUTO_ID_PREFIX
+from ecanalytics.ledger.scan import ScanPlan
 from ecanalytics.storage import StorageConfig
 
 if TYPE_CHECKING:
@@ -200,26 +202,40 @@ class SqlEngine:
                 "StorageClass": "STANDARD", "LastModified": _EPOCH})
         self._fs.dircache.update({f: entries for f, entries in folders.items() if f not in unknown})
 
-    def _dataset_view(self, dataset: str, urls: list[str]) -> None:
-        """(Re)create a dataset's view over exactly ``urls``: the objects the manifest names (live
-        and archived) and the pending ones. No LIST of the history: DuckDB prunes the list by the
-        Hive partitions in the paths, so a one-day query opens only that day's objects."""
-        if not urls:
-            self.con.execute(f'CREATE OR REPLACE VIEW "{dataset}" AS {EMPTY_TX}')
-            return
-        ds = _quote(dataset)
-        source = (
-            f"read_parquet([{', '.join(_quote(u) for u in urls)}], hive_partitioning = true, filename = true, "
-            "hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR})"
-        )
-        # One row per transaction id and cohort day, as the fold counts it: an idempotent retry
-        # written twice is one transaction (an applied copy first). Partitioning the window by
-        # cohortDate keeps partition pruning for filters on it.
-        self.con.execute(
-            f'CREATE OR REPLACE VIEW "{dataset}" AS SELECT * FROM (SELECT {TX_COLUMNS}, '
-            f"parse_filename(filename) NOT IN (SELECT name FROM ec_pending_objects WHERE dataset = {ds}) "
-            f"AND id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds}) AS applied FROM {source}) "
-            "QUALIFY row_number() OVER (PARTITION BY cohortDate, id ORDER BY applied DESC, timestamp) = 1")
+    def _dataset_view(self, plan: ScanPlan, existing: list[str]) -> None:
+        """(Re)create a dataset's view from its scan plan (:mod:`ecanalytics.ledger.scan`, the
+        rule every reader follows): the applied objects the manifest names (live and archived)
+        without the rows their commits hid (occurrences of keys that did not count), ``applied``
+        false for held rows; then the ``existing`` pending objects, resolved as the next
+        consolidation will (applied keys dropped, the first occurrence of a key by timestamp,
+        record, operation and amount; only objects whose marker does not say "generated ids only"
+        pay for that). No window over the applied history, so filters on the partitions
+        (parameterised ones too) reach the files first; no LIST of the history. ``existing``
+        are the pending keys whose object exists (a writer may be between marker and object)."""
+        ds, store = _quote(plan.dataset), self.store
+        hive = "hive_partitioning = true, filename = true, hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR}"
+        parts = []
+        if plan.applied:
+            files = ", ".join(_quote(store.url(k)) for k, _ in plan.applied)
+            applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
+            hidden = (f" WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
+                      "AND h.row = t.file_row_number)" if plan.hidden.height else "")
+            rows = ", file_row_number = true" if plan.hidden.height else ""
+            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}{rows}) t{hidden}")
+        auto_files = [store.url(k) for k in existing if k in plan.auto]
+        if auto_files:  # generated ids only (the marker says so): nothing to deduplicate, filters reach the files
+            files = ", ".join(_quote(u) for u in auto_files)
+            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet([{files}], {hive})")
+        keyed_files = [store.url(k) for k in existing if k not in plan.auto]
+        if keyed_files:
+            files = ", ".join(_quote(u) for u in keyed_files)
+            auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
+            applied_keys = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {ds})"
+                            if plan.applied_keys.height else "")
+            parts.append(
+                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet([{files}], {hive}){applied_keys} "
+                f"QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1")
+        self.con.execute(f'CREATE OR REPLACE VIEW "{plan.dataset}" AS ' + (" UNION ALL ".join(parts) or EMPTY_TX))
 
     def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -238,7 +254,9 @@ class SqlEngine:
             self._renew_secret()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         held_ids: list[tuple[str, str]] = []
-        objects: dict[str, list[str]] = {}
+        plans: dict[str, tuple[ScanPlan, list[str]]] = {}
+        hidden_rows: list[pl.DataFrame] = []
+        applied_keys: list[pl.DataFrame] = []
         sizes: dict[str, int | None] = {}  # store path -> size of every object a view reads
         for table in sorted(self.tables(), key=lambda t: t.name):
             name, state = table.name, table.ledger.state()
@@ -251,22 +269,32 @@ class SqlEngine:
                 gone = [*(compaction.replaced if compaction else ()), *(retention.archived if retention else ())]
                 hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(core.dataset, t) for t in (compaction.tokens if compaction else ())]
-                held_ids += [(core.dataset, i) for i in core.held_frame(state)["id"].to_list()]
-                keys = sorted(core.pending_objects(state))
+                plan = core.scan(state)
+                held_ids += [(core.dataset, i) for i in plan.held_ids.to_list()]
+                keys = list(plan.pending)
                 pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]
-                # Objects whose writer is still between marker and object do not exist yet.
-                found = {k: store.size(k) for k in keys}
-                existing = [store.url(k) for k in keys if found[k] is not None]
-                manifest = state.manifest_of(field)
-                sizes.update({store.abs(k): n for k, n in zip(manifest["key"], manifest["size"], strict=True)})
-                sizes.update({store.abs(k): n for k, n in found.items() if n is not None})
-                objects[core.dataset] = [store.url(k) for k in state.applied_objects(field)] + existing
+                # Objects whose writer is still between marker and object do not exist yet: one
+                # LIST per pending day tells which exist, and their sizes (no HEAD per object).
+                found: dict[str, int | None] = {}
+                for folder in sorted({k.rsplit("/", 1)[0] for k in keys}):
+                    listed = store.listdir_sizes(folder)
+                    found.update({f"{folder}/{name}": size for name, size in listed.items()})
+                existing = [k for k in keys if k in found]
+                sizes.update({store.abs(k): n for k, n in plan.applied})
+                sizes.update({store.abs(k): found[k] for k in existing})
+                plans[core.dataset] = (plan, existing)
+                if plan.hidden.height:
+                    hidden_rows.append(plan.hidden.select(pl.lit(core.dataset).alias("dataset"),
+                                                          pl.col("key").map_elements(store.url, return_dtype=pl.String)
+                                                          .alias("url"), pl.col("row").cast(pl.Int64)))
+                if plan.applied_keys.height:
+                    applied_keys.append(plan.applied_keys.select(pl.lit(core.dataset).alias("dataset"), "id"))
                 if existing and with_pending:
                     # writtenAt: the writer's clock when it named the object (file ids start with it).
                     pending_reads.append(
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
                         f"source, {WRITTEN_AT} AS writtenAt "
-                        f"FROM read_parquet([{', '.join(_quote(u) for u in existing)}], filename = true)"
+                        f"FROM read_parquet([{', '.join(_quote(store.url(u)) for u in existing)}], filename = true)"
                     )
                 if with_bases:
                     bases.append(core.base(state).select(
@@ -285,12 +313,17 @@ class SqlEngine:
         self.con.register("ec_pending_objects", pl.DataFrame(pending, schema={"dataset": pl.String, "name": pl.String}, orient="row"))
         # Rows held back (records that cannot be folded yet) sit in consumed objects but are not applied.
         self.con.register("ec_held_ids", pl.DataFrame(held_ids, schema={"dataset": pl.String, "id": pl.String}, orient="row"))
+        # Occurrences of keys in applied objects that did not count (their commit recorded them).
+        self.con.register("ec_hidden_rows", pl.concat(hidden_rows) if hidden_rows else pl.DataFrame(
+            schema={"dataset": pl.String, "url": pl.String, "row": pl.Int64}))
+        self.con.register("ec_applied_keys", pl.concat(applied_keys) if applied_keys else pl.DataFrame(
+            schema={"dataset": pl.String, "id": pl.String}))
         self.con.register("ec_fields", pl.DataFrame(fields, orient="row", schema={
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
             "timezone": pl.String, "default": pl.Float64, "deletedBefore": pl.Datetime("us", "UTC")}))
         self._prime(sizes)
         for _res, _field, dataset, *_ in fields:
-            self._dataset_view(dataset, objects[dataset])
+            self._dataset_view(*plans[dataset])
         shape = tuple(f[:3] for f in fields)
         if shape != self._shape:
             self._shape = shape

@@ -48,7 +48,7 @@ from ecanalytics.ledger.buckets import split
 from ecanalytics.ledger.keys import generated
 from ecanalytics.ledger.log import Ledger, State
 from ecanalytics.ledger.schema import Schema
-from ecanalytics.ledger.transactions import read_objects, tx_schema
+from ecanalytics.ledger.transactions import pending_schema, read_objects
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
 
@@ -132,17 +132,27 @@ def _worker() -> str:
         return "local"
 
 
-def partition_task(spec: FieldSpec, keys: list[str], start: int, token: str) -> Partitioned:
-    """Read ``keys`` (indexes from ``start`` in the planned order) and write one run per bucket."""
+def partition_task(spec: FieldSpec, keys: list[str], start: int, token: str,
+                   hidden: pl.DataFrame | None = None) -> Partitioned:
+    """Read ``keys`` (indexes from ``start`` in the planned order) and write one run per bucket.
+
+    For a consolidation (``hidden`` None) rows with caller-supplied keys are returned instead, for
+    the driver to resolve for the whole field. For a rebuild of the history, ``hidden`` (the
+    field's hidden rows among ``keys``) is left out and every other row goes to the runs."""
     c = spec.consolidator()
     sizes: dict[str, int] = {}
     rows, read, missing = read_objects(c.store, keys, value_dtype=c.dtype, field=c.field, start=start, sizes=sizes)
+    if hidden is not None:
+        index = {k: start + i for i, k in enumerate(keys)}
+        gone = hidden.select(pl.col("key").replace_strict(index, return_dtype=pl.UInt32).alias("_object"), "row")
+        rows = rows.join(gone, left_on=["_object", "_row"], right_on=["_object", "row"], how="anti")
+    aside = rows.clear() if hidden is not None else rows.filter(~generated())
     runs = {}
-    for k, part in split(rows.filter(generated()), "originalId", spec.buckets).items():
+    for k, part in split(rows if hidden is not None else rows.filter(generated()), "originalId", spec.buckets).items():
         rel = P.work_file(spec.resource, token, f"b{k:05d}-m{start:09d}")
         c.store.write_parquet(rel, part)
         runs[k] = rel
-    return Partitioned(read, missing, sizes, runs, _worker(), rows.filter(~generated()))
+    return Partitioned(read, missing, sizes, runs, _worker(), aside)
 
 
 def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], keyed: pl.DataFrame,
@@ -152,7 +162,7 @@ def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], keyed: pl.
     c = spec.consolidator()
     st = spec.state(c, version)
     frames = [c.store.read_parquet(rel) for rel in runs]
-    schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
+    schema = pending_schema(c.dtype)
     rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
     return c.fold_unit(st, k, rows, keyed, version + 1, token), _worker()
 
@@ -224,10 +234,10 @@ class DaskEngine:
             workers.add(p.worker)
             for k, rel in p.runs.items():
                 runs.setdefault(k, []).append(rel)
-        schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
+        schema = pending_schema(c.dtype)
         keyed = pl.concat([p.keyed.cast(schema) for p in parts], how="vertical") if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
         resolved = c.resolve(st, keyed, held)  # the one key rule, for the whole field at once
-        out.duplicates, out.conflicts = resolved.retries + resolved.conflicts.height, resolved.conflicts
+        out.take(resolved)
         held_by = split(resolved.kept, "originalId", st.n_buckets)
         buckets = sorted(set(runs) | set(held_by))
         if not buckets:  # only empty objects: still one fold, so the commit has its columns

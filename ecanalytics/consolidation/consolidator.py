@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -34,17 +34,19 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.errors import ConsolidationError
-from ecanalytics.ledger import keys
+from ecanalytics.ledger import keys, scan
 from ecanalytics.ledger.buckets import Part, buckets_of
 from ecanalytics.ledger.keys import Resolved
 from ecanalytics.ledger.log import Commit, Ledger, State
+from ecanalytics.ledger.scan import ScanPlan
 from ecanalytics.ledger.transactions import (
     TX_SCHEMA,
     Inbox,
     PlannedObject,
+    held_rows,
+    pending_schema,
     read_history,
     read_objects,
-    tx_schema,
 )
 from ecanalytics.storage import paths as P
 
@@ -176,7 +178,23 @@ class FoldOutcome:
     transactions: int = 0
     duplicates: int = 0
     conflicts: pl.DataFrame = dataclasses.field(default_factory=lambda: pl.DataFrame(schema=keys.CONFLICT_SCHEMA))
+    dropped: list[pl.DataFrame] = dataclasses.field(default_factory=list)  # ``_object, id`` that did not count
     spilled: bool = False
+
+    def take(self, resolved: Resolved) -> None:
+        """Count what the key rule dropped from one resolution."""
+        self.duplicates += resolved.retries + resolved.conflicts.height
+        self.conflicts = pl.concat([self.conflicts, resolved.conflicts], how="vertical")
+        self.dropped.append(resolved.dropped)
+
+    def hidden(self, keys_read: Sequence[str]) -> pl.DataFrame:
+        """``key, row, id`` of the dropped occurrences (``_object`` indexes ``keys_read``)."""
+        frames = [d for d in self.dropped if d.height]
+        if not frames:
+            return pl.DataFrame(schema=keys.HIDDEN_SCHEMA)
+        dropped = pl.concat(frames, how="vertical")
+        names = pl.Series("key", list(keys_read), dtype=pl.String)
+        return pl.DataFrame({"key": names.gather(dropped["_object"]), "row": dropped["_row"], "id": dropped["id"]})
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the engine's own (tasks, workers, phases)
 
     def add(self, unit: BucketOutput) -> None:
@@ -263,8 +281,7 @@ class Consolidator:
         (:mod:`ecanalytics.ledger.keys`): one row per id, the applied or earliest occurrence of a
         caller-supplied key counting, whatever the bucket layout, memory budget or engine."""
         if held.height:
-            rows = pl.concat([rows, held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object"))
-                              .select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
+            rows = pl.concat([rows, held_rows(held, self.dtype).select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
         return keys.resolve(rows, st.applied_keys(self.field))
 
     # -- history (only for late data) ------------------------------------------------------
@@ -292,25 +309,34 @@ class Consolidator:
         LIST of the inbox, for event-time travel). After an ``archive``-mode retention the
         manifest names the archived copies, so the history stays complete; after a
         ``delete``-mode retention, days before the cut are gone and :meth:`base` stands for them."""
-        keys = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
-                if k not in unapplied]
-        pending = self.pending_objects(st) if pending_too else set()
-        rows = read_history(self.store, [*keys, *sorted(pending)], self.dtype, pending=pending)
+        names = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
+                 if k not in unapplied]
+        rows = read_history(self.store, names, self.dtype)
+        if pending_too:  # what the next consolidation will count, as every reader sees it
+            rows = pl.concat([rows, self.scan(st).read_pending(self.store, self.dtype)], how="vertical")
         if ids is not None:
             rows = rows.filter(pl.col("originalId").is_in(ids.implode()))
         return self.history_rows(st, rows)
 
-    def history_rows(self, st: State, rows: pl.DataFrame) -> pl.DataFrame:
+    def scan(self, st: State, *, days: Collection[str] | None = None, months: Collection[str] | None = None,
+             archived: bool = True) -> ScanPlan:
+        """The one scan plan of this field's transaction dataset at ``st`` (one LIST of the inbox;
+        see :mod:`ecanalytics.ledger.scan`): what every reader of the dataset reads."""
+        inbox = Inbox.scan(self.store, self.dataset)
+        pending = set(inbox.markers) - st.consumed.get(self.field, frozenset())
+        return scan.plan(st, self.dataset, self.field, pending, auto=inbox.auto, days=days, months=months,
+                         archived=archived, held=self.held_frame(st))
+
+    def history_rows(self, st: State, rows: pl.DataFrame, *, hidden: bool = True) -> pl.DataFrame:
         """Transaction rows read from applied objects, as history: without what a ``delete``-mode
-        retention cut off or what is held, one row per id under the key rule
-        (:func:`ecanalytics.ledger.keys.visible`: retries and conflicts that did not count are
-        hidden)."""
+        retention cut off or what is held, and without the occurrences of keys that did not count
+        when they were consolidated (:func:`ecanalytics.ledger.keys.hide`): one row per id."""
         if (deleted := self.deleted_before(st)) is not None:
             rows = rows.filter(pl.col("timestamp") >= deleted)
         held = self.held_frame(st)
         if held.height:
             rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))
-        return keys.visible(rows, st.applied_keys(self.field)).sort(["timestamp", "id", "_object"])
+        return (keys.hide(rows, st.hidden_of(self.field)) if hidden else rows).sort(["timestamp", "id", "_object"])
 
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
         """``originalId, current``: where a rebuild from :meth:`history` starts: the value each
@@ -381,7 +407,7 @@ class Consolidator:
         def hold(ids: pl.Series | list[str], reason: HeldReason) -> None:
             nonlocal rows
             mask = pl.col("originalId").is_in(pl.Series(ids, dtype=pl.String).implode())
-            held.append(rows.filter(mask).drop("_object").with_columns(pl.lit(reason).alias("_reason")))
+            held.append(rows.filter(mask).drop("_object", "_row").with_columns(pl.lit(reason).alias("_reason")))
             rows = rows.filter(~mask)
 
         if not preview and self._needs_record() and rows.height:
@@ -498,23 +524,19 @@ class Consolidator:
                 n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
             if not out.read and not held.height:
                 return out
-            schema = {**tx_schema(self.dtype), "_object": pl.UInt32()}
-            held_rows = held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object")).cast(schema)  # type: ignore[arg-type]
+            schema = pending_schema(self.dtype)
             if not runs.spilled and not keyed.spilled:  # the common case: everything at once
                 resolved = self.resolve(st, keyed.take_all(schema), held)
-                out.duplicates, out.conflicts = resolved.retries + resolved.conflicts.height, resolved.conflicts
+                out.take(resolved)
                 rows = pl.concat([runs.take_all(schema), resolved.kept.cast(schema)], how="vertical")  # type: ignore[arg-type]
                 out.outs.append(self.fold(st, rows))
                 out.transactions = out.outs[0].applied.height
                 return out
-            keyed.add(held_rows)
-            conflicts = [out.conflicts]
+            keyed.add(held_rows(held, self.dtype))
             for j in keyed.buckets():  # one id bucket at a time: every occurrence of its keys
                 resolved = keys.resolve(keyed.take(j, schema), st.applied_keys(self.field))
-                out.duplicates += resolved.retries + resolved.conflicts.height
-                conflicts.append(resolved.conflicts)
+                out.take(resolved)
                 runs.add(resolved.kept)
-            out.conflicts = pl.concat(conflicts, how="vertical")
             out.spilled = True
             empty = pl.DataFrame(schema=schema)
             for k in runs.buckets():
@@ -563,7 +585,7 @@ class Consolidator:
                 parts=out.parts or None,
                 written=tuple(out.written),
                 applied={k: out.sizes.get(k) for k in out.read},
-                conflicts=out.conflicts,
+                conflicts=out.conflicts, hidden=out.hidden(candidates),
                 stats={"transactions": out.transactions, "duplicates": out.duplicates, "objects": len(out.read),
                        "records": folded.values.height, "late": folded.late, "held": folded.held.height,
                        "spilled": out.spilled},
@@ -612,7 +634,8 @@ class Consolidator:
             mine = sorted(k for k in by_key if k not in consumed and k not in taken)
             if not mine:
                 return None
-            rows = pl.concat([by_key[k].rows.with_columns(pl.lit(i, pl.UInt32).alias("_object"))
+            rows = pl.concat([by_key[k].rows.with_columns(pl.lit(i, pl.UInt32).alias("_object"),
+                                                          pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
                               for i, k in enumerate(mine)], how="vertical")
             held = self.held_frame(st)
             touched = rows["originalId"].unique().implode()
@@ -628,6 +651,7 @@ class Consolidator:
                 unlisted=st.unlisted.get(self.field, frozenset()) | frozenset(mine),
                 applied_ids=keys.applied_keys(folded.applied), held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
                 marks=folded.marks, conflicts=resolved.conflicts,
+                hidden=FoldOutcome(dropped=[resolved.dropped]).hidden(mine),
                 stats={"transactions": folded.applied.height, "duplicates": resolved.retries + resolved.conflicts.height,
                        "objects": len(mine), "records": upserts.height, "late": folded.late,
                        "held": folded.held.height, "lean": True},

@@ -45,11 +45,13 @@ def generated() -> pl.Expr:
 class Resolved:
     """Rows after the key rule: ``kept`` (one per id), and how many were ``retries``; ``conflicts``
     has one row per dropped occurrence that differs from the one that counts (see
-    :data:`CONFLICT_SCHEMA`)."""
+    :data:`CONFLICT_SCHEMA`); ``dropped`` has ``_object, id`` of every occurrence that does not
+    count (retries and conflicts), which the commit records so that readers hide them."""
 
     kept: pl.DataFrame
     retries: int
     conflicts: pl.DataFrame
+    dropped: pl.DataFrame
 
 
 def _text(value: pl.Expr) -> pl.Expr:
@@ -68,10 +70,12 @@ def resolve(rows: pl.DataFrame, applied: pl.DataFrame | None = None) -> Resolved
     already ``applied`` (:data:`APPLIED_KEY_SCHEMA`; a null signature matches anything)."""
     keyed_mask = ~generated()
     no_conflicts = pl.DataFrame(schema=CONFLICT_SCHEMA)
+    drop_schema = {"_object": rows.schema.get("_object", pl.UInt32()), "_row": pl.UInt32(), "id": pl.String()}
     if not rows.height or not rows.select(keyed_mask.any()).item():
-        return Resolved(rows, 0, no_conflicts)
+        return Resolved(rows, 0, no_conflicts, pl.DataFrame(schema=drop_schema))
     keyed = rows.filter(keyed_mask)
     conflicts: list[pl.DataFrame] = []
+    gone: list[pl.DataFrame] = []
     dropped = 0
     if applied is not None and applied.height:
         hit = keyed.join(applied, on="id", how="semi")
@@ -84,9 +88,13 @@ def resolve(rows: pl.DataFrame, applied: pl.DataFrame | None = None) -> Resolved
                 "id", "originalId", "operation", _text(pl.col("value")).alias("value"),
                 pl.col("timestamp").cast(pl.Datetime("us", "UTC")), _reason("", "_a").alias("reason")))
             dropped += hit.height
+            gone.append(hit.select("_object", "_row", "id"))
             keyed = keyed.join(applied, on="id", how="anti")
     if keyed.height and keyed["id"].n_unique() < keyed.height:
-        ordered = keyed.sort(["id", *KEY_ORDER], maintain_order=True, nulls_last=True)
+        # A held occurrence (no ``_object``: read by an earlier run, not folded yet) stands like
+        # an applied one; among the others the first by KEY_ORDER counts.
+        ordered = keyed.with_columns(pl.col("_object").is_not_null().alias("_new")).sort(
+            ["id", "_new", *KEY_ORDER], maintain_order=True, nulls_last=True).drop("_new")
         is_first = pl.col("id").is_first_distinct()
         first, rest = ordered.filter(is_first), ordered.filter(~is_first)
         if rest.height:
@@ -97,10 +105,12 @@ def resolve(rows: pl.DataFrame, applied: pl.DataFrame | None = None) -> Resolved
                 "id", "originalId", "operation", _text(pl.col("value")).alias("value"),
                 pl.col("timestamp").cast(pl.Datetime("us", "UTC")), _reason("", "_k").alias("reason")))
             dropped += rest.height
+            gone.append(rest.select("_object", "_row", "id"))
         keyed = first
     found = pl.concat(conflicts, how="vertical") if conflicts else no_conflicts
     kept = pl.concat([rows.filter(~keyed_mask), keyed.select(rows.columns)], how="vertical")
-    return Resolved(kept, dropped - found.height, found)
+    return Resolved(kept, dropped - found.height, found,
+                    pl.concat(gone, how="vertical").cast(drop_schema) if gone else pl.DataFrame(schema=drop_schema))  # type: ignore[arg-type]
 
 
 def applied_keys(rows: pl.DataFrame) -> pl.DataFrame:
@@ -110,32 +120,14 @@ def applied_keys(rows: pl.DataFrame) -> pl.DataFrame:
         pl.col("timestamp").cast(pl.Datetime("us", "UTC")))
 
 
-def visible(rows: pl.DataFrame, applied: pl.DataFrame, *, applied_first: pl.Expr | None = None) -> pl.DataFrame:
-    """The rows a reader of the history sees: one per id, the occurrence that counts.
+HIDDEN_SCHEMA: dict[str, pl.DataType] = {"key": pl.String(), "row": pl.UInt32(), "id": pl.String()}
 
-    ``rows`` come from applied (and, for some readers, pending) objects, and may hold occurrences
-    that did not count (retries, conflicts). For a key in ``applied`` (the dedup window) the row
-    that matches what was applied counts and every other occurrence is hidden; for any other key
-    the first by :data:`KEY_ORDER` counts (``applied_first``, a boolean expression, puts rows of
-    applied objects first among equals). Generated ids pass through."""
-    keyed_mask = ~generated()
-    if not rows.height or not rows.select(keyed_mask.any()).item():
+
+def hide(rows: pl.DataFrame, hidden: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` of applied objects (``_object``: the object's key, ``_row``: the row's position
+    in it) without the occurrences that did not count when they were consolidated (``hidden``:
+    :data:`HIDDEN_SCHEMA`, recorded by each commit): what every reader of the history sees, one
+    row per id. (An object may hold the same id twice: the position tells the copies apart.)"""
+    if not hidden.height or not rows.height:
         return rows
-    keyed = rows.filter(keyed_mask)
-    hit = applied.height and keyed.join(applied, on="id", how="semi").height
-    if not hit and keyed["id"].n_unique() == keyed.height:
-        return rows
-    if hit:
-        keyed = keyed.join(applied.rename({c: f"{c}_a" for c in APPLIED_KEY_SCHEMA if c != "id"}), on="id", how="left")
-        match = ((pl.col("originalId") == pl.col("originalId_a")) & (pl.col("operation") == pl.col("operation_a"))
-                 & (_text(pl.col("value")) == pl.col("value_a"))
-                 & (pl.col("timestamp").cast(pl.Datetime("us", "UTC")) == pl.col("timestamp_a")))
-        rank = pl.when(pl.col("originalId_a").is_null()).then(1).when(match).then(0).otherwise(2)
-        keyed = keyed.with_columns(rank.alias("_rank")).filter(pl.col("_rank") < 2)
-    else:
-        keyed = keyed.with_columns(pl.lit(1).alias("_rank"))
-    order = ["_rank", *( ["_first"] if applied_first is not None else []), *KEY_ORDER]
-    if applied_first is not None:
-        keyed = keyed.with_columns((~applied_first).alias("_first"))
-    keyed = keyed.sort(["id", *order], nulls_last=True).filter(pl.col("id").is_first_distinct())
-    return pl.concat([rows.filter(~keyed_mask), keyed.select(rows.columns)], how="vertical")
+    return rows.join(hidden.select("key", "row"), left_on=["_object", "_row"], right_on=["key", "row"], how="anti")

@@ -41,7 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
-from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA
+from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA, HIDDEN_SCHEMA
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState, RetentionCut
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.storage import Store, decode_parquet, parquet_bytes
@@ -112,6 +112,7 @@ class Commit:
     applied: dict[str, int | None] = dataclasses.field(default_factory=dict)  # objects (and sizes) that join the manifest
     unapplied: tuple[str, ...] = ()  # ... and that leave it (compacted, archived or deleted)
     conflicts: pl.DataFrame | None = None  # reused keys not applied (keys.CONFLICT_SCHEMA): kept for inspect
+    hidden: pl.DataFrame | None = None  # occurrences in consumed objects that did not count (keys.HIDDEN_SCHEMA)
 
 
 StateLoader = Callable[[int, Part], Frames]
@@ -140,6 +141,8 @@ class State:
     manifest: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     # per field: the latest key conflicts (reused keys not applied; at most MAX_CONFLICTS), for inspect
     conflicts: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
+    # per field: ``key, id`` of rows in applied objects that did not count (retries, conflicts)
+    hidden: dict[str, pl.DataFrame] = dataclasses.field(default_factory=dict)
     load: StateLoader | None = dataclasses.field(default=None, compare=False, repr=False)
     rebuild: BucketRebuild | None = dataclasses.field(default=None, compare=False, repr=False)
     only: tuple[int, ...] | None = dataclasses.field(default=None, compare=False, repr=False)  # see restrict
@@ -218,6 +221,12 @@ class State:
         """The manifest of ``field_name``: ``key, cohortDate, size`` of every applied object."""
         frame = self.manifest.get(field_name)
         return frame if frame is not None else pl.DataFrame(schema=MANIFEST_SCHEMA)
+
+    def hidden_of(self, field_name: str) -> pl.DataFrame:
+        """``key, id`` of the rows in ``field_name``'s applied objects that did not count (the key
+        rule decided at their commit): every reader of the history leaves them out."""
+        frame = self.hidden.get(field_name)
+        return frame if frame is not None else pl.DataFrame(schema=HIDDEN_SCHEMA)
 
     def applied_keys(self, field_name: str) -> pl.DataFrame:
         """The caller-supplied keys of ``field_name`` applied within the dedup window, with the
@@ -310,10 +319,12 @@ class Ledger:
         at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
         manifest = {f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in hint.get("manifest", {}).items()}
         conflicts = {f: self._frame(ref, CONFLICT_SCHEMA) for f, ref in hint.get("conflicts", {}).items()}
+        hidden = {f: self._frame(ref, HIDDEN_SCHEMA) for f, ref in hint.get("hidden", {}).items()}
         return State(int(hint["version"]), buckets, consumed, ids, at, int(hint["version"]),
                      {f: RetentionCut.from_json(r) for f, r in hint.get("retention", {}).items()},
                      {f: CompactionState.from_json(c) for f, c in hint.get("compaction", {}).items()}, held, unlisted,
-                     manifest=manifest, conflicts=conflicts, load=self.load_part, rebuild=self.rebuild_bucket)
+                     manifest=manifest, conflicts=conflicts, hidden=hidden, load=self.load_part,
+                     rebuild=self.rebuild_bucket)
 
     def rebuild_bucket(self, k: int, n: int, version: int) -> Frames:
         """Bucket ``k`` of ``n`` at ``version`` from the log alone (every entry up to it): where an
@@ -439,15 +450,27 @@ class Ledger:
                 *[(pl.col(c) if c in ids.columns else pl.lit(None)).cast(t).alias(c) for c, t in APPLIED_KEY_SCHEMA.items()],
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
-        manifest = st.manifest
+        manifest, hidden = st.manifest, st.hidden
         if fld is not None and isinstance(raw.get("manifest"), dict) and (raw["manifest"].get("add")
                                                                           or raw["manifest"].get("remove")):
             frame = manifest.get(fld, pl.DataFrame(schema=MANIFEST_SCHEMA))
             if raw["manifest"].get("remove"):
-                frame = frame.filter(~pl.col("key").is_in(pl.Series(raw["manifest"]["remove"], dtype=pl.String).implode()))
+                removed = pl.Series(raw["manifest"]["remove"], dtype=pl.String)
+                frame = frame.filter(~pl.col("key").is_in(removed.implode()))
+                if fld in hidden:  # hidden rows go with their object; an archived copy keeps them
+                    added = set(raw["manifest"].get("add") or ())
+                    old = hidden[fld]
+                    moved = old.filter(pl.col("key").is_in(removed.implode())).with_columns(
+                        (pl.lit(P.ARCHIVE_PREFIX) + pl.col("key")).alias("key")).filter(
+                        pl.col("key").is_in(pl.Series(sorted(added), dtype=pl.String).implode()))
+                    hidden = {**hidden, fld: pl.concat([old.filter(~pl.col("key").is_in(removed.implode())), moved])}
             if raw["manifest"].get("add"):
                 frame = pl.concat([frame, manifest_frame(raw["manifest"]["add"])], how="vertical")
             manifest = {**manifest, fld: frame}
+        if isinstance(raw.get("hidden"), dict):
+            h = raw["hidden"]
+            hidden = {**hidden, h["field"]: pl.concat([hidden.get(h["field"], pl.DataFrame(schema=HIDDEN_SCHEMA)),
+                                                       load(h["path"]).cast(HIDDEN_SCHEMA)], how="vertical")}  # type: ignore[arg-type]
         held = st.held
         if isinstance(raw.get("held"), dict):
             h = raw["held"]
@@ -470,7 +493,7 @@ class Ledger:
         return replace(st, version=entry.version, buckets=buckets, consumed=consumed, applied_ids=applied,
                        conflicts=conflicts,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
-                       unlisted=unlisted, manifest=manifest)
+                       unlisted=unlisted, manifest=manifest, hidden=hidden)
 
     def _replay(self, st: State) -> State:
         if self._seen_after is None:
@@ -672,6 +695,8 @@ class Ledger:
                     raw["ids"] = ref("ids", ids)
                 if change.held is not None and change.field is not None:
                     raw["held"] = {"field": change.field, "path": ref("held", change.held) if change.held.height else None}
+                if change.hidden is not None and change.hidden.height and change.field is not None:
+                    raw["hidden"] = {"field": change.field, "path": ref("hidden", change.hidden.cast(HIDDEN_SCHEMA))}  # type: ignore[arg-type]
                 if change.conflicts is not None and change.conflicts.height and change.field is not None:
                     raw["conflicts"] = {"field": change.field, "path": ref("conflicts", change.conflicts.tail(MAX_CONFLICTS))}
                 # Sequential on purpose: a deterministic order of storage calls (the simulator
@@ -784,6 +809,7 @@ class Ledger:
             "ids": put("checkpoint-ids", ids) or _inline(ids),
             "held": held,
             "conflicts": {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height},
+            "hidden": {f: put(f"checkpoint-hidden-{f}", rows) for f, rows in st.hidden.items() if rows.height},
             "manifest": manifest,
             "consumed": {f: sorted(k) for f, k in st.consumed.items()},
             "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},

@@ -33,6 +33,7 @@ from ecanalytics.errors import (
     MissingObjectError,
     SchemaError,
 )
+from ecanalytics.ledger.keys import AUTO_ID_PREFIX
 from ecanalytics.ledger.schema import Attribute, to_decimal
 from ecanalytics.storage import Store, decode_parquet
 from ecanalytics.storage import paths as P
@@ -137,6 +138,19 @@ def tx_schema(value_dtype: pl.DataType | None = None) -> dict[str, pl.DataType]:
     return {**TX_SCHEMA, "value": value_dtype or pl.Float64()}
 
 
+def pending_schema(value_dtype: pl.DataType | None = None) -> dict[str, pl.DataType]:
+    """Transaction rows as consolidation carries them: the columns, then ``_object`` (the object's
+    index among the keys read) and ``_row`` (the row's position in its object); both are null for
+    rows held back by an earlier run."""
+    return {**tx_schema(value_dtype), "_object": pl.UInt32(), "_row": pl.UInt32()}
+
+
+def held_rows(held: pl.DataFrame, value_dtype: pl.DataType | None = None) -> pl.DataFrame:
+    """Held rows (transaction columns plus ``_reason``) in :func:`pending_schema` form."""
+    return held.drop("_reason").with_columns(pl.lit(None, pl.UInt32).alias("_object"),
+                                             pl.lit(None, pl.UInt32).alias("_row")).cast(pending_schema(value_dtype))  # type: ignore[arg-type]
+
+
 def tx_frame(rows: Sequence[dict[str, Any]], value_dtype: pl.DataType | None = None) -> pl.DataFrame:
     return pl.DataFrame(list(rows), schema=tx_schema(value_dtype), orient="row")
 
@@ -171,8 +185,10 @@ def plan_objects(dataset: str, tz: str, txs: pl.DataFrame, max_rows: int | None 
         step = max_rows or rows.height
         for offset in range(0, rows.height, step):
             cohort_date, file_id = str(day), P.new_file_id()
+            chunk = rows.slice(offset, step)
+            auto = bool(chunk.select(pl.col("id").str.starts_with(AUTO_ID_PREFIX).all()).item())
             planned.append(PlannedObject(P.tx_object(dataset, cohort_date, file_id),
-                                         P.inbox_marker(dataset, cohort_date, file_id), rows.slice(offset, step)))
+                                         P.inbox_marker(dataset, cohort_date, file_id, auto=auto), chunk))
     return planned
 
 
@@ -191,6 +207,11 @@ class Inbox:
 
     markers: dict[str, str]
     times: dict[str, float | None]
+
+    @property
+    def auto(self) -> frozenset[str]:
+        """Keys whose marker says every id in the object is generated (no deduplication needed)."""
+        return frozenset(k for k, m in self.markers.items() if P.marker_is_auto(m))
 
     @classmethod
     def scan(cls, store: Store, dataset: str) -> Inbox:
@@ -224,15 +245,16 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
         index, key = item
         blob = blobs[key]
         assert blob is not None
-        # ``_object`` is the object's rank in sorted key order: a cheap, deterministic tie-break.
+        # ``_object`` is the object's rank in sorted key order: a cheap, deterministic tie-break;
+        # ``_row`` the row's position in it: what names an occurrence the key rule drops.
         return _validate(decode_parquet(blob, store.url(key)), store.url(key), field).with_columns(
-            pl.lit(index, pl.UInt32).alias("_object"))
+            pl.lit(index, pl.UInt32).alias("_object"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
         frames = list(pool.map(decode, enumerate(read, start)))
     if not frames:
-        return tx_frame([], value_dtype).with_columns(pl.lit(None, pl.UInt32).alias("_object")), read, missing
+        return pl.DataFrame(schema=pending_schema(value_dtype)), read, missing
     return pl.concat(frames, how="vertical"), read, missing
 
 
@@ -295,7 +317,8 @@ def read_history(store: Store, keys: Sequence[str], value_dtype: pl.DataType | N
             pl.lit(datetime.fromisoformat(day).date()).alias("cohortDate"),
             pl.lit(day[:7]).alias("cohortMonth"),
             pl.lit(key).alias("_object"),
+            pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"),
         ))
     if not frames:
-        return pl.DataFrame(schema={**tx_schema(value_dtype), **COHORT_SCHEMA, "_object": pl.String()})
+        return pl.DataFrame(schema={**tx_schema(value_dtype), **COHORT_SCHEMA, "_object": pl.String(), "_row": pl.UInt32()})
     return pl.concat(frames, how="vertical")

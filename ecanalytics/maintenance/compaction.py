@@ -7,8 +7,11 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import polars as pl
+
 from ecanalytics.consolidation.cluster import FieldSpec, sweep
 from ecanalytics.ledger import Commit, State
+from ecanalytics.ledger.keys import hide
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState
 from ecanalytics.ledger.transactions import history_keys, read_history
 from ecanalytics.storage import paths as P
@@ -72,12 +75,14 @@ def _token_version(token: str) -> int | None:
 
 
 def merge_partition(c: Consolidator, prefix: str, group: list[str], token: str, p: int, target_rows: int,
-                    target_bytes: int) -> dict[str, int] | None:
+                    target_bytes: int, hidden: pl.DataFrame) -> dict[str, int] | None:
     """Merge one partition's objects into objects of up to ``target_rows`` rows (or about
-    ``target_bytes``), named by ``token`` and the partition's index ``p`` (unique in the run);
-    returns each merged object's size, or None when merging would not reduce the object count."""
+    ``target_bytes``), named by ``token`` and the partition's index ``p`` (unique in the run),
+    leaving out the ``hidden`` rows (occurrences of keys that did not count); returns each merged
+    object's size, or None when merging would not reduce the object count."""
     store = c.ledger.store
-    rows = read_history(store, group, c.dtype).drop("cohortDate", "cohortMonth", "_object").sort("timestamp", "id")
+    rows = hide(read_history(store, group, c.dtype), hidden).drop("cohortDate", "cohortMonth", "_object", "_row").sort(
+        "timestamp", "id")
     per_row = max(1, int(rows.estimated_size()) // max(1, rows.height))
     chunk = max(1, min(target_rows, target_bytes // per_row))
     if (rows.height + chunk - 1) // chunk >= len(group):
@@ -90,9 +95,9 @@ def merge_partition(c: Consolidator, prefix: str, group: list[str], token: str, 
 
 
 def _merge_task(spec: FieldSpec, prefix: str, group: list[str], token: str, p: int, target_rows: int,
-                target_bytes: int) -> dict[str, int] | None:
+                target_bytes: int, hidden: pl.DataFrame) -> dict[str, int] | None:
     """:func:`merge_partition` on a Dask worker."""
-    return merge_partition(spec.consolidator(), prefix, group, token, p, target_rows, target_bytes)
+    return merge_partition(spec.consolidator(), prefix, group, token, p, target_rows, target_bytes, hidden)
 
 
 def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: int = TARGET_BYTES,
@@ -113,13 +118,18 @@ def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: in
             by_partition.setdefault(key.rsplit("/", 1)[0], []).append(key)
         token = _run_token(st.version + 1)
         groups = [(prefix, group) for prefix, group in sorted(by_partition.items()) if len(group) >= 2]
+        hidden = st.hidden_of(c.field)
+
+        def hidden_in(group: list[str]) -> pl.DataFrame:
+            return hidden.filter(pl.col("key").is_in(group)) if hidden.height else hidden
+
         if client is None:
-            outputs = [merge_partition(c, prefix, group, token, p, target_rows, target_bytes)
+            outputs = [merge_partition(c, prefix, group, token, p, target_rows, target_bytes, hidden_in(group))
                        for p, (prefix, group) in enumerate(groups)]
         else:
             spec = FieldSpec.of(c)
             outputs = client.gather([client.submit(_merge_task, spec, prefix, group, token, p, target_rows, target_bytes,
-                                                   key=f"ec-compact-{token}-{p}", pure=False)
+                                                   hidden_in(group), key=f"ec-compact-{token}-{p}", pure=False)
                                      for p, (prefix, group) in enumerate(groups)])
         sizes: dict[str, int | None] = {}
         replaced: list[str] = []

@@ -24,7 +24,7 @@ from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, part
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import TX_SCHEMA, tx_schema
+from ecanalytics.ledger.transactions import TX_SCHEMA, pending_schema
 
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
@@ -110,10 +110,10 @@ def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record
     """One bucket of a recalculation, on a Dask worker: its history runs against its records."""
     c = spec.consolidator()
     st = spec.state(c, version).restrict([k])
-    schema = {**tx_schema(c.dtype), "_object": pl.UInt32()}
+    schema = pending_schema(c.dtype)
     frames = [c.store.read_parquet(rel) for rel in runs]
     rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
-    return _rebuild(c, st, c.history_rows(st, rows), record_id)
+    return _rebuild(c, st, c.history_rows(st, rows, hidden=False), record_id)  # the partition tasks hid them
 
 
 def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) -> _Rebuilt:
@@ -123,7 +123,9 @@ def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) 
     spec = FieldSpec.of(c)
     keys = st.applied_objects(c.field)
     chunks = [(keys[i:i + PARTITION_OBJECTS], i) for i in range(0, len(keys), PARTITION_OBJECTS)]
-    parts = client.gather([client.submit(partition_task, spec, chunk, start, run, key=f"ec-rpartition-{run}-{start}",
+    hidden = st.hidden_of(c.field)
+    parts = client.gather([client.submit(partition_task, spec, chunk, start, run,
+                                         hidden.filter(pl.col("key").is_in(chunk)), key=f"ec-rpartition-{run}-{start}",
                                          pure=False) for chunk, start in chunks])
     runs: dict[int, list[str]] = {}
     for p in parts:

@@ -15,7 +15,7 @@ import polars as pl
 
 from ecanalytics.errors import StorageError, ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.keys import visible
+from ecanalytics.ledger.keys import hide
 from ecanalytics.ledger.maintenance_records import RetentionCut, RetentionMode
 from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
@@ -85,7 +85,7 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
                 if k.split("cohortDate=", 1)[1][:10] < cut.isoformat()]
         if not keys:
             return None
-        rows = visible(read_history(store, keys, c.dtype), st.applied_keys(c.field)).sort(["timestamp", "id", "_object"])
+        rows = hide(read_history(store, keys, c.dtype), st.hidden_of(c.field)).sort(["timestamp", "id", "_object"])
         held = c.held_frame(st)
         if held.height:  # objects with held rows are not applied yet: they stay where they are
             keep = set(rows.filter(pl.col("id").is_in(held["id"].implode()))["_object"].to_list())

@@ -256,16 +256,26 @@ def inbox_dir(dataset: str) -> str:
     return f"{dataset}/_inbox"
 
 
-def inbox_marker(dataset: str, cohort_date: str, file_id: str) -> str:
-    return f"{inbox_dir(dataset)}/{_check_date(cohort_date)}.{file_id}"
+AUTO_MARKER = ".a"  # the marker's object holds generated ids only: no row of it can repeat another
+
+
+def inbox_marker(dataset: str, cohort_date: str, file_id: str, *, auto: bool = False) -> str:
+    """The inbox marker of a transaction object; ``auto`` says that every id in it is generated
+    (so readers need not deduplicate its rows). A marker without the suffix may hold any id."""
+    return f"{inbox_dir(dataset)}/{_check_date(cohort_date)}.{file_id}{AUTO_MARKER if auto else ''}"
 
 
 def marker_to_object(dataset: str, marker_name: str) -> tuple[str, str] | None:
     """The transaction object a marker points to, and its file id; None for a foreign file."""
-    cohort_date, _, file_id = marker_name.partition(".")
+    cohort_date, _, file_id = marker_name.removesuffix(AUTO_MARKER).partition(".")
     if not _DATE.match(cohort_date) or not _FILE_ID.match(file_id):
         return None
     return tx_object(dataset, cohort_date, file_id), file_id
+
+
+def marker_is_auto(marker_name: str) -> bool:
+    """Whether a marker says its object holds generated ids only (see :func:`inbox_marker`)."""
+    return marker_name.endswith(AUTO_MARKER)
 
 
 def is_encodable(text: str) -> bool:
