@@ -217,6 +217,17 @@ class Consolidator:
         held = st.held.get(self.field)
         return held if held is not None else pl.DataFrame(schema=self._held_schema)
 
+    def conflicts_frame(self, st: State) -> pl.DataFrame:
+        """The latest key conflicts kept at ``st`` (:data:`ecanalytics.ledger.keys.CONFLICT_SCHEMA`,
+        oldest first, at most :data:`ecanalytics.ledger.log.MAX_CONFLICTS`): reused keys not applied."""
+        found = st.conflicts.get(self.field)
+        return found if found is not None else pl.DataFrame(schema=keys.CONFLICT_SCHEMA)
+
+    def stale_markers(self, st: State) -> tuple[str, ...]:
+        """The inbox markers of objects ``st`` already consumed that a LIST still shows (deletes
+        that have not happened, or not yet): one LIST, nothing read, nothing deleted."""
+        return self._scan(st, cleanup=False)[2]
+
     @property
     def _held_schema(self) -> dict[str, pl.DataType]:
         return {**TX_SCHEMA, "value": self.dtype, "_reason": pl.String()}
