@@ -135,14 +135,20 @@ class Output:
 
     def records(self, title: str, rows: list[dict[str, str]], headings: list[str] | None = None) -> None:
         """One block per record, ``key: value`` per line, for what is too wide for a table."""
+        # As in line(): piped output is not wrapped (a key or path split across lines cannot be pasted).
+        soft = not self.console.is_terminal
+
+        def show(text: str, style: str | None = None) -> None:
+            self.console.print(text, style=style, highlight=False, overflow="ignore" if soft else "fold", markup=False,
+                               soft_wrap=soft)
+
         if title:
-            self.console.print(title, style="bold", highlight=False, overflow="fold", markup=False)
+            show(title, "bold")
         width = max((len(k) for row in rows for k in row), default=0)
         for i, row in enumerate(rows):
-            heading = headings[i] if headings else f"record {i + 1} of {len(rows)}"
-            self.console.print(f"\n{heading}", style="bold", highlight=False, overflow="fold")
+            show(f"\n{headings[i] if headings else f'record {i + 1} of {len(rows)}'}", "bold")
             for key, value in row.items():
-                self.console.print(f"  {key.ljust(width)}  {value}", highlight=False, overflow="fold", markup=False)
+                show(f"  {key.ljust(width)}  {value}")
 
     def table(self, title: str, df: pl.DataFrame) -> None:
         """A whole result: a rich table, one JSON object per row and line, or CSV."""
@@ -166,8 +172,9 @@ class Output:
         if self.fmt != "json":
             # Piped output is not wrapped (a path split across lines cannot be pasted); a terminal
             # wraps at words and folds only a word longer than the line.
-            self.console.print(text, highlight=False, overflow="fold", markup=False,
-                               soft_wrap=not self.console.is_terminal)
+            # (rich cuts a soft-wrapped line at the width unless overflow is "ignore")
+            soft = not self.console.is_terminal
+            self.console.print(text, highlight=False, overflow="ignore" if soft else "fold", markup=False, soft_wrap=soft)
 
     def warn(self, text: str) -> None:
         """A line for people on stderr; in JSON mode a log record (JSON on stderr too)."""
