@@ -103,7 +103,7 @@ def resource_html(r: Resource) -> str:
     rows, note = _field_rows(r.plugins.values())
     count = st.loaded_record_count() if st is not None else None
     about = (f"state {NOT_LOADED} (the first read loads it)" if st is None else
-             f"{count:,} records · version {st.version}" if count is not None else
+             f"{count:,} record{'' if count == 1 else 's'} · version {st.version}" if count is not None else
              f"records {NOT_LOADED} · version {st.version}")
     return table(f"Resource {r.name}", FIELD_HEADER, rows,
                  _join(about, f"attributes: {', '.join(r.schema.to_spec())}", note))
