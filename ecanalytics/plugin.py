@@ -516,7 +516,7 @@ class EventualConsistencyPlugin:
         """Rollups of the last ``n`` cohorts of ``period``, ending with the current one."""
         return self._cohorts().last_n(period, n, fill_gaps)
 
-    def inspect(self, *, conflicts: int = LATEST_CONFLICTS) -> dict[str, Any]:
+    def inspect(self, *, latest_conflicts: int = LATEST_CONFLICTS) -> dict[str, Any]:
         """Health of this field. **Only reads**: the state, one LIST of the inbox and the pending
         objects; it never writes or deletes, so it is safe with read-only credentials (deletes are
         probed by :meth:`probe_permissions`, on request). Keys:
@@ -536,7 +536,7 @@ class EventualConsistencyPlugin:
           allowed, None when unknown;
         * ``conflicts``: how many key conflicts the state keeps (caller-supplied ids reused for
           another record, operation or amount, which were not applied; the newest 1,000 are
-          kept), and ``latestConflicts``: the newest ``conflicts`` of them (default 5), oldest
+          kept), and ``latestConflicts``: the newest ``latest_conflicts`` of them (default 5), oldest
           first, each ``id, originalId, operation, value, timestamp, reason``.
 
         Example:
@@ -563,7 +563,7 @@ class EventualConsistencyPlugin:
             "staleMarkers": len(pending.stale_markers),
             "deleteDenied": True if c.store.delete_denied else self._delete_probe,
             "conflicts": kept.height,
-            "latestConflicts": kept.tail(conflicts).to_dicts() if conflicts > 0 else [],
+            "latestConflicts": kept.tail(latest_conflicts).to_dicts() if latest_conflicts > 0 else [],
         }
         self._last_inspect = (datetime.now(timezone.utc), health)
         return health
@@ -586,9 +586,11 @@ class EventualConsistencyPlugin:
         stale = c.stale_markers(c.ledger.state())
         if not stale:
             return {"staleMarkers": 0, "deleteDenied": None, "probed": None}
-        c.store.delete_denied = False
+        seen, c.store.delete_denied = c.store.delete_denied, False  # the flag is shared by every field
         c.store.delete([stale[0]])
-        denied = c.store.delete_denied or c.store.exists(stale[0])  # a silent no-op counts too
+        refused = c.store.delete_denied
+        c.store.delete_denied = seen or refused
+        denied = refused or c.store.exists(stale[0])  # a silent no-op counts too
         self._delete_probe = denied
         return {"staleMarkers": len(stale), "deleteDenied": denied, "probed": c.store.url(stale[0])}
 

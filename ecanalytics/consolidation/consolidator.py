@@ -91,6 +91,8 @@ class ConsolidationResult:
     conflicts: pl.DataFrame | None = None  # reused keys not applied (ledger.keys.CONFLICT_SCHEMA)
 
     def __repr__(self) -> str:
+        """One line from the result itself (no request), with ``late``, ``held`` and
+        ``conflicts`` when there are any."""
         from ecanalytics.display import result_repr
 
         return result_repr(self)
