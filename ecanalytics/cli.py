@@ -135,14 +135,20 @@ class Output:
 
     def records(self, title: str, rows: list[dict[str, str]], headings: list[str] | None = None) -> None:
         """One block per record, ``key: value`` per line, for what is too wide for a table."""
+        # As in line(): piped output is not wrapped (a key or path split across lines cannot be pasted).
+        soft = not self.console.is_terminal
+
+        def show(text: str, style: str | None = None) -> None:
+            self.console.print(text, style=style, highlight=False, overflow="ignore" if soft else "fold", markup=False,
+                               soft_wrap=soft)
+
         if title:
-            self.console.print(title, style="bold", highlight=False, overflow="fold", markup=False)
+            show(title, "bold")
         width = max((len(k) for row in rows for k in row), default=0)
         for i, row in enumerate(rows):
-            heading = headings[i] if headings else f"record {i + 1} of {len(rows)}"
-            self.console.print(f"\n{heading}", style="bold", highlight=False, overflow="fold")
+            show(f"\n{headings[i] if headings else f'record {i + 1} of {len(rows)}'}", "bold")
             for key, value in row.items():
-                self.console.print(f"  {key.ljust(width)}  {value}", highlight=False, overflow="fold", markup=False)
+                show(f"  {key.ljust(width)}  {value}")
 
     def table(self, title: str, df: pl.DataFrame) -> None:
         """A whole result: a rich table, one JSON object per row and line, or CSV."""
@@ -166,8 +172,9 @@ class Output:
         if self.fmt != "json":
             # Piped output is not wrapped (a path split across lines cannot be pasted); a terminal
             # wraps at words and folds only a word longer than the line.
-            self.console.print(text, highlight=False, overflow="fold", markup=False,
-                               soft_wrap=not self.console.is_terminal)
+            # (rich cuts a soft-wrapped line at the width unless overflow is "ignore")
+            soft = not self.console.is_terminal
+            self.console.print(text, highlight=False, overflow="ignore" if soft else "fold", markup=False, soft_wrap=soft)
 
     def warn(self, text: str) -> None:
         """A line for people on stderr; in JSON mode a log record (JSON on stderr too)."""
@@ -640,18 +647,50 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
             _sleep(interval)
 
 
-@cli.command(short_help="Backlog, age, version and sizes of every managed field.")
+def _conflict_text(conflicts: list[dict[str, Any]]) -> str:
+    """Key conflicts on one line: ``key: record operation value (reason, at time)``, ``; ``-separated."""
+    return "; ".join(f"{c['id']}: {c['originalId']} {c['operation']} {c['value']} ({c['reason']}, at "
+                     f"{cell(c['timestamp'])})" for c in conflicts) or "-"
+
+
+def _verify(db: Database) -> tuple[list[str], list[dict[str, str]]]:
+    """(the resources checked, every missing object): what the committed state of each resource
+    names that the store does not hold, and each catalog entry that cannot be read."""
+    from ecanalytics.storage import paths as P
+
+    missing = [{"resource": name, "key": db.store.url(P.catalog_entry(name)), "what": "catalog entry (unreadable)",
+                "fix": f"restore it from a backup ({error})"} for name, error in sorted(db._broken.items())]
+    for name in sorted(db._resources):
+        missing += [{"resource": name, **problem.as_dict()} for problem in db._resources[name].verify()]
+    return sorted(db._resources), missing
+
+
+@cli.command(short_help="Backlog, age, versions, sizes and key conflicts of every managed field; only reads.")
 @root_option
 @endpoint_option
 @output_option
 @log_level_option
-def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> None:
+@click.option("--verify", "verify_", is_flag=True,
+              help="Also check that every object the committed state names exists (one LIST per prefix, no GET); "
+                   "exit 1 if any is missing.")
+@click.option("--probe-permissions", is_flag=True,
+              help="WRITES: delete one stale consumed marker per field (its object is applied: always safe) to learn "
+                   "whether deletes are allowed. Without it, inspect only reads.")
+def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verify_: bool, probe_permissions: bool) -> None:
     """Per resource and field: pending backlog and its age (by write time, then event time),
-    version, last checkpoint, objects and sizes."""
+    version, last checkpoint, objects and sizes, stale markers, and the key conflicts the state
+    keeps (reused idempotency keys that were not applied). Only reads (LISTs and GETs), unless
+    --probe-permissions is given.
+
+    --verify also checks that every object the committed state names exists (applied transaction
+    objects, live and archived, bucket objects, retention bases), prints each missing one with what
+    it is and what to do, and exits 1 when anything is missing (0 when the root is whole)."""
     from ecanalytics.storage import paths as P
 
     out = Output(output_fmt)
     rows = []
+    checked: list[str] = []
+    missing: list[dict[str, str]] = []
     with _open(root, endpoint_url) as db:
         for name in sorted(db._resources):
             resource = db._resources[name]
@@ -666,24 +705,51 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat) -> No
                                        "version": state.version, "checkpoint": checkpoint}
                 if field is not None:
                     plugin = resource.plugins[field]
+                    probe = plugin.probe_permissions() if probe_permissions else None
                     health = plugin.inspect()
                     objects, size = db.store.du(plugin.dataset, ".parquet")
                     row.update(**health, objects=objects, bytes=size, reducer=plugin.reducer_name,
                                timezone=plugin.timezone)
+                    if probe is not None:
+                        row["probedMarker"] = probe["probed"]
                     if health["deleteDenied"]:
                         out.warn(f"warning: the store refuses deletes under {plugin.dataset}/_inbox; "
                                  f"{health['staleMarkers']} consumed marker(s) stay and are carried by every "
                                  "consolidation (exactly once still holds). Grant DeleteObject there.")
+                    elif health["staleMarkers"] and health["deleteDenied"] is None:
+                        out.warn(f"note: {health['staleMarkers']} consumed marker(s) remain under {plugin.dataset}/_inbox "
+                                 "(the next consolidation deletes them); `ecanalytics inspect --probe-permissions` "
+                                 "tells whether deletes are allowed (it deletes one of them).")
                 rows.append(row)
+        if verify_:
+            checked, missing = _verify(db)
         uri = db.uri
     if out.fmt == "json":
-        out.summary({"root": uri, "fields": rows}, "")
+        payload: dict[str, Any] = {"root": uri, "fields": rows}
+        if verify_:
+            payload["verify"] = {"whole": not missing, "resources": checked, "missing": missing}
+        out.summary(payload, "")
     elif not rows:
         out.line(f"ecanalytics at {uri}: no resources yet.")
     else:  # one block per field: twenty columns never fit a terminal
         headings = [f"{r['resource']}.{r['field']}" if r["field"] else f"{r['resource']} (no managed field)" for r in rows]
-        out.records(f"ecanalytics at {uri}", [{k: cell(v) for k, v in r.items() if k not in ("resource", "field")}
-                                              for r in rows], headings)
+        out.records(f"ecanalytics at {uri}", [
+            {k: _conflict_text(v) if k == "latestConflicts" else cell(v) for k, v in r.items()
+             if k not in ("resource", "field")} for r in rows], headings)
+    if verify_ and out.fmt != "json":
+        if missing:
+            out.line("")
+            out.records(f"verify: {count(len(missing), 'missing object')}",
+                        [{"resource": m["resource"], "what": m["what"], "fix": m["fix"]} for m in missing],
+                        [m["key"] for m in missing])
+        else:
+            out.line(f"\nverify: whole; every object the committed state names is present "
+                     f"({count(len(checked), 'resource')} checked).")
+    if missing:
+        if out.fmt != "json":
+            out.warn(f"error: {count(len(missing), 'object')} named by the committed state "
+                     f"{'is' if len(missing) == 1 else 'are'} missing (listed above).")
+        raise SystemExit(1)
 
 
 @cli.command(short_help="Rebuild values from the history; commit only what differs.")

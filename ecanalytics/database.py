@@ -135,9 +135,12 @@ class Database:
         self._reopen()
 
     def __repr__(self) -> str:
+        """The root and its resources, as opened: no request."""
         return display.database_repr(self)
 
     def _repr_html_(self) -> str:
+        """The Jupyter view: records and version of each resource as this process holds them
+        ("not loaded" otherwise). No request: looking changes nothing, and costs nothing."""
         return display.database_html(self)
 
     @property

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 Callback = Callable[[dict[str, Any]], None]
 EVENTS = ("eventual-consistency.consolidated", "eventual-consistency.transaction-error")
+LATEST_CONFLICTS = 5  # key conflicts inspect() lists (it counts them all)
 
 
 @dataclass
@@ -131,13 +132,18 @@ class EventualConsistencyPlugin:
         self._gc_running = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # What reprs may show without a request: the last inspect() (when, what) and probe result.
+        self._last_inspect: tuple[datetime, dict[str, Any]] | None = None
+        self._delete_probe: bool | None = None
 
     def __repr__(self) -> str:
+        """One line from the configuration alone: no request."""
         return display.plugin_repr(self)
 
     def _repr_html_(self) -> str:
-        return display.table(f"Plugin {self.resource_name}.{self.field}", display.FIELD_HEADER,
-                             display._field_rows([self]) if self._consolidator else [])
+        """The field's row from what this process holds (no request; the backlog as of the last
+        :meth:`inspect`, if any)."""
+        return display.plugin_html(self)
 
     # -- identity and persistence ----------------------------------------------------------
     @property
@@ -449,9 +455,16 @@ class EventualConsistencyPlugin:
         if result is None:
             self.consolidate()
         elif result.version is not None:
-            self._emit("eventual-consistency.consolidated", {
-                **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
-            })
+            self._emit_consolidated(result)
+
+    def _emit_consolidated(self, result: ConsolidationResult) -> None:
+        """The ``consolidated`` event: :meth:`ConsolidationResult.as_dict` (its ``conflicts`` are the
+        reused keys this run did not apply) plus ``recordCount``, ``transactionCount`` and
+        ``conflictCount``."""
+        self._emit("eventual-consistency.consolidated", {
+            **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
+            "conflictCount": result.conflicts.height if result.conflicts is not None else 0,
+        })
 
     # -- consolidation ---------------------------------------------------------------------
     def consolidate(self, engine: FoldEngine | None = None) -> ConsolidationResult:
@@ -464,9 +477,7 @@ class EventualConsistencyPlugin:
             self._error("consolidate", exc)
             raise
         if result.version is not None:
-            self._emit("eventual-consistency.consolidated", {
-                **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
-            })
+            self._emit_consolidated(result)
         return result
 
     # -- analytics (DuckDB) ----------------------------------------------------------------
@@ -505,18 +516,34 @@ class EventualConsistencyPlugin:
         """Rollups of the last ``n`` cohorts of ``period``, ending with the current one."""
         return self._cohorts().last_n(period, n, fill_gaps)
 
-    def inspect(self) -> dict[str, Any]:
-        """Health of this field, without committing anything: ``pending`` rows (``late`` of them
-        sort before what their record already applied); the backlog's age by *write* time
-        (``oldestWrittenAt``, ``ageSeconds``: when the oldest pending object was written, by its
-        writer's clock, which is what an alert on a stuck consolidator needs) and by event time
-        (``oldestEventAt``, ``eventAgeSeconds``: a backfill may be old yet just written);
-        ``held`` rows by reason (``overflow``,
-        ``reducer-error``, ``awaiting-record``: transactions of a record that does not exist yet
-        and has required attributes without defaults), and ``staleMarkers``: inbox markers of
-        applied objects that deletes have not removed. ``deleteDenied`` is True when deleting one
-        of them (always safe: it is applied) is refused or silently does nothing, None when there
-        is nothing to probe."""
+    def inspect(self, *, latest_conflicts: int = LATEST_CONFLICTS) -> dict[str, Any]:
+        """Health of this field. **Only reads**: the state, one LIST of the inbox and the pending
+        objects; it never writes or deletes, so it is safe with read-only credentials (deletes are
+        probed by :meth:`probe_permissions`, on request). Keys:
+
+        * ``pending``: pending rows (``late``: how many of them sort before what their record
+          already applied);
+        * the backlog's age by *write* time (``oldestWrittenAt``, ``ageSeconds``: when the oldest
+          pending object was written, by its writer's clock, which is what an alert on a stuck
+          consolidator needs) and by event time (``oldestEventAt``, ``eventAgeSeconds``: a
+          backfill may be old yet just written);
+        * ``held`` rows, ``heldRecords`` and ``heldReasons`` (``overflow``, ``reducer-error``,
+          ``awaiting-record``: transactions of a record that does not exist yet and has required
+          attributes without defaults);
+        * ``staleMarkers``: inbox markers of applied objects that deletes have not removed;
+          ``deleteDenied``: True when this process saw the store refuse a delete or the last
+          :meth:`probe_permissions` found deletes denied, False when that probe found them
+          allowed, None when unknown;
+        * ``conflicts``: how many key conflicts the state keeps (caller-supplied ids reused for
+          another record, operation or amount, which were not applied; the newest 1,000 are
+          kept), and ``latestConflicts``: the newest ``latest_conflicts`` of them (default 5), oldest
+          first, each ``id, originalId, operation, value, timestamp, reason``.
+
+        Example:
+            >>> health = wallets.plugin().inspect()  # doctest: +SKIP
+            >>> health["pending"], health["conflicts"]  # doctest: +SKIP
+            (0, 0)
+        """
         from ecanalytics.consolidation.eventorder import late_rows
 
         c = self.consolidator
@@ -524,23 +551,48 @@ class EventualConsistencyPlugin:
         pending = c.pending(st, cleanup=False)
         held = c.held_frame(st)
         fresh = pending.rows.join(held.select("id"), on="id", how="anti")
-        stale = pending.stale_markers
-        denied: bool | None = None
-        if stale:
-            c.store.delete_denied = False
-            c.store.delete(list(stale[:1]))
-            denied = c.store.delete_denied or c.store.exists(stale[0])  # a silent no-op counts too
+        kept = c.conflicts_frame(st)
         reasons = held.group_by("_reason").len().sort("_reason") if held.height else None
-        return {
+        health = {
             "pending": fresh.height,
             "late": int(late_rows(fresh, st.field_marks(self.field)).sum()) if fresh.height else 0,
             **_backlog_age(fresh, sorted(pending.objects)),
             "held": held.height,
             "heldRecords": sorted(held["originalId"].unique().to_list()),
             "heldReasons": dict(zip(reasons["_reason"].to_list(), reasons["len"].to_list(), strict=True)) if reasons is not None else {},
-            "staleMarkers": len(stale),
-            "deleteDenied": denied,
+            "staleMarkers": len(pending.stale_markers),
+            "deleteDenied": True if c.store.delete_denied else self._delete_probe,
+            "conflicts": kept.height,
+            "latestConflicts": kept.tail(latest_conflicts).to_dicts() if latest_conflicts > 0 else [],
         }
+        self._last_inspect = (datetime.now(timezone.utc), health)
+        return health
+
+    def probe_permissions(self) -> dict[str, Any]:
+        """**Deletes one object.** Learn whether the store allows deletes under this field's inbox
+        by deleting one stale consumed marker (an inbox marker whose object is already applied):
+        always safe, since that key stays consumed until a later LIST shows the marker gone, and
+        the next consolidation would delete it anyway. Returns ``staleMarkers`` (before the
+        probe), ``deleteDenied`` (True when the delete was refused or silently did nothing, False
+        when it worked, None when there was no stale marker, and then nothing is deleted) and
+        ``probed`` (the marker's URL, or None). :meth:`inspect` reports the answer from then on.
+        ``ecanalytics inspect --probe-permissions`` runs it for every field.
+
+        Stale markers pile up only where deletes fail: append-only credentials (PUT, GET and LIST
+        but no DELETE) keep exactly once, at the cost of listing and carrying every consumed
+        marker; grant ``s3:DeleteObject`` on ``*/_inbox/*`` to stay cheap.
+        """
+        c = self.consolidator
+        stale = c.stale_markers(c.ledger.state())
+        if not stale:
+            return {"staleMarkers": 0, "deleteDenied": None, "probed": None}
+        seen, c.store.delete_denied = c.store.delete_denied, False  # the flag is shared by every field
+        c.store.delete([stale[0]])
+        refused = c.store.delete_denied
+        c.store.delete_denied = seen or refused
+        denied = refused or c.store.exists(stale[0])  # a silent no-op counts too
+        self._delete_probe = denied
+        return {"staleMarkers": len(stale), "deleteDenied": denied, "probed": c.store.url(stale[0])}
 
     def pending(self) -> pl.DataFrame:
         """The pending (not yet applied) transactions, deduplicated, without committing anything."""

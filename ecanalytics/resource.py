@@ -148,9 +148,13 @@ class Resource:
         self.plugins: dict[str, EventualConsistencyPlugin] = {}
 
     def __repr__(self) -> str:
+        """``Resource('wallets', records=4, fields=['balance'], version=1)`` from the state this
+        process already holds, without a request ("not loaded" where it holds nothing yet)."""
         return display.resource_repr(self)
 
     def _repr_html_(self) -> str:
+        """The Jupyter view: one row per managed field, from memory only (no request; the pending
+        backlog is the last ``inspect()``'s, else "unknown — call inspect()")."""
         return display.resource_html(self)
 
     def to_arrow(self) -> pa.Table:
@@ -531,9 +535,12 @@ class TransactionDataset:
         self.name = plugin.dataset
 
     def __repr__(self) -> str:
+        """The dataset's name, field and zone: no request."""
         return display.dataset_repr(self)
 
     def _repr_html_(self) -> str:
+        """The Jupyter view from memory only: the applied objects of the manifest this process
+        holds, and the backlog of the plugin's last ``inspect()``. No request."""
         return display.dataset_html(self)
 
     def to_arrow(self, where: Filter | None = None) -> pa.Table:

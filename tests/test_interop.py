@@ -40,7 +40,9 @@ def test_reprs_are_short_and_informative(root: Root) -> None:
     w.add("w9", 1)
     html = w._repr_html_()
     assert "<table>" in html and "Europe/Berlin" in html and "default" in html and "4 records" in html
-    assert "<td>1</td>" in html  # one pending transaction in the backlog column
+    assert "unknown — call inspect()" in html  # a view never LISTs the inbox
+    plugin.inspect()
+    assert "<td>1</td>" in w._repr_html_()  # one pending transaction, as the last inspect() saw it
     for obj in (db, plugin, result, dataset):
         assert obj._repr_html_().startswith("<div>")  # type: ignore[union-attr]
 

@@ -93,6 +93,8 @@ class ConsolidationResult:
     conflicts: pl.DataFrame | None = None  # reused keys not applied (ledger.keys.CONFLICT_SCHEMA)
 
     def __repr__(self) -> str:
+        """One line from the result itself (no request), with ``late``, ``held`` and
+        ``conflicts`` when there are any."""
         from ecanalytics.display import result_repr
 
         return result_repr(self)
@@ -234,6 +236,17 @@ class Consolidator:
         """The rows held back at ``st`` (transaction columns plus ``_reason``)."""
         held = st.held.get(self.field)
         return held if held is not None else pl.DataFrame(schema=self._held_schema)
+
+    def conflicts_frame(self, st: State) -> pl.DataFrame:
+        """The latest key conflicts kept at ``st`` (:data:`ecanalytics.ledger.keys.CONFLICT_SCHEMA`,
+        oldest first, at most :data:`ecanalytics.ledger.log.MAX_CONFLICTS`): reused keys not applied."""
+        found = st.conflicts.get(self.field)
+        return found if found is not None else pl.DataFrame(schema=keys.CONFLICT_SCHEMA)
+
+    def stale_markers(self, st: State) -> tuple[str, ...]:
+        """The inbox markers of objects ``st`` already consumed that a LIST still shows (deletes
+        that have not happened, or not yet): one LIST, nothing read, nothing deleted."""
+        return self._scan(st, cleanup=False)[2]
 
     @property
     def _held_schema(self) -> dict[str, pl.DataType]:

@@ -117,6 +117,11 @@ class Bucket:
     def loaded(self) -> bool:
         return self._frames is not None
 
+    @property
+    def frames_if_loaded(self) -> Frames | None:
+        """The frames if they are loaded already, else None (never a read)."""
+        return self._frames
+
     def frames(self, load: Loader, *, memo: bool = True, rebuild: Rebuild | None = None) -> Frames:
         """The bucket's (records, marks): the base plus every part, read once and kept (``memo``).
         A base that cannot be read is rebuilt from the log with ``rebuild`` (the log is complete

@@ -165,6 +165,19 @@ class State:
     def _visible_buckets(self) -> range | tuple[int, ...]:
         return self.only if self.only is not None else range(self.n_buckets)
 
+    def loaded_record_count(self) -> int | None:
+        """How many records this state holds, if that is known without a read: every bucket is
+        loaded, or names nothing yet (no base, no upserts). None otherwise (see :attr:`records`)."""
+        total = 0
+        for k in self._visible_buckets:
+            bucket = self.buckets[k]
+            frames = bucket.frames_if_loaded
+            if frames is not None:
+                total += frames[0].height
+            elif bucket.base.records or any(part.records for part in bucket.parts):
+                return None
+        return total
+
     @property
     def records(self) -> pl.DataFrame:
         """Every record (loads every bucket; in a :meth:`restrict`-ed state, its buckets only)."""
@@ -528,6 +541,11 @@ class Ledger:
     def cached(self) -> State:
         """The state this process last saw (no request once loaded); ``state()`` for the latest."""
         return self._state if self._state is not None else self.state()
+
+    def in_memory(self) -> State | None:
+        """The state this process holds, or None before its first read: never a request. What
+        reprs show (a repr must not read: see ``docs/guarantees.md``, "Looking changes nothing")."""
+        return self._state
 
     # -- history (maintenance paths: they may read the whole log) ----------------------------
     def latest_version(self) -> int:
