@@ -595,9 +595,11 @@ class EventualConsistencyPlugin:
         return {"staleMarkers": len(stale), "deleteDenied": denied, "probed": c.store.url(stale[0])}
 
     def pending(self) -> pl.DataFrame:
-        """The pending (not yet applied) transactions, deduplicated, without committing anything."""
+        """The pending (not yet applied) transactions, one per id as the next consolidation will
+        count them, in event order (``timestamp``, ``id``), without committing anything."""
         consolidator = self.consolidator
-        return consolidator.pending(consolidator.ledger.state(), cleanup=False).rows.drop("_object")
+        rows = consolidator.pending(consolidator.ledger.state(), cleanup=False).rows
+        return rows.sort("timestamp", "id").drop("_object", "_row")
 
 
 def _backlog_age(rows: pl.DataFrame, objects: list[str]) -> dict[str, Any]:
