@@ -141,7 +141,7 @@ def database_html(db: Database) -> str:
 
 
 def result_repr(r: ConsolidationResult) -> str:
-    conflicts = r.conflicts.height if r.conflicts is not None else 0
+    conflicts = r.conflicts.height
     extra = "".join(f", {k}={v}" for k, v in (("late", r.late), ("held", r.held), ("conflicts", conflicts)) if v)
     return (f"ConsolidationResult({r.resource}.{r.field}, version={r.version}, transactions={r.transactions}, "
             f"records={r.records}, objects={r.objects}{extra}, {r.duration_s * 1000:.1f} ms)")

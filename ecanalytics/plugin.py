@@ -463,7 +463,7 @@ class EventualConsistencyPlugin:
         ``conflictCount``."""
         self._emit("eventual-consistency.consolidated", {
             **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
-            "conflictCount": result.conflicts.height if result.conflicts is not None else 0,
+            "conflictCount": result.conflicts.height,
         })
 
     # -- consolidation ---------------------------------------------------------------------

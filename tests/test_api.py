@@ -304,6 +304,7 @@ def test_crud_and_query(root: Root) -> None:
 
 def test_transaction_dataset_columns_and_applied(root: Root) -> None:
     db, wallets, _ = wallets_db(root, mode="async")
+    wallets.insert({"id": "w1", "userId": "u1", "balance": 0, "currency": "USD"})
     ts = datetime(2026, 11, 27, 15, tzinfo=timezone.utc)
     wallets.add("w1", 5, timestamp=ts, source="checkout")
     wallets.consolidate("w1")

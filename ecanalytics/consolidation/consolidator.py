@@ -90,7 +90,8 @@ class ConsolidationResult:
     held_records: tuple[str, ...] = ()
     held_reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     engine: dict[str, Any] = dataclasses.field(default_factory=dict)  # a cluster engine's tasks, workers, phases
-    conflicts: pl.DataFrame | None = None  # reused keys not applied (ledger.keys.CONFLICT_SCHEMA)
+    conflicts: pl.DataFrame = dataclasses.field(  # reused keys not applied (ledger.keys.CONFLICT_SCHEMA)
+        default_factory=lambda: pl.DataFrame(schema=keys.CONFLICT_SCHEMA))
 
     def __repr__(self) -> str:
         """One line from the result itself (no request), with ``late``, ``held`` and
@@ -111,7 +112,7 @@ class ConsolidationResult:
             "transactions": self.transactions, "duplicates": self.duplicates, "objects": self.objects,
             "records": self.records, "late": self.late, "held": self.held, "heldRecords": list(self.held_records),
             "heldReasons": dict(self.held_reasons), "durationMs": round(self.duration_s * 1000, 3),
-            "conflicts": [] if self.conflicts is None else [
+            "conflicts": [
                 {**row, "timestamp": row["timestamp"].isoformat()} for row in self.conflicts.iter_rows(named=True)],
             **({"engine": self.engine} if self.engine else {}),
         }
@@ -552,7 +553,9 @@ class Consolidator:
                 runs.add(resolved.kept)
             out.spilled = True
             empty = pl.DataFrame(schema=schema)
-            for k in runs.buckets():
+            # No rows left (every one a retry or a conflict): still one fold, so that the commit
+            # consumes the objects (and records what it dropped), as the Dask engine does.
+            for k in runs.buckets() or [0]:
                 out.add(self.fold_unit(st, k, runs.take(k, schema), empty, version, token))
         return out
 
@@ -619,7 +622,7 @@ class Consolidator:
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
             stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
-            engine=done.get("engine", {}), conflicts=change.conflicts, **self._held_summary(change.held),
+            engine=done.get("engine", {}), conflicts=self._conflicts(change), **self._held_summary(change.held),
         )
 
     def run_known(self, objects: Sequence[PlannedObject], after: int) -> ConsolidationResult | None:
@@ -684,8 +687,12 @@ class Consolidator:
         return ConsolidationResult(
             self.ledger.resource, self.field, state.version, stats["transactions"], stats["duplicates"],
             stats["objects"], stats["records"], elapsed, change.upserts.select("id", pl.col(self.field).alias("value")),
-            stats["late"], stats["held"], conflicts=change.conflicts, **self._held_summary(change.held),
+            stats["late"], stats["held"], conflicts=self._conflicts(change), **self._held_summary(change.held),
         )
+
+    @staticmethod
+    def _conflicts(change: Commit) -> pl.DataFrame:
+        return change.conflicts if change.conflicts is not None else pl.DataFrame(schema=keys.CONFLICT_SCHEMA)
 
     @staticmethod
     def _held_summary(held: pl.DataFrame) -> dict[str, Any]:
