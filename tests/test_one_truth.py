@@ -101,7 +101,7 @@ def plan(seed: int) -> list[tuple[str, str, str, float, datetime]]:
     """Writes with keys reused for the same record (retries, any timestamp) and for others."""
     rng = random.Random(seed)
     out = []
-    for i in range(160):
+    for _ in range(160):
         key = f"key{rng.randrange(70)}"
         record = f"r{rng.randrange(12)}"
         op = rng.choice(["add", "add", "sub", "set"])
@@ -120,7 +120,7 @@ def model(writes: list[tuple[str, str, str, float, datetime]]) -> dict[str, floa
         if key not in first or cand < first[key]:
             first[key] = cand
     out: dict[str, float] = {}
-    for key, (_ts, record, op, value) in sorted(first.items(), key=lambda kv: (kv[1][0], kv[0])):
+    for _key, (_ts, record, op, value) in sorted(first.items(), key=lambda kv: (kv[1][0], kv[0])):
         cur = out.get(record, 0.0)
         out[record] = value if op == "set" else cur + value if op == "add" else cur - value
     return out
