@@ -12,8 +12,10 @@ replays. :func:`export_records` writes them as one Parquet object per resource,
 (``ecanalytics ddl --export``) to refresh the snapshot.
 
 What such readers see: every transaction object, pending ones included (there is no ``applied``
-column), and during a compaction window both merged objects and their sources, so deduplicate on
-the transaction ``id`` (see the README, Compaction).
+column), and during a compaction window both merged objects and their sources, so keep one row
+per transaction ``id``, the earliest by ``(timestamp, originalId, operation, value)`` (the key rule
+of ``ecanalytics.ledger.keys``; conflicting reuses that ecanalytics hid are visible to such readers).
+See ``docs/operations.md``, Compaction.
 
 Example:
     >>> import ecanalytics as ec
