@@ -312,3 +312,29 @@ def test_tasks_carry_no_credentials(tmp_path: Path) -> None:
     assert spec.config.key is None and spec.config.secret is None and spec.config.token is None
     blob = pickle.dumps(spec)
     assert secret.encode() not in blob and b"AKIAEXAMPLE" not in blob and b"session-token" not in blob
+
+
+def test_the_key_rule_is_the_same_on_the_cluster(root: Root, client: Any) -> None:
+    """Keys reused for the same record (retries, other timestamps) and for other records
+    (conflicts): the Dask path gives the in-memory path's values (``equals``), the model's, and
+    the same conflicts, with consolidation at random moments."""
+    from tests.test_one_truth import model, plan
+
+    writes = plan(11)
+    ordered = sorted(writes, key=lambda w: (w[4], w[1], w[2], w[3]))  # keys' occurrences in event order
+    tables, conflicts = [], []
+    for engine in ("local", "dask"):
+        db = root.connect() if engine == "dask" else Root(root.kind, root.uri + "-twin", endpoint_url=root.endpoint_url).connect()
+        db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", auto_consolidate=False))
+        acc = db.create_resource("acc", {"id": "string|required", "balance": "number|default:0"}, buckets=4)
+        rng, found = random.Random(5), 0
+        for key, record, op, value, ts in ordered:
+            getattr(acc, op)(record, value, id=key, timestamp=ts)
+            if rng.random() < 0.1:
+                found += sum(r.conflicts.height for r in db.consolidate(client=client if engine == "dask" else None))
+        found += sum(r.conflicts.height for r in db.consolidate(client=client if engine == "dask" else None))
+        tables.append(acc.to_polars().sort("id"))
+        conflicts.append(found)
+    assert tables[0].equals(tables[1])
+    assert dict(zip(tables[1]["id"], tables[1]["balance"], strict=True)) == model(writes)
+    assert conflicts[0] == conflicts[1] > 0
