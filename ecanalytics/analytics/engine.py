@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -240,14 +241,21 @@ class SqlEngine:
     def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
 
-        Registered tables (records, ``ec_fields``, ``ec_pending_objects``) are replaced on every
-        call and resolved by name at query time. Views that bind datasets are created only when
+        Only what ``query`` names is planned: the records of a resource it names, the view of a
+        dataset it names (a query naming an ``ec_*`` view, or none, plans everything), so a
+        query of one resource reads no state of another. Registered tables (records,
+        ``ec_fields``, ``ec_pending_objects``) are replaced on every call and resolved by name at
+        query time. Views that bind datasets are created only when
         the set of resources and fields changes, since binding lists every dataset. ``ec_pending``
         costs one existence check per pending object, so it is rebuilt only when ``query``
         mentions it (or when no query is given).
         """
         with_pending = query is None or "ec_pending" in query
         with_bases = query is None or "ec_bases" in query
+        # Plan only what the query names: a resource's records, a dataset's view. The ec_* views
+        # span every resource, so naming one (or giving no query) plans everything.
+        names = None if query is None else {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)}
+        everything = names is None or any(n.startswith("ec_") for n in names)
         if self._fs is not None:
             self._fs.invalidate_cache()
         if self.path == "httpfs":
@@ -258,10 +266,19 @@ class SqlEngine:
         hidden_rows: list[pl.DataFrame] = []
         applied_keys: list[pl.DataFrame] = []
         sizes: dict[str, int | None] = {}  # store path -> size of every object a view reads
+        datasets: list[str] = []
         for table in sorted(self.tables(), key=lambda t: t.name):
-            name, state = table.name, table.ledger.state()
-            self.con.register(name, state.records.sort("id"))
+            name = table.name
+            wanted = {f for f, (core, _r) in table.fields.items() if everything or core.dataset.lower() in (names or ())}
+            if not (everything or wanted or name.lower() in (names or ())):
+                continue  # not named: its state is not even read
+            state = table.ledger.state()
+            if everything or name.lower() in (names or ()):
+                self.con.register(name, state.records.sort("id"))
             for field, (core, reducer) in sorted(table.fields.items()):
+                if field not in wanted:
+                    continue
+                datasets.append(core.dataset)
                 store = table.ledger.store
                 compaction = state.compaction.get(field)
                 retention = state.retention.get(field)
@@ -322,10 +339,10 @@ class SqlEngine:
             "resource": pl.String, "field": pl.String, "dataset": pl.String, "reducer": pl.String,
             "timezone": pl.String, "default": pl.Float64, "deletedBefore": pl.Datetime("us", "UTC")}))
         self._prime(sizes)
-        for _res, _field, dataset, *_ in fields:
+        for dataset in datasets:
             self._dataset_view(*plans[dataset])
         shape = tuple(f[:3] for f in fields)
-        if shape != self._shape:
+        if everything and shape != self._shape:
             self._shape = shape
             union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
             self.con.execute("CREATE OR REPLACE VIEW ec_transactions AS "

@@ -1,0 +1,54 @@
+"""The SQL engine plans only what a query names: a query of one resource reads no state of another."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ecanalytics as ec
+from tests.conftest import Root
+
+
+def two_resources(root: Root) -> ec.Database:
+    db = root.connect()
+    for name in ("alpha", "beta"):
+        db.use_plugin(ec.EventualConsistencyPlugin(resource=name, field="balance", auto_consolidate=False))
+        res = db.create_resource(name, {"id": "string|required", "balance": "number|default:0"})
+        for i in range(5):
+            res.add(f"r{i}", i + 1)
+        db.consolidate(name)
+        res.add("r0", 100)  # pending
+    db.close()
+    return root.connect()
+
+
+def touched(db: ec.Database) -> list[str]:
+    """Record every key the store reads or lists."""
+    seen: list[str] = []
+    store = db.store
+    for name in ("read", "read_many", "find", "listdir", "listdir_times", "listdir_sizes", "exists", "size"):
+        real = getattr(store, name)
+
+        def wrapper(arg: Any, *args: Any, _real: Any = real, **kwargs: Any) -> Any:
+            seen.extend([arg] if isinstance(arg, str) else list(arg))
+            return _real(arg, *args, **kwargs)
+
+        setattr(store, name, wrapper)
+    return seen
+
+
+def test_a_query_of_one_resource_reads_no_state_of_another(root: Root) -> None:
+    db = two_resources(root)
+    seen = touched(db)
+    got = db.sql("SELECT count(*), sum(value) FROM alpha_transactions_balance").fetchall()
+    assert got == [(6, 115.0)]
+    assert seen and not [k for k in seen if k.startswith("beta")], seen
+    seen.clear()
+    assert db.sql("SELECT sum(balance) FROM beta").fetchall() == [(15.0,)]
+    assert not [k for k in seen if k.startswith("alpha")], seen
+    seen.clear()
+    assert db.resources["beta"].plugins["balance"].get_cohort_stats(  # type: ignore[union-attr]
+        ec.reports.run(db, "daily_totals", start="2020-01-01")["cohortDate"][0])["transactionCount"] == 6
+    # A query of the ec_* views spans every resource, so it reads both.
+    seen.clear()
+    assert db.sql("SELECT count(*) FROM ec_transactions").fetchall() == [(12,)]
+    assert [k for k in seen if k.startswith("alpha")] and [k for k in seen if k.startswith("beta")]
