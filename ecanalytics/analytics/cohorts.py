@@ -193,6 +193,11 @@ ROLLUP_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+
+def _days(lo: dt.date, hi: dt.date) -> set[str]:
+    """Every cohort day from ``lo`` to ``hi`` (ISO): what a rollup's views need to name."""
+    return {(lo + dt.timedelta(days=n)).isoformat() for n in range((hi - lo).days + 1)}
+
 class Cohorts:
     """Rollups of one transaction dataset; reached through the plugin's ``get_*`` methods."""
 
@@ -207,7 +212,7 @@ class Cohorts:
             f"""SELECT count(*), count(*) FILTER (operation = 'set'), count(*) FILTER (operation = 'add'),
                        count(*) FILTER (operation = 'sub'), coalesce(sum({_SIGNED}), 0)
                 FROM "{self.dataset}" WHERE cohortDate = $day::DATE""",
-            {"day": day},
+            {"day": day}, days={day},
         ).row(0)
         total = row[4] if isinstance(row[4], Decimal) else float(row[4])  # exact for decimal fields
         return {"date": day, "transactionCount": row[0], "byOperation": {"set": row[1], "add": row[2], "sub": row[3]},
@@ -240,6 +245,7 @@ class Cohorts:
                 WHERE cohort BETWEEN $start_key AND $end_key
                 GROUP BY cohort ORDER BY cohort""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "record_id": record_id, "start_key": start_key, "end_key": end_key},
+            days=_days(lo, hi),
         )
         # Counts are integers; sums stay DOUBLE, or exact DECIMAL for decimal(p,s) fields.
         df = df.with_columns([pl.col(c).cast(t) for c, t in ROLLUP_SCHEMA.items() if t == pl.Int64 or c == "cohort"])
@@ -265,7 +271,7 @@ class Cohorts:
                 FROM "{self.dataset}"
                 WHERE cohortDate BETWEEN $lo::DATE AND $hi::DATE AND {key_sql(p, self.tz)} = $key
                 GROUP BY originalId ORDER BY {metric} DESC, originalId LIMIT {limit}""",
-            {"lo": lo.isoformat(), "hi": hi.isoformat(), "key": key},
+            {"lo": lo.isoformat(), "hi": hi.isoformat(), "key": key}, days=_days(lo, hi),
         )
         return top
 

@@ -36,7 +36,7 @@ import importlib.util
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -238,7 +238,7 @@ class SqlEngine:
                 f"QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1")
         self.con.execute(f'CREATE OR REPLACE VIEW "{plan.dataset}" AS ' + (" UNION ALL ".join(parts) or EMPTY_TX))
 
-    def refresh(self, query: str | None = None) -> duckdb.DuckDBPyConnection:
+    def refresh(self, query: str | None = None, *, days: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
 
         Only what ``query`` names is planned: the records of a resource it names, the view of a
@@ -286,7 +286,7 @@ class SqlEngine:
                 gone = [*(compaction.replaced if compaction else ()), *(retention.archived if retention else ())]
                 hidden += [(core.dataset, k.rsplit("/", 1)[-1]) for k in gone]
                 tokens += [(core.dataset, t) for t in (compaction.tokens if compaction else ())]
-                plan = core.scan(state)
+                plan = core.scan(state, days=days)
                 held_ids += [(core.dataset, i) for i in plan.held_ids.to_list()]
                 keys = list(plan.pending)
                 pending += [(core.dataset, key.rsplit("/", 1)[-1]) for key in keys]
@@ -356,11 +356,13 @@ class SqlEngine:
             self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty))
         return self.con
 
-    def sql(self, query: str, params: dict[str, Any] | None = None) -> Relation:
+    def sql(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None) -> Relation:
         """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars. A file that
-        vanishes later (maintenance replaced it) raises :class:`SnapshotGoneError` on fetch."""
+        vanishes later (maintenance replaced it) raises :class:`SnapshotGoneError` on fetch.
+        ``days`` (cohort days, ISO): the query reads only those days, so the views name only
+        their objects (their SQL does not grow with the history)."""
         for attempt in range(3):
-            con = self.refresh(query)
+            con = self.refresh(query, days=days)
             try:
                 with snapshot_guard():
                     return Relation(con.sql(query, params=params) if params else con.sql(query))
@@ -371,12 +373,13 @@ class SqlEngine:
                     raise
         raise AssertionError("unreachable")
 
-    def frame(self, query: str, params: dict[str, Any] | None = None, *, attempts: int = 3) -> pl.DataFrame:
+    def frame(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None,
+              attempts: int = 3) -> pl.DataFrame:
         """Run ``query`` and fetch it as Polars at once; a file replaced by maintenance between the
         two (:class:`SnapshotGoneError`) makes it plan again on the new state."""
         for attempt in range(attempts):
             try:
-                result: pl.DataFrame = self.sql(query, params).pl()
+                result: pl.DataFrame = self.sql(query, params, days=days).pl()
                 return result
             except SnapshotGoneError:
                 if attempt == attempts - 1:
