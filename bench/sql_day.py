@@ -85,7 +85,7 @@ def main() -> int:
     """
     ours = f"""
         import ecanalytics as ec, json, time
-        import ecanalytics.analytics  # imports DuckDB: start-up, as the plain child's import is
+        import ecanalytics.analytics, pyarrow  # DuckDB and Arrow: start-up, as the plain child's import is
         db = ec.connect({root!r}, create=False)
         plugin = db.resources["wallets"].plugins["balance"]
         t = time.perf_counter(); stats = plugin.get_cohort_stats({DAY!r}); s = time.perf_counter() - t

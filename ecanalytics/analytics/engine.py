@@ -216,13 +216,18 @@ class SqlEngine:
         ds, store = _quote(plan.dataset), self.store
         hive = "hive_partitioning = true, filename = true, hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR}"
         parts = []
-        if plan.applied:
-            files = ", ".join(_quote(store.url(k)) for k, _ in plan.applied)
-            applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
-            hidden = (f" WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
-                      "AND h.row = t.file_row_number)" if plan.hidden.height else "")
-            rows = ", file_row_number = true" if plan.hidden.height else ""
-            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}{rows}) t{hidden}")
+        applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
+        with_hidden = set(plan.hidden["key"].to_list()) if plan.hidden.height else set()
+        plain = [k for k, _ in plan.applied if k not in with_hidden]
+        if plain:  # most objects: every row counts
+            files = ", ".join(_quote(store.url(k)) for k in plain)
+            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive})")
+        if with_hidden:  # the few objects holding occurrences that did not count: leave those rows out
+            files = ", ".join(_quote(store.url(k)) for k, _ in plan.applied if k in with_hidden)
+            parts.append(
+                f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}, file_row_number = true) t "
+                f"WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
+                "AND h.row = t.file_row_number)")
         auto_files = [store.url(k) for k in existing if k in plan.auto]
         if auto_files:  # generated ids only (the marker says so): nothing to deduplicate, filters reach the files
             files = ", ".join(_quote(u) for u in auto_files)
