@@ -11,6 +11,7 @@ import pytest
 
 import ecanalytics as ec
 from ecanalytics.ledger.transactions import Inbox
+from ecanalytics.storage import paths as P
 from tests import workers
 from tests.conftest import Root
 
@@ -70,15 +71,16 @@ def test_concurrent_consolidators_in_threads(root: Root) -> None:
     db.consolidate()
     assert values(db) == expected_from_plans(3, 40, 6)
     log = [db.resources["wallets"].ledger.read_entry(v) for v in range(1, 200)]  # type: ignore[union-attr]
-    # A commit's consumed set carries keys whose marker is not yet known to be gone; the keys it
-    # adds are the ones it applied. No object was applied by two commits.
+    # The objects a consolidation applied join the manifest in its entry. No object was applied
+    # by two commits, and every applied one was consumed.
     applied: list[str] = []
-    previous: set[str] = set()
+    consumed: set[str] = set()
     for e in log:
         if e is not None and e.raw["kind"] == "consolidate":
-            applied += sorted(set(e.raw["consumed"]) - previous)
-            previous = set(e.raw["consumed"])
-    assert len(applied) == len(set(applied))
+            applied += sorted((e.raw.get("manifest") or {}).get("add") or ())
+            consumed |= set((e.raw.get("consumed") or {}).get("add") or ())
+    assert applied and len(applied) == len(set(applied))
+    assert set(applied) <= consumed
 
 
 @pytest.mark.s3
@@ -179,3 +181,21 @@ def test_a_writer_paused_between_marker_and_object_is_never_lost(root: Root) -> 
     assert values(db) == {"r1": 5.0, "r2": 7.0}
     assert root.connect().resources["wallets_transactions_balance"].query()["id"].to_list().count("paused-1") == 1  # type: ignore[union-attr]
     assert paused.key not in Inbox.scan(store, dataset).markers  # consumed: its marker went after the commit
+
+
+def test_log_entries_grow_with_their_change_not_with_the_carry(root: Root) -> None:
+    """Consumed keys stay carried until a LIST shows their markers gone; the entries record only
+    what changed, so the 300th sync write's entry is no bigger than the 3rd's."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", mode="sync", auto_consolidate=False))
+    wallets = db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0"})
+    sizes = {}
+    store = root.store()
+    for i in range(1, 301):
+        wallets.add(f"r{i % 7}", 1)
+        if i in (3, 300):
+            version = wallets.ledger.state().version
+            sizes[i] = len(store.read(P.log_entry("wallets", version)))
+    assert wallets.ledger.state().consumed["balance"]  # keys are carried between commits
+    assert sizes[300] <= sizes[3] + 200, sizes  # ids and timestamps differ in length by a few bytes
+    assert values(db) == {f"r{k}": float(len([i for i in range(1, 301) if i % 7 == k])) for k in range(7)}

@@ -68,6 +68,21 @@ def _inline(frame: pl.DataFrame) -> str | None:
     return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= INLINE_ROWS else None
 
 
+def _set_delta(old: frozenset[str] | None, new: frozenset[str] | None) -> dict[str, list[str]] | None:
+    """How a set changes from ``old`` to ``new`` (None: unchanged), as a log entry stores it."""
+    if new is None:
+        return None
+    before = old or frozenset()
+    return {"add": sorted(new - before), "remove": sorted(before - new)}
+
+
+def _apply_set(old: frozenset[str] | None, stored: Any) -> frozenset[str]:
+    """The set after an entry's change (``{"add", "remove"}``; a plain list replaces it whole)."""
+    if isinstance(stored, dict):
+        return ((old or frozenset()) - frozenset(stored.get("remove", ()))) | frozenset(stored.get("add", ()))
+    return frozenset(stored)
+
+
 def is_inline(ref: str) -> bool:
     """Whether a reference carries its frame inside the log entry (no object of its own)."""
     return ref.startswith(_INLINE)
@@ -454,9 +469,9 @@ class Ledger:
         fld = raw.get("field")
         unlisted = st.unlisted
         if fld is not None and raw.get("unlisted") is not None:
-            unlisted = {**unlisted, fld: frozenset(raw["unlisted"])}
+            unlisted = {**unlisted, fld: _apply_set(unlisted.get(fld), raw["unlisted"])}
         if fld is not None and raw.get("consumed") is not None:
-            consumed = {**consumed, fld: frozenset(raw["consumed"])}
+            consumed = {**consumed, fld: _apply_set(consumed.get(fld), raw["consumed"])}
         if ids is not None and ids.height:
             applied = pl.concat([applied, ids.select(
                 pl.lit(fld, pl.String).alias("field"),
@@ -661,8 +676,10 @@ class Ledger:
                     "version": version, "committedAt": now.isoformat(), "kind": change.kind,
                     "token": token, "field": change.field, "deletes": list(change.deletes),
                     "delta": None, "stats": change.stats,
-                    "consumed": sorted(change.consumed) if change.consumed is not None else None,
-                    "unlisted": sorted(change.unlisted) if change.unlisted is not None else None,
+                    # The consumed and unlisted sets travel as their change since ``st``, so an
+                    # entry grows with what it did, not with what is carried.
+                    "consumed": _set_delta(st.consumed.get(change.field or ""), change.consumed),
+                    "unlisted": _set_delta(st.unlisted.get(change.field or ""), change.unlisted),
                     "ids": None,
                     "retention": change.retention.as_json() if change.retention else None,
                     "compaction": change.compaction.as_json() if change.compaction else None,
