@@ -1,8 +1,10 @@
 """Soak and replay: ``python -m tests.sim --seeds 100000 [--backend memory|local|s3] [--start N]``.
 
 ``--seed N`` replays one seed and prints its trace of storage calls; ``--scenario bug3`` replays
-one focused known-bug scenario. ``--profile`` picks the
-fault class (default ``swarm``, a random mix per seed). Run it from the repository root.
+one focused known-bug scenario. ``--profile`` picks the fault class (default ``swarm``, a random
+mix per seed). ``--inject NAME`` re-injects an old bug (see :mod:`tests.sim.inject`), to show
+that the soak finds it: ``--stop-at-first`` then stops at the first failing seed and prints how
+many seeds and seconds that took. Run it from the repository root.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+from tests.sim.inject import names as injections
 from tests.sim.simulator import PROFILES, SCENARIOS, SimResult, run_scenario, run_seed
 
 
@@ -49,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", choices=PROFILES, default="swarm")
     parser.add_argument("--scenario", choices=SCENARIOS, help="replay one focused known-bug scenario with its trace")
     parser.add_argument("--quiet", action="store_true", help="print failures only at the end")
+    parser.add_argument("--inject", choices=injections(), help="re-inject an old bug (tests/sim/inject.py)")
+    parser.add_argument("--stop-at-first", action="store_true", help="stop at the first failing seed")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)  # the library logs the faults we inject
     if args.scenario:
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, seed in enumerate(seeds, 1):
             uri = f"s3://sim/{seed}-{uuid.uuid4().hex[:6]}" if endpoint else None
             result = run_seed(seed, args.backend, profile=args.profile, uri=uri, endpoint_url=endpoint,
-                              trace=args.seed is not None)
+                              trace=args.seed is not None, inject=args.inject)
             if args.seed is not None:
                 print("\n".join([*result.trace, result.summary()]))
             if not result.ok:
@@ -77,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
                     first.setdefault(tag, seed)
                 if not args.quiet and args.seed is None:
                     print(result.summary(), flush=True)
+                if args.stop_at_first:
+                    elapsed = time.perf_counter() - started
+                    print(f"first failing seed {seed}: found after {i} seeds in {elapsed:.1f}s "
+                          f"({args.backend}/{args.profile}{', inject ' + args.inject if args.inject else ''})")
+                    print(result.summary())
+                    return 1
             if i % 100 == 0:
                 elapsed = time.perf_counter() - started
                 print(f"... {i} seeds, {i / elapsed:.2f} seeds/s, {len(failures)} failing", file=sys.stderr, flush=True)

@@ -5,6 +5,10 @@ storage call (:meth:`Scheduler.point`) the actor hands the baton back, and the s
 main thread, picks the next actor with its seeded RNG (uniformly, or PCT-style by random
 priorities, or by a scenario's policy, which sees the call each waiting actor is about to make). Which actors are
 waiting is then the same on every run, so the whole interleaving replays from the seed.
+
+A *paused* actor (:meth:`Scheduler.pause`, the ``pause`` fault) is not picked until its pause
+ends: after a number of switches, or, for an open-ended pause, once no other actor is waiting
+(every other one is done or paused too). Then the paused ones wake up together.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Actor:
     upcoming: tuple[str, tuple[object, ...]] = ("start", ())  # the storage call it waits to make
     crashed: bool = False
     done: bool = False
+    resume_at: float = 0  # a paused actor is not picked before this many switches
     notes: list[str] = field(default_factory=list)
 
 
@@ -68,6 +73,10 @@ class Scheduler:
             while self._holder is not actor:
                 self._cv.wait()
 
+    def pause(self, actor: Actor, until: int | None) -> None:
+        """Do not pick ``actor`` before switch ``until`` (None: until no other actor can run)."""
+        actor.resume_at = float("inf") if until is None else until
+
     def _thread(self, actor: Actor) -> None:
         _local.actor = actor
         try:
@@ -83,6 +92,12 @@ class Scheduler:
 
     def _pick(self) -> Actor:
         ready = sorted(self._ready, key=lambda a: a.index)
+        awake = [a for a in ready if a.resume_at <= self.switches]
+        if not awake:  # only paused actors left: their pauses end now
+            for a in ready:
+                a.resume_at = 0
+            awake = ready
+        ready = awake
         chosen = self.policy(ready) if self.policy is not None else None
         if chosen is None and self.priorities is not None:
             for a in ready:
