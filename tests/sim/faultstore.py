@@ -59,7 +59,7 @@ class Faults:
     place a real torn object can appear: S3 and ``memory://`` PUTs are atomic), then fails it.
 
     ``pause``: at a storage call (eight times as often at the ``create`` of a log entry, the
-    commit point) the calling process stops, the world clock (every actor's and the store's) jumps
+    commit point; never while the others are all done) the calling process stops, the world clock (every actor's and the store's) jumps
     forward by 2 to 36 hours, and the scheduler runs the others: for a number of steps, or until
     every other actor is done or paused. Then the call is made. All jumps of a run add up to at
     most :data:`PAUSE_BUDGET_NS` (3 days), so with a skew of days the clocks still stay within
@@ -159,8 +159,8 @@ class World:
             args = (list(args[0]),)
         actor.upcoming = (name, args)
         self.scheduler.point(actor)
-        if self.active and self.faults.pause and self.rng.random() < self.faults.pause * (
-                8 if name == "create" and "/_log/" in args[0] else 1):
+        if self.active and self.faults.pause and self.scheduler.others_live(actor) and self.rng.random() < (
+                self.faults.pause * (8 if name == "create" and "/_log/" in args[0] else 1)):
             self._pause(actor, name, args)
         if self.active and self.rng.random() < self.faults.latency:
             self.fired["latency"] += 1

@@ -13,7 +13,9 @@ run and watches for a hang.
 
 A *paused* actor (:meth:`Scheduler.pause`, the ``pause`` fault) is not picked until its pause
 ends: after a number of switches, or, for an open-ended pause, once no other actor is waiting
-(every other one is done or paused too). Then the paused ones wake up together.
+(every other one is done or paused too). When only paused actors wait, one wakes: the one whose
+pause ends first, and of open-ended ones the one paused last, so that pauses nest (the first to
+stop is the last to go on, and whatever the later one does happens inside its pause).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Actor:
     crashed: bool = False
     done: bool = False
     resume_at: float = 0  # a paused actor is not picked before this many switches
+    paused_at: int = 0
     notes: list[str] = field(default_factory=list)
     baton: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0), repr=False)
 
@@ -90,6 +93,11 @@ class Scheduler:
     def pause(self, actor: Actor, until: int | None) -> None:
         """Do not pick ``actor`` before switch ``until`` (None: until no other actor can run)."""
         actor.resume_at = float("inf") if until is None else until
+        actor.paused_at = self.switches
+
+    def others_live(self, actor: Actor) -> bool:
+        """Whether an actor other than ``actor`` is not done yet (a pause lets it run)."""
+        return any(not a.done and a is not actor for a in self._actors)
 
     def _dispatch(self) -> None:
         """Hand the baton to the next actor (the caller holds ``_lock`` and gave the baton back)."""
@@ -122,10 +130,10 @@ class Scheduler:
     def _pick(self) -> Actor:
         ready = sorted(self._ready, key=lambda a: a.index)
         awake = [a for a in ready if a.resume_at <= self.switches]
-        if not awake:  # only paused actors left: their pauses end now
-            for a in ready:
-                a.resume_at = 0
-            awake = ready
+        if not awake:  # only paused actors wait: the pause that ends first (or began last) ends now
+            first = min(ready, key=lambda a: (a.resume_at, -a.paused_at))
+            first.resume_at = 0
+            awake = [first]
         ready = awake
         chosen = self.policy(ready) if self.policy is not None else None
         if chosen is None and self.priorities is not None:

@@ -48,7 +48,10 @@ TYPED = (ec.EcError, OSError, TimeoutError)
 PLUGIN: dict[str, Any] = {"auto_consolidate": False, "flush_interval": 3600.0, "consolidation_interval": 3600.0}
 FOCUSED = ("latency", "error", "lost", "per_key", "first_key", "denied", "stop", "torn", "list_lag", "skew", "crash",
            "pause", "operator")
-PROFILES = ("swarm", "none", *FOCUSED)
+# ``gc``: fenced garbage collection under pauses: a plan of few writers, consolidators and two
+# maintenance actors that compact, every seed with pauses (half with days of skew, half with
+# storage errors), most with every frame written as an object before its log entry.
+PROFILES = ("swarm", "none", *FOCUSED, "gc")
 BUGS = {
     "bug1-s3-per-key-delete": ("delete:per_key", "delete:first_key"),
     "bug2-denied-delete": ("delete:denied",),
@@ -105,8 +108,10 @@ class Knobs:
         return " ".join(f"{k}={v}" for k, v in vars(self).items() if v is not None)
 
 
-def make_knobs(seed: int) -> Knobs:
+def make_knobs(seed: int, profile: str = "swarm") -> Knobs:
     rng = random.Random(f"knobs-{seed}")
+    if profile == "gc":
+        return Knobs(rng.choice((None, 1, 3)), rng.choice((None, 0, 0)))
     return Knobs(rng.choice((None, None, 1, 3)), rng.choice((None, None, 0)))
 
 
@@ -116,6 +121,8 @@ def make_faults(profile: str, seed: int, backend: str) -> Faults:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
     pick: Callable[[str], bool] = (lambda c: rng.random() < 0.35) if profile == "swarm" else profile.__eq__
+    if profile == "gc":  # pauses; half the seeds with skew, half with storage errors (a job dies half-way)
+        pick = {"pause", *(["skew"] if rng.random() < 0.5 else []), *(["error"] if rng.random() < 0.5 else [])}.__contains__
     delete_mode = "none"
     if profile == "swarm":
         delete_mode = rng.choice(("none", "none", *DELETE_MODES[1:]))
@@ -131,14 +138,15 @@ def make_faults(profile: str, seed: int, backend: str) -> Faults:
         list_lag=rng.randint(1, 20) if pick("list_lag") else 0,
         skew_s=rng.choice((1200.0, 1.5 * 86400)) if pick("skew") else 0.0,
         crash=rng.uniform(0.005, 0.03) if pick("crash") else 0.0,
-        pause=rng.uniform(0.01, 0.05) if pick("pause") else 0.0,
+        pause=rng.uniform(0.01, 0.05) * (2 if profile == "gc" else 1) if pick("pause") else 0.0,
         operator=(rng.random() < 0.5 and pick("operator")) if profile == "swarm" else pick("operator"),
     )
 
 
-def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
-    """(checkpoint interval, actor specs) of a seed."""
+def make_plan(seed: int, profile: str = "swarm") -> tuple[int, list[ActorSpec]]:
+    """(checkpoint interval, actor specs) of a seed (the ``gc`` profile draws its own kind of plan)."""
     rng = random.Random(f"plan-{seed}")
+    gc = profile == "gc"
     used: dict[tuple[str, str], int] = {}
     count = 0
 
@@ -152,7 +160,7 @@ def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
                   rng.choice((1, 1, 2, 3)) if keyed else 1, field=fld)
 
     specs = []
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, 2 if gc else 3)):
         kind = rng.choice(("async", "batch", "sync", "keyed"))
         spec = ActorSpec(kind, batch_size=rng.choice((2, 3, 100)))
         for _ in range(rng.randint(2, 7)):
@@ -162,17 +170,18 @@ def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
         if kind == "batch":
             spec.ops.append("flush")
         specs.append(spec)
-    specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4)) for _ in range(rng.choice((0, 1, 1, 2, 2, 3)))]
+    specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4))
+              for _ in range(rng.choice((1, 1, 2) if gc else (0, 1, 1, 2, 2, 3)))]
     jobs = ("gc", "gc-delete", "compact", "compact", "recalc")
-    if rng.random() < 0.45:  # sometimes two at once: compactions race, one cleans up after the other
-        for _ in range(2 if rng.random() < 0.4 else 1):
+    if gc or rng.random() < 0.45:  # sometimes two at once: compactions race, one cleans up after the other
+        for _ in range(2 if gc or rng.random() < 0.4 else 1):
             # Looking at the state first (a storage call each) lets the others write and commit, so
             # that compaction finds applied objects to merge.
-            first = ["look"] * rng.randint(0, 20) + (["consolidate"] if rng.random() < 0.5 else [])
+            first = ["look"] * rng.randint(0, 20) + (["consolidate"] if rng.random() < 0.5 and not gc else [])
             picked = [rng.choice(jobs) for _ in range(rng.randint(1, 3))]
             specs.append(ActorSpec("maintenance", first + [x for job in picked for x in (
-                ["consolidate", job] if job == "compact" and rng.random() < 0.6 else [job])]))
-    if rng.random() < 0.3:  # concurrent metadata changes: attributes, a plugin for a second field
+                ["consolidate", job] if job == "compact" and rng.random() < (0.3 if gc else 0.6) else [job])]))
+    if not gc and rng.random() < 0.3:  # concurrent metadata changes: attributes, a plugin for a second field
         attrs = rng.sample(ATTRIBUTES, rng.randint(1, 2))
         ops: list[Any] = [f"attr:{a}" for a in attrs] + ["plugin2"]
         rng.shuffle(ops)
@@ -438,8 +447,8 @@ def run_seed(seed: int, backend: str = "memory", *, profile: str = "swarm", uri:
     ``policy`` (which actor runs next) and ``script`` (forced fault decisions) pin a scenario.
     ``inject`` re-injects an old bug (:data:`tests.sim.inject.INJECTIONS`) for this run."""
     faults = faults or make_faults(profile, seed, backend)
-    interval, specs = plan or make_plan(seed)
-    knobs = knobs or (make_knobs(seed) if plan is None else Knobs())
+    interval, specs = plan or make_plan(seed, profile)
+    knobs = knobs or (make_knobs(seed, profile) if plan is None else Knobs())
     if plan is None and faults.operator:
         specs = [*specs, operator_spec(seed)]
     world = World(seed, faults, backend, script=script)
@@ -507,7 +516,11 @@ def check(run: Run) -> set[str]:
         if n:
             run.problems.append(f"{n} transaction(s) of {f} still pending after two clean consolidations")
     tags |= check_objects(run, db, res)
-    table = res.to_polars()
+    try:
+        table = res.to_polars()
+    except Exception as exc:
+        run.problems.append(f"reading the records failed: {type(exc).__name__}: {exc}")
+        return tags | {"records-unreadable"}
     doubled: list[Tx | None] = []
     lost: list[Tx | None] = []
     for fld in fields:
