@@ -1,16 +1,52 @@
 """A deterministic simulation of writers, consolidators and maintenance jobs under storage faults.
 
 ``run_seed(seed)`` derives everything from the seed: the actors and what they do, the faults
-(``profile`` picks one fault class, ``"swarm"`` a random mix, ``"none"`` interleavings only) and
-the interleaving. Every actor has its own ``ec.connect`` to one root; they run one storage call at
-a time (:mod:`tests.sim.scheduler`) on a simulated clock (:mod:`tests.sim.runtime`) through a
-fault-injecting store (:mod:`tests.sim.faultstore`). Then faults stop, a clean connection
-consolidates twice, and every record is checked against a model of the acknowledged writes.
+(``profile`` picks one fault class, ``"swarm"`` a random mix, ``"none"`` interleavings only,
+``"gc"`` pauses against compacting maintenance jobs) and the interleaving. Every actor has its own
+``ec.connect`` to one root; they run one storage call at a time (:mod:`tests.sim.scheduler`) on a
+simulated clock (:mod:`tests.sim.runtime`) through a fault-injecting store
+(:mod:`tests.sim.faultstore`). Then faults stop, a clean connection checks, and every record is
+checked against a model of the acknowledged writes.
 
-Each transaction adds a distinct power of eight to its record (a ``sub`` subtracts its negative),
-so the base-8 digits of a final value count how often each transaction was applied (up to 7
-times): 1 for an acknowledged write, 0 or 1 for one whose call raised, never 2. ``source`` carries the
-transaction's number, so a failure can be traced to the objects and faults involved.
+Fault model (see :class:`~tests.sim.faultstore.Faults`):
+
+* storage faults: latency (a reschedule), 503/500/timeouts, lost answers, silent delete failures
+  (S3 per-key errors, denied deletes, a remove stopped half-way), torn local writes, LIST lag,
+  crashes before or after a call;
+* clocks: each actor's clock is off by up to 20 minutes or, in some seeds, by days (1.5 days
+  either way);
+* ``pause``: a process stops at a storage call (most often at a commit's log ``create``, after it
+  wrote its deltas, compaction output or retention base) while the world clock, every machine's
+  and the store's, jumps 2 to 36 hours (at most 3 days a run) and the others run on. Every age by
+  every clock then exceeds every grace the library ever had (15 minutes, 1 hour). Knobs of the
+  seed (:class:`Knobs`) make consolidation spill (``budget_rows`` 1 or 3: a delta per bucket is
+  written before the log entry) or write every frame as an object before the log entry
+  (``inline_rows`` 0), so there is something for a sweep to take;
+* concurrent metadata changes: ``schema`` actors add attributes and manage a second numeric field
+  (``points``: ``add_attribute`` then ``use_plugin``, then writes to it) on their own connection
+  while the others write and use_plugin theirs; an actor whose schema went stale connects again;
+* ``operator``: an actor deletes one object the committed manifest names, out of band.
+
+What the checker expects, on a clean connection after the faults stop:
+
+* every acknowledged catalog change (attribute, plugin) is in the catalog a fresh ``ec.connect``
+  sees, which opens without error;
+* two consolidations leave nothing pending, for every managed field;
+* ``Resource.verify()`` reports exactly the objects the operator removed that the state still
+  names, nothing else (no sweep removed a named object);
+* after such a removal every history reader (``recalculate``, ``TransactionDataset.query``,
+  ``compact`` when it merges the partition) raises :class:`ecanalytics.MissingObjectError` and
+  commits nothing (a compaction of other partitions may commit, leaving the missing object
+  named);
+* every value: each transaction adds a distinct power of eight to its record and field (a ``sub``
+  subtracts its negative), so the base-8 digits of a final value count how often each was
+  applied (up to 7 times): 1 for an acknowledged write (also of the second field), 0 or 1 for one
+  whose call raised, never 2. Values are compared after the readers ran, so a reader that
+  committed without the missing object shows as a lost transaction. ``source`` carries the
+  transaction's number, so a failure can be traced to the objects and faults involved.
+
+``inject`` (:mod:`tests.sim.inject`) puts an old bug back into the library for one run, to show
+the simulator finds it.
 """
 
 from __future__ import annotations
