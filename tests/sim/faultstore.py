@@ -231,7 +231,7 @@ class World:
             self._delete(store, real, args[0][:cut] if self.backend == "local" else args[0][-cut:], actor)
             actor.crashed = True
             raise SimulatedCrash(f"{actor.name} crashed while deleting")
-        result = self._delete(store, real, args[0], actor) if name == "delete" else real(*args, **kwargs)
+        result: Any = self._delete(store, real, args[0], actor) if name == "delete" else real(*args, **kwargs)
         if name in ("write", "create", "copy"):
             key = args[1] if name == "copy" else args[0]
             if name != "create" or result:
@@ -242,8 +242,7 @@ class World:
             result = self._visible(args[0], [f"{args[0]}/{n}" for n in result], ".", strip=True)
         elif name == "listdir_times":
             shown = set(self._visible(args[0], [f"{args[0]}/{n}" for n in result], ".", strip=True))
-            times: dict[str, float | None] = result
-            result = {n: self.mtimes.get(f"{args[0]}/{n}", t) for n, t in times.items() if n in shown}
+            result = {n: self.mtimes.get(f"{args[0]}/{n}", t) for n, t in result.items() if n in shown}
         elif name == "find_times":
             shown = set(self._visible(args[0], list(result), "", strip=False))
             result = {k: self.mtimes.get(k, BASE_NS / 1e9) for k in result if k in shown}

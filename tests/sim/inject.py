@@ -88,7 +88,7 @@ def _cleanup_by_age(machine_clock: bool) -> Callable[[Consolidator, State], None
             store.delete([key])
         committed = set(info.tokens)
         if machine_clock:
-            now: float | None = compaction.time.time()  # the sweeping machine's clock (simulated, skewed)
+            now: float | None = vars(compaction)["time"].time()  # the sweeping machine's clock (simulated, skewed)
         else:
             now = store.store_now(f"{c.dataset}/_sweep/.now")
         if now is None:

@@ -343,6 +343,12 @@ def _plugin(fld: str, **options: Any) -> ec.EventualConsistencyPlugin:
     return ec.EventualConsistencyPlugin(resource=RESOURCE, field=fld, **PLUGIN, **options)
 
 
+def _resource(db: ec.Database) -> ec.Resource:
+    res = db.resources[RESOURCE]
+    assert isinstance(res, ec.Resource)
+    return res
+
+
 def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
     """The code an actor runs: open a connection, then the spec's operations."""
 
@@ -357,8 +363,7 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
                            for _ in range(3)):
                     return  # never configured as planned: writing anyway would not be the planned kind
                 run.tune(db)
-            res = db.resources[RESOURCE]
-            assert isinstance(res, ec.Resource)
+            res = _resource(db)
             second = False  # this schema actor manages FIELD2
 
             def retry_stale(what: str, fn: Callable[[ec.Resource], object]) -> None:
@@ -370,9 +375,7 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
                 if isinstance(run.errors.get(actor.index), ec.StaleSchemaError):
                     abandon(db)
                     db = run.connect()
-                    fresh = db.resources[RESOURCE]
-                    assert isinstance(fresh, ec.Resource)
-                    res = fresh
+                    res = _resource(db)
                     run.attempt(actor, f"{what} (connected again)", lambda: fn(res))
 
             for op in spec.ops:
