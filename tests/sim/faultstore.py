@@ -187,7 +187,8 @@ class World:
         jump = min(self.rng.randint(*PAUSE_JUMP_NS), PAUSE_BUDGET_NS - self.offset_ns)
         self.offset_ns += jump
         self.fired["pause"] += 1
-        until = self.scheduler.switches + self.rng.randint(5, 200) if self.rng.random() < 0.5 else None
+        kind = self.rng.randrange(3)  # short, long, or until the others stop
+        until = self.scheduler.switches + self.rng.randint(*((3, 30), (30, 300))[kind]) if kind < 2 else None
         self.trace.append(f"{self.step} {actor.name} pause before {name} {_args(args[:1])} "
                           f"+{jump / HOUR_NS:.1f}h until {until or 'the others stop'}")
         self.scheduler.pause(actor, until)

@@ -34,8 +34,8 @@ What the checker expects, on a clean connection after the faults stop:
 * two consolidations leave nothing pending, for every managed field;
 * ``Resource.verify()`` reports exactly the objects the operator removed that the state still
   names, nothing else (no sweep removed a named object);
-* after such a removal every history reader (``recalculate``, ``TransactionDataset.query``,
-  ``compact`` when it merges the partition) raises :class:`ecanalytics.MissingObjectError` and
+* after such a removal every history reader (``recalculate``, ``TransactionDataset.query``
+  with the archive, ``compact`` when it merges the partition) raises :class:`ecanalytics.MissingObjectError` and
   commits nothing (a compaction of other partitions may commit, leaving the missing object
   named);
 * every value: each transaction adds a distinct power of eight to its record and field (a ``sub``
@@ -614,7 +614,8 @@ def check_objects(run: Run, db: ec.Database, res: ec.Resource) -> set[str]:
     dataset = db.resources[DATASET]
     assert isinstance(dataset, ec.TransactionDataset)
     readers: dict[str, Callable[[], object]] = {
-        "recalculate": lambda: res.recalculate(field=FIELD), "transactions.query": dataset.query,
+        "recalculate": lambda: res.recalculate(field=FIELD),
+        "transactions.query": lambda: dataset.query(include_archived=True),
         "compact": lambda: res.compact(FIELD)}
     for name, fn in readers.items():
         version = res.ledger.latest_version()
