@@ -55,6 +55,7 @@ import contextlib
 import datetime as dt
 import functools
 import io
+import logging
 import random
 import tempfile
 import threading
@@ -512,6 +513,13 @@ def run_seed(seed: int, backend: str = "memory", *, profile: str = "swarm", uri:
     described = " ".join(x for x in (faults.describe(), knobs.describe()) if x)
     return SimResult(seed, backend, profile, run.problems, tags, dict(world.fired), world.digest(), world.step,
                      described, world.trace if trace else [], inject=inject)
+
+
+def run_job(job: tuple[int, str, str, str | None]) -> SimResult:
+    """``run_seed(seed, backend, profile=, inject=)`` in a worker process (``--jobs``)."""
+    logging.disable(logging.WARNING)  # the library logs the faults we inject
+    seed, backend, profile, inject = job
+    return run_seed(seed, backend, profile=profile, inject=inject)
 
 
 # -- checking ----------------------------------------------------------------------------------
