@@ -36,7 +36,7 @@ DELETE_MODES = ("none", "per_key", "first_key", "denied", "stop")
 BASE_NS = 1_795_780_800 * 10**9  # 2026-11-27T12:00:00Z: the simulated epoch
 STEP_NS = 1_000_000  # simulated time advances 1 ms per storage step
 HOUR_NS = 3600 * 10**9
-PAUSE_JUMP_NS = (2 * HOUR_NS, 36 * HOUR_NS)  # one pause moves the world clock forward by this much
+PAUSE_JUMP_NS = ((5 * HOUR_NS // 4, 6 * HOUR_NS), (6 * HOUR_NS, 36 * HOUR_NS))  # 1.25-6 h mostly, or 6-36 h
 PAUSE_BUDGET_NS = 72 * HOUR_NS  # ... and all pauses of a run by at most this much (see Faults)
 Script = Callable[["World", "Actor", str, tuple[Any, ...]], "str | None"]
 
@@ -59,8 +59,9 @@ class Faults:
     place a real torn object can appear: S3 and ``memory://`` PUTs are atomic), then fails it.
 
     ``pause``: at a storage call (eight times as often at the ``create`` of a log entry, the
-    commit point; never while the others are all done) the calling process stops, the world clock (every actor's and the store's) jumps
-    forward by 2 to 36 hours, and the scheduler runs the others: for a number of steps, or until
+    commit point, four times at the write of a delta or a compaction output: see
+    :func:`_pause_weight`; never while the others are all done) the calling process stops, the world clock (every actor's and the store's) jumps
+    forward by 1.25 to 6 hours (one pause in five: 6 to 36 hours), and the scheduler runs the others: for a number of steps, or until
     every other actor is done or paused. Then the call is made. All jumps of a run add up to at
     most :data:`PAUSE_BUDGET_NS` (3 days), so with a skew of days the clocks still stay within
     the 7-day idempotency window: a longer span would legitimately count a retried key twice.
@@ -160,7 +161,7 @@ class World:
         actor.upcoming = (name, args)
         self.scheduler.point(actor)
         if self.active and self.faults.pause and self.scheduler.others_live(actor) and self.rng.random() < (
-                self.faults.pause * (8 if name == "create" and "/_log/" in args[0] else 1)):
+                self.faults.pause * _pause_weight(name, args)):
             self._pause(actor, name, args)
         if self.active and self.rng.random() < self.faults.latency:
             self.fired["latency"] += 1
@@ -184,7 +185,7 @@ class World:
     def _pause(self, actor: Actor, name: str, args: tuple[Any, ...]) -> None:
         """Stop ``actor`` before its call: the world clock jumps, the others run (see Faults)."""
         assert self.scheduler is not None
-        jump = min(self.rng.randint(*PAUSE_JUMP_NS), PAUSE_BUDGET_NS - self.offset_ns)
+        jump = min(self.rng.randint(*PAUSE_JUMP_NS[self.rng.random() < 0.2]), PAUSE_BUDGET_NS - self.offset_ns)
         self.offset_ns += jump
         self.fired["pause"] += 1
         kind = self.rng.randrange(3)  # short, long, or until the others stop
@@ -333,6 +334,17 @@ class World:
         self.active = False
         self.born.clear()
         self.ghost.clear()
+
+
+def _pause_weight(name: str, args: tuple[Any, ...]) -> int:
+    """How much likelier a pause is before this call: a commit's log ``create`` (its objects are
+    written, its version not taken) and the writes of a long job (a spilled consolidation's bucket
+    deltas, a compaction's outputs: what a sweep by age would take from under it)."""
+    if name == "create" and "/_log/" in args[0]:
+        return 8
+    if name == "write" and ("/_data/" in args[0] or "/c-" in args[0]):
+        return 4
+    return 1
 
 
 def _args(args: tuple[Any, ...]) -> str:

@@ -13,9 +13,9 @@ run and watches for a hang.
 
 A *paused* actor (:meth:`Scheduler.pause`, the ``pause`` fault) is not picked until its pause
 ends: after a number of switches, or, for an open-ended pause, once no other actor is waiting
-(every other one is done or paused too). When only paused actors wait, one wakes: the one whose
-pause ends first, and of open-ended ones the one paused last, so that pauses nest (the first to
-stop is the last to go on, and whatever the later one does happens inside its pause).
+(every other one is done or paused too). When only paused actors wait, the one paused first wakes
+(alone): so the pause that just began always lets the others run, and an actor paused long ago
+does not hold back everyone that paused after it.
 """
 
 from __future__ import annotations
@@ -130,8 +130,8 @@ class Scheduler:
     def _pick(self) -> Actor:
         ready = sorted(self._ready, key=lambda a: a.index)
         awake = [a for a in ready if a.resume_at <= self.switches]
-        if not awake:  # only paused actors wait: the pause that ends first (or began last) ends now
-            first = min(ready, key=lambda a: (a.resume_at, -a.paused_at))
+        if not awake:  # only paused actors wait: the oldest pause ends now
+            first = min(ready, key=lambda a: a.paused_at)
             first.resume_at = 0
             awake = [first]
         ready = awake

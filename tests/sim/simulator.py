@@ -17,7 +17,7 @@ Fault model (see :class:`~tests.sim.faultstore.Faults`):
   either way);
 * ``pause``: a process stops at a storage call (most often at a commit's log ``create``, after it
   wrote its deltas, compaction output or retention base) while the world clock, every machine's
-  and the store's, jumps 2 to 36 hours (at most 3 days a run) and the others run on. Every age by
+  and the store's, jumps 1.25 to 36 hours (at most 3 days a run) and the others run on. Every age by
   every clock then exceeds every grace the library ever had (15 minutes, 1 hour). Knobs of the
   seed (:class:`Knobs`) make consolidation spill (``budget_rows`` 1 or 3: a delta per bucket is
   written before the log entry) or write every frame as an object before the log entry
@@ -209,13 +209,14 @@ def make_plan(seed: int, profile: str = "swarm") -> tuple[int, list[ActorSpec]]:
         specs.append(spec)
     specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4))
               for _ in range(rng.choice((1, 1, 2) if gc else (0, 1, 1, 2, 2, 3)))]
-    jobs = ("gc", "gc-delete", "compact", "compact", "recalc")
+    jobs = ("compact", "compact", "compact", "compact", "gc", "recalc") if gc else (
+        "gc", "gc-delete", "compact", "compact", "recalc")
     if gc or rng.random() < 0.45:  # sometimes two at once: compactions race, one cleans up after the other
         for _ in range(2 if gc or rng.random() < 0.4 else 1):
             # Looking at the state first (a storage call each) lets the others write and commit, so
             # that compaction finds applied objects to merge.
-            first = ["look"] * rng.randint(0, 20) + (["consolidate"] if rng.random() < 0.5 and not gc else [])
-            picked = [rng.choice(jobs) for _ in range(rng.randint(1, 3))]
+            first = ["look"] * rng.randint(0, 8 if gc else 20) + (["consolidate"] if rng.random() < 0.5 and not gc else [])
+            picked = [rng.choice(jobs) for _ in range(rng.randint(2, 5) if gc else rng.randint(1, 3))]
             specs.append(ActorSpec("maintenance", first + [x for job in picked for x in (
                 ["consolidate", job] if job == "compact" and rng.random() < (0.3 if gc else 0.6) else [job])]))
     if not gc and rng.random() < 0.3:  # concurrent metadata changes: attributes, a plugin for a second field
