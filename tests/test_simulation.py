@@ -27,11 +27,11 @@ from tests.sim.simulator import FOCUSED, SCENARIOS, SimResult, run_scenario, run
 
 # injection -> (profile, seeds of which at least one finds it, what its failures say)
 REINJECTED = {
-    "bug1": ("gc", range(70, 80), ("named-object-missing", "clean-consolidation-failed", "records-unreadable")),
-    "bug2": ("gc", range(764, 770), ("named-object-missing", "lost-")),
-    "bug2-clock": ("gc", range(0, 0), ("named-object-missing", "lost-")),
+    "bug1": ("gc", range(20, 30), ("named-object-missing", "clean-consolidation-failed", "records-unreadable")),
+    "bug2": ("gc", range(66, 72), ("named-object-missing", "lost-")),
+    "bug2-clock": ("gc", range(72, 80), ("named-object-missing", "lost-")),
     "bug3": ("operator", range(0, 4), ("reader-ignored-missing-object-recalculate",)),
-    "bug4": ("swarm", range(0, 8), ("catalog-change-lost", "connect-failed", "clean-consolidation-failed")),
+    "bug4": ("swarm", range(0, 6), ("catalog-change-lost", "connect-failed", "clean-consolidation-failed")),
     "trusted-delete": ("swarm", range(8, 14), ("delete", "double")),
 }
 
