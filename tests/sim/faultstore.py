@@ -58,13 +58,16 @@ class Faults:
     (20 minutes, or days). ``torn`` leaves a truncated temp file beside a local write (the only
     place a real torn object can appear: S3 and ``memory://`` PUTs are atomic), then fails it.
 
-    ``pause``: at a storage call (eight times as often at the ``create`` of a log entry, the
-    commit point, four times at the write of a delta or a compaction output: see
-    :func:`_pause_weight`; never while the others are all done) the calling process stops, the world clock (every actor's and the store's) jumps
-    forward by 1.25 to 6 hours (one pause in five: 6 to 36 hours), and the scheduler runs the others: for a number of steps, or until
-    every other actor is done or paused. Then the call is made. All jumps of a run add up to at
-    most :data:`PAUSE_BUDGET_NS` (3 days), so with a skew of days the clocks still stay within
-    the 7-day idempotency window: a longer span would legitimately count a retried key twice.
+    ``pause``: at a storage call the calling process stops, the world clock (every actor's and
+    the store's) jumps forward by 1.25 to 6 hours (one pause in five: 6 to 36 hours), and the
+    scheduler runs the others: for 3 to 30 steps, 30 to 300, or until every other actor is done
+    or paused. Then the call is made. A pause is eight times likelier before the ``create`` of a
+    log entry (the commit point: the commit's deltas are written, its version not yet taken) and
+    four times before the write of a delta or a compaction output (a long job), see
+    :func:`_pause_weight`, and never happens while every other actor is done. All jumps of a run
+    add up to at most :data:`PAUSE_BUDGET_NS` (3 days), so with a skew of days the clocks still
+    stay within the 7-day idempotency window: a longer span would legitimately count a retried
+    key twice.
     ``operator``: an ``operator`` actor deletes one object the committed manifest names, out of
     band (its deletes never fail).
     """
