@@ -411,14 +411,16 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
                         run.tune(db)
                         run.catalog += [("attribute", FIELD2), ("plugin", FIELD2)]
                         second = True
-                elif op == "look":
-                    res.ledger.state()
+                elif op == "look":  # a storage call or two, so that later work happens later
+                    run.attempt(actor, op, lambda: res.ledger.state())
                 elif op.startswith("remove:"):
-                    keys = res.ledger.state().applied_objects(FIELD)
-                    if keys:
-                        key = keys[int(float(op.split(":", 1)[1]) * len(keys))]
-                        run.removed.append(key)
-                        res.ledger.store.delete([key])
+                    def remove(r: ec.Resource, at: float) -> None:
+                        keys = r.ledger.state().applied_objects(FIELD)
+                        if keys:
+                            key = keys[int(at * len(keys))]
+                            run.removed.append(key)
+                            r.ledger.store.delete([key])
+                    run.attempt(actor, "remove", functools.partial(remove, res, float(op.split(":", 1)[1])))
                 else:
                     jobs: dict[str, Callable[[ec.Resource], object]] = {
                         "gc": lambda r: r.gc(30, field=FIELD), "gc-delete": lambda r: r.gc(30, field=FIELD, archive=False),
