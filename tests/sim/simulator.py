@@ -35,9 +35,9 @@ What the checker expects, on a clean connection after the faults stop:
 * ``Resource.verify()`` reports exactly the objects the operator removed that the state still
   names, nothing else (no sweep removed a named object);
 * after such a removal every history reader (``recalculate``, ``TransactionDataset.query``
-  with the archive, ``compact`` when it merges the partition) raises :class:`ecanalytics.MissingObjectError` and
-  commits nothing (a compaction of other partitions may commit, leaving the missing object
-  named);
+  with the archive; ``compact`` and ``gc`` when they merge or move that object's partition)
+  raises :class:`ecanalytics.MissingObjectError` and commits nothing (a compaction or retention
+  of other partitions may commit, leaving the missing object named);
 * every value: each transaction adds a distinct power of eight to its record and field (a ``sub``
   subtracts its negative), so the base-8 digits of a final value count how often each was
   applied (up to 7 times): 1 for an acknowledged write (also of the second field), 0 or 1 for one
@@ -627,12 +627,12 @@ def check_objects(run: Run, db: ec.Database, res: ec.Resource) -> set[str]:
     readers: dict[str, Callable[[], object]] = {
         "recalculate": lambda: res.recalculate(field=FIELD),
         "transactions.query": lambda: dataset.query(include_archived=True),
-        "compact": lambda: res.compact(FIELD)}
+        "compact": lambda: res.compact(FIELD), "gc": lambda: res.gc(30, field=FIELD)}
     for name, fn in readers.items():
         version = res.ledger.latest_version()
         try:
             fn()
-            if name != "compact":
+            if name not in ("compact", "gc"):
                 run.problems.append(f"{name}() returned although the applied object(s) {sorted(gone)} are missing")
                 tags.add(f"reader-ignored-missing-object-{name}")
         except ec.MissingObjectError:
@@ -640,9 +640,10 @@ def check_objects(run: Run, db: ec.Database, res: ec.Resource) -> set[str]:
         except Exception as exc:
             run.problems.append(f"{name}() raised {type(exc).__name__} ({exc}), not MissingObjectError")
             tags.add(f"reader-wrong-error-{name}")
-        # Compaction reads only the partitions it merges: it may commit, never drop a missing object.
+        # Compaction and retention read only the partitions they merge or move: they may commit,
+        # but a missing object stays named (never merged, archived or dropped).
         after = res.ledger.state()
-        if after.version != version and (name != "compact" or not gone <= set(after.applied_objects(FIELD))):
+        if after.version != version and (name not in ("compact", "gc") or not gone <= set(after.applied_objects(FIELD))):
             run.problems.append(f"{name}() committed v{after.version} although the applied object(s) "
                                 f"{sorted(gone)} are missing")
             tags.add(f"committed-with-missing-object-{name}")
