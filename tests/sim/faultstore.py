@@ -31,10 +31,13 @@ if TYPE_CHECKING:
     from tests.sim.scheduler import Actor, Scheduler
 
 STORE_METHODS = ("read", "read_many", "write", "create", "delete", "listdir", "listdir_times", "listdirs", "find",
-                 "exists", "copy", "du", "store_now")
+                 "find_times", "exists", "copy", "du", "store_now")
 DELETE_MODES = ("none", "per_key", "first_key", "denied", "stop")
 BASE_NS = 1_795_780_800 * 10**9  # 2026-11-27T12:00:00Z: the simulated epoch
 STEP_NS = 1_000_000  # simulated time advances 1 ms per storage step
+HOUR_NS = 3600 * 10**9
+PAUSE_JUMP_NS = ((5 * HOUR_NS // 4, 6 * HOUR_NS), (6 * HOUR_NS, 36 * HOUR_NS))  # 1.25-6 h mostly, or 6-36 h
+PAUSE_BUDGET_NS = 72 * HOUR_NS  # ... and all pauses of a run by at most this much (see Faults)
 Script = Callable[["World", "Actor", str, tuple[Any, ...]], "str | None"]
 
 
@@ -51,9 +54,22 @@ class Faults:
     DeleteObjects fails silently), ``denied`` (append-only credentials: every delete is a silent
     no-op) or ``stop`` (local-disk style: with ``delete_rate`` a list delete stops part-way and
     reports nothing). ``list_lag``: a new key shows in LIST up to that many steps late and a
-    deleted one lingers as long. ``skew_s``: each actor's clock is off by up to that many seconds.
-    ``torn`` leaves a truncated temp file beside a local write (the only place a real torn object
-    can appear: S3 and ``memory://`` PUTs are atomic), then fails it.
+    deleted one lingers as long. ``skew_s``: each actor's clock is off by up to that many seconds
+    (20 minutes, or days). ``torn`` leaves a truncated temp file beside a local write (the only
+    place a real torn object can appear: S3 and ``memory://`` PUTs are atomic), then fails it.
+
+    ``pause``: at a storage call the calling process stops, the world clock (every actor's and
+    the store's) jumps forward by 1.25 to 6 hours (one pause in five: 6 to 36 hours), and the
+    scheduler runs the others: for 3 to 30 steps, 30 to 300, or until every other actor is done
+    or paused. Then the call is made. A pause is eight times likelier before the ``create`` of a
+    log entry (the commit point: the commit's deltas are written, its version not yet taken) and
+    four times before the write of a delta or a compaction output (a long job), see
+    :func:`_pause_weight`, and never happens while every other actor is done. All jumps of a run
+    add up to at most :data:`PAUSE_BUDGET_NS` (3 days), so with a skew of days the clocks still
+    stay within the 7-day idempotency window: a longer span would legitimately count a retried
+    key twice.
+    ``operator``: an ``operator`` actor deletes one object the committed manifest names, out of
+    band (its deletes never fail).
     """
 
     latency: float = 0.0
@@ -65,9 +81,11 @@ class Faults:
     list_lag: int = 0
     skew_s: float = 0.0
     crash: float = 0.0
+    pause: float = 0.0
+    operator: bool = False
 
     def describe(self) -> str:
-        return " ".join(f"{k}={v}" for k, v in vars(self).items() if v not in (0, 0.0, "none"))
+        return " ".join(f"{k}={v}" for k, v in vars(self).items() if v not in (0, 0.0, "none", False))
 
 
 @dataclass
@@ -91,6 +109,7 @@ class World:
     seen: set[str] = field(default_factory=set)
     blobs: dict[str, bytes] = field(default_factory=dict)  # transaction objects as written, for triage
     mtimes: dict[str, float] = field(default_factory=dict)  # key -> LastModified by the store's clock
+    offset_ns: int = 0  # how far pauses moved the world clock forward
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"faults-{self.seed}")
@@ -103,11 +122,11 @@ class World:
         from tests.sim.scheduler import current_actor
 
         actor = current_actor()
-        return BASE_NS + self.step * STEP_NS + (actor.skew_ns if actor else 0)
+        return BASE_NS + self.step * STEP_NS + self.offset_ns + (actor.skew_ns if actor else 0)
 
     def store_clock(self) -> float:
         """The store's own clock (seconds): one for every actor, unlike their skewed ones."""
-        return (BASE_NS + self.step * STEP_NS) / 1e9
+        return (BASE_NS + self.step * STEP_NS + self.offset_ns) / 1e9
 
     def digest(self) -> str:
         return hashlib.sha256("\n".join(self.trace).encode()).hexdigest()[:16]
@@ -144,6 +163,9 @@ class World:
             args = (list(args[0]),)
         actor.upcoming = (name, args)
         self.scheduler.point(actor)
+        if self.active and self.faults.pause and self.scheduler.others_live(actor) and self.rng.random() < (
+                self.faults.pause * _pause_weight(name, args)):
+            self._pause(actor, name, args)
         if self.active and self.rng.random() < self.faults.latency:
             self.fired["latency"] += 1
             self.scheduler.point(actor)
@@ -162,6 +184,19 @@ class World:
             self._tls.depth = 0
             extra, self._tls.extra = getattr(self._tls, "extra", ""), ""
             self.trace.append(f"{self.step} {actor.name} {name} {_args(args)} {fault or '-'}{extra} -> {outcome}")
+
+    def _pause(self, actor: Actor, name: str, args: tuple[Any, ...]) -> None:
+        """Stop ``actor`` before its call: the world clock jumps, the others run (see Faults)."""
+        assert self.scheduler is not None
+        jump = min(self.rng.randint(*PAUSE_JUMP_NS[self.rng.random() < 0.2]), PAUSE_BUDGET_NS - self.offset_ns)
+        self.offset_ns += jump
+        self.fired["pause"] += 1
+        kind = self.rng.randrange(3)  # short, long, or until the others stop
+        until = self.scheduler.switches + self.rng.randint(*((3, 30), (30, 300))[kind]) if kind < 2 else None
+        self.trace.append(f"{self.step} {actor.name} pause before {name} {_args(args[:1])} "
+                          f"+{jump / HOUR_NS:.1f}h until {until or 'the others stop'}")
+        self.scheduler.pause(actor, until)
+        self.scheduler.point(actor)
 
     def _decide(self, actor: Actor, name: str, args: tuple[Any, ...]) -> str | None:
         if self.script is not None:
@@ -198,10 +233,10 @@ class World:
         if fault == "crash-after" and name == "delete" and len(args[0]) > 1 and self.backend != "s3":
             # A local remove loop killed half-way (memory:// removes in reverse order).
             cut = self.rng.randrange(1, len(args[0]))
-            self._delete(store, real, args[0][:cut] if self.backend == "local" else args[0][-cut:])
+            self._delete(store, real, args[0][:cut] if self.backend == "local" else args[0][-cut:], actor)
             actor.crashed = True
             raise SimulatedCrash(f"{actor.name} crashed while deleting")
-        result = self._delete(store, real, args[0]) if name == "delete" else real(*args, **kwargs)
+        result: Any = self._delete(store, real, args[0], actor) if name == "delete" else real(*args, **kwargs)
         if name in ("write", "create", "copy"):
             key = args[1] if name == "copy" else args[0]
             if name != "create" or result:
@@ -213,6 +248,9 @@ class World:
         elif name == "listdir_times":
             shown = set(self._visible(args[0], [f"{args[0]}/{n}" for n in result], ".", strip=True))
             result = {n: self.mtimes.get(f"{args[0]}/{n}", t) for n, t in result.items() if n in shown}
+        elif name == "find_times":
+            shown = set(self._visible(args[0], list(result), "", strip=False))
+            result = {k: self.mtimes.get(k, BASE_NS / 1e9) for k in result if k in shown}
         elif name == "store_now":
             result = self.store_clock()
         elif name == "find":
@@ -236,8 +274,9 @@ class World:
             f.write(data[: self.rng.randrange(len(data))] if data else b"")
         self.note(key, "torn")
 
-    def _delete(self, store: Store, real: Callable[..., Any], keys: list[str]) -> list[str]:
-        mode = self.faults.delete_mode if self.active else "none"
+    def _delete(self, store: Store, real: Callable[..., Any], keys: list[str], actor: Actor) -> list[str]:
+        # An operator's out-of-band delete (the console, a lifecycle rule) does happen.
+        mode = self.faults.delete_mode if self.active and not actor.name.startswith("operator") else "none"
         skipped: list[str] = []
         if mode == "denied":
             skipped = list(keys)
@@ -298,6 +337,17 @@ class World:
         self.active = False
         self.born.clear()
         self.ghost.clear()
+
+
+def _pause_weight(name: str, args: tuple[Any, ...]) -> int:
+    """How much likelier a pause is before this call: a commit's log ``create`` (its objects are
+    written, its version not taken) and the writes of a long job (a spilled consolidation's bucket
+    deltas, a compaction's outputs: what a sweep by age would take from under it)."""
+    if name == "create" and "/_log/" in args[0]:
+        return 8
+    if name == "write" and ("/_data/" in args[0] or "/c-" in args[0]):
+        return 4
+    return 1
 
 
 def _args(args: tuple[Any, ...]) -> str:

@@ -3,9 +3,9 @@
 :func:`simulated_runtime` patches module-level names inside ``ecanalytics`` and restores them
 afterwards:
 
-* ``time`` / ``datetime``: the simulated clock (a fixed epoch plus 1 ms per storage step) plus the
-  calling actor's skew, so file ids, transaction ids, orphan grace and retention cuts are
-  reproducible, and each actor's clock can be off;
+* ``time`` / ``datetime``: the simulated clock (a fixed epoch plus 1 ms per storage step, plus
+  the hours that ``pause`` faults added) plus the calling actor's skew, so file ids, transaction
+  ids, retention cuts and backoffs are reproducible, and each actor's clock can be off;
 * ``uuid``: ``uuid4()`` from the world's seeded RNG (object names, commit tokens);
 * ``ThreadPoolExecutor``: a sequential executor. ``Ledger.commit`` writes its delta and ids
   through a 2-thread pool, whose threads would call the store in an order no seed controls;
@@ -30,6 +30,7 @@ from tests.sim.faultstore import World
 _ACTIVE = threading.Lock()  # one simulation per process at a time: the patches are global
 PATCHES = {
     "ecanalytics.storage.paths": ("time", "uuid"),
+    "ecanalytics.ledger.catalog": ("time",),  # the backoff between lost catalog races
     "ecanalytics.storage.store": ("uuid",),
     "ecanalytics.ledger.log": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
     "ecanalytics.ledger.transactions": ("ThreadPoolExecutor",),

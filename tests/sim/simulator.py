@@ -1,16 +1,52 @@
 """A deterministic simulation of writers, consolidators and maintenance jobs under storage faults.
 
 ``run_seed(seed)`` derives everything from the seed: the actors and what they do, the faults
-(``profile`` picks one fault class, ``"swarm"`` a random mix, ``"none"`` interleavings only) and
-the interleaving. Every actor has its own ``ec.connect`` to one root; they run one storage call at
-a time (:mod:`tests.sim.scheduler`) on a simulated clock (:mod:`tests.sim.runtime`) through a
-fault-injecting store (:mod:`tests.sim.faultstore`). Then faults stop, a clean connection
-consolidates twice, and every record is checked against a model of the acknowledged writes.
+(``profile`` picks one fault class, ``"swarm"`` a random mix, ``"none"`` interleavings only,
+``"gc"`` pauses against compacting maintenance jobs) and the interleaving. Every actor has its own
+``ec.connect`` to one root; they run one storage call at a time (:mod:`tests.sim.scheduler`) on a
+simulated clock (:mod:`tests.sim.runtime`) through a fault-injecting store
+(:mod:`tests.sim.faultstore`). Then faults stop, a clean connection checks, and every record is
+checked against a model of the acknowledged writes.
 
-Each transaction adds a distinct power of eight to its record (a ``sub`` subtracts its negative),
-so the base-8 digits of a final value count how often each transaction was applied (up to 7
-times): 1 for an acknowledged write, 0 or 1 for one whose call raised, never 2. ``source`` carries the
-transaction's number, so a failure can be traced to the objects and faults involved.
+Fault model (see :class:`~tests.sim.faultstore.Faults`):
+
+* storage faults: latency (a reschedule), 503/500/timeouts, lost answers, silent delete failures
+  (S3 per-key errors, denied deletes, a remove stopped half-way), torn local writes, LIST lag,
+  crashes before or after a call;
+* clocks: each actor's clock is off by up to 20 minutes or, in some seeds, by days (1.5 days
+  either way);
+* ``pause``: a process stops at a storage call (most often at a commit's log ``create``, after it
+  wrote its deltas, compaction output or retention base) while the world clock, every machine's
+  and the store's, jumps 1.25 to 36 hours (at most 3 days a run) and the others run on. Every age by
+  every clock then exceeds every grace the library ever had (15 minutes, 1 hour). Knobs of the
+  seed (:class:`Knobs`) make consolidation spill (``budget_rows`` 1 or 3: a delta per bucket is
+  written before the log entry) or write every frame as an object before the log entry
+  (``inline_rows`` 0), so there is something for a sweep to take;
+* concurrent metadata changes: ``schema`` actors add attributes and manage a second numeric field
+  (``points``: ``add_attribute`` then ``use_plugin``, then writes to it) on their own connection
+  while the others write and use_plugin theirs; an actor whose schema went stale connects again;
+* ``operator``: an actor deletes one object the committed manifest names, out of band.
+
+What the checker expects, on a clean connection after the faults stop:
+
+* every acknowledged catalog change (attribute, plugin) is in the catalog a fresh ``ec.connect``
+  sees, which opens without error;
+* two consolidations leave nothing pending, for every managed field;
+* ``Resource.verify()`` reports exactly the objects the operator removed that the state still
+  names, nothing else (no sweep removed a named object);
+* after such a removal every history reader (``recalculate``, ``TransactionDataset.query``
+  with the archive; ``compact`` and ``gc`` when they merge or move that object's partition)
+  raises :class:`ecanalytics.MissingObjectError` and commits nothing (a compaction or retention
+  of other partitions may commit, leaving the missing object named);
+* every value: each transaction adds a distinct power of eight to its record and field (a ``sub``
+  subtracts its negative), so the base-8 digits of a final value count how often each was
+  applied (up to 7 times): 1 for an acknowledged write (also of the second field), 0 or 1 for one
+  whose call raised, never 2. Values are compared after the readers ran, so a reader that
+  committed without the missing object shows as a lost transaction. ``source`` carries the
+  transaction's number, so a failure can be traced to the objects and faults involved.
+
+``inject`` (:mod:`tests.sim.inject`) puts an old bug back into the library for one run, to show
+the simulator finds it.
 """
 
 from __future__ import annotations
@@ -19,6 +55,7 @@ import contextlib
 import datetime as dt
 import functools
 import io
+import logging
 import random
 import tempfile
 import threading
@@ -31,20 +68,27 @@ import fsspec
 import polars as pl
 
 import ecanalytics as ec
+from ecanalytics.ledger import log as log_module
 from ecanalytics.storage import paths as P
 from tests.sim.faultstore import DELETE_MODES, Faults, Script, SimulatedCrash, World
+from tests.sim.inject import injected
 from tests.sim.runtime import simulated_runtime
 from tests.sim.scheduler import Actor, Policy, Scheduler, SimulationHang
 
-RESOURCE, FIELD = "wallets", "balance"
+RESOURCE, FIELD, FIELD2 = "wallets", "balance", "points"
 DATASET = P.transactions_dataset(RESOURCE, FIELD)
+ATTRIBUTES = ("tier", "region", "note")  # what schema actors add (string|default:...)
 SCHEMA = {"id": "string|required", "balance": "number|default:0"}
 RECORDS = ("a", "b", "c")
 BASE, BITS = 8, 17  # 17 base-8 digits (51 bits) stay exact in a float64
 TYPED = (ec.EcError, OSError, TimeoutError)
 PLUGIN: dict[str, Any] = {"auto_consolidate": False, "flush_interval": 3600.0, "consolidation_interval": 3600.0}
-FOCUSED = ("latency", "error", "lost", "per_key", "first_key", "denied", "stop", "torn", "list_lag", "skew", "crash")
-PROFILES = ("swarm", "none", *FOCUSED)
+FOCUSED = ("latency", "error", "lost", "per_key", "first_key", "denied", "stop", "torn", "list_lag", "skew", "crash",
+           "pause", "operator")
+# ``gc``: fenced garbage collection under pauses: a plan of few writers, consolidators and two
+# maintenance actors that compact, every seed with pauses (half with days of skew, half with
+# storage errors), most with every frame written as an object before its log entry.
+PROFILES = ("swarm", "none", *FOCUSED, "gc")
 BUGS = {
     "bug1-s3-per-key-delete": ("delete:per_key", "delete:first_key"),
     "bug2-denied-delete": ("delete:denied",),
@@ -67,6 +111,7 @@ class Tx:
     key: str | None = None
     attempts: int = 1
     status: str = "unsent"  # unsent | acked | maybe
+    field: str = FIELD
 
     @property
     def amount(self) -> int:
@@ -81,9 +126,30 @@ class Tx:
 
 @dataclass
 class ActorSpec:
-    kind: str  # async | batch | sync | keyed | consolidator | maintenance
+    kind: str  # async | batch | sync | keyed | consolidator | maintenance | schema | operator
     ops: list[Any] = field(default_factory=list)
     batch_size: int = 100
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Library settings a seed turns: ``budget_rows`` of every consolidator (small: consolidation
+    spills and writes one delta per bucket before its log entry) and ``inline_rows`` (0: every
+    delta, marks and ids frame is an object of its own, written before the log entry, instead of
+    travelling inside it)."""
+
+    budget_rows: int | None = None
+    inline_rows: int | None = None
+
+    def describe(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in vars(self).items() if v is not None)
+
+
+def make_knobs(seed: int, profile: str = "swarm") -> Knobs:
+    rng = random.Random(f"knobs-{seed}")
+    if profile == "gc":
+        return Knobs(rng.choice((None, 1, 3)), rng.choice((None, 0, 0)))
+    return Knobs(rng.choice((None, None, 1, 3)), rng.choice((None, None, 0)))
 
 
 def make_faults(profile: str, seed: int, backend: str) -> Faults:
@@ -92,6 +158,8 @@ def make_faults(profile: str, seed: int, backend: str) -> Faults:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; use one of {PROFILES}")
     pick: Callable[[str], bool] = (lambda c: rng.random() < 0.35) if profile == "swarm" else profile.__eq__
+    if profile == "gc":  # pauses; half the seeds with skew, half with storage errors (a job dies half-way)
+        pick = {"pause", *(["skew"] if rng.random() < 0.5 else []), *(["error"] if rng.random() < 0.5 else [])}.__contains__
     delete_mode = "none"
     if profile == "swarm":
         delete_mode = rng.choice(("none", "none", *DELETE_MODES[1:]))
@@ -105,28 +173,31 @@ def make_faults(profile: str, seed: int, backend: str) -> Faults:
         delete_rate=rng.uniform(0.2, 0.8),
         torn=rng.uniform(0.02, 0.1) if pick("torn") and backend == "local" else 0.0,
         list_lag=rng.randint(1, 20) if pick("list_lag") else 0,
-        skew_s=1200.0 if pick("skew") else 0.0,
+        skew_s=rng.choice((1200.0, 1.5 * 86400)) if pick("skew") else 0.0,
         crash=rng.uniform(0.005, 0.03) if pick("crash") else 0.0,
+        pause=rng.uniform(0.01, 0.05) * (2 if profile == "gc" else 1) if pick("pause") else 0.0,
+        operator=(rng.random() < 0.5 and pick("operator")) if profile == "swarm" else pick("operator"),
     )
 
 
-def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
-    """(checkpoint interval, actor specs) of a seed."""
+def make_plan(seed: int, profile: str = "swarm") -> tuple[int, list[ActorSpec]]:
+    """(checkpoint interval, actor specs) of a seed (the ``gc`` profile draws its own kind of plan)."""
     rng = random.Random(f"plan-{seed}")
-    used = dict.fromkeys(RECORDS, 0)
+    gc = profile == "gc"
+    used: dict[tuple[str, str], int] = {}
     count = 0
 
-    def tx(keyed: bool) -> Tx:
+    def tx(keyed: bool, fld: str = FIELD) -> Tx:
         nonlocal count
-        record = rng.choice([r for r in RECORDS if used[r] < BITS])
-        used[record] += 1
+        record = rng.choice([r for r in RECORDS if used.get((fld, r), 0) < BITS])
+        used[fld, record] = used.get((fld, record), 0) + 1
         count += 1
-        return Tx(count, record, used[record] - 1, rng.choice(("add", "add", "sub")),
+        return Tx(count, record, used[fld, record] - 1, rng.choice(("add", "add", "sub")),
                   rng.choice((None, None, None, 0, 1, 2, 35)), f"key-{count}" if keyed else None,
-                  rng.choice((1, 1, 2, 3)) if keyed else 1)
+                  rng.choice((1, 1, 2, 3)) if keyed else 1, field=fld)
 
     specs = []
-    for _ in range(rng.randint(1, 3)):
+    for _ in range(rng.randint(1, 2 if gc else 3)):
         kind = rng.choice(("async", "batch", "sync", "keyed"))
         spec = ActorSpec(kind, batch_size=rng.choice((2, 3, 100)))
         for _ in range(rng.randint(2, 7)):
@@ -136,11 +207,34 @@ def make_plan(seed: int) -> tuple[int, list[ActorSpec]]:
         if kind == "batch":
             spec.ops.append("flush")
         specs.append(spec)
-    specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4)) for _ in range(rng.choice((0, 1, 1, 2, 2, 3)))]
-    if rng.random() < 0.35:
-        specs.append(ActorSpec("maintenance", [rng.choice(("gc", "gc-delete", "compact", "recalc"))
-                                               for _ in range(rng.randint(1, 2))]))
+    specs += [ActorSpec("consolidator", ["consolidate"] * rng.randint(1, 4))
+              for _ in range(rng.choice((1, 1, 2) if gc else (0, 1, 1, 2, 2, 3)))]
+    jobs = ("compact", "compact", "compact", "compact", "gc", "recalc") if gc else (
+        "gc", "gc-delete", "compact", "compact", "recalc")
+    if gc or rng.random() < 0.45:  # sometimes two at once: compactions race, one cleans up after the other
+        for _ in range(2 if gc or rng.random() < 0.4 else 1):
+            # Looking at the state first (a storage call each) lets the others write and commit, so
+            # that compaction finds applied objects to merge.
+            first = ["look"] * rng.randint(0, 8 if gc else 20) + (["consolidate"] if rng.random() < 0.5 and not gc else [])
+            picked = [rng.choice(jobs) for _ in range(rng.randint(2, 5) if gc else rng.randint(1, 3))]
+            specs.append(ActorSpec("maintenance", first + [x for job in picked for x in (
+                ["consolidate", job] if job == "compact" and rng.random() < (0.3 if gc else 0.6) else [job])]))
+    if not gc and rng.random() < 0.3:  # concurrent metadata changes: attributes, a plugin for a second field
+        attrs = rng.sample(ATTRIBUTES, rng.randint(1, 2))
+        ops: list[Any] = [f"attr:{a}" for a in attrs] + ["plugin2"]
+        rng.shuffle(ops)
+        ops += [tx(False, FIELD2) for _ in range(rng.randint(1, 4))] + ["consolidate"] * rng.randint(0, 2)
+        specs.append(ActorSpec("schema", ops))
+        if rng.random() < 0.3:
+            specs.append(ActorSpec("schema", [f"attr:{a}" for a in ATTRIBUTES if a not in attrs][:1]))
     return rng.choice((2, 3, 5, 10)), specs
+
+
+def operator_spec(seed: int) -> ActorSpec:
+    """The ``operator`` fault's actor: looks at the state a few times, then deletes one object
+    the manifest names (its choice is seeded too)."""
+    rng = random.Random(f"operator-{seed}")
+    return ActorSpec("operator", ["look"] * rng.randint(1, 12) + [f"remove:{rng.random()}"])
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -159,6 +253,7 @@ class SimResult:
     faults: str
     trace: list[str] = field(default_factory=list)
     scenario: str | None = None
+    inject: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -167,11 +262,12 @@ class SimResult:
     @property
     def replay(self) -> str:
         what = f"--scenario {self.scenario}" if self.scenario else f"--seed {self.seed} --profile {self.profile}"
-        return f"python -m tests.sim {what} --backend {self.backend}"
+        return f"python -m tests.sim {what} --backend {self.backend}" + (f" --inject {self.inject}" if self.inject else "")
 
     def summary(self) -> str:
         what = f"scenario {self.scenario}" if self.scenario else f"seed {self.seed}"
-        head = f"{what} [{self.backend}/{self.profile}] {'ok' if self.ok else 'FAILED'}"
+        head = f"{what} [{self.backend}/{self.profile}{'/inject=' + self.inject if self.inject else ''}] " \
+               f"{'ok' if self.ok else 'FAILED'}"
         body = "".join(f"\n  - {p}" for p in self.problems[:8])
         tags = f"\n  tags: {sorted(self.tags)}" if self.tags else ""
         return f"{head} steps={self.steps} digest={self.digest} faults: {self.faults or 'none'}{body}{tags}" + (
@@ -186,17 +282,30 @@ class Run:
     endpoint: str | None
     checkpoint_interval: int
     world: World
+    knobs: Knobs = field(default_factory=Knobs)
     problems: list[str] = field(default_factory=list)
     dbs: list[ec.Database] = field(default_factory=list)
     txs: list[Tx] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # objects the operator deleted (or tried to)
+    catalog: list[tuple[str, str]] = field(default_factory=list)  # acknowledged catalog changes
+    errors: dict[int, BaseException] = field(default_factory=dict)  # each actor's last typed error
 
     def connect(self) -> ec.Database:
         db = ec.connect(self.uri, endpoint_url=self.endpoint, checkpoint_interval=self.checkpoint_interval)
         self.dbs.append(db)
+        self.tune(db)
         return db
+
+    def tune(self, db: ec.Database) -> None:
+        """Apply the seed's knobs to every consolidator of ``db``."""
+        if self.knobs.budget_rows is not None:
+            for res in db._resources.values():
+                for plugin in res.plugins.values():
+                    plugin.consolidator.budget_rows = self.knobs.budget_rows
 
     def attempt(self, actor: Actor, what: str, fn: Callable[[], object]) -> bool:
         """Run one library call; True if it returned. Typed errors are expected, others are bugs."""
+        self.errors.pop(actor.index, None)
         try:
             fn()
             return True
@@ -204,6 +313,7 @@ class Run:
             raise
         except TYPED as exc:
             actor.notes.append(f"{what}: {type(exc).__name__}")
+            self.errors[actor.index] = exc
         except Exception as exc:
             self.problems.append(f"untyped error from {actor.name} {what}: {type(exc).__name__}: {exc} "
                                  f"{traceback.format_exc(limit=-3)!r}")
@@ -211,11 +321,11 @@ class Run:
 
 
 def _send(res: ec.Resource, tx: Tx, world: World) -> object:
-    """One write call: ``add(record, 8**bit)`` or ``sub(record, -8**bit)``, dated ``days_back``."""
+    """One write call: ``add(record, field, 8**bit)`` or ``sub(record, field, -8**bit)``, dated ``days_back``."""
     ts = None if tx.days_back is None else (
         dt.datetime.fromtimestamp(world.now_ns() / 1e9, dt.UTC) - dt.timedelta(days=tx.days_back))
     amount = tx.amount if tx.op == "add" else -tx.amount
-    return getattr(res, tx.op)(tx.record, amount, id=tx.key, timestamp=ts, source=f"t{tx.n}")
+    return getattr(res, tx.op)(tx.record, tx.field, amount, id=tx.key, timestamp=ts, source=f"t{tx.n}")
 
 
 def _flushed(res: ec.Resource) -> bool:
@@ -231,6 +341,16 @@ def _acknowledge(txs: list[Tx]) -> list[Tx]:
     return []
 
 
+def _plugin(fld: str, **options: Any) -> ec.EventualConsistencyPlugin:
+    return ec.EventualConsistencyPlugin(resource=RESOURCE, field=fld, **PLUGIN, **options)
+
+
+def _resource(db: ec.Database) -> ec.Resource:
+    res = db.resources[RESOURCE]
+    assert isinstance(res, ec.Resource)
+    return res
+
+
 def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
     """The code an actor runs: open a connection, then the spec's operations."""
 
@@ -240,13 +360,30 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
             db = run.connect()
             options: dict[str, Any] = {"mode": "sync"} if spec.kind == "sync" else {
                 "batch_transactions": True, "batch_size": spec.batch_size} if spec.kind == "batch" else {}
-            plugin = functools.partial(ec.EventualConsistencyPlugin, resource=RESOURCE, field=FIELD, **PLUGIN, **options)
-            if not any(run.attempt(actor, "use_plugin", lambda: db.use_plugin(plugin())) for _ in range(3)):
-                return  # never configured as planned: writing anyway would not be the planned kind
-            res = db.resources[RESOURCE]
-            assert isinstance(res, ec.Resource)
+            if spec.kind not in ("schema", "operator"):
+                if not any(run.attempt(actor, "use_plugin", lambda: db.use_plugin(_plugin(FIELD, **options)))
+                           for _ in range(3)):
+                    return  # never configured as planned: writing anyway would not be the planned kind
+                run.tune(db)
+            res = _resource(db)
+            second = False  # this schema actor manages FIELD2
+
+            def retry_stale(what: str, fn: Callable[[ec.Resource], object]) -> None:
+                """Run ``fn``; after a StaleSchemaError (another process added an attribute), connect
+                again, as a restarted process would, and run it once more."""
+                nonlocal db, res
+                if run.attempt(actor, what, lambda: fn(res)):
+                    return
+                if isinstance(run.errors.get(actor.index), ec.StaleSchemaError):
+                    abandon(db)
+                    db = run.connect()
+                    res = _resource(db)
+                    run.attempt(actor, f"{what} (connected again)", lambda: fn(res))
+
             for op in spec.ops:
                 if isinstance(op, Tx):
+                    if op.field != FIELD and not second:
+                        continue  # its plugin was never acknowledged: not sent
                     run.txs.append(op)
                     sent.append(op)
                     for _ in range(op.attempts):
@@ -261,12 +398,34 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
                     if run.attempt(actor, "flush", db.flush):
                         sent = _acknowledge(sent)
                 elif op == "consolidate":
-                    run.attempt(actor, "consolidate", db.consolidate)
+                    retry_stale("consolidate", lambda r: db.consolidate())
+                elif op.startswith("attr:"):
+                    name = op.split(":", 1)[1]
+                    if run.attempt(actor, op, functools.partial(res.add_attribute, name, f"string|default:{name}-default")):
+                        run.catalog.append(("attribute", name))
+                elif op == "plugin2":
+                    def manage(r: ec.Resource) -> None:
+                        r.add_attribute(FIELD2, "number|default:0")
+                        db.use_plugin(_plugin(FIELD2))
+                    if run.attempt(actor, op, lambda: manage(res)):
+                        run.tune(db)
+                        run.catalog += [("attribute", FIELD2), ("plugin", FIELD2)]
+                        second = True
+                elif op == "look":  # a storage call or two, so that later work happens later
+                    run.attempt(actor, op, lambda: res.ledger.state())
+                elif op.startswith("remove:"):
+                    def remove(r: ec.Resource, at: float) -> None:
+                        keys = r.ledger.state().applied_objects(FIELD)
+                        if keys:
+                            key = keys[int(at * len(keys))]
+                            run.removed.append(key)
+                            r.ledger.store.delete([key])
+                    run.attempt(actor, "remove", functools.partial(remove, res, float(op.split(":", 1)[1])))
                 else:
-                    jobs: dict[str, Callable[[], object]] = {
-                        "gc": lambda: res.gc(30), "gc-delete": lambda: res.gc(30, archive=False),
-                        "compact": res.compact, "recalc": lambda: res.recalculate(field=FIELD)}
-                    run.attempt(actor, op, jobs[op])
+                    jobs: dict[str, Callable[[ec.Resource], object]] = {
+                        "gc": lambda r: r.gc(30, field=FIELD), "gc-delete": lambda r: r.gc(30, field=FIELD, archive=False),
+                        "compact": lambda r: r.compact(FIELD), "recalc": lambda r: r.recalculate(field=FIELD)}
+                    retry_stale(op, jobs[op])
         except SimulatedCrash:
             actor.notes.append("crashed")
         except TYPED as exc:
@@ -310,26 +469,38 @@ def _root(backend: str, seed: int, uri: str | None) -> Iterator[str]:
         raise ValueError(f"backend {backend!r} needs uri= (and endpoint_url= for S3)")
 
 
+@contextlib.contextmanager
+def _knobs(knobs: Knobs) -> Iterator[None]:
+    """Set the library constants of ``knobs`` for one run (``budget_rows`` is set per consolidator
+    by :meth:`Run.tune`)."""
+    saved = log_module.INLINE_ROWS
+    if knobs.inline_rows is not None:
+        log_module.INLINE_ROWS = knobs.inline_rows
+    try:
+        yield
+    finally:
+        log_module.INLINE_ROWS = saved
+
+
 def run_seed(seed: int, backend: str = "memory", *, profile: str = "swarm", uri: str | None = None,
              endpoint_url: str | None = None, trace: bool = False, policy: Policy | None = None,
              script: Script | None = None, plan: tuple[int, list[ActorSpec]] | None = None,
-             faults: Faults | None = None) -> SimResult:
-    """Simulate one seed and check it; see the module docstring. ``plan``, ``faults``, ``policy``
-    (which actor runs next) and ``script`` (forced fault decisions) pin a scenario."""
+             faults: Faults | None = None, knobs: Knobs | None = None, inject: str | None = None) -> SimResult:
+    """Simulate one seed and check it; see the module docstring. ``plan``, ``faults``, ``knobs``,
+    ``policy`` (which actor runs next) and ``script`` (forced fault decisions) pin a scenario.
+    ``inject`` re-injects an old bug (:data:`tests.sim.inject.INJECTIONS`) for this run."""
     faults = faults or make_faults(profile, seed, backend)
-    interval, specs = plan or make_plan(seed)
-    if faults.list_lag and plan is None:
-        # Outside the fault model: gc, compact and recalculate tell applied objects from pending
-        # ones by LIST, so they assume it shows every completed write (S3 does). A lagging LIST is
-        # simulated with writers and consolidators only, which tolerate it.
-        specs = [s for s in specs if s.kind != "maintenance"]
+    interval, specs = plan or make_plan(seed, profile)
+    knobs = knobs or (make_knobs(seed, profile) if plan is None else Knobs())
+    if plan is None and faults.operator:
+        specs = [*specs, operator_spec(seed)]
     world = World(seed, faults, backend, script=script)
     world.scheduler = Scheduler(random.Random(f"schedule-{seed}"), policy=policy)
     skews = random.Random(f"skew-{seed}")
-    with _root(backend, seed, uri) as root, simulated_runtime(world):
-        run = Run(root, endpoint_url, interval, world)
+    with _root(backend, seed, uri) as root, simulated_runtime(world), _knobs(knobs), injected(inject):
+        run = Run(root, endpoint_url, interval, world, knobs)
         setup = run.connect()
-        setup.use_plugin(ec.EventualConsistencyPlugin(resource=RESOURCE, field=FIELD, **PLUGIN))
+        setup.use_plugin(_plugin(FIELD))
         setup.create_resource(RESOURCE, SCHEMA)
         actors = [Actor(i, f"{s.kind}{i}", _body(run, s), int(skews.uniform(-1, 1) * faults.skew_s * 1e9))
                   for i, s in enumerate(specs)]
@@ -342,8 +513,16 @@ def run_seed(seed: int, backend: str = "memory", *, profile: str = "swarm", uri:
         tags = check(run) if not any(p.startswith("hang") for p in run.problems) else {"hang"}
         for db in run.dbs:
             abandon(db)
+    described = " ".join(x for x in (faults.describe(), knobs.describe()) if x)
     return SimResult(seed, backend, profile, run.problems, tags, dict(world.fired), world.digest(), world.step,
-                     faults.describe(), world.trace if trace else [])
+                     described, world.trace if trace else [], inject=inject)
+
+
+def run_job(job: tuple[int, str, str, str | None]) -> SimResult:
+    """``run_seed(seed, backend, profile=, inject=)`` in a worker process (``--jobs``)."""
+    logging.disable(logging.WARNING)  # the library logs the faults we inject
+    seed, backend, profile, inject = job
+    return run_seed(seed, backend, profile=profile, inject=inject)
 
 
 # -- checking ----------------------------------------------------------------------------------
@@ -357,47 +536,118 @@ def digits(value: float) -> list[int]:
 
 
 def check(run: Run) -> set[str]:
-    """Stop faults, consolidate twice on a clean connection, compare with the model; tag failures."""
+    """Stop faults, then on a clean connection: check the catalog, consolidate twice, check the
+    stored objects (``verify``) and, after an operator's delete, that every history reader raises
+    :class:`ecanalytics.MissingObjectError` and commits nothing; compare every value with the
+    model; tag failures."""
     run.world.settle()
-    db = run.connect()
+    tags: set[str] = set()
+    try:
+        db = run.connect()
+        res = db.resources[RESOURCE]
+        assert isinstance(res, ec.Resource)
+    except Exception as exc:
+        run.problems.append(f"a fresh connect failed: {type(exc).__name__}: {exc}")
+        return {"connect-failed"}
+    for kind, name in run.catalog:  # every acknowledged catalog change is in the catalog
+        if name not in (res.schema.attributes if kind == "attribute" else res.plugins):
+            run.problems.append(f"the acknowledged {kind} {name!r} is not in the catalog a fresh connect sees "
+                                f"(attributes {sorted(res.schema.attributes)}, plugins {sorted(res.plugins)})")
+            tags.add("catalog-change-lost")
+    fields = sorted({t.field for t in run.txs} | {FIELD})
     try:
         db.consolidate()
         db.consolidate()
-        res = db.resources[RESOURCE]
-        assert isinstance(res, ec.Resource)
-        table = res.to_polars()
-        left = res.plugin(FIELD).pending().height
+        left = {f: res.plugin(f).pending().height for f in fields if f in res.plugins}
     except Exception as exc:
         run.problems.append(f"clean consolidation failed: {type(exc).__name__}: {exc}")
-        return {"clean-consolidation-failed"}
-    if left:
-        run.problems.append(f"{left} transaction(s) still pending after two clean consolidations")
-    values = dict(zip(table["id"].to_list(), table[FIELD].to_list(), strict=True))
-    by_bit = {(t.record, t.bit): t for t in run.txs}
-    # After a delete-mode retention the base stands at its cut (30 days back) like a set: a write
-    # dated before the cut and applied after that commit has no effect, by design. Those writes may
-    # show 0 or 1 times, never 2.
-    last = res.ledger.state().retention.get(FIELD)
-    deleted = last is not None and last.mode == "delete"
-    before_cut = {id(t) for t in run.txs if deleted and t.days_back is not None and t.days_back >= 29}
+        return tags | {"clean-consolidation-failed"}
+    for f, n in left.items():
+        if n:
+            run.problems.append(f"{n} transaction(s) of {f} still pending after two clean consolidations")
+    tags |= check_objects(run, db, res)
+    try:
+        table = res.to_polars()
+    except Exception as exc:
+        run.problems.append(f"reading the records failed: {type(exc).__name__}: {exc}")
+        return tags | {"records-unreadable"}
     doubled: list[Tx | None] = []
     lost: list[Tx | None] = []
-    for record in sorted(set(values) | {t.record for t in run.txs}):
-        value = values.get(record, 0.0)
-        if value < 0 or value != int(value):
-            run.problems.append(f"{record} = {value!r} is not a sum of distinct transactions")
-            continue
-        counts = digits(value)
-        for bit in range(max(len(counts), BITS)):
-            c = counts[bit] if bit < len(counts) else 0
-            tx = by_bit.get((record, bit))
-            maybe = tx is not None and (tx.status == "maybe" or (tx.status == "acked" and id(tx) in before_cut))
-            allowed = {0, 1} if maybe else {1} if tx and tx.status == "acked" else {0}
-            if c not in allowed:
-                what = f"t{tx.n} ({tx.status}, {tx.op}, key={tx.key})" if tx else f"unknown bit {bit}"
-                run.problems.append(f"{record}: {what} applied {c} times (value {value:.0f})")
-                (doubled if c > 1 else lost).append(tx)
-    return triage(run, db, [t for t in doubled if t], [t for t in lost if t]) if run.problems else set()
+    for fld in fields:
+        by_bit = {(t.record, t.bit): t for t in run.txs if t.field == fld}
+        column = table[fld].to_list() if fld in table.columns else [None] * table.height
+        values = {i: v or 0.0 for i, v in zip(table["id"].to_list(), column, strict=True)}
+        # After a delete-mode retention the base stands at its cut (30 days back) like a set: a write
+        # dated before the cut and applied after that commit has no effect, by design. Those writes may
+        # show 0 or 1 times, never 2.
+        last = res.ledger.state().retention.get(fld)
+        deleted = last is not None and last.mode == "delete"
+        before_cut = {id(t) for t in run.txs if deleted and t.days_back is not None and t.days_back >= 29}
+        for record in sorted(set(values) | {t.record for t in run.txs if t.field == fld}):
+            value = values.get(record, 0.0)
+            if value < 0 or value != int(value):
+                run.problems.append(f"{record}.{fld} = {value!r} is not a sum of distinct transactions")
+                continue
+            counts = digits(value)
+            for bit in range(max(len(counts), BITS)):
+                c = counts[bit] if bit < len(counts) else 0
+                tx = by_bit.get((record, bit))
+                maybe = tx is not None and (tx.status == "maybe" or (tx.status == "acked" and id(tx) in before_cut))
+                allowed = {0, 1} if maybe else {1} if tx and tx.status == "acked" else {0}
+                if c not in allowed:
+                    what = f"t{tx.n} ({tx.status}, {tx.op}, key={tx.key})" if tx else f"unknown bit {bit}"
+                    run.problems.append(f"{record}.{fld}: {what} applied {c} times (value {value:.0f})")
+                    (doubled if c > 1 else lost).append(tx)
+    if not run.problems:
+        return set()
+    return tags | triage(run, db, [t for t in doubled if t], [t for t in lost if t])
+
+
+def check_objects(run: Run, db: ec.Database, res: ec.Resource) -> set[str]:
+    """Every object the state names exists, except the operator's; with one of those missing,
+    every history reader raises MissingObjectError and commits nothing."""
+    store = res.ledger.store
+    st = res.ledger.state()
+    named = set(st.applied_objects(FIELD))
+    gone = {k for k in run.removed if k in named and not store.exists(k)}
+    tags: set[str] = set()
+    missing = {p.key for p in res.verify()}
+    expected = {store.url(k) for k in gone}
+    if missing - expected:
+        run.problems.append(f"objects the committed state names are missing, and no operator removed them: "
+                            f"{sorted(missing - expected)[:4]}")
+        tags.add("named-object-missing")
+    if expected - missing:
+        run.problems.append(f"verify() does not report the removed object(s) {sorted(expected - missing)}")
+        tags.add("verify-missed-removed-object")
+    if not gone:
+        return tags
+    dataset = db.resources[DATASET]
+    assert isinstance(dataset, ec.TransactionDataset)
+    readers: dict[str, Callable[[], object]] = {
+        "recalculate": lambda: res.recalculate(field=FIELD),
+        "transactions.query": lambda: dataset.query(include_archived=True),
+        "compact": lambda: res.compact(FIELD), "gc": lambda: res.gc(30, field=FIELD)}
+    for name, fn in readers.items():
+        version = res.ledger.latest_version()
+        try:
+            fn()
+            if name not in ("compact", "gc"):
+                run.problems.append(f"{name}() returned although the applied object(s) {sorted(gone)} are missing")
+                tags.add(f"reader-ignored-missing-object-{name}")
+        except ec.MissingObjectError:
+            pass
+        except Exception as exc:
+            run.problems.append(f"{name}() raised {type(exc).__name__} ({exc}), not MissingObjectError")
+            tags.add(f"reader-wrong-error-{name}")
+        # Compaction and retention read only the partitions they merge or move: they may commit,
+        # but a missing object stays named (never merged, archived or dropped).
+        after = res.ledger.state()
+        if after.version != version and (name not in ("compact", "gc") or not gone <= set(after.applied_objects(FIELD))):
+            run.problems.append(f"{name}() committed v{after.version} although the applied object(s) "
+                                f"{sorted(gone)} are missing")
+            tags.add(f"committed-with-missing-object-{name}")
+    return tags
 
 
 def _sources(blob: bytes) -> set[str]:
