@@ -230,8 +230,9 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
                  field: str | None = None, start: int = 0,
                  sizes: dict[str, int] | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read transaction objects. Returns (rows with ``_object``, the index of the row's object in
-    the sorted keys read, plus ``start`` when reading in chunks; the keys read; the keys whose
-    object does not exist (yet)). ``sizes`` receives the size of each object read.
+    ``keys``, plus ``start`` when reading in chunks, and ``_row``, the row's position in its
+    object; the keys read; the keys whose object does not exist (yet)). ``sizes`` receives the
+    size of each object read.
 
     ``field`` makes an object whose rows name another field a :class:`CorruptObjectError`.
     """
@@ -252,7 +253,9 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
-        frames = list(pool.map(decode, enumerate(read, start)))
+        # The index is the key's position among ``keys`` (plus ``start``), not among the keys read:
+        # a missing object (a writer between marker and object) must not shift the others'.
+        frames = list(pool.map(decode, [(start + i, k) for i, k in enumerate(keys) if blobs[k] is not None]))
     if not frames:
         return pl.DataFrame(schema=pending_schema(value_dtype)), read, missing
     return pl.concat(frames, how="vertical"), read, missing

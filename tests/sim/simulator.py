@@ -661,12 +661,11 @@ def triage(run: Run, db: ec.Database, doubled: list[Tx], lost: list[Tx]) -> set[
     res = db.resources[RESOURCE]
     assert isinstance(res, ec.Resource)
     applied: dict[str, list[int]] = {}  # object -> versions of the commits that applied it
-    previous: set[str] = set()
     for entry in res.ledger.entries(("consolidate",)):
-        consumed = set(entry.raw.get("consumed") or ())
-        for key in consumed - previous:  # carried keys were consumed before, not applied again
+        # The objects a consolidation applied join the manifest in its entry (the consumed set
+        # travels as its change, and also carries keys consumed before).
+        for key in (entry.raw.get("manifest") or {}).get("add") or ():
             applied.setdefault(key, []).append(entry.version)
-        previous = consumed
     world, tags = run.world, set()
     holders = {key: _sources(blob) for key, blob in world.blobs.items() if "/c-" not in key}  # not compactions
 
