@@ -66,7 +66,7 @@ def test_a_seed_replays_exactly(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_swarm_of_faults(backend: str) -> None:
     """Each seed draws its own mix of fault classes, actors and interleaving."""
-    sweep(range(150 if backend == "memory" else 80), backend)
+    sweep(range(120 if backend == "memory" else 60), backend)
 
 
 @pytest.mark.parametrize("profile", ["none", *FOCUSED])

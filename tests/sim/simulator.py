@@ -579,9 +579,10 @@ def check(run: Run) -> set[str]:
         values = {i: v or 0.0 for i, v in zip(table["id"].to_list(), column, strict=True)}
         # After a delete-mode retention the base stands at its cut (30 days back) like a set: a write
         # dated before the cut and applied after that commit has no effect, by design. Those writes may
-        # show 0 or 1 times, never 2.
-        last = res.ledger.state().retention.get(fld)
-        deleted = last is not None and last.mode == "delete"
+        # show 0 or 1 times, never 2. That holds after any delete-mode retention of the field, also
+        # one that a later archive-mode retention followed (the write may have been applied between).
+        deleted = any((e.raw.get("retention") or {}).get("mode") == "delete" and e.raw.get("field") == fld
+                      for e in res.ledger.entries(("retention",)))
         before_cut = {id(t) for t in run.txs if deleted and t.days_back is not None and t.days_back >= 29}
         for record in sorted(set(values) | {t.record for t in run.txs if t.field == fld}):
             value = values.get(record, 0.0)
