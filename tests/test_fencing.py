@@ -212,3 +212,21 @@ def test_a_relation_kept_across_compaction_says_to_rerun(root: Root) -> None:
     assert db.sql(query).fetchall() == [(30, sum(sums.values()))]
     assert ec.reports.run(db, "daily_totals", start="2026-11-01", end="2026-11-30")["transactionCount"].sum() == 30
     assert db.resources["acc"].plugins["balance"].get_cohort_stats("2026-11-21")["transactionCount"] == 10  # type: ignore[union-attr]
+
+
+def test_a_missing_state_object_is_a_typed_error(root: Root) -> None:
+    """A delta the commit log names that is gone raises MissingObjectError (also a
+    FileNotFoundError) naming it, from a fresh connection's reads and from consolidation."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="one", field="balance", auto_consolidate=False))
+    one = db.create_resource("one", {"id": "string|required", "balance": "number|default:0"}, buckets=1)
+    one.write_transactions([{"originalId": f"r{i}", "value": float(i)} for i in range(200)])  # a delta object, not inline
+    db.consolidate()
+    deltas = [k for k in db.store.find("one/_data") if ".delta-b" in k]
+    assert deltas
+    db.store.delete(deltas)
+    fresh = root.connect()
+    with pytest.raises(ec.MissingObjectError) as info:
+        fresh.resources["one"].to_polars()  # type: ignore[union-attr]
+    assert deltas[0].rsplit("/", 1)[-1] in str(info.value) and "inspect --verify" in str(info.value)
+    assert [p.key for p in fresh.resources["one"].verify()] == [fresh.store.url(k) for k in deltas]  # type: ignore[union-attr]

@@ -39,7 +39,7 @@ from typing import Any
 
 import polars as pl
 
-from ecanalytics.errors import CommitConflictError, CorruptObjectError
+from ecanalytics.errors import CommitConflictError, CorruptObjectError, MissingObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
 from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA, HIDDEN_SCHEMA
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState, RetentionCut
@@ -625,7 +625,15 @@ class Ledger:
         """A frame a log entry names: an object's path, or the frame itself inline."""
         if ref.startswith(_INLINE):
             return decode_parquet(base64.b64decode(ref[len(_INLINE):]), self._where(ref))
-        return self.store.read_parquet(ref)
+        try:
+            return self.store.read_parquet(ref)
+        except MissingObjectError:
+            raise
+        except FileNotFoundError as exc:  # named by the log, so its absence is corruption, never "no rows"
+            raise MissingObjectError(
+                f"{self.store.url(ref)} is named by the commit log of {self.resource} but is missing; nothing was "
+                "committed. Restore it (from a backup or the bucket's versions), then check the root with "
+                "`ecanalytics inspect --verify`.", self.store.url(ref)) from exc
 
     def _where(self, ref: str) -> str:
         return f"a frame inside the log of {self.resource}" if ref.startswith(_INLINE) else self.store.url(ref)
