@@ -185,12 +185,16 @@ def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
         version = P.work_run_version(rel)
         if version is not None and version <= latest:
             old.append(rel)  # that version is taken: this run's driver can no longer commit it
+    named: dict[int, frozenset[str] | None] = {}  # version -> what its entry names (one GET a version)
     for rel in store.find(P.data_dir(ledger.resource)) if deltas else []:
         version = P.data_file_version(rel)
         if version is None or version > latest or not P.is_commit_part(rel):
             continue
-        entry = ledger.read_entry(version)
-        if entry is not None and rel not in entry.parts():
+        if version not in named:
+            entry = ledger.read_entry(version)
+            named[version] = entry.parts() if entry is not None else None
+        parts = named[version]
+        if parts is not None and rel not in parts:
             old.append(rel)  # written for a version another commit won
     store.delete(sorted(old))
     return len(old)

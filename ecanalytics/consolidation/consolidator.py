@@ -192,12 +192,7 @@ class FoldOutcome:
 
     def hidden(self, keys_read: Sequence[str]) -> pl.DataFrame:
         """``key, row, id`` of the dropped occurrences (``_object`` indexes ``keys_read``)."""
-        frames = [d for d in self.dropped if d.height]
-        if not frames:
-            return pl.DataFrame(schema=keys.HIDDEN_SCHEMA)
-        dropped = pl.concat(frames, how="vertical")
-        names = pl.Series("key", list(keys_read), dtype=pl.String)
-        return pl.DataFrame({"key": names.gather(dropped["_object"]), "row": dropped["_row"], "id": dropped["id"]})
+        return _hidden(self.dropped, keys_read)
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)  # the engine's own (tasks, workers, phases)
 
     def add(self, unit: BucketOutput) -> None:
@@ -206,6 +201,17 @@ class FoldOutcome:
         self.written += unit.written
         self.transactions += unit.transactions
         self.duplicates += unit.duplicates
+
+
+def _hidden(dropped: Sequence[pl.DataFrame], keys_read: Sequence[str]) -> pl.DataFrame:
+    """``key, row, id`` of the occurrences the key rule dropped (``_object, _row, id`` frames whose
+    ``_object`` indexes ``keys_read``): what a commit records so that readers hide them."""
+    frames = [d for d in dropped if d.height]
+    if not frames:
+        return pl.DataFrame(schema=keys.HIDDEN_SCHEMA)
+    rows = pl.concat(frames, how="vertical")
+    names = pl.Series("key", list(keys_read), dtype=pl.String)
+    return pl.DataFrame({"key": names.gather(rows["_object"]), "row": rows["_row"], "id": rows["id"]})
 
 
 FoldEngine = Callable[[State, list[str], pl.DataFrame, int, str], FoldOutcome]  # (state, keys, held, version, token)
@@ -667,7 +673,7 @@ class Consolidator:
                 unlisted=st.unlisted.get(self.field, frozenset()) | frozenset(mine),
                 applied_ids=keys.applied_keys(folded.applied), held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
                 marks=folded.marks, conflicts=resolved.conflicts,
-                hidden=FoldOutcome(dropped=[resolved.dropped]).hidden(mine),
+                hidden=_hidden([resolved.dropped], mine),
                 stats={"transactions": folded.applied.height, "duplicates": resolved.retries + resolved.conflicts.height,
                        "objects": len(mine), "records": upserts.height, "late": folded.late,
                        "held": folded.held.height, "lean": True},
