@@ -29,7 +29,7 @@ from tests.sim.simulator import FOCUSED, SCENARIOS, SimResult, run_scenario, run
 REINJECTED = {
     "bug1": ("gc", range(20, 30), ("named-object-missing", "clean-consolidation-failed", "records-unreadable")),
     "bug2": ("gc", range(66, 72), ("named-object-missing", "lost-")),
-    "bug2-clock": ("gc", range(118, 126), ("named-object-missing", "lost-")),
+    "bug2-clock": ("gc", range(340, 350), ("named-object-missing", "lost-")),
     "bug3": ("operator", range(0, 4), ("reader-ignored-missing-object-recalculate",)),
     "bug4": ("swarm", range(0, 6), ("catalog-change-lost", "connect-failed", "clean-consolidation-failed")),
     "trusted-delete": ("swarm", range(8, 14), ("delete", "double")),
