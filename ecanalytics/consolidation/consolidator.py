@@ -23,7 +23,7 @@ import datetime as dt
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -31,9 +31,10 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
-from ecanalytics.consolidation.reducers import Reducer
+from ecanalytics.consolidation.reducers import Reducer, signed_value
+from ecanalytics.consolidation.states import MERGEABLE, RecordStates, Restart
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
-from ecanalytics.errors import ConsolidationError
+from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys, scan
 from ecanalytics.ledger.buckets import Part, buckets_of
 from ecanalytics.ledger.keys import Resolved
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
 MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
+STATE_MAX_ROWS = 40_000_000  # past this many pending rows, compact rows (~40 B each) give way to spilled runs
 CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
 FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
 
@@ -401,11 +403,10 @@ class Consolidator:
         """``originalId, _extra``: the signed sum of applied add/sub rows after each late set."""
         since = late_sets.select(pl.col("_ts").min().dt.convert_time_zone(self.tz).dt.date()).item()
         hist = self.history(st, unapplied, since=since, ids=late_sets["originalId"])
-        signed = pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
         return (
             hist.filter(pl.col("operation") != "set").join(late_sets, on="originalId")
             .filter(~before("timestamp", "id", "_ts", "_id"))
-            .group_by("originalId").agg(signed.sum().cast(self.dtype).alias("_extra"))
+            .group_by("originalId").agg(signed_value().sum().cast(self.dtype).alias("_extra"))
         )
 
     def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
@@ -520,28 +521,101 @@ class Consolidator:
                             dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
                                                 applied=folded.applied.filter(~keys.generated())))
 
+    def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[pl.DataFrame]:
+        """The pending rows of ``candidates``, read in chunks sized from what was read so far, so
+        that one chunk holds at most about a quarter of the budget's rows (objects may hold one
+        row or millions); ``out`` receives what was read, missing, and the sizes."""
+        i, n = 0, FIRST_CHUNK_OBJECTS
+        while i < len(candidates):
+            rows, got, miss = read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype,
+                                           field=self.field, start=i, sizes=out.sizes)
+            out.read += got
+            out.missing += miss
+            yield rows
+            i += n
+            n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
+
+    def _ids_of(self, candidates: list[str]) -> Callable[[pl.DataFrame], pl.DataFrame]:
+        """``_object, _row`` -> ``_object, _row, id``, read again from the objects (for the few
+        rows whose order at one instant their id decides; see :mod:`.states`)."""
+        def ids_of(wanted: pl.DataFrame) -> pl.DataFrame:
+            frames = []
+            for o in wanted["_object"].unique().sort().to_list():
+                rows, _got, miss = read_objects(self.store, [candidates[o]], value_dtype=self.dtype, start=o)
+                if miss:
+                    raise MissingObjectError(f"{self.store.url(candidates[o])} was read by this consolidation and is "
+                                             "gone now; consolidate again.", key=self.store.url(candidates[o]))
+                frames.append(rows.select("_object", "_row", "id"))
+            return pl.concat(frames, how="vertical").join(wanted.unique(), on=["_object", "_row"], how="semi")
+        return ids_of
+
+    def _fold_states(self, st: State, candidates: list[str], held: pl.DataFrame) -> FoldOutcome | None:
+        """Fold a built-in mergeable reducer into per-record states (:mod:`.states`), chunk by
+        chunk, without holding the pending rows; None when this fold is not for them (a reducer
+        that does not merge, records that must exist first, a ``delete``-mode retention, more
+        rows than :data:`STATE_MAX_ROWS` or caller keys than the budget, a non-finite result):
+        :meth:`_fold_local` then takes the general path."""
+        reducer = self._reducer()
+        if (not reducer.is_builtin or reducer.name not in MERGEABLE or self._needs_record()
+                or self.deleted_before(st) is not None):
+            return None
+        compact = False
+        while True:
+            out = FoldOutcome(stats={"fold": "states"})
+            states = RecordStates(reducer.name, self.dtype, compact=compact)
+            keyed: list[pl.DataFrame] = []
+            try:
+                for rows in self._chunks(candidates, out):
+                    if rows.height and not rows.select(keys.generated().all()).item():
+                        keyed.append(rows.filter(~keys.generated()))
+                        rows = rows.filter(keys.generated())
+                    states.add(rows)
+                    if states.rows > STATE_MAX_ROWS or sum(k.height for k in keyed) > self.budget_rows:
+                        return None
+                if not out.read and not held.height:
+                    return out
+                resolved = self.resolve(st, pl.concat(keyed, how="vertical") if keyed
+                                        else pl.DataFrame(schema=pending_schema(self.dtype)), held)
+                states.add(resolved.kept.cast(pending_schema(self.dtype)), exact=True)  # type: ignore[arg-type]
+                touched = states.touched()
+                rs = st.restrict(buckets_of(touched, st.n_buckets).unique().to_list())
+                current = rs.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
+                marks = rs.field_marks(self.field).join(touched.to_frame(), on="originalId", how="semi")
+                done = states.finish(current, marks, self.default, self.field, self._ids_of(candidates))
+            except Restart:
+                compact = True
+                continue
+            out.take(resolved)
+            values = done.values
+            if done.late_sets.height:
+                values = values.join(self._applied_after(st, frozenset(), done.late_sets), on="originalId",
+                                     how="left").select(
+                    "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
+            finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
+            if not values.select(finite.fill_null(False).all()).item():
+                return None  # the general path holds those records back
+            out.stats["form"] = "compact" if compact else "aggregates"
+            out.outs.append(Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), resolved.kept,
+                                   done.late, self._upserts(rs, values)))
+            out.transactions = states.rows
+            return out
+
     def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
                     token: str) -> FoldOutcome:
-        """Read and fold in this process (see :meth:`run`)."""
+        """Read and fold in this process (see :meth:`run`): into per-record states when the
+        reducer merges (:meth:`_fold_states`), else through runs."""
+        if (folded := self._fold_states(st, candidates, held)) is not None:
+            return folded
         out = FoldOutcome()
         # Rows with caller-supplied keys go to runs split by id, so the key rule can be applied to
         # all occurrences of a key at once (one id bucket at a time), whatever the record.
         with Runs(st.n_buckets, self.budget_rows // 2) as runs, \
                 Runs(st.n_buckets, self.budget_rows // 2, column="id") as keyed:
-            # Chunks of objects sized from what was read so far, so that one chunk holds at most
-            # about a quarter of the budget's rows (objects may hold one row or millions).
-            i, n = 0, FIRST_CHUNK_OBJECTS
-            while i < len(candidates):
-                rows, got, miss = read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype,
-                                               field=self.field, start=i, sizes=out.sizes)
-                out.read += got
-                out.missing += miss
+            for rows in self._chunks(candidates, out):
                 if rows.height and not rows.select(keys.generated().all()).item():
                     keyed.add(rows.filter(~keys.generated()))
                     rows = rows.filter(keys.generated())
                 runs.add(rows)
-                i += n
-                n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
             if not out.read and not held.height:
                 return out
             schema = pending_schema(self.dtype)

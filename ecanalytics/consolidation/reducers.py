@@ -36,7 +36,8 @@ BUILTIN_REDUCERS: tuple[str, ...] = get_args(BuiltinReducer)
 _ORDER = ["timestamp", "id"]
 
 
-def _signed() -> pl.Expr:
+def signed_value() -> pl.Expr:
+    """A row's signed value: ``-value`` for a ``sub``, ``value`` otherwise."""
     return pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
 
 
@@ -59,7 +60,7 @@ def _default(pending: pl.LazyFrame, current: pl.LazyFrame, default: pl.Expr) -> 
             | ((pl.col("timestamp") == pl.col("_set_ts")) & (pl.col("id") > pl.col("_set_id")))
         )
         .group_by("originalId")
-        .agg(_signed().sum().alias("_delta"))
+        .agg(signed_value().sum().alias("_delta"))
     )
     return (
         last_set.select("originalId", "_set_value")
@@ -77,7 +78,7 @@ def _aggregate(
 ) -> Callable[[pl.LazyFrame, pl.LazyFrame, pl.Expr], pl.LazyFrame]:
     def run(pending: pl.LazyFrame, current: pl.LazyFrame, default: pl.Expr) -> pl.LazyFrame:
         return (
-            pending.group_by("originalId").agg(agg(_signed()).alias("_agg"))
+            pending.group_by("originalId").agg(agg(signed_value()).alias("_agg"))
             .join(current, on="originalId", how="left")
             .select("originalId", combine(pl.col("current").fill_null(default), pl.col("_agg")).alias("value"))
         )

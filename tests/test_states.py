@@ -1,0 +1,146 @@
+"""The fold into per-record states (ecanalytics.consolidation.states) against plain-Python folds
+of the whole history, and against the general path (runs) on the same objects.
+
+Generated ids (``auto-…``) go to compact rows without their id, so the cases here write frames
+without ids, in several objects, with many transactions at the same instant as a ``set`` (the
+id decides their order: the states look it up in the object again), late rows, late sets and
+records that exist before; caller keys and held rows ride along as exact rows.
+"""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+import pytest
+
+import ecanalytics as ec
+from ecanalytics.consolidation import consolidator as consolidator_module
+from ecanalytics.consolidation import python_reference
+from tests.conftest import Root
+
+T0 = datetime(2026, 11, 2, 12, tzinfo=UTC)
+DATASET = "wallets_transactions_balance"
+
+
+def make(root: Root, reducer: str, **plugin: Any) -> tuple[ec.Database, ec.Resource]:
+    db = root.connect(checkpoint_interval=4)
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False,
+                                               reducer=reducer, **plugin))
+    return db, db.create_resource("wallets", {"id": "string|required", "balance": "number|default:0"})
+
+
+def frame(rng: random.Random, n: int, *, sets: bool, instants: list[datetime]) -> pl.DataFrame:
+    ops = ["add", "sub", "set"] if sets else ["add", "sub"]
+    return pl.DataFrame({
+        "originalId": [f"r{rng.randrange(6)}" for _ in range(n)],
+        "value": [float(rng.randrange(1, 50)) for _ in range(n)],
+        "operation": [rng.choices(ops, weights=[5, 3, 2][:len(ops)])[0] for _ in range(n)],
+        "timestamp": [rng.choice(instants) for _ in range(n)],
+    })
+
+
+def expected(db: ec.Database, reducer: str, initial: dict[str, float]) -> dict[str, float]:
+    """Every record's value folded in plain Python over its whole history in (timestamp, id) order."""
+    history = db.resources[DATASET].query().sort("timestamp", "id")
+    out: dict[str, float] = {}
+    fold = python_reference(reducer)
+    for rid in sorted(set(history["originalId"].to_list()) | set(initial)):
+        rows = history.filter(pl.col("originalId") == rid).to_dicts()
+        start = [{"operation": "set", "value": initial.get(rid, 0.0), "synthetic": True}]
+        out[rid] = float(fold(start + rows))
+    return out
+
+
+@pytest.mark.parametrize("reducer", ["default", "sum", "min", "max"])
+def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    looked_up: list[int] = []
+    original = consolidator_module.Consolidator._ids_of
+
+    def counting(self: Any, candidates: list[str]) -> Any:
+        ids_of = original(self, candidates)
+        return lambda wanted: looked_up.append(wanted.height) or ids_of(wanted)
+
+    monkeypatch.setattr(consolidator_module.Consolidator, "_ids_of", counting)
+    rng = random.Random(reducer)
+    db, w = make(root, reducer)
+    w.insert({"id": "r0", "balance": 40.0})
+    initial = {"r0": 40.0}
+    # Few instants, so that many rows share one with a set (ties broken by id); later rounds
+    # reach back before what is applied (late rows and late sets).
+    instants = [T0 + timedelta(hours=h) for h in range(0, 48, 6)]
+    forms = set()
+    for round_ in range(4):
+        window = instants[4:] if round_ == 0 else instants
+        w.write_transactions(frame(rng, 60, sets=round_ != 1, instants=window), batch_size=9)
+        if round_ == 2:  # caller keys ride along as exact rows
+            w.add("r1", 3.0, id="k-1", timestamp=instants[5])
+            w.set("r2", 11.0, id="k-2", timestamp=instants[6])
+        result = db.consolidate()[0]
+        assert result.engine["fold"] == "states"
+        forms.add(result.engine["form"])
+        values = {r["id"]: r["balance"] for r in w.to_polars().to_dicts()}
+        assert values == expected(db, reducer, initial), f"round {round_}"
+    assert "compact" in forms
+    assert sum(looked_up) > 0  # rows at the instant of a set or of the applied maximum: their ids decided
+    assert w.recalculate().changed == 0
+
+
+@pytest.mark.parametrize("reducer", ["default", "sum", "max"])
+def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, reducer: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same objects consolidated by the states and by the general path (runs, forced by a
+    row cap of zero) on two roots: equal values, late counts, records and marks."""
+    rng = random.Random(7)
+    instants = [T0 + timedelta(hours=h) for h in range(0, 30, 3)]
+    batches = [frame(rng, 50, sets=reducer == "default", instants=instants[3:] if i == 0 else instants)
+               for i in range(3)]
+    outcomes = []
+    for cap in (consolidator_module.STATE_MAX_ROWS, 0):
+        monkeypatch.setattr(consolidator_module, "STATE_MAX_ROWS", cap)
+        db, w = make(root, reducer)
+        w.insert({"id": "r3", "balance": 5.0})
+        seen = []
+        for batch in batches:
+            w.write_transactions(batch, batch_size=8)
+            r = db.consolidate()[0]
+            seen.append((r.transactions, r.records, r.late, r.values.sort("id").to_dicts()))
+        st = w.plugin().consolidator.ledger.state()
+        marks = st.field_marks("balance").sort("originalId").to_dicts()
+        # Generated ids differ between the two roots by their batch prefix only: compare them as
+        # (rank of the batch prefix, row in the batch).
+        prefixes = sorted({m[k].rsplit("-", 1)[0] for m in marks for k in ("setId", "maxId") if m[k]})
+        for m in marks:
+            for k in ("setId", "maxId"):
+                if m[k]:
+                    head, _, row = m[k].rpartition("-")
+                    m[k] = (prefixes.index(head), row)
+        outcomes.append((seen, marks, w.to_polars().sort("id").to_dicts()))
+        db.close()
+        root = Root(root.kind, root.uri.rstrip("/") + "-runs", root.endpoint_url)
+    (states_seen, states_marks, states_records), (runs_seen, runs_marks, runs_records) = outcomes
+    assert states_seen == runs_seen
+    assert states_marks == runs_marks
+    assert states_records == runs_records
+
+
+def test_counters_fold_as_aggregates_and_a_late_set_turns_them_compact(root: Root) -> None:
+    db, w = make(root, "default")
+    w.write_transactions(pl.DataFrame({"originalId": ["a", "b", "a"], "value": [5.0, 7.0, 2.0],
+                                       "operation": ["add", "add", "sub"],
+                                       "timestamp": [T0, T0, T0 + timedelta(hours=1)]}), batch_size=1)
+    first = db.consolidate()[0]
+    assert first.engine["form"] == "aggregates" and w.value("a") == 3.0 and w.value("b") == 7.0
+    # Later counters only: still aggregates. A row dated before the applied maximum: compact.
+    w.add("a", 10.0, timestamp=T0 + timedelta(hours=2))
+    assert db.consolidate()[0].engine["form"] == "aggregates" and w.value("a") == 13.0
+    w.sub("b", 1.0, timestamp=T0 - timedelta(hours=1))
+    late = db.consolidate()[0]
+    assert late.engine["form"] == "compact" and late.late == 1 and w.value("b") == 6.0
+    # A set dated between applied rows: the applied add after it counts again on top of it.
+    w.set("a", 100.0, timestamp=T0 + timedelta(minutes=30))
+    assert db.consolidate()[0].engine["form"] == "compact"
+    assert w.value("a") == 100.0 - 2.0 + 10.0
