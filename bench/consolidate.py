@@ -5,7 +5,10 @@ Parquet objects, then times, each in a fresh process (so peak RSS is per phase):
 
 * ``ecanalytics``: ``plugin.consolidate()`` end to end: list, read, validate, dedup, fold, commit;
 * ``duckdb``: the same fold (last set by (timestamp, id), then signed sum) as SQL over the same
-  Parquet objects, results fetched to Polars;
+  Parquet objects, results fetched to Polars (``--counters``: a ``GROUP BY`` sum of the signed
+  values, which is that fold when there is no ``set``);
+* ``polars``: the same fold as a plain Polars lazy query over the same objects, run by its
+  streaming engine (no knowledge of the project: what a user would write by hand);
 * ``python-loop``: read with Polars, sort, and fold row by row in a dict.
 
 A second table times the fold alone on data already in memory: the built-in reducer on the
@@ -19,6 +22,7 @@ All implementations must produce identical values; the run fails otherwise.
     python bench/consolidate.py            # 10^6
     python bench/consolidate.py --n 1e7
     python bench/consolidate.py --keyed     # every transaction carries an idempotency key
+    python bench/consolidate.py --n 1e7 --counters --skip-loop   # add/sub only
     python bench/consolidate.py --n 1e7 --skip-loop --dask local:2   # also on a Dask cluster
 
 ``--dask local:N`` (a LocalCluster of N worker processes, one thread each, as the CLI's
@@ -48,7 +52,8 @@ RESOURCE, FIELD = "accounts", "balance"
 DATASET = f"{RESOURCE}_transactions_{FIELD}"
 
 
-def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool = False) -> None:
+def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool = False,
+             counters: bool = False) -> None:
     import ecanalytics as ec
     from ecanalytics.ledger.transactions import write_transactions
 
@@ -66,7 +71,7 @@ def generate(root: str, n: int, records: int, batch: int, seed: int, keyed: bool
             originalId=pl.format("acc-{}", (rnd % records).cast(pl.String)),
             field=pl.lit(FIELD),
             value=((rnd * 7) % 1000).cast(pl.Float64),
-            operation=pl.when(rnd % 20 == 0).then(pl.lit("set")).when(rnd % 20 < 7).then(pl.lit("sub")).otherwise(pl.lit("add")),
+            operation=pl.when((rnd % 20 == 0) & (not counters)).then(pl.lit("set")).when(rnd % 20 < 7).then(pl.lit("sub")).otherwise(pl.lit("add")),
             # one hour of traffic, many equal timestamps: ties are broken by id
             timestamp=(start + (rnd * 3600_000_000 // 1_000_000_007)).cast(pl.Datetime("us", "UTC")),
             source=pl.lit("bench"),
@@ -112,11 +117,32 @@ def fold_sql(source: str) -> str:
     """
 
 
+COUNTERS_SQL = """SELECT originalId, sum(CASE WHEN operation = 'sub' THEN -value ELSE value END) AS value
+    FROM {source} GROUP BY originalId"""
+
+
 def run_duckdb(root: str) -> pl.DataFrame:
     import duckdb
 
     source = f"read_parquet('{root}/{DATASET}/**/*.parquet', hive_partitioning = false)"
-    return duckdb.connect().sql(fold_sql(source)).pl()
+    return duckdb.connect().sql((COUNTERS_SQL if COUNTERS else fold_sql("{source}")).format(source=source)).pl()
+
+
+def run_polars(root: str) -> pl.DataFrame:
+    """The fold as a plain Polars streaming query: last set per record, then the signed sum after it."""
+    t = pl.scan_parquet(f"{root}/{DATASET}/**/*.parquet", hive_partitioning=False).select(
+        "originalId", "id", "value", "operation", "timestamp")
+    signed = pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
+    last_set = (t.filter(pl.col("operation") == "set").sort("timestamp", "id").group_by("originalId")
+                .agg(pl.col("value").last().alias("sv"), pl.col("timestamp").last().alias("sts"), pl.col("id").last().alias("sid")))
+    after = (t.filter(pl.col("operation") != "set").join(last_set, on="originalId", how="left")
+             .filter(pl.col("sts").is_null() | (pl.col("timestamp") > pl.col("sts"))
+                     | ((pl.col("timestamp") == pl.col("sts")) & (pl.col("id") > pl.col("sid"))))
+             .group_by("originalId").agg(signed.sum().alias("delta")))
+    ids = t.select("originalId").unique()
+    return (ids.join(last_set, on="originalId", how="left").join(after, on="originalId", how="left")
+            .select("originalId", (pl.col("sv").fill_null(0) + pl.col("delta").fill_null(0)).alias("value"))
+            .collect(engine="streaming"))
 
 
 def fold_only(root: str, with_loop: bool) -> dict[str, tuple[float, pl.DataFrame]]:
@@ -179,8 +205,9 @@ def run_python_loop(root: str) -> pl.DataFrame:
 
 
 PHASES: dict[str, Callable[[str], pl.DataFrame]] = {
-    "ecanalytics": run_ecanalytics, "duckdb": run_duckdb, "python-loop": run_python_loop,
+    "ecanalytics": run_ecanalytics, "duckdb": run_duckdb, "polars": run_polars, "python-loop": run_python_loop,
 }
+COUNTERS = "--counters" in sys.argv  # add/sub only; read from argv so that each phase's spawned process sees it too
 
 
 def _vm(field: str) -> float:
@@ -267,6 +294,7 @@ def main() -> int:
     parser.add_argument("--root", default=None, help="local folder (default: a temporary one)")
     parser.add_argument("--skip-loop", action="store_true", help="skip the slow Python loop")
     parser.add_argument("--keyed", action="store_true", help="caller-supplied ids (idempotency keys) instead of generated ones")
+    parser.add_argument("--counters", action="store_true", help="add/sub only; DuckDB runs a GROUP BY sum")
     parser.add_argument("--dask", default=None, metavar="local:N|ADDRESS",
                         help="also consolidate a copy of the data on a Dask cluster and compare (see above)")
     args = parser.parse_args()
@@ -275,13 +303,13 @@ def main() -> int:
     copy = tempfile.mkdtemp(prefix="ec-bench-dask-") if args.dask else None
     try:
         t = time.perf_counter()
-        generate(root, n, args.records, args.batch, seed=7, keyed=args.keyed)
+        generate(root, n, args.records, args.batch, seed=7, keyed=args.keyed, counters=args.counters)
         print(f"wrote {n:,} transactions over {args.records:,} records in {time.perf_counter() - t:.1f}s -> {root}")
         if copy is not None:  # the same objects for the Dask run: the single-process commit consumes them
             shutil.copytree(root, copy, dirs_exist_ok=True)
         fold = fold_only(root, not args.skip_loop)
         # The baselines first: the ecanalytics commit consumes the pending objects.
-        order = ["duckdb", *([] if args.skip_loop else ["python-loop"]), "ecanalytics"]
+        order = ["duckdb", "polars", *([] if args.skip_loop else ["python-loop"]), "ecanalytics"]
         results = {name: measure(name, root) for name in order}
         reference = results["ecanalytics"][2]
         for name, (_s, _m, out, _p, _e) in results.items():

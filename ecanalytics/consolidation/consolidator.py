@@ -578,7 +578,7 @@ class Consolidator:
                                         else pl.DataFrame(schema=pending_schema(self.dtype)), held)
                 states.add(resolved.kept.cast(pending_schema(self.dtype)), exact=True)  # type: ignore[arg-type]
                 touched = states.touched()
-                rs = st.restrict(buckets_of(touched, st.n_buckets).unique().to_list())
+                rs = st.restrict(buckets_of(touched, st.n_buckets).unique().to_list(), memo=states.rows <= MEMO_ROWS)
                 current = rs.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
                 marks = rs.field_marks(self.field).join(touched.to_frame(), on="originalId", how="semi")
                 done = states.finish(current, marks, self.default, self.field, self._ids_of(candidates))

@@ -83,6 +83,26 @@ class RecordStates:
         self._sets: list[pl.DataFrame] = []  # originalId, timestamp, id, value: each chunk's last set per record
         self._parts: list[pl.DataFrame] = []  # aggregates, or compact rows
         self._exact: list[pl.DataFrame] = []  # compact rows with their id (caller keys and held rows)
+        # Record ids become UInt32 codes once per row (a categorical mapping private to this
+        # fold): every group-by and join after that hashes 4 bytes, and compact rows shrink. The
+        # empty anchor keeps the mapping alive between chunks (Polars frees unused ones).
+        self._categorical = pl.Categorical(pl.Categories.random())
+        self._anchor = pl.Series("originalId", [], dtype=self._categorical)
+        self._names: pl.Series | None = None
+        self._codes = 0  # codes handed out so far (the mapping's length)
+
+    def _coded(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with ``originalId`` as this fold's code."""
+        coded = frame.with_columns(pl.col("originalId").cast(self._categorical).to_physical())
+        if coded.height:
+            self._codes = max(self._codes, int(coded["originalId"].max()) + 1)  # type: ignore[arg-type]
+        return coded
+
+    def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with ``originalId`` codes back as record ids."""
+        if self._names is None or self._names.len() < self._codes:  # the mapping grew since
+            self._names = self._categorical.categories.to_series()
+        return frame.with_columns(self._names.gather(frame["originalId"]).alias("originalId"))
 
     def add(self, rows: pl.DataFrame, *, exact: bool = False) -> None:
         """Fold one chunk of pending rows (``pending_schema``). As compact rows, ``exact`` ones
@@ -90,6 +110,7 @@ class RecordStates:
         their ids."""
         if not rows.height:
             return
+        rows = self._coded(rows)
         sets = rows.filter(pl.col("operation") == "set")
         if sets.height and not self.compact and self.reducer == "default":
             raise Restart
@@ -112,8 +133,9 @@ class RecordStates:
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""
-        return pl.concat([t.select("originalId") for t in self._tops] or [pl.DataFrame(schema={"originalId": pl.String})]
-                         )["originalId"].unique()
+        if not self._tops:
+            return pl.Series("originalId", [], dtype=pl.String)
+        return self._named(pl.concat([t.select("originalId") for t in self._tops]).unique())["originalId"]
 
     def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: object, field: str,
                ids_of: IdsOf) -> StateOutcome:
@@ -127,27 +149,29 @@ class RecordStates:
                                 pl.DataFrame(schema=_LATE_SETS))
         tops = _last(pl.concat(self._tops, how="vertical"))
         sets = (_last(pl.concat(self._sets, how="vertical"), "value") if self._sets
-                else pl.DataFrame(schema={**_ROW, "value": self.dtype}))
+                else pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": self.dtype}))
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
                              sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
-        new = new_marks(reduced, marks, field)
+        new = new_marks(self._named(reduced), marks, field)
         base = pl.lit(default).cast(self.dtype)
+        current, marks = self._coded(current), self._coded(marks)
         if not self.compact:
-            return self._finish_aggregates(tops, current, marks, base, new)
-        return self._finish_compact(tops, sets, current, marks, base, new, ids_of)
+            values, late, late_sets = self._finish_aggregates(current, marks, base), 0, None
+        else:
+            values, late, late_sets = self._finish_compact(tops, sets, current, marks, base, ids_of)
+        return StateOutcome(self._named(values), new, late,
+                            pl.DataFrame(schema=_LATE_SETS) if late_sets is None else self._named(late_sets))
 
-    def _finish_aggregates(self, tops: pl.DataFrame, current: pl.DataFrame, marks: pl.DataFrame, base: pl.Expr,
-                           new: pl.DataFrame) -> StateOutcome:
+    def _finish_aggregates(self, current: pl.DataFrame, marks: pl.DataFrame, base: pl.Expr) -> pl.DataFrame:
         parts = pl.concat(self._parts, how="vertical").group_by("originalId").agg(
             _AGG[self.reducer](pl.col("_agg")).alias("_agg"), pl.col("_first").min())
         if marks.height:
             early = parts.join(marks, on="originalId").filter(pl.col("_first") <= pl.col("maxTs"))
             if early.height:  # rows dated at or before the applied ones: only rows tell how late
                 raise Restart
-        values = parts.join(current, on="originalId", how="left").select(
+        return parts.join(current, on="originalId", how="left").select(
             "originalId", _COMBINE[self.reducer](pl.col("current").fill_null(base), pl.col("_agg"))
             .cast(self.dtype).alias("value"))
-        return StateOutcome(values, new, 0, pl.DataFrame(schema=_LATE_SETS))
 
     def _aggregate(self, rows: pl.LazyFrame) -> pl.LazyFrame:
         """Per record, the reducer's aggregate of the rows that count and how many rows are late,
@@ -160,7 +184,7 @@ class RecordStates:
                                                before(_TS, _ID, "maxTs", "maxId").sum().alias("_late"))
 
     def _finish_compact(self, tops: pl.DataFrame, sets: pl.DataFrame, current: pl.DataFrame, marks: pl.DataFrame,
-                        base: pl.Expr, new: pl.DataFrame, ids_of: IdsOf) -> StateOutcome:
+                        base: pl.Expr, ids_of: IdsOf) -> tuple[pl.DataFrame, int, pl.DataFrame]:
         default = self.reducer == "default"
         # Per record: the threshold (the set whose value stands: the pending last set, unless the
         # applied set sorts after it) and the applied maximum, for late rows.
@@ -209,4 +233,4 @@ class RecordStates:
                                    pl.col("_agg")).cast(self.dtype).alias("value"))
         late_sets = table.filter(pl.col("_lateSet") & default).select("originalId", pl.col("_sTs").alias("_ts"),
                                                                      pl.col("_sId").alias("_id"))
-        return StateOutcome(values, new, int(agg["_late"].sum()), late_sets)
+        return values, int(agg["_late"].sum()), late_sets
