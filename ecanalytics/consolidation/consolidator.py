@@ -32,8 +32,8 @@ import polars as pl
 
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer, signed_value
-from ecanalytics.consolidation.states import MERGEABLE, RecordStates, Restart
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
+from ecanalytics.consolidation.states import MERGEABLE, RecordStates, Restart
 from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys, scan
 from ecanalytics.ledger.buckets import Part, buckets_of

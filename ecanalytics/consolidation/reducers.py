@@ -3,7 +3,10 @@
 Two interfaces:
 
 * **Built-in reducers** (``"default"``, ``"sum"``, ``"max"``, ``"min"``, ``"last"``) are vectorized
-  Polars plans over all pending rows at once: one group-by and one join, no Python loop per row.
+  Polars plans: group-bys and joins, no Python loop per row. A consolidation folds ``default``,
+  ``sum``, ``min`` and ``max`` chunk by chunk into mergeable per-record states
+  (:mod:`ecanalytics.consolidation.states`); the plans below are the general path (``last``,
+  previews, spilled buckets, Dask), and they define the values the states must equal.
 * **A Python callable** ``reducer(transactions: list[dict]) -> number``, as in the original plugin.
   It is called once per record with a synthetic ``set`` of the current value first
   (``{"operation": "set", "value": current, "source": "current", "synthetic": True, ...}``), followed

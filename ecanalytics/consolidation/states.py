@@ -44,7 +44,7 @@ _LATE_SETS: dict[str, pl.DataType] = {"originalId": pl.String(), "_ts": pl.Datet
 IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object, _row, id``
 
 
-class Restart(Exception):  # noqa: N818 - a signal, not an error
+class Restart(Exception):
     """The aggregate form cannot fold these rows exactly: fold them again as compact rows."""
 
 
