@@ -552,17 +552,17 @@ class Consolidator:
     def _fold_states(self, st: State, candidates: list[str], held: pl.DataFrame) -> FoldOutcome | None:
         """Fold a built-in mergeable reducer into per-record states (:mod:`.states`), chunk by
         chunk, without holding the pending rows; None when this fold is not for them (a reducer
-        that does not merge, records that must exist first, a ``delete``-mode retention, more
+        that does not merge, a decimal field, records that must exist first, a ``delete``-mode retention, more
         rows than :data:`STATE_MAX_ROWS` or caller keys than the budget, a non-finite result):
         :meth:`_fold_local` then takes the general path."""
         reducer = self._reducer()
-        if (not reducer.is_builtin or reducer.name not in MERGEABLE or self._needs_record()
-                or self.deleted_before(st) is not None):
+        if (not reducer.is_builtin or reducer.name not in MERGEABLE or self.dtype != pl.Float64
+                or self._needs_record() or self.deleted_before(st) is not None):
             return None
         compact = False
         while True:
             out = FoldOutcome(stats={"fold": "states"})
-            states = RecordStates(reducer.name, self.dtype, compact=compact)
+            states = RecordStates(reducer.name, compact=compact)
             keyed: list[pl.DataFrame] = []
             try:
                 for rows in self._chunks(candidates, out):

@@ -1,25 +1,30 @@
 """Fold pending rows chunk by chunk into per-record states: memory follows the records touched.
 
-The built-in reducers ``default``, ``sum``, ``min`` and ``max`` are folded without holding the
-pending rows: each chunk of objects, once decoded, is reduced to a few per-record frames and let
-go. Two forms:
+The built-in reducers ``default``, ``sum``, ``min`` and ``max`` of a number (``Float64``) field are
+folded without holding the pending rows: each chunk of objects, once decoded, is reduced into
+per-record arrays and let go. Record ids become dense ``UInt32`` codes once per row (a categorical
+mapping private to the fold), so every per-record aggregate is a NumPy scatter (``bincount``,
+``ufunc.at``) into an array indexed by code, and every per-row lookup of a record's threshold a
+gather: no hash table per row after the coding. Two forms:
 
-* **aggregates** (:data:`MERGEABLE`, no ``set`` among the pending rows): per record, the reducer's
-  partial aggregate of the signed values, the earliest timestamp and the latest ``(timestamp,
-  id)``. Partials merge by the same aggregate, so the state is O(records) whatever the rows.
+* **aggregates** (no ``set`` among the pending rows): per record the reducer's aggregate of the
+  signed values, the earliest timestamp and the latest ``(timestamp, id)``. They merge by the same
+  aggregate, so the state is O(records) whatever the rows.
 * **compact rows** (the ``default`` reducer once a ``set`` is pending, or late rows): the default
   reducer is two aggregations (each record's last ``set`` by ``(timestamp, id)``, then the signed
   sum of what follows it), and the second needs the first's answer, which only the last chunk
-  settles. So each row is kept as ``originalId, timestamp, signed value, is-set, object, row``
-  (about 40 bytes, with no ``id``); at the end one join with the per-record thresholds and one
-  group-by give the values. A row whose timestamp equals its threshold needs its ``id`` to
-  break the tie: those few are looked up in their objects again (``ids_of``).
+  settles. So each row is kept as ``code, timestamp, signed value, is-set, object, row`` (29
+  bytes, no ``id``); at the end one gather of the per-record thresholds and one ``bincount``
+  give the values. A row whose timestamp equals its record's threshold or applied maximum needs
+  its ``id`` to break the tie: those few are looked up in their objects again (``ids_of``) and
+  folded with Polars.
 
 A fold starts as aggregates and raises :class:`Restart` when that form cannot be exact (a ``set``
-arrives, or a record has rows dated before its applied marks); the caller reads the objects again
-as compact rows. Results equal :meth:`ecanalytics.consolidation.consolidator.Consolidator.fold`
-on the same rows: same values (sums in another order, so general floats may differ in the last
-bits; integer-valued and decimal amounts are exact), marks, late count and records.
+arrives, or a record has rows dated at or before its applied marks); the caller reads the objects
+again as compact rows. Results equal the general path's
+(:meth:`ecanalytics.consolidation.consolidator.Consolidator.fold`) on the same rows: the same
+marks, late count and records, and the same values for integer-valued amounts (sums of general
+floats run in another order and may differ in the last bits).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from ecanalytics.consolidation.eventorder import before, new_marks
@@ -34,13 +40,14 @@ from ecanalytics.consolidation.reducers import signed_value
 
 MERGEABLE: tuple[str, ...] = ("default", "sum", "min", "max")
 _TS, _ID = "timestamp", "id"
-_AGG: dict[str, Callable[[pl.Expr], pl.Expr]] = {
-    "default": lambda e: e.sum(), "sum": lambda e: e.sum(), "min": lambda e: e.min(), "max": lambda e: e.max()}
+_NONE = np.iinfo(np.int64).min  # "no such instant" in a per-record timestamp array
+_UTC = pl.Datetime("us", "UTC")
+_ROW: dict[str, pl.DataType] = {"originalId": pl.String(), _TS: _UTC, _ID: pl.String()}
+_LATE_SETS: dict[str, pl.DataType] = {"originalId": pl.String(), "_ts": _UTC, "_id": pl.String()}
+_START = {"default": 0.0, "sum": 0.0, "min": np.inf, "max": -np.inf}  # the aggregate of no rows
 _COMBINE: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
-    "default": lambda cur, agg: cur + agg.fill_null(0), "sum": lambda cur, agg: cur + agg.fill_null(0),
+    "default": lambda cur, agg: cur + agg, "sum": lambda cur, agg: cur + agg,
     "min": lambda cur, agg: pl.min_horizontal(cur, agg), "max": lambda cur, agg: pl.max_horizontal(cur, agg)}
-_ROW: dict[str, pl.DataType] = {"originalId": pl.String(), _TS: pl.Datetime("us", "UTC"), _ID: pl.String()}
-_LATE_SETS: dict[str, pl.DataType] = {"originalId": pl.String(), "_ts": pl.Datetime("us", "UTC"), "_id": pl.String()}
 IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object, _row, id``
 
 
@@ -60,50 +67,69 @@ class StateOutcome:
 
 def _last(rows: pl.DataFrame, *extra: str) -> pl.DataFrame:
     """Per record, the row that sorts last by ``(timestamp, id)``: ``originalId, timestamp, id,
-    *extra``. One group-by over the rows; the candidates at each record's latest instant are few."""
+    *extra`` (for the few rows of the ``set`` operations and of the latest instants)."""
     if not rows.height:
         return rows.select("originalId", _TS, _ID, *extra)
     top = rows.group_by("originalId").agg(pl.col(_TS).max())
-    candidates = rows.filter(pl.col(_TS).is_in(top[_TS].implode())).join(top, on=["originalId", _TS])
-    if not extra:
-        return candidates.group_by("originalId").agg(pl.col(_TS).first(), pl.col(_ID).max())
-    return candidates.sort(_ID).group_by("originalId").agg(pl.col(_TS, _ID, *extra).last())
+    return (rows.join(top, on=["originalId", _TS]).sort(_ID)
+            .group_by("originalId").agg(pl.col(_TS, _ID, *extra).last()))
+
+
+def _instants(frame: pl.DataFrame, column: str) -> np.ndarray:
+    """A timestamp column as int64 microseconds, :data:`_NONE` for null."""
+    return frame[column].cast(_UTC).to_physical().fill_null(_NONE).to_numpy()
+
+
+def _scatter(reducer: str, into: np.ndarray, codes: np.ndarray, values: np.ndarray) -> None:
+    """Aggregate ``values`` into ``into[codes]`` by the reducer's rule, in place."""
+    if reducer in ("default", "sum"):
+        into += np.bincount(codes, weights=values, minlength=into.size)
+    else:
+        (np.minimum if reducer == "min" else np.maximum).at(into, codes, values)
 
 
 class RecordStates:
-    """The per-record states of one fold (see the module docstring). ``compact``: keep compact
-    rows from the start (the caller's second attempt after a :class:`Restart`)."""
+    """The per-record states of one fold of a ``Float64`` field (see the module docstring).
+    ``compact``: keep compact rows from the start (the caller's second attempt after a
+    :class:`Restart`)."""
 
-    def __init__(self, reducer: str, dtype: pl.DataType, *, compact: bool) -> None:
+    def __init__(self, reducer: str, *, compact: bool) -> None:
         if reducer not in MERGEABLE:
             raise ValueError(f"reducer {reducer!r} does not fold into mergeable states")
-        self.reducer, self.dtype, self.compact = reducer, dtype, compact
+        self.reducer, self.compact = reducer, compact
         self.rows = 0
-        self._tops: list[pl.DataFrame] = []  # originalId, timestamp, id: each chunk's latest per record
-        self._sets: list[pl.DataFrame] = []  # originalId, timestamp, id, value: each chunk's last set per record
-        self._parts: list[pl.DataFrame] = []  # aggregates, or compact rows
-        self._exact: list[pl.DataFrame] = []  # compact rows with their id (caller keys and held rows)
-        # Record ids become UInt32 codes once per row (a categorical mapping private to this
-        # fold): every group-by and join after that hashes 4 bytes, and compact rows shrink. The
-        # empty anchor keeps the mapping alive between chunks (Polars frees unused ones).
+        # The empty anchor keeps the fold's categorical mapping alive between chunks (Polars
+        # frees a mapping no series uses).
         self._categorical = pl.Categorical(pl.Categories.random())
         self._anchor = pl.Series("originalId", [], dtype=self._categorical)
         self._names: pl.Series | None = None
-        self._codes = 0  # codes handed out so far (the mapping's length)
+        self._latest = np.full(0, _NONE, np.int64)  # per code: the latest timestamp
+        self._earliest = np.full(0, np.iinfo(np.int64).max, np.int64)  # per code: the earliest
+        self._agg = np.full(0, _START[reducer])  # per code: the aggregate (aggregates form)
+        self._tops = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32()})  # rows at each latest instant
+        self._sets: list[pl.DataFrame] = []  # each chunk's last set per record
+        self._parts: list[pl.DataFrame] = []  # compact rows
+        self._exact: list[pl.DataFrame] = []  # compact rows with their id (caller keys and held rows)
 
+    # -- codes -----------------------------------------------------------------------------
     def _coded(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` with ``originalId`` as this fold's code."""
+        """``frame`` with ``originalId`` as this fold's code; the per-code arrays grow to fit."""
         coded = frame.with_columns(pl.col("originalId").cast(self._categorical).to_physical())
-        if coded.height:
-            self._codes = max(self._codes, int(coded["originalId"].max()) + 1)  # type: ignore[arg-type]
+        n = int(coded["originalId"].max()) + 1 if coded.height else 0  # type: ignore[arg-type]
+        if n > self._latest.size:
+            grow = n - self._latest.size
+            self._latest = np.concatenate([self._latest, np.full(grow, _NONE, np.int64)])
+            self._earliest = np.concatenate([self._earliest, np.full(grow, np.iinfo(np.int64).max, np.int64)])
+            self._agg = np.concatenate([self._agg, np.full(grow, _START[self.reducer])])
         return coded
 
     def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``originalId`` codes back as record ids."""
-        if self._names is None or self._names.len() < self._codes:  # the mapping grew since
+        if self._names is None or self._names.len() < self._latest.size:  # the mapping grew since
             self._names = self._categorical.categories.to_series()
         return frame.with_columns(self._names.gather(frame["originalId"]).alias("originalId"))
 
+    # -- folding chunks --------------------------------------------------------------------
     def add(self, rows: pl.DataFrame, *, exact: bool = False) -> None:
         """Fold one chunk of pending rows (``pending_schema``). As compact rows, ``exact`` ones
         (caller-supplied keys, held rows: few, and without an object to look an id up in) keep
@@ -115,122 +141,117 @@ class RecordStates:
         if sets.height and not self.compact and self.reducer == "default":
             raise Restart
         self.rows += rows.height
-        value = signed_value().cast(self.dtype).alias("_v")
-        if self.compact:
-            self._tops.append(_last(rows.select("originalId", _TS, _ID)))
-            part = rows.select("originalId", _TS, value, (pl.col("operation") == "set").alias("_set"),
-                               *([_ID] if exact else ["_object", "_row"]))
-            (self._exact if exact else self._parts).append(part)
-        else:
-            agg = rows.group_by("originalId").agg(_AGG[self.reducer](value).alias("_agg"),
-                                                  pl.col(_TS).min().alias("_first"), pl.col(_TS).max())
-            self._parts.append(agg.drop(_TS))
-            self._tops.append(rows.select("originalId", _TS, _ID).filter(pl.col(_TS).is_in(agg[_TS].implode()))
-                              .join(agg.select("originalId", _TS), on=["originalId", _TS], how="semi")
-                              .group_by("originalId").agg(pl.col(_TS).first(), pl.col(_ID).max()))
+        codes, ts = rows["originalId"].to_numpy(), _instants(rows, _TS)
+        np.maximum.at(self._latest, codes, ts)
+        np.minimum.at(self._earliest, codes, ts)
+        # The rows at their record's latest instant so far carry the id the marks need.
+        at_latest = pl.Series(ts == self._latest[codes])
+        tops = pl.concat([self._tops, rows.filter(at_latest).select("originalId", _TS, _ID)], how="vertical")
+        self._tops = tops.filter(pl.Series(_instants(tops, _TS) == self._latest[tops["originalId"].to_numpy()]))
         if sets.height:
-            self._sets.append(_last(sets, "value"))
+            self._sets.append(_last(sets.select("originalId", _TS, _ID, "value"), "value"))
+        if self.compact:
+            part = rows.select("originalId", _TS, signed_value().cast(pl.Float64).alias("_v"),
+                               (pl.col("operation") == "set").alias("_set"),
+                               *([_ID] if exact else ["_object", "_row"]))
+            (self._exact if exact else self._parts).append(part.rechunk())  # NumPy views later
+        else:
+            _scatter(self.reducer, self._agg, codes, rows.select(signed_value().cast(pl.Float64)).to_series().to_numpy())
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""
-        if not self._tops:
-            return pl.Series("originalId", [], dtype=pl.String)
-        return self._named(pl.concat([t.select("originalId") for t in self._tops]).unique())["originalId"]
+        codes = np.flatnonzero(self._latest != _NONE).astype(np.uint32)
+        return self._named(pl.DataFrame({"originalId": codes}))["originalId"]
 
-    def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: object, field: str,
+    # -- the end ---------------------------------------------------------------------------
+    def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: float, field: str,
                ids_of: IdsOf) -> StateOutcome:
         """Merge the states against ``current`` (``originalId, current``) and ``marks``
         (``originalId, setTs, setId, maxTs, maxId``) of the records touched; ``default`` is the
         value a missing record starts from. Raises :class:`Restart` if the aggregate form
-        cannot be exact (rows dated before a record's marks)."""
-        if not self._tops:  # every row dropped by the key rule: nothing to change
-            return StateOutcome(pl.DataFrame(schema={"originalId": pl.String(), "value": self.dtype}),
-                                new_marks(pl.DataFrame(schema={**_ROW, "operation": pl.String()}), marks, field), 0,
-                                pl.DataFrame(schema=_LATE_SETS))
-        tops = _last(pl.concat(self._tops, how="vertical"))
+        cannot be exact (rows dated at or before a record's applied marks)."""
+        tops = _last(self._tops)
         sets = (_last(pl.concat(self._sets, how="vertical"), "value") if self._sets
-                else pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": self.dtype}))
+                else pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": pl.Float64()}))
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
                              sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
         new = new_marks(self._named(reduced), marks, field)
-        base = pl.lit(default).cast(self.dtype)
         current, marks = self._coded(current), self._coded(marks)
-        if not self.compact:
-            values, late, late_sets = self._finish_aggregates(current, marks, base), 0, None
-        else:
-            values, late, late_sets = self._finish_compact(tops, sets, current, marks, base, ids_of)
-        return StateOutcome(self._named(values), new, late,
-                            pl.DataFrame(schema=_LATE_SETS) if late_sets is None else self._named(late_sets))
-
-    def _finish_aggregates(self, current: pl.DataFrame, marks: pl.DataFrame, base: pl.Expr) -> pl.DataFrame:
-        parts = pl.concat(self._parts, how="vertical").group_by("originalId").agg(
-            _AGG[self.reducer](pl.col("_agg")).alias("_agg"), pl.col("_first").min())
-        if marks.height:
-            early = parts.join(marks, on="originalId").filter(pl.col("_first") <= pl.col("maxTs"))
-            if early.height:  # rows dated at or before the applied ones: only rows tell how late
-                raise Restart
-        return parts.join(current, on="originalId", how="left").select(
-            "originalId", _COMBINE[self.reducer](pl.col("current").fill_null(base), pl.col("_agg"))
-            .cast(self.dtype).alias("value"))
-
-    def _aggregate(self, rows: pl.LazyFrame) -> pl.LazyFrame:
-        """Per record, the reducer's aggregate of the rows that count and how many rows are late,
-        over compact rows joined with their record's threshold and maximum."""
-        counted = pl.col("_tTs").is_null() | (pl.col(_TS) > pl.col("_tTs")) | (
-            (pl.col(_TS) == pl.col("_tTs")) & (pl.col(_ID) > pl.col("_tId"))).fill_null(False)
-        contribution = (pl.when(counted & ~pl.col("_set")).then(pl.col("_v")).otherwise(None)
-                        if self.reducer == "default" else pl.col("_v"))
-        return rows.group_by("originalId").agg(_AGG[self.reducer](contribution).alias("_agg"),
-                                               before(_TS, _ID, "maxTs", "maxId").sum().alias("_late"))
-
-    def _finish_compact(self, tops: pl.DataFrame, sets: pl.DataFrame, current: pl.DataFrame, marks: pl.DataFrame,
-                        base: pl.Expr, ids_of: IdsOf) -> tuple[pl.DataFrame, int, pl.DataFrame]:
-        default = self.reducer == "default"
         # Per record: the threshold (the set whose value stands: the pending last set, unless the
         # applied set sorts after it) and the applied maximum, for late rows.
         table = tops.select("originalId").join(sets.rename({_TS: "_sTs", _ID: "_sId", "value": "_sVal"}),
                                                on="originalId", how="left").join(marks, on="originalId", how="left")
         wins = pl.col("_sTs").is_not_null() & (pl.col("setTs").is_null() | ~before("_sTs", "_sId", "setTs", "setId"))
+        default_fold = self.reducer == "default"
         table = table.with_columns(
-            pl.when(wins).then(pl.col("_sTs")).otherwise(pl.col("setTs")).alias("_tTs"),
-            pl.when(wins).then(pl.col("_sId")).otherwise(pl.col("setId")).alias("_tId"),
+            pl.when(wins & default_fold).then(pl.col("_sTs")).otherwise(pl.col("setTs") if default_fold else None)
+            .alias("_tTs"),
+            pl.when(wins & default_fold).then(pl.col("_sId")).otherwise(pl.col("setId") if default_fold else None)
+            .alias("_tId"),
             pl.when(wins).then(pl.col("_sVal")).otherwise(None).alias("_base"),
             (wins & before("_sTs", "_sId", "maxTs", "maxId")).alias("_lateSet"))
-        if not default:  # order-free: every row counts, only lateness needs the marks
-            table = table.with_columns(pl.lit(None, pl.Datetime("us", "UTC")).alias("_tTs"),
-                                       pl.lit(None, pl.String).alias("_tId"))
-        probe = table.select("originalId", "_tTs", "_tId", "maxTs", "maxId")
-        aggs = []
-        if self._parts:
-            # Most rows sort clear of both marks of their record and need no id: one streaming
-            # join and group-by. A row at its record's threshold or maximum needs its id (a set
-            # never ties with itself: its own contribution is nil).
-            rows = pl.concat(self._parts, how="vertical", rechunk=False).lazy().join(
-                probe.lazy().select("originalId", "_tTs", "maxTs"), on="originalId", how="left")
-            tie = (((pl.col(_TS) == pl.col("_tTs")) & ~pl.col("_set")) | (pl.col(_TS) == pl.col("maxTs"))).fill_null(False)
-            clear, ties = pl.collect_all(
-                [self._aggregate(rows.filter(~tie).with_columns(pl.lit(None, pl.String).alias(_ID),
-                                                                pl.lit(None, pl.String).alias("_tId"),
-                                                                pl.lit(None, pl.String).alias("maxId"))),
-                 rows.filter(tie).select("originalId", "_object", "_row")], engine="streaming")
-            aggs.append(clear)
-            if ties.height:  # the few rows whose order at their instant is decided by the id
-                found = ties.join(ids_of(ties.select("_object", "_row")), on=["_object", "_row"], how="left")
-                again = pl.concat(self._parts, how="vertical", rechunk=False).join(found, on=["originalId", "_object", "_row"])
-                aggs.append(self._aggregate(again.drop("_object", "_row").lazy().join(probe.lazy(), on="originalId",
-                                                                                      how="left")).collect())
-        if self._exact:
-            aggs.append(self._aggregate(pl.concat(self._exact, how="vertical").lazy().join(
-                probe.lazy(), on="originalId", how="left")).collect())
-        agg = pl.concat(aggs, how="vertical").group_by("originalId").agg(
-            _AGG[self.reducer](pl.col("_agg")).alias("_agg"), pl.col("_late").sum())
+        if self.compact:
+            agg, late = self._fold_compact(table, ids_of)
+        else:
+            if marks.height and (self._earliest[marks["originalId"].to_numpy()] <= _instants(marks, "maxTs")).any():
+                raise Restart  # rows dated at or before the applied ones: only rows tell how late
+            agg, late = self._agg, 0
         kept = table.join(tops.rename({_TS: "_topTs", _ID: "_topId"}), on="originalId")
-        if default:  # a record whose rows all sort before its applied set is left as it is
+        if default_fold:  # a record whose rows all sort before its applied set is left as it is
             kept = kept.filter(~before("_topTs", "_topId", "setTs", "setId"))
-        values = kept.join(agg, on="originalId", how="left").join(current, on="originalId", how="left").select(
+        start = pl.lit(default, pl.Float64)
+        values = kept.join(current, on="originalId", how="left").select(
             "originalId",
-            _COMBINE[self.reducer](pl.coalesce("_base", "current", base) if default else pl.col("current").fill_null(base),
-                                   pl.col("_agg")).cast(self.dtype).alias("value"))
-        late_sets = table.filter(pl.col("_lateSet") & default).select("originalId", pl.col("_sTs").alias("_ts"),
-                                                                     pl.col("_sId").alias("_id"))
-        return values, int(agg["_late"].sum()), late_sets
+            _COMBINE[self.reducer](pl.coalesce("_base", "current", start) if default_fold
+                                   else pl.col("current").fill_null(start),
+                                   pl.lit(pl.Series(agg)).gather(pl.col("originalId"))).alias("value"))
+        late_sets = table.filter(pl.col("_lateSet") & default_fold).select(
+            "originalId", pl.col("_sTs").alias("_ts"), pl.col("_sId").alias("_id"))
+        return StateOutcome(self._named(values), new, late, self._named(late_sets))
+
+    def _fold_compact(self, table: pl.DataFrame, ids_of: IdsOf) -> tuple[np.ndarray, int]:
+        """(the aggregate per code, the late rows) of the compact rows against ``table``'s
+        thresholds and applied maxima."""
+        agg = np.full(self._latest.size, _START[self.reducer])
+        threshold = np.full(self._latest.size, _NONE, np.int64)
+        latest_applied = np.full(self._latest.size, _NONE, np.int64)
+        codes = table["originalId"].to_numpy()
+        threshold[codes], latest_applied[codes] = _instants(table, "_tTs"), _instants(table, "maxTs")
+        late = 0
+        exact = list(self._exact)
+        marked = bool((latest_applied != _NONE).any())
+        for part in self._parts:  # chunk by chunk: no copy of all compact rows at once
+            k, ts = part["originalId"].to_numpy(), part[_TS].to_physical().to_numpy()
+            is_set, at = part["_set"].to_numpy(), threshold[k]
+            # Most rows sort clear of both marks of their record and need no id; a row at its
+            # record's threshold or applied maximum needs its id (a set never ties with itself:
+            # its own contribution is nil).
+            tie = (ts == at) & ~is_set
+            if marked:
+                applied_max = latest_applied[k]
+                tie |= ts == applied_max
+                late += int(np.count_nonzero((ts < applied_max) & ~tie))
+            counts = ~tie & (ts > at)
+            if self.reducer == "default":
+                counts &= ~is_set
+            if self.reducer in ("default", "sum"):
+                agg += np.bincount(k, weights=np.where(counts, part["_v"].to_numpy(), 0.0), minlength=agg.size)
+            else:
+                _scatter(self.reducer, agg, k[counts], part["_v"].to_numpy()[counts])
+            if tie.any():  # the few rows whose order at their instant is decided by the id
+                ties = part.filter(pl.Series(tie))
+                found = ties.join(ids_of(ties.select("_object", "_row")), on=["_object", "_row"], how="left")
+                if found[_ID].null_count():
+                    raise RuntimeError("a pending row's id could not be read again; consolidate again")
+                exact.append(found.drop("_object", "_row"))
+        if exact:
+            rows = pl.concat([e.select("originalId", _TS, "_v", "_set", _ID) for e in exact], how="vertical").join(
+                table.select("originalId", "_tTs", "_tId", "maxTs", "maxId"), on="originalId", how="left")
+            counted = (pl.col("_tTs").is_null() | (pl.col(_TS) > pl.col("_tTs"))
+                       | ((pl.col(_TS) == pl.col("_tTs")) & (pl.col(_ID) > pl.col("_tId")))).fill_null(False)
+            if self.reducer == "default":
+                counted = counted & ~pl.col("_set")
+            counting = rows.filter(counted)
+            _scatter(self.reducer, agg, counting["originalId"].to_numpy(), counting["_v"].to_numpy())
+            late += int(rows.select(before(_TS, _ID, "maxTs", "maxId").sum()).item())
+        return agg, late
