@@ -92,21 +92,23 @@ def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: st
 @pytest.mark.parametrize("reducer", ["default", "sum", "max"])
 def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, reducer: str,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same objects consolidated by the states and by the general path (runs, forced by a
-    row cap of zero) on two roots: equal values, late counts, records and marks."""
+    """The same objects consolidated by the states and by the general path (runs) on two roots:
+    equal values, late counts, records and marks."""
     rng = random.Random(7)
     instants = [T0 + timedelta(hours=h) for h in range(0, 30, 3)]
     batches = [frame(rng, 50, sets=reducer == "default", instants=instants[3:] if i == 0 else instants)
                for i in range(3)]
     outcomes = []
-    for cap in (consolidator_module.STATE_MAX_ROWS, 0):
-        monkeypatch.setattr(consolidator_module, "STATE_MAX_ROWS", cap)
+    for general in (False, True):
+        if general:
+            monkeypatch.setattr(consolidator_module.Consolidator, "_fold_states", lambda *a, **k: None)
         db, w = make(root, reducer)
         w.insert({"id": "r3", "balance": 5.0})
         seen = []
         for batch in batches:
             w.write_transactions(batch, batch_size=8)
             r = db.consolidate()[0]
+            assert (r.engine.get("fold") == "states") != general
             seen.append((r.transactions, r.records, r.late, r.values.sort("id").to_dicts()))
         st = w.plugin().consolidator.ledger.state()
         marks = st.field_marks("balance").sort("originalId").to_dicts()
@@ -144,3 +146,27 @@ def test_counters_fold_as_aggregates_and_a_late_set_turns_them_compact(root: Roo
     w.set("a", 100.0, timestamp=T0 + timedelta(minutes=30))
     assert db.consolidate()[0].engine["form"] == "compact"
     assert w.value("a") == 100.0 - 2.0 + 10.0
+
+
+def test_a_set_in_a_later_chunk_folds_everything_again_as_compact_rows(root: Root) -> None:
+    """Counters in the first chunk of objects, a set in a later one: the aggregates cannot take
+    it (rows of the first chunk may sort after it), so the fold starts again as compact rows."""
+    db, w = make(root, "default")
+    n = consolidator_module.FIRST_CHUNK_OBJECTS + 3
+    adds = pl.DataFrame({"originalId": ["a"] * n, "value": [float(i + 1) for i in range(n)],
+                         "operation": ["add"] * n, "timestamp": [T0 + timedelta(minutes=i) for i in range(n)]})
+    w.write_transactions(adds, batch_size=1)  # one object per row, read in this order
+    w.set("a", 1000.0, timestamp=T0 + timedelta(minutes=n - 3, seconds=30))
+    result = db.consolidate()[0]
+    assert result.engine["form"] == "compact" and result.objects == n + 1
+    assert w.value("a") == 1000.0 + (n - 1) + (n - 0)  # the two adds after the set
+
+
+def test_decimal_fields_keep_the_general_path(root: Root) -> None:
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False))
+    w = db.create_resource("wallets", {"id": "string|required", "balance": "decimal(12,2)|default:0"})
+    w.add("a", 1.10)
+    w.add("a", 2.25)
+    result = db.consolidate()[0]
+    assert "fold" not in result.engine and str(w.value("a")) == "3.35"

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
 MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
-STATE_MAX_ROWS = 40_000_000  # past this many pending rows, compact rows (~40 B each) give way to spilled runs
+STATE_MAX_ROWS = 40_000_000  # past this many pending rows kept as compact rows (29 B each), spilled runs take over
 CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
 FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
 
@@ -570,7 +570,7 @@ class Consolidator:
                         keyed.append(rows.filter(~keys.generated()))
                         rows = rows.filter(keys.generated())
                     states.add(rows)
-                    if states.rows > STATE_MAX_ROWS or sum(k.height for k in keyed) > self.budget_rows:
+                    if (states.compact and states.rows > STATE_MAX_ROWS) or sum(k.height for k in keyed) > self.budget_rows:
                         return None
                 if not out.read and not held.height:
                     return out
