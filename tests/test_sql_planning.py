@@ -52,3 +52,26 @@ def test_a_query_of_one_resource_reads_no_state_of_another(root: Root) -> None:
     seen.clear()
     assert db.sql("SELECT count(*) FROM ec_transactions").fetchall() == [(12,)]
     assert [k for k in seen if k.startswith("alpha")] and [k for k in seen if k.startswith("beta")]
+
+
+def test_reports_over_the_transactions_load_no_records(root: Root, monkeypatch: Any) -> None:
+    """``daily_totals`` reads ``ec_transactions`` only: no resource's records (every bucket of its
+    state) are loaded for it; ``ec_values`` and a resource's table load them."""
+    from ecanalytics.ledger.log import State
+
+    loads: list[int] = []
+    real = State.records
+
+    def counting(self: State) -> Any:
+        loads.append(1)
+        return real.fget(self)  # type: ignore[attr-defined]
+
+    db = two_resources(root)
+    monkeypatch.setattr(State, "records", property(counting))
+    totals = ec.reports.run(db, "daily_totals", start="2020-01-01")
+    assert sorted(totals["transactionCount"].to_list()) == [6, 6]
+    assert loads == []
+    assert db.sql("SELECT resource, sum(value) FROM ec_values GROUP BY 1 ORDER BY 1").fetchall() == [
+        ("alpha", 15.0), ("beta", 15.0)]
+    assert len(loads) == 2
+    assert db.sql("SELECT sum(balance) FROM alpha").fetchall() == [(15.0,)]

@@ -166,6 +166,7 @@ class SqlEngine:
             self._fs = config.filesystem(cached_listings=True) if config.protocol == "s3" else store.fs
             self.con.register_filesystem(self._fs)
         self._shape: tuple[Any, ...] = ()
+        self._values_shape: tuple[Any, ...] = ()
 
     def _renew_secret(self) -> None:
         """(Re)create httpfs' S3 secret when the provider chain's credentials changed (the fsspec
@@ -248,7 +249,8 @@ class SqlEngine:
 
         Only what ``query`` names is planned: the records of a resource it names, the view of a
         dataset it names (a query naming an ``ec_*`` view, or none, plans everything), so a
-        query of one resource reads no state of another. Registered tables (records,
+        query of one resource reads no state of another, and a resource's records (every bucket)
+        are registered only for a query that names it or ``ec_values``. Registered tables (records,
         ``ec_fields``, ``ec_pending_objects``) are replaced on every call and resolved by name at
         query time. Views that bind datasets are created only when
         the set of resources and fields changes, since binding lists every dataset. ``ec_pending``
@@ -257,6 +259,7 @@ class SqlEngine:
         """
         with_pending = query is None or "ec_pending" in query
         with_bases = query is None or "ec_bases" in query
+        with_values = query is None or "ec_values" in query
         # Plan only what the query names: a resource's records, a dataset's view. The ec_* views
         # span every resource, so naming one (or giving no query) plans everything.
         names = None if query is None else {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)}
@@ -278,7 +281,7 @@ class SqlEngine:
             if not (everything or wanted or name.lower() in (names or ())):
                 continue  # not named: its state is not even read
             state = table.ledger.state()
-            if everything or name.lower() in (names or ()):
+            if with_values or name.lower() in (names or ()):  # records load every bucket: only when read
                 self.con.register(name, state.records.sort("id"))
             for field, (core, reducer) in sorted(table.fields.items()):
                 if field not in wanted:
@@ -352,6 +355,8 @@ class SqlEngine:
             union = " UNION ALL ".join(f'SELECT {_quote(r)} AS resource, * FROM "{d}"' for r, _f, d, *_ in fields)
             self.con.execute("CREATE OR REPLACE VIEW ec_transactions AS "
                              + (union or f"SELECT NULL::VARCHAR AS resource, * FROM ({EMPTY_TX})"))
+        if with_values and everything and shape != self._values_shape:  # it binds every resource's records
+            self._values_shape = shape
             self.con.execute("CREATE OR REPLACE VIEW ec_values AS " + (" UNION ALL ".join(values) or
                              "SELECT NULL::VARCHAR AS resource, NULL::VARCHAR AS field, NULL::VARCHAR AS id, "
                              "NULL::DOUBLE AS value WHERE false"))
