@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,10 @@ def main() -> int:
         print(json.dumps({{"stats": s, "report": time.perf_counter() - t, "count": stats["transactionCount"],
                            "reportCount": int(report["transactionCount"][0])}}))
     """
-    base, got = child(plain), child(ours)
+    try:
+        base, got = child(plain), child(ours)
+    finally:
+        shutil.rmtree(root.rsplit("/", 1)[0], ignore_errors=True)
     n = int(args.n)
     assert got["count"] == got["reportCount"] == n + 1, got  # the retry counts once
     assert base["count"] == n + 2  # plain DuckDB counts it twice

@@ -215,7 +215,7 @@ class SqlEngine:
         (parameterised ones too) reach the files first; no LIST of the history. ``existing``
         are the pending keys whose object exists (a writer may be between marker and object)."""
         ds, store = _quote(plan.dataset), self.store
-        hive = "hive_partitioning = true, filename = true, hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR}"
+        hive = "hive_partitioning = true, hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR}"
         parts = []
         applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
         with_hidden = set(plan.hidden["key"].to_list()) if plan.hidden.height else set()
@@ -226,7 +226,7 @@ class SqlEngine:
         if with_hidden:  # the few objects holding occurrences that did not count: leave those rows out
             files = ", ".join(_quote(store.url(k)) for k, _ in plan.applied if k in with_hidden)
             parts.append(
-                f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}, file_row_number = true) t "
+                f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}, filename = true, file_row_number = true) t "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
                 "AND h.row = t.file_row_number)")
         auto_files = [store.url(k) for k in existing if k in plan.auto]
