@@ -75,3 +75,21 @@ def test_reports_over_the_transactions_load_no_records(root: Root, monkeypatch: 
         ("alpha", 15.0), ("beta", 15.0)]
     assert len(loads) == 2
     assert db.sql("SELECT sum(balance) FROM alpha").fetchall() == [(15.0,)]
+
+
+def test_a_kept_relation_still_reads_every_day_after_a_one_day_query(root: Root) -> None:
+    """Cohort stats plan one day's objects in a view of their own: a relation built earlier on
+    the dataset (DuckDB binds its views again when it runs) still reads every day."""
+    import datetime as dt
+
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
+    w = db.create_resource("w", {"id": "string|required", "balance": "number|default:0"})
+    for day, amount in ((1, 1.0), (2, 2.0), (2, 4.0), (3, 8.0)):
+        w.add("a", amount, timestamp=dt.datetime(2026, 11, day, 12, tzinfo=dt.UTC))
+    db.consolidate()
+    kept = db.sql("SELECT count(*), sum(value) FROM w_transactions_balance")
+    plugin = db.resources["w"].plugins["balance"]
+    assert plugin.get_cohort_stats("2026-11-02")["transactionCount"] == 2  # type: ignore[union-attr]
+    assert plugin.get_analytics("day", "2026-11-01", "2026-11-01")["transactionCount"].to_list() == [1]  # type: ignore[union-attr]
+    assert kept.fetchall() == [(4, 15.0)]

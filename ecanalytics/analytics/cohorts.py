@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics.analytics.engine import day_view
 from ecanalytics.errors import InvalidValueError, ValidationError
 from ecanalytics.storage.paths import describe
 
@@ -211,7 +212,7 @@ class Cohorts:
         row = self.engine.frame(
             f"""SELECT count(*), count(*) FILTER (operation = 'set'), count(*) FILTER (operation = 'add'),
                        count(*) FILTER (operation = 'sub'), coalesce(sum({_SIGNED}), 0)
-                FROM "{self.dataset}" WHERE cohortDate = $day::DATE""",
+                FROM "{day_view(self.dataset)}" WHERE cohortDate = $day::DATE""",
             {"day": day}, days={day},
         ).row(0)
         total = row[4] if isinstance(row[4], Decimal) else float(row[4])  # exact for decimal fields
@@ -239,7 +240,7 @@ class Cohorts:
                        min(sv) AS minValue, max(sv) AS maxValue,
                        count(DISTINCT originalId) AS recordCount, {per_op}
                 FROM (SELECT {key_sql(p, self.tz)} AS cohort, originalId, operation, {_SIGNED} AS sv
-                      FROM "{self.dataset}"
+                      FROM "{day_view(self.dataset)}"
                       WHERE cohortDate BETWEEN $lo::DATE AND $hi::DATE
                         AND ($record_id IS NULL OR originalId = $record_id))
                 WHERE cohort BETWEEN $start_key AND $end_key
@@ -268,7 +269,7 @@ class Cohorts:
             lo, hi = date_bounds(p, key, key)
         top: pl.DataFrame = self.engine.frame(
             f"""SELECT originalId, count(*) AS transactionCount, sum({_SIGNED}) AS totalValue
-                FROM "{self.dataset}"
+                FROM "{day_view(self.dataset)}"
                 WHERE cohortDate BETWEEN $lo::DATE AND $hi::DATE AND {key_sql(p, self.tz)} = $key
                 GROUP BY originalId ORDER BY {metric} DESC, originalId LIMIT {limit}""",
             {"lo": lo.isoformat(), "hi": hi.isoformat(), "key": key}, days=_days(lo, hi),

@@ -136,6 +136,15 @@ class Table:
     fields: dict[str, tuple[Consolidator, str]]
 
 
+DAYS_SUFFIX = "__days"
+
+
+def day_view(dataset: str) -> str:
+    """The view of ``dataset`` that :meth:`SqlEngine.sql` plans for ``days`` only (cohort stats
+    and rollups query it); the dataset's own view always names every object."""
+    return dataset + DAYS_SUFFIX
+
+
 class SqlEngine:
     """A DuckDB connection whose views follow the tables that ``tables()`` returns (a database's
     resources, given by the database; the engine never reaches into the API objects).
@@ -204,7 +213,7 @@ class SqlEngine:
                 "StorageClass": "STANDARD", "LastModified": _EPOCH})
         self._fs.dircache.update({f: entries for f, entries in folders.items() if f not in unknown})
 
-    def _dataset_view(self, plan: ScanPlan, existing: list[str]) -> None:
+    def _dataset_view(self, plan: ScanPlan, existing: list[str], name: str) -> None:
         """(Re)create a dataset's view from its scan plan (:mod:`ecanalytics.ledger.scan`, the
         rule every reader follows): the applied objects the manifest names (live and archived)
         without the rows their commits hid (occurrences of keys that did not count), ``applied``
@@ -242,7 +251,7 @@ class SqlEngine:
             parts.append(
                 f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet([{files}], {hive}){applied_keys} "
                 f"QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1")
-        self.con.execute(f'CREATE OR REPLACE VIEW "{plan.dataset}" AS ' + (" UNION ALL ".join(parts) or EMPTY_TX))
+        self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS ' + (" UNION ALL ".join(parts) or EMPTY_TX))
 
     def refresh(self, query: str | None = None, *, days: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -262,7 +271,8 @@ class SqlEngine:
         with_values = query is None or "ec_values" in query
         # Plan only what the query names: a resource's records, a dataset's view. The ec_* views
         # span every resource, so naming one (or giving no query) plans everything.
-        names = None if query is None else {w.lower() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)}
+        names = None if query is None else {w.lower().removesuffix(DAYS_SUFFIX)
+                                            for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", query)}
         everything = names is None or any(n.startswith("ec_") for n in names)
         if self._fs is not None:
             self._fs.invalidate_cache()
@@ -348,7 +358,9 @@ class SqlEngine:
             "timezone": pl.String, "default": pl.Float64, "deletedBefore": pl.Datetime("us", "UTC")}))
         self._prime(sizes)
         for dataset in datasets:
-            self._dataset_view(*plans[dataset])
+            # A plan of some days only gets a view of its own: the dataset's view must stay whole,
+            # since a relation built on it earlier binds it again when it runs.
+            self._dataset_view(*plans[dataset], name=dataset if days is None else day_view(dataset))
         shape = tuple(f[:3] for f in fields)
         if everything and shape != self._shape:
             self._shape = shape
@@ -369,8 +381,9 @@ class SqlEngine:
     def sql(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None) -> Relation:
         """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars. A file that
         vanishes later (maintenance replaced it) raises :class:`SnapshotGoneError` on fetch.
-        ``days`` (cohort days, ISO): the query reads only those days, so the views name only
-        their objects (their SQL does not grow with the history)."""
+        ``days`` (cohort days, ISO): the query reads only those days through :func:`day_view`
+        views, which name only their objects (their SQL does not grow with the history); fetch
+        such a result at once (a later ``days`` query replaces those views)."""
         for attempt in range(3):
             con = self.refresh(query, days=days)
             try:
