@@ -409,6 +409,18 @@ class Consolidator:
             .group_by("originalId").agg(signed_value().sum().cast(self.dtype).alias("_extra"))
         )
 
+    def _after_late_sets(self, st: State, unapplied: frozenset[str], values: pl.DataFrame,
+                         late_sets: pl.DataFrame) -> pl.DataFrame:
+        """``values`` plus, for each record whose pending last set is late, the applied add/sub
+        rows after it (:meth:`_applied_after`)."""
+        return values.join(self._applied_after(st, unapplied, late_sets), on="originalId", how="left").select(
+            "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
+
+    def _finite(self) -> pl.Expr:
+        """True where ``value`` fits the field: not null for decimal, finite for number fields."""
+        value = pl.col("value")
+        return (value.is_not_null() if isinstance(self.dtype, pl.Decimal) else value.is_finite()).fill_null(False)
+
     def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
              preview: bool = False) -> Folded:
         """Fold ``rows`` in event order on top of ``st``, loading only the buckets of their records
@@ -456,8 +468,7 @@ class Consolidator:
                 .select("originalId", "_ts", "_id")
             )
             if late_sets.height:
-                values = values.join(self._applied_after(st, unapplied, late_sets), on="originalId", how="left").select(
-                    "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
+                values = self._after_late_sets(st, unapplied, values, late_sets)
         elif reducer.name == "last":
             values, failed = self._call(reducer, rows.filter(~late), current)
         elif reducer.is_builtin:
@@ -473,13 +484,13 @@ class Consolidator:
         if failed:
             hold(failed, "reducer-error")
             values = values.filter(~pl.col("originalId").is_in(pl.Series(failed, dtype=pl.String).implode()))
-        finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
-        bad = values.filter(~finite.fill_null(False))
+        finite = self._finite()
+        bad = values.filter(~finite)
         if bad.height:
             log.error("%s: %d record(s) would get a non-finite value (first: %r); their transactions are held back.",
                       self.dataset, bad.height, bad.row(0))
             hold(bad["originalId"], "overflow")
-            values = values.filter(finite.fill_null(False))
+            values = values.filter(finite)
         held_rows = (pl.concat([h.cast(self._held_schema) for h in held]) if held  # type: ignore[arg-type]
                      else pl.DataFrame(schema=self._held_schema))
         return Folded(values, new_marks(rows, marks, self.field), held_rows, rows,
@@ -588,11 +599,8 @@ class Consolidator:
             out.take(resolved)
             values = done.values
             if done.late_sets.height:
-                values = values.join(self._applied_after(st, frozenset(), done.late_sets), on="originalId",
-                                     how="left").select(
-                    "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
-            finite = pl.col("value").is_not_null() if isinstance(self.dtype, pl.Decimal) else pl.col("value").is_finite()
-            if not values.select(finite.fill_null(False).all()).item():
+                values = self._after_late_sets(st, frozenset(), values, done.late_sets)
+            if not values.select(self._finite().all()).item():
                 return None  # the general path holds those records back
             out.stats["form"] = "compact" if compact else "aggregates"
             out.outs.append(Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), resolved.kept,
