@@ -93,3 +93,36 @@ def test_a_kept_relation_still_reads_every_day_after_a_one_day_query(root: Root)
     assert plugin.get_cohort_stats("2026-11-02")["transactionCount"] == 2  # type: ignore[union-attr]
     assert plugin.get_analytics("day", "2026-11-01", "2026-11-01")["transactionCount"].to_list() == [1]  # type: ignore[union-attr]
     assert kept.fetchall() == [(4, 15.0)]
+
+
+def test_view_sql_does_not_grow_with_history(root: Root) -> None:
+    """A dataset view's SQL names no object (the lists live in DuckDB variables), so a history of
+    many days gives the same view text as one day, and the view still reads every object."""
+    import datetime as dt
+
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
+    res = db.create_resource("w", {"id": "string|required", "balance": "number|default:0"})
+    start = dt.datetime(2026, 1, 1, 12, tzinfo=dt.UTC)
+
+    def write_day(day: int) -> None:
+        res.write_transactions([{"originalId": f"r{day % 3}", "value": day + 1.0,
+                                 "timestamp": start + dt.timedelta(days=day)}], "balance")
+
+    def view_sql() -> str:
+        got = db.sql("SELECT sql FROM duckdb_views() WHERE view_name = 'w_transactions_balance'").fetchall()
+        return str(got[0][0])
+
+    write_day(0)
+    db.consolidate("w")
+    write_day(1)  # one applied object, one pending
+    small = view_sql()
+    for day in range(2, 40):
+        write_day(day)
+        if day % 10 == 0:
+            db.consolidate("w")
+    big = view_sql()
+    assert len(big) == len(small), (small, big)
+    expected = sum(d + 1.0 for d in range(40))
+    assert db.sql("SELECT count(*), sum(value) FROM w_transactions_balance").fetchall() == [(40, expected)]
+    assert db.sql("SELECT count(DISTINCT cohortDate) FROM w_transactions_balance WHERE applied").fetchall() == [(31,)]

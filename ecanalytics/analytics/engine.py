@@ -76,6 +76,10 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _identifier(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
 def httpfs_secret_sql(config: StorageConfig) -> str:
     """The ``CREATE SECRET`` statement that points httpfs at ``config``'s S3 endpoint."""
     parts = ["TYPE s3", f"REGION {_quote(config.region or 'us-east-1')}"]
@@ -175,6 +179,7 @@ class SqlEngine:
             self._fs = config.filesystem(cached_listings=True) if config.protocol == "s3" else store.fs
             self.con.register_filesystem(self._fs)
         self._shape: tuple[Any, ...] = ()
+        self._views: dict[str, str] = {}  # view name -> the SQL it was last created with
         self._values_shape: tuple[Any, ...] = ()
 
     def _renew_secret(self) -> None:
@@ -228,30 +233,43 @@ class SqlEngine:
         parts = []
         applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
         with_hidden = set(plan.hidden["key"].to_list()) if plan.hidden.height else set()
-        plain = [k for k, _ in plan.applied if k not in with_hidden]
+        plain = [store.url(k) for k, _ in plan.applied if k not in with_hidden]
         if plain:  # most objects: every row counts
-            files = ", ".join(_quote(store.url(k)) for k in plain)
-            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive})")
+            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({self._files(name, 'applied', plain)}, {hive})")
         if with_hidden:  # the few objects holding occurrences that did not count: leave those rows out
-            files = ", ".join(_quote(store.url(k)) for k, _ in plan.applied if k in with_hidden)
+            files = self._files(name, "hidden", [store.url(k) for k, _ in plan.applied if k in with_hidden])
             parts.append(
-                f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet([{files}], {hive}, filename = true, file_row_number = true) t "
+                f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({files}, {hive}, filename = true, file_row_number = true) t "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
                 "AND h.row = t.file_row_number)")
         auto_files = [store.url(k) for k in existing if k in plan.auto]
         if auto_files:  # generated ids only (the marker says so): nothing to deduplicate, filters reach the files
-            files = ", ".join(_quote(u) for u in auto_files)
-            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet([{files}], {hive})")
+            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({self._files(name, 'auto', auto_files)}, {hive})")
         keyed_files = [store.url(k) for k in existing if k not in plan.auto]
         if keyed_files:
-            files = ", ".join(_quote(u) for u in keyed_files)
             auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
             applied_keys = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {ds})"
                             if plan.applied_keys.height else "")
             parts.append(
-                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet([{files}], {hive}){applied_keys} "
-                f"QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1")
-        self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS ' + (" UNION ALL ".join(parts) or EMPTY_TX))
+                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({self._files(name, 'keyed', keyed_files)}, {hive})"
+                f"{applied_keys} QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, "
+                "operation, value) = 1")
+        self._view(name, " UNION ALL ".join(parts) or EMPTY_TX)
+
+    def _files(self, view: str, part: str, urls: list[str]) -> str:
+        """Put a view part's object list in a DuckDB variable and return the SQL that reads it, so
+        a view's SQL stays the same size however long the history (the list is bound at query time,
+        like the view itself)."""
+        variable = f"ec_files:{view}:{part}"
+        self.con.execute(f"SET VARIABLE {_identifier(variable)} = ?", [urls])
+        return f"getvariable({_quote(variable)})"
+
+    def _view(self, name: str, sql: str) -> None:
+        """(Re)create view ``name`` as ``sql``, unless it already is (its object lists live in
+        variables, so most refreshes change no view and bind nothing)."""
+        if self._views.get(name) != sql:
+            self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+            self._views[name] = sql
 
     def refresh(self, query: str | None = None, *, days: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -329,7 +347,8 @@ class SqlEngine:
                     pending_reads.append(
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
                         f"source, {WRITTEN_AT} AS writtenAt "
-                        f"FROM read_parquet([{', '.join(_quote(store.url(u)) for u in existing)}], filename = true)"
+                        f"FROM read_parquet({self._files('ec_pending', core.dataset, [store.url(u) for u in existing])}, "
+                        "filename = true)"
                     )
                 if with_bases:
                     bases.append(core.base(state).select(
@@ -375,7 +394,7 @@ class SqlEngine:
         if with_pending:
             empty = (f"SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied), "
                      f"NULL::TIMESTAMPTZ AS writtenAt FROM ({EMPTY_TX})")
-            self.con.execute("CREATE OR REPLACE VIEW ec_pending AS " + (" UNION ALL ".join(pending_reads) or empty))
+            self._view("ec_pending", " UNION ALL ".join(pending_reads) or empty)
         return self.con
 
     def sql(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None) -> Relation:
