@@ -180,6 +180,7 @@ class SqlEngine:
             self.con.register_filesystem(self._fs)
         self._shape: tuple[Any, ...] = ()
         self._views: dict[str, str] = {}  # view name -> the SQL it was last created with
+        self._lists: dict[str, list[str]] = {}  # variable -> object list, for the view being made
         self._values_shape: tuple[Any, ...] = ()
 
     def _renew_secret(self) -> None:
@@ -257,19 +258,29 @@ class SqlEngine:
         self._view(name, " UNION ALL ".join(parts) or EMPTY_TX)
 
     def _files(self, view: str, part: str, urls: list[str]) -> str:
-        """Put a view part's object list in a DuckDB variable and return the SQL that reads it, so
-        a view's SQL stays the same size however long the history (the list is bound at query time,
-        like the view itself)."""
+        """Name a DuckDB variable for a view part's object list and return the SQL that reads it,
+        so a view's SQL stays the same size however long the history (the list is bound at query
+        time, like the view itself). :meth:`_view` sets the variables."""
         variable = f"ec_files:{view}:{part}"
-        self.con.execute(f"SET VARIABLE {_identifier(variable)} = ?", [urls])
+        self._lists[variable] = urls
         return f"getvariable({_quote(variable)})"
 
+    def _set_lists(self, size: int | None = None) -> None:
+        for variable, urls in self._lists.items():
+            self.con.execute(f"SET VARIABLE {_identifier(variable)} = ?", [urls[:size]])
+
     def _view(self, name: str, sql: str) -> None:
-        """(Re)create view ``name`` as ``sql``, unless it already is (its object lists live in
-        variables, so most refreshes change no view and bind nothing)."""
+        """(Re)create view ``name`` as ``sql`` unless it already is, and set the object lists that
+        :meth:`_files` named. Its lists live in variables, so most refreshes change no view and
+        bind nothing; a view that must be created is bound over the first object of each list
+        (DuckDB binds a view when it is created, and the types come from the first object anyway),
+        so creating it does not cost a pass over the whole history."""
         if self._views.get(name) != sql:
+            self._set_lists(1)
             self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             self._views[name] = sql
+        self._set_lists()
+        self._lists.clear()
 
     def refresh(self, query: str | None = None, *, days: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
