@@ -365,23 +365,23 @@ def _open(root: str, endpoint_url: str | None, *, create: bool = False) -> Datab
         if message.endswith(CREATE_HINT):
             raise RootNotFoundError(message.removesuffix(CREATE_HINT) + CLI_CREATE_HINT) from exc
         raise
-    for name, error in sorted(db._broken.items()):
+    for name, error in sorted(db.broken.items()):
         log.error("Resource %s cannot be opened: %s", name, error)
     return db
 
 
 def _fields(db: Database, resource: str | None, field: str | None) -> list[tuple[Resource, str]]:
     """(resource, field) of every managed field, or of the ones named."""
-    return [(db._resources[p.resource_name], p.field) for p in db._plugins(resource, field)]
+    return [(db.resource(p.resource_name), p.field) for p in db.plugins(resource, field)]
 
 
 def _resource(db: Database, name: str) -> Resource:
     """The resource ``--resource`` names (exit 1 for a name the root does not hold, as for a root
     without catalog: the data decides, not the command line)."""
-    if name not in db._resources:
-        known = ", ".join(sorted(db._resources)) or "none"
+    if name not in db.resource_names():
+        known = ", ".join(db.resource_names()) or "none"
         raise UnknownResourceError(f"--resource {name}: {db.uri} has no such resource (resources: {known}).")
-    return db._resources[name]
+    return db.resource(name)
 
 
 def _managed(res: Resource, field: str | None) -> EventualConsistencyPlugin:
@@ -547,7 +547,7 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output,
     started = time.perf_counter()
     results: list[Any] = []
     failures: dict[str, Exception] = {}
-    for broken, error in sorted(db._broken.items()):  # its backlog cannot be applied: fail loudly
+    for broken, error in sorted(db.broken.items()):  # its backlog cannot be applied: fail loudly
         failures[f"{broken}.*"] = error
         if out.fmt == "text":
             out.warn(f"error: {broken}: {error}")
@@ -617,7 +617,7 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
     with _open(root, endpoint_url) as db, _dask_client(dask_address) as client:
         for spec in reducers:
             _use_reducer(db, spec)
-        plugins = db._plugins(resource, field)
+        plugins = db.plugins(resource, field)
         runs = quiet = 0
         last_line: float | None = None
         while True:
@@ -659,10 +659,10 @@ def _verify(db: Database) -> tuple[list[str], list[dict[str, str]]]:
     from ecanalytics.storage import paths as P
 
     missing = [{"resource": name, "key": db.store.url(P.catalog_entry(name)), "what": "catalog entry (unreadable)",
-                "fix": f"restore it from a backup ({error})"} for name, error in sorted(db._broken.items())]
-    for name in sorted(db._resources):
-        missing += [{"resource": name, **problem.as_dict()} for problem in db._resources[name].verify()]
-    return sorted(db._resources), missing
+                "fix": f"restore it from a backup ({error})"} for name, error in sorted(db.broken.items())]
+    for name in db.resource_names():
+        missing += [{"resource": name, **problem.as_dict()} for problem in db.resource(name).verify()]
+    return db.resource_names(), missing
 
 
 @cli.command(short_help="Backlog, age, versions, sizes and key conflicts of every managed field; only reads.")
@@ -692,8 +692,8 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
     checked: list[str] = []
     missing: list[dict[str, str]] = []
     with _open(root, endpoint_url) as db:
-        for name in sorted(db._resources):
-            resource = db._resources[name]
+        for name in db.resource_names():
+            resource = db.resource(name)
             state = resource.ledger.state()
             try:
                 checkpoint = json.loads(db.store.read(P.last_checkpoint(name)))["version"]
@@ -958,8 +958,8 @@ def _tables(db: Database) -> pl.DataFrame:
     con = db.duckdb()  # a refresh without a query builds every view, ec_pending and ec_bases too
     names = [n for (n,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall()
              if n not in INTERNAL_VIEWS]
-    datasets = {p.dataset: f"transactions of {p.resource_name}.{p.field}" for p in db._plugins()}
-    about = {**{r: "consolidated records" for r in db._resources}, **datasets, **VIEW_DESCRIPTIONS}
+    datasets = {p.dataset: f"transactions of {p.resource_name}.{p.field}" for p in db.plugins()}
+    about = {**{r: "consolidated records" for r in db.resource_names()}, **datasets, **VIEW_DESCRIPTIONS}
     return pl.DataFrame({"name": names, "contents": [about.get(n, "") for n in names]}, schema={"name": pl.String, "contents": pl.String})
 
 

@@ -9,6 +9,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from ecanalytics import display
@@ -66,17 +67,15 @@ class Resources(Mapping[str, "Resource | TransactionDataset"]):
 
     def _all(self) -> dict[str, Resource | TransactionDataset]:
         out: dict[str, Resource | TransactionDataset] = {}
-        for name, res in self._db._resources.items():
-            out[name] = res
+        for name in self._db.resource_names():
+            out[name] = res = self._db.resource(name)
             for plugin in res.plugins.values():
                 out[plugin.dataset] = TransactionDataset(plugin)
         return out
 
     def __getitem__(self, name: str) -> Resource | TransactionDataset:
-        if name in self._db._resources:
-            return self._db._resources[name]
-        if name in self._db._broken:
-            raise self._db._broken[name]
+        if name in self._db.resource_names() or name in self._db.broken:
+            return self._db.resource(name)
         found = self._all().get(name)
         if found is None:
             raise UnknownResourceError(
@@ -136,12 +135,17 @@ class Database:
 
     def __repr__(self) -> str:
         """The root and its resources, as opened: no request."""
-        return display.database_repr(self)
+        return display.database_repr(self.uri, self.resource_names())
 
     def _repr_html_(self) -> str:
         """The Jupyter view: records and version of each resource as this process holds them
         ("not loaded" otherwise). No request: looking changes nothing, and costs nothing."""
-        return display.database_html(self)
+        rows = []
+        for name, res in sorted(self._resources.items()):
+            st = res.ledger.in_memory()
+            rows.append((name, st.loaded_record_count() if st else None, st.version if st else None,
+                         ", ".join(f"{f} ({p.reducer_name})" for f, p in res.plugins.items())))
+        return display.database_html(self.uri, rows, dict(self._broken))
 
     @property
     def uri(self) -> str:
@@ -184,8 +188,8 @@ class Database:
         old = resource.plugins.get(plugin.field)
         if old is not None and old is not plugin:
             old.close()
-        plugin._attach(resource)
-        plugin._sql = self._engine
+        # The database is where resources and plugins are wired together; not a user call.
+        plugin._attach(resource.ledger, resource.schema, self._engine)  # noqa: SLF001
         resource.plugins[plugin.field] = plugin
         if persist:
             cat.save_plugin(self.store, resource.name, plugin.field, plugin.config())
@@ -232,9 +236,9 @@ class Database:
                     f"{name} exists with {resource.ledger.state().n_buckets} buckets, not {buckets}; change the count "
                     f"with {name}.rebucket({buckets}) or `ecanalytics rebucket --resource {name} --buckets {buckets}`.")
             if stored != schema:  # schema evolution: new optional/defaulted attributes; anything else is refused
-                resource._evolve(lambda _stored: schema)
+                resource._evolve(lambda _stored: schema)  # noqa: SLF001 - the one schema change path, guarded here
             elif resource.schema != stored:  # another process evolved it since this one connected
-                resource._evolve(lambda latest: latest)
+                resource._evolve(lambda latest: latest)  # noqa: SLF001 - as above
             for (res_name, _field), plugin in list(self._deferred.items()):
                 if res_name == name:
                     del self._deferred[(res_name, _field)]
@@ -252,7 +256,29 @@ class Database:
                 self._attach(resource, plugin, persist=True)
         return plugin
 
-    def _plugins(self, resource: str | None = None, field: str | None = None) -> list[EventualConsistencyPlugin]:
+    @property
+    def broken(self) -> Mapping[str, CorruptObjectError]:
+        """The resources whose catalog entry could not be opened, each with the error that says
+        what to do (read-only). The others open and work as usual."""
+        return MappingProxyType(self._broken)
+
+    def resource_names(self) -> list[str]:
+        """The names of the resources opened (not the transaction datasets, not the broken ones), sorted."""
+        return sorted(self._resources)
+
+    def resource(self, name: str) -> Resource:
+        """The resource ``name``: :class:`UnknownResourceError` (naming the known ones) if the
+        root has none, or the error that kept its catalog entry from opening."""
+        if name in self._resources:
+            return self._resources[name]
+        if name in self._broken:
+            raise self._broken[name]
+        raise UnknownResourceError(f"No resource named {name!r}; known: {sorted(self._resources)}.")
+
+    def plugins(self, resource: str | None = None, field: str | None = None) -> list[EventualConsistencyPlugin]:
+        """The managed fields' plugins, by resource then field; only ``resource``'s (or only its
+        ``field``) when given. An unknown resource raises :class:`UnknownResourceError`, an
+        unknown field :class:`UnknownFieldError`."""
         if resource is not None and resource not in self._resources:
             raise UnknownResourceError(f"No resource named {resource!r}; known: {sorted(self._resources)}.")
         names = [resource] if resource else sorted(self._resources)
@@ -277,7 +303,7 @@ class Database:
         ``("resource.field", buckets done, buckets in all)``. Needs ``pip install "ecanalytics[dask]"``."""
         results: list[ConsolidationResult] = []
         failures: dict[str, BaseException] = {}
-        for plugin in self._plugins(resource, field):
+        for plugin in self.plugins(resource, field):
             try:
                 engine = None
                 if client is not None:

@@ -156,7 +156,7 @@ def _records_table(db: Database, engine: Engine, resource: str, schema: str | No
             return f"-- {resource}: no snapshot yet; run `ecanalytics ddl --export` first.\n-- {statement}"
         return statement
     folder = _location(db, engine, rel.rsplit("/", 1)[0])
-    attrs = db._resources[resource].schema.attributes.values()
+    attrs = db.resource(resource).schema.attributes.values()
     body = ",\n".join(f"  {_quote(engine, a.name)} {_type(engine, a)}" for a in attrs)
     if engine == "athena":
         return (f"CREATE EXTERNAL TABLE IF NOT EXISTS {name} (\n{body}\n)\nSTORED AS PARQUET\n"
@@ -183,13 +183,13 @@ def generate(db: Database, engine: str, *, schema: str | None = None) -> str:
     if eng == "duckdb" and db.config.protocol == "s3":
         header.append("-- S3: LOAD httpfs; CREATE SECRET (TYPE s3, PROVIDER credential_chain) first (credentials are never printed).")
     statements = ["\n".join(header)]
-    for plugin in db._plugins():
-        value = db._resources[plugin.resource_name].schema.attributes[plugin.field]
+    for plugin in db.plugins():
+        value = db.resource(plugin.resource_name).schema.attributes[plugin.field]
         statements.append(_tx_table(db, eng, plugin.dataset, plugin.dataset, value, schema))
         archive = P.archive_key(plugin.dataset)
         if db.store.listdirs(archive):
             statements.append(_tx_table(db, eng, f"{plugin.dataset}_archive", archive, value, schema))
-    for resource in sorted(db._resources):
+    for resource in db.resource_names():
         statements.append(_records_table(db, eng, resource, schema))
     return "\n\n".join(statements) + "\n"
 
@@ -198,8 +198,8 @@ def export_records(db: Database) -> list[str]:
     """Write each resource's consolidated records to ``_export/{resource}/records.parquet`` (one
     overwrite: readers see the old or the new snapshot); returns the keys written."""
     keys = []
-    for name in sorted(db._resources):
+    for name in db.resource_names():
         key = P.export_object(name)
-        db.store.write_parquet(key, db._resources[name].to_polars())
+        db.store.write_parquet(key, db.resource(name).to_polars())
         keys.append(key)
     return keys

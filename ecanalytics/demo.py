@@ -43,11 +43,11 @@ class DemoReport:
 def check_demo_root(db: Database) -> bool:
     """True when ``db`` holds an earlier demo's wallets, False when it is empty; raises
     :class:`ResourceExistsError` (nothing written) for a root that holds anything else."""
-    others = sorted((set(db._resources) | set(db._broken)) - {"wallets"})
-    wallets = db._resources.get("wallets")
+    others = sorted((set(db.resource_names()) | set(db.broken)) - {"wallets"})
+    wallets = db.resource("wallets") if "wallets" in db.resource_names() else None
     if wallets is not None and wallets.schema.to_spec() != WALLET_ATTRIBUTES:
         others.insert(0, "wallets (with other attributes than the demo's)")
-    if "wallets" in db._broken:
+    if "wallets" in db.broken:
         others.insert(0, "wallets (unreadable)")
     if others:
         raise ResourceExistsError(

@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ecanalytics.consolidation import ConsolidationResult
-    from ecanalytics.database import Database
-    from ecanalytics.ledger import State
-    from ecanalytics.plugin import EventualConsistencyPlugin
-    from ecanalytics.resource import Resource, TransactionDataset
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 NOT_LOADED = "not loaded"
 UNKNOWN = "unknown — call inspect()"
+
+
+@dataclass(frozen=True)
+class FieldView:
+    """What a managed field's row shows, as plain values its plugin gathers from memory."""
+
+    resource: str
+    field: str
+    reducer: str
+    timezone: str
+    mode: str
+    attached: bool  # False while the plugin waits for its resource
+    pending: Any = UNKNOWN  # the last inspect()'s backlog, else UNKNOWN
+    oldest: Any = None
+    held: Any = NOT_LOADED  # rows held back, in the state this process holds
+    conflicts: Any = NOT_LOADED
+    inspected_at: datetime | None = None  # when that inspect() ran
 
 
 def table(title: str, header: Sequence[str], rows: Iterable[Sequence[Any]], note: str = "") -> str:
@@ -41,32 +53,16 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def plugin_repr(p: EventualConsistencyPlugin) -> str:
-    return (f"EventualConsistencyPlugin({p.resource_name}.{p.field}, mode={p.mode!r}, reducer={p.reducer_name!r}, "
-            f"timezone={p.timezone!r})")
+def plugin_repr(v: FieldView) -> str:
+    return (f"EventualConsistencyPlugin({v.resource}.{v.field}, mode={v.mode!r}, reducer={v.reducer!r}, "
+            f"timezone={v.timezone!r})")
 
 
-def _in_memory(p: EventualConsistencyPlugin) -> State | None:
-    """The state the plugin's resource holds, or None (not attached, or not loaded yet)."""
-    return p._consolidator.ledger.in_memory() if p._consolidator is not None else None
-
-
-def _field_rows(fields: Iterable[EventualConsistencyPlugin]) -> tuple[list[tuple[Any, ...]], str]:
-    """One row per field from what is in memory, and a note saying how old the backlog shown is."""
-    rows, seen = [], []
-    for p in fields:
-        st, last = _in_memory(p), p._last_inspect
-        pending: Any = UNKNOWN
-        oldest: Any = None
-        if last is not None:
-            seen.append(last[0])
-            pending, oldest = last[1]["pending"], last[1]["oldestWrittenAt"]
-        if st is not None and p._consolidator is not None:
-            held: Any = p._consolidator.held_frame(st).height
-            conflicts: Any = p._consolidator.conflicts_frame(st).height
-        else:
-            held = conflicts = NOT_LOADED
-        rows.append((p.field, p.reducer_name, p.timezone, p.mode, pending, oldest, held, conflicts))
+def _field_rows(fields: Iterable[FieldView]) -> tuple[list[tuple[Any, ...]], str]:
+    """One row per field, and a note saying how old the backlog shown is."""
+    fields = list(fields)
+    rows = [(v.field, v.reducer, v.timezone, v.mode, v.pending, v.oldest, v.held, v.conflicts) for v in fields]
+    seen = [v.inspected_at for v in fields if v.inspected_at is not None]
     note = (f"pending as of the last inspect() ({min(seen):%Y-%m-%d %H:%M:%S} UTC); call inspect() to refresh"
             if seen else "")
     return rows, note
@@ -79,79 +75,53 @@ def _join(*parts: str) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def plugin_html(p: EventualConsistencyPlugin) -> str:
-    rows, note = _field_rows([p]) if p._consolidator is not None else ([], "waiting for its resource")
-    return table(f"Plugin {p.resource_name}.{p.field}", FIELD_HEADER, rows, note)
+def plugin_html(v: FieldView) -> str:
+    rows, note = _field_rows([v]) if v.attached else ([], "waiting for its resource")
+    return table(f"Plugin {v.resource}.{v.field}", FIELD_HEADER, rows, note)
 
 
-def _records(st: State | None) -> str:
-    count = st.loaded_record_count() if st is not None else None
-    return f"{count:,}" if count is not None else NOT_LOADED
+def _count(records: int | None) -> str:
+    return f"{records:,}" if records is not None else NOT_LOADED
 
 
-def resource_repr(r: Resource) -> str:
-    st = r.ledger.in_memory()
-    if st is None:
-        return f"Resource({r.name!r}, fields={list(r.plugins)}, state {NOT_LOADED})"
-    count = st.loaded_record_count()
-    return (f"Resource({r.name!r}, records={count if count is not None else NOT_LOADED}, fields={list(r.plugins)}, "
-            f"version={st.version})")
+def resource_repr(name: str, fields: list[str], version: int | None, records: int | None) -> str:
+    """``version`` None: no state loaded; ``records`` None: the records are not loaded."""
+    if version is None:
+        return f"Resource({name!r}, fields={fields}, state {NOT_LOADED})"
+    return (f"Resource({name!r}, records={records if records is not None else NOT_LOADED}, fields={fields}, "
+            f"version={version})")
 
 
-def resource_html(r: Resource) -> str:
-    st = r.ledger.in_memory()
-    rows, note = _field_rows(r.plugins.values())
-    count = st.loaded_record_count() if st is not None else None
-    about = (f"state {NOT_LOADED} (the first read loads it)" if st is None else
-             f"{count:,} record{'' if count == 1 else 's'} · version {st.version}" if count is not None else
-             f"records {NOT_LOADED} · version {st.version}")
-    return table(f"Resource {r.name}", FIELD_HEADER, rows,
-                 _join(about, f"attributes: {', '.join(r.schema.to_spec())}", note))
+def resource_html(name: str, fields: Iterable[FieldView], attributes: list[str], version: int | None,
+                  records: int | None) -> str:
+    rows, note = _field_rows(fields)
+    about = (f"state {NOT_LOADED} (the first read loads it)" if version is None else
+             f"{records:,} record{'' if records == 1 else 's'} · version {version}" if records is not None else
+             f"records {NOT_LOADED} · version {version}")
+    return table(f"Resource {name}", FIELD_HEADER, rows, _join(about, f"attributes: {', '.join(attributes)}", note))
 
 
-def dataset_repr(d: TransactionDataset) -> str:
-    return f"TransactionDataset({d.name!r}, field={d.plugin.field!r}, timezone={d.plugin.timezone!r})"
+def dataset_repr(name: str, field: str, timezone: str) -> str:
+    return f"TransactionDataset({name!r}, field={field!r}, timezone={timezone!r})"
 
 
-def dataset_html(d: TransactionDataset) -> str:
-    rows, note = _field_rows([d.plugin])
-    st = _in_memory(d.plugin)
-    if st is None:
-        applied = f"applied objects {NOT_LOADED}"
-    else:
-        manifest = st.manifest_of(d.plugin.field)
-        size = manifest["size"].sum() if manifest.height else 0
-        applied = f"{manifest.height:,} applied objects · {int(size or 0):,} bytes"
-    return table(f"Transactions {d.name}", FIELD_HEADER, rows,
-                 _join(applied, "partitions cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD", note))
+def dataset_html(name: str, field: FieldView, applied: tuple[int, int] | None) -> str:
+    """``applied``: (objects, bytes) of the manifest in memory, or None when none is loaded."""
+    rows, note = _field_rows([field])
+    about = (f"applied objects {NOT_LOADED}" if applied is None
+             else f"{applied[0]:,} applied objects · {applied[1]:,} bytes")
+    return table(f"Transactions {name}", FIELD_HEADER, rows,
+                 _join(about, "partitions cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD", note))
 
 
-def database_repr(db: Database) -> str:
-    return f"Database({db.uri!r}, resources={sorted(db._resources)})"
+def database_repr(uri: str, resources: list[str]) -> str:
+    return f"Database({uri!r}, resources={resources})"
 
 
-def database_html(db: Database) -> str:
-    rows: list[tuple[Any, ...]] = []
-    for name, res in sorted(db._resources.items()):
-        st = res.ledger.in_memory()
-        rows.append((name, _records(st), st.version if st is not None else NOT_LOADED,
-                     ", ".join(f"{f} ({p.reducer_name})" for f, p in res.plugins.items())))
-    rows += [(name, "unreadable", None, str(err)) for name, err in sorted(db._broken.items())]
-    return table(f"ecanalytics at {db.uri}", ("resource", "records", "version", "managed fields"), rows)
-
-
-def result_repr(r: ConsolidationResult) -> str:
-    conflicts = r.conflicts.height
-    extra = "".join(f", {k}={v}" for k, v in (("late", r.late), ("held", r.held), ("conflicts", conflicts)) if v)
-    return (f"ConsolidationResult({r.resource}.{r.field}, version={r.version}, transactions={r.transactions}, "
-            f"records={r.records}, objects={r.objects}{extra}, {r.duration_s * 1000:.1f} ms)")
-
-
-def result_html(r: ConsolidationResult) -> str:
-    rows = [(k, len(v) if k == "conflicts" and isinstance(v, list) else v)
-            for k, v in r.as_dict().items() if k not in ("resource", "field")]
-    preview = r.values.head(5)
-    values = "".join(f"{rid}={v}, " for rid, v in preview.iter_rows())
-    more = f" … and {r.values.height - preview.height:,} more" if r.values.height > preview.height else ""
-    return table(f"Consolidation of {r.resource}.{r.field}", ("", "value"), rows,
-                 f"values: {values.rstrip(', ')}{more}" if r.values.height else "")
+def database_html(uri: str, resources: Iterable[tuple[str, int | None, int | None, str]],
+                  broken: dict[str, Exception]) -> str:
+    """``resources``: (name, records or None, version or None, managed fields)."""
+    rows: list[tuple[Any, ...]] = [(name, _count(records), version if version is not None else NOT_LOADED, fields)
+                                   for name, records, version, fields in resources]
+    rows += [(name, "unreadable", None, str(err)) for name, err in sorted(broken.items())]
+    return table(f"ecanalytics at {uri}", ("resource", "records", "version", "managed fields"), rows)

@@ -37,7 +37,7 @@ from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer
 if TYPE_CHECKING:
     from ecanalytics.analytics import SqlEngine
     from ecanalytics.analytics.cohorts import Cohorts
-    from ecanalytics.resource import Resource
+    from ecanalytics.ledger import Ledger, Schema
 
 log = logging.getLogger(__name__)
 Callback = Callable[[dict[str, Any]], None]
@@ -118,7 +118,6 @@ class EventualConsistencyPlugin:
         self._reducer: Reducer | None = Reducer(reducer)
         self._missing_reducer: str | None = None
         self._listeners: dict[str, list[Callback]] = {}
-        self._resource: Resource | None = None
         self._attr: Attribute | None = None
         self._sql: Callable[[], SqlEngine] | None = None  # given by the database this plugin is attached to
         self._consolidator: Consolidator | None = None
@@ -138,12 +137,30 @@ class EventualConsistencyPlugin:
 
     def __repr__(self) -> str:
         """One line from the configuration alone: no request."""
-        return display.plugin_repr(self)
+        return display.plugin_repr(self.field_view(configuration_only=True))
 
     def _repr_html_(self) -> str:
         """The field's row from what this process holds (no request; the backlog as of the last
         :meth:`inspect`, if any)."""
-        return display.plugin_html(self)
+        return display.plugin_html(self.field_view())
+
+    def field_view(self, *, configuration_only: bool = False) -> display.FieldView:
+        """What this field's row in a notebook view shows, from what this process already holds
+        (no request): the configuration; the backlog of the last :meth:`inspect`, if any; the held
+        rows and key conflicts of the state in memory, if loaded."""
+        c = self._consolidator
+        view = display.FieldView(self.resource_name, self.field, self.reducer_name, self.timezone, self.mode,
+                                 attached=c is not None)
+        if configuration_only:
+            return view
+        if self._last_inspect is not None:
+            at, health = self._last_inspect
+            view = dataclasses.replace(view, pending=health["pending"], oldest=health["oldestWrittenAt"],
+                                       inspected_at=at)
+        st = c.ledger.in_memory() if c is not None else None
+        if c is not None and st is not None:
+            view = dataclasses.replace(view, held=c.held_frame(st).height, conflicts=c.conflicts_frame(st).height)
+        return view
 
     # -- identity and persistence ----------------------------------------------------------
     @property
@@ -208,18 +225,21 @@ class EventualConsistencyPlugin:
         })
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _attach(self, resource: Resource) -> None:
-        self._resource = resource
-        attr = resource.schema.attributes.get(self.field)
+    def _attach(self, ledger: Ledger, schema: Schema, sql: Callable[[], SqlEngine]) -> None:
+        """Wire this plugin to its resource's ``ledger`` and ``schema`` and to its database's SQL
+        engine (the database calls this when it opens or creates the resource; users call
+        ``db.use_plugin``)."""
+        self._sql = sql
+        attr = schema.attributes.get(self.field)
         if attr is None or not attr.numeric:
             raise ConfigurationError(
                 f"Field {self.field!r} of {self.resource_name!r} must be a 'number' or 'decimal(p,s)' attribute to be managed; "
                 f"the schema has {attr.spec if attr else 'no such attribute'}."
             )
         # A permanent object keeps the inbox prefix non-empty: listing it is then always one LIST.
-        resource.ledger.store.create(f"{P.inbox_dir(self.dataset)}/.keep", b"")
+        ledger.store.create(f"{P.inbox_dir(self.dataset)}/.keep", b"")
         self._consolidator = Consolidator(
-            resource.ledger, self.field, self._require_reducer,
+            ledger, self.field, self._require_reducer,
             attr.default if attr.default is not None else (Decimal(0) if attr.kind == "decimal" else 0.0), attr.dtype,
             self.timezone,
         )

@@ -29,7 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import polars as pl
 
@@ -37,7 +37,13 @@ from ecanalytics.errors import InvalidValueError, SnapshotGoneError, ValidationE
 from ecanalytics.storage.paths import describe
 
 if TYPE_CHECKING:
-    from ecanalytics.database import Database
+    from ecanalytics.analytics.relation import Relation
+
+
+class SqlRunner(Protocol):
+    """What a report runs on: :class:`ecanalytics.Database` (its ``sql``)."""
+
+    def sql(self, query: str, **params: Any) -> Relation: ...
 
 _MONTH = re.compile(r"^[0-9]{4}-[0-9]{2}\Z")
 _HINTS = {"DATE": "an existing ISO date such as 2026-11-30", "TIMESTAMP": "an ISO timestamp such as 2026-11-30T12:00:00",
@@ -145,7 +151,7 @@ def get(name: str) -> Report:
     return _parse(name, files[name])
 
 
-def run(db: Database, name: str, **params: Any) -> pl.DataFrame:
+def run(db: SqlRunner, name: str, **params: Any) -> pl.DataFrame:
     """Run report ``name`` on ``db`` with named parameters; returns Polars.
 
     Example: ``ec.reports.run(db, "daily_totals", start="2026-11-01", end="2026-11-30")``

@@ -150,12 +150,17 @@ class Resource:
     def __repr__(self) -> str:
         """``Resource('wallets', records=4, fields=['balance'], version=1)`` from the state this
         process already holds, without a request ("not loaded" where it holds nothing yet)."""
-        return display.resource_repr(self)
+        st = self.ledger.in_memory()
+        return display.resource_repr(self.name, list(self.plugins), st.version if st else None,
+                                     st.loaded_record_count() if st else None)
 
     def _repr_html_(self) -> str:
         """The Jupyter view: one row per managed field, from memory only (no request; the pending
         backlog is the last ``inspect()``'s, else "unknown — call inspect()")."""
-        return display.resource_html(self)
+        st = self.ledger.in_memory()
+        return display.resource_html(self.name, [p.field_view() for p in self.plugins.values()],
+                                     list(self.schema.to_spec()), st.version if st else None,
+                                     st.loaded_record_count() if st else None)
 
     def to_arrow(self) -> pa.Table:
         """The consolidated records as a pyarrow Table (zero copy from Polars)."""
@@ -536,12 +541,16 @@ class TransactionDataset:
 
     def __repr__(self) -> str:
         """The dataset's name, field and zone: no request."""
-        return display.dataset_repr(self)
+        return display.dataset_repr(self.name, self.plugin.field, self.plugin.timezone)
 
     def _repr_html_(self) -> str:
         """The Jupyter view from memory only: the applied objects of the manifest this process
         holds, and the backlog of the plugin's last ``inspect()``. No request."""
-        return display.dataset_html(self)
+        view = self.plugin.field_view()
+        st = self.plugin.consolidator.ledger.in_memory() if view.attached else None
+        manifest = st.manifest_of(self.plugin.field) if st is not None else None
+        applied = None if manifest is None else (manifest.height, int((manifest["size"].sum() if manifest.height else 0) or 0))
+        return display.dataset_html(self.name, view, applied)
 
     def to_arrow(self, where: Filter | None = None) -> pa.Table:
         """The transactions (see :meth:`query`) as a pyarrow Table."""

@@ -104,7 +104,7 @@ def public_objects(db: ec.Database) -> list[Any]:
     out: list[Any] = [db, db.resources]
     for name in db.resources:
         out.append(db.resources[name])
-    for res in db._resources.values():
+    for res in map(db.resource, db.resource_names()):
         out += list(res.plugins.values())
     return out
 

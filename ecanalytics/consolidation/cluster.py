@@ -76,7 +76,7 @@ class FieldSpec:
     @classmethod
     def of(cls, c: Consolidator) -> FieldSpec:
         config = dataclasses.replace(c.store.config, key=None, secret=None, token=None)
-        return cls(config, c.ledger.resource, c.ledger.schema.to_spec(), c.ledger.buckets, c.field, c._reducer(),
+        return cls(config, c.ledger.resource, c.ledger.schema.to_spec(), c.ledger.buckets, c.field, c.reducer(),
                    c.default, c.dtype, c.tz)
 
     def consolidator(self) -> Consolidator:

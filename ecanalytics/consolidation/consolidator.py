@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics import display
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
@@ -98,14 +99,20 @@ class ConsolidationResult:
     def __repr__(self) -> str:
         """One line from the result itself (no request), with ``late``, ``held`` and
         ``conflicts`` when there are any."""
-        from ecanalytics.display import result_repr
-
-        return result_repr(self)
+        extra = "".join(f", {k}={v}" for k, v in (("late", self.late), ("held", self.held),
+                                                   ("conflicts", self.conflicts.height)) if v)
+        return (f"ConsolidationResult({self.resource}.{self.field}, version={self.version}, "
+                f"transactions={self.transactions}, records={self.records}, objects={self.objects}{extra}, "
+                f"{self.duration_s * 1000:.1f} ms)")
 
     def _repr_html_(self) -> str:
-        from ecanalytics.display import result_html
-
-        return result_html(self)
+        rows = [(k, len(v) if k == "conflicts" and isinstance(v, list) else v)
+                for k, v in self.as_dict().items() if k not in ("resource", "field")]
+        preview = self.values.head(5)
+        values = "".join(f"{rid}={v}, " for rid, v in preview.iter_rows())
+        more = f" … and {self.values.height - preview.height:,} more" if self.values.height > preview.height else ""
+        return display.table(f"Consolidation of {self.resource}.{self.field}", ("", "value"), rows,
+                             f"values: {values.rstrip(', ')}{more}" if self.values.height else "")
 
     def as_dict(self) -> dict[str, object]:
         """JSON-friendly summary (without ``values``)."""
@@ -230,10 +237,15 @@ class Consolidator:
         self.field = field
         self.tz = tz
         self.dataset = P.transactions_dataset(ledger.resource, field)
-        self._reducer = reducer
+        self._reducer_of = reducer
         self.default = default
         self.budget_rows = DEFAULT_BUDGET_ROWS  # pending rows held in memory before runs spill to disk
         self._warned_denied = False
+
+    def reducer(self) -> Reducer:
+        """The field's reducer (a named reducer this process was not given raises the error that
+        says how to supply it)."""
+        return self._reducer_of()
 
     # -- what is pending -------------------------------------------------------------------
     def pending_objects(self, st: State) -> set[str]:
@@ -434,7 +446,7 @@ class Consolidator:
                     preview: bool = False) -> Folded:
         """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
         records fold independently, so one bucket at a time or all at once give the same values."""
-        reducer = self._reducer()
+        reducer = self.reducer()
         held: list[pl.DataFrame] = []
 
         def hold(ids: pl.Series | list[str], reason: HeldReason) -> None:
@@ -566,7 +578,7 @@ class Consolidator:
         that does not merge, a decimal field, records that must exist first, a ``delete``-mode retention, more
         rows than :data:`STATE_MAX_ROWS` or caller keys than the budget, a non-finite result):
         :meth:`_fold_local` then takes the general path."""
-        reducer = self._reducer()
+        reducer = self.reducer()
         if (not reducer.is_builtin or reducer.name not in MERGEABLE or self.dtype != pl.Float64
                 or self._needs_record() or self.deleted_before(st) is not None):
             return None

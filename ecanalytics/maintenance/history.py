@@ -88,7 +88,7 @@ def _rebuild(c: Consolidator, st: State, rows: pl.DataFrame, record_id: str | No
         rows = rows.filter(pl.col("originalId") == record_id)
         records = records.filter(pl.col("id") == record_id)
     base = c.base(st)
-    new = c._reducer()(rows, base, c.default)
+    new = c.reducer()(rows, base, c.default)
     default = pl.lit(c.default).cast(c.dtype)
     current = records.select("id", pl.col(c.field).fill_null(default).alias("before"))
     # A record without history (e.g. all of it archived by retention) keeps its base.
@@ -199,7 +199,7 @@ def records_at_events(ledger: Ledger, cores: Mapping[str, Consolidator], until: 
         out = pl.concat([out, schema.frame([schema.new_record({"id": rid}, check_required=False) for rid in missing])])
     for name, c in cores.items():
         base = c.base(st)
-        new = c._reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
+        new = c.reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
         out = (
             out.join(new, on="id", how="left")
             .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")

@@ -94,7 +94,7 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
             if not keys:
                 return None
         start = c.base(st, retention_base=True)  # chain from the previous cut, whatever its mode
-        folded = c._reducer()(rows, start, c.default).rename({"value": "current"})
+        folded = c.reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
         base_rel = P.data_file(c.ledger.resource, st.version + 1, uuid.uuid4().hex, f"base-{c.field}")
         store.write_parquet(base_rel, base)

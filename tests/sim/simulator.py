@@ -299,7 +299,7 @@ class Run:
     def tune(self, db: ec.Database) -> None:
         """Apply the seed's knobs to every consolidator of ``db``."""
         if self.knobs.budget_rows is not None:
-            for res in db._resources.values():
+            for res in map(db.resource, db.resource_names()):
                 for plugin in res.plugins.values():
                     plugin.consolidator.budget_rows = self.knobs.budget_rows
 
@@ -440,7 +440,7 @@ def _body(run: Run, spec: ActorSpec) -> Callable[[Actor], None]:
 
 def abandon(db: ec.Database) -> None:
     """Drop a connection like a killed process would: no flush, no close, no exit hook."""
-    for res in list(db._resources.values()):
+    for res in list(map(db.resource, db.resource_names())):
         for plugin in res.plugins.values():
             plugin._stop.set()
     db._closed = True
