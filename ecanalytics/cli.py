@@ -36,6 +36,7 @@ from rich.table import Table
 from ecanalytics import __version__
 from ecanalytics.database import CREATE_HINT, DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import (
+    ConsolidationFailedError,
     EcError,
     MalformedFileError,
     RootNotFoundError,
@@ -541,11 +542,11 @@ def _bucket_progress(enabled: bool) -> Any:
                     console=_progress_console(), disable=not enabled, transient=True)
 
 
-def _consolidate_once(db: Database, plugins: list[Any], out: Output,
-                      client: Any = None) -> tuple[dict[str, Any], dict[str, Exception]]:
-    """One pass over ``plugins``; a field that fails is reported and the others go on."""
+def _consolidate_once(db: Database, plugins: list[EventualConsistencyPlugin], out: Output, client: Any = None,
+                      resource: str | None = None, field: str | None = None) -> tuple[dict[str, Any], dict[str, Exception]]:
+    """One :meth:`Database.consolidate` over ``plugins`` (those of ``resource`` and ``field``), with
+    progress bars on a terminal; a field that fails is reported and the others go on."""
     started = time.perf_counter()
-    results: list[Any] = []
     failures: dict[str, Exception] = {}
     for broken, error in sorted(db.broken.items()):  # its backlog cannot be applied: fail loudly
         failures[f"{broken}.*"] = error
@@ -557,25 +558,22 @@ def _consolidate_once(db: Database, plugins: list[Any], out: Output,
         bar and client is None) else None
     with ObjectProgress(db.store, "consolidating", total=total, enabled=bar and client is None), \
             _bucket_progress(bar and client is not None) as buckets:
-        for plugin in plugins:
-            name = f"{plugin.resource_name}.{plugin.field}"
-            try:  # one field's failure is that field's only: go on, exit 1 at the end
-                engine = None
-                if client is not None:
-                    from ecanalytics.consolidation.cluster import DaskEngine
+        tasks: dict[str, Any] = {}
 
-                    task = buckets.add_task(name, total=None)
+        def tick(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = buckets.add_task(name, total=None)
+            buckets.update(tasks[name], completed=done, total=total)
 
-                    def tick(done: int, total: int, task: Any = task) -> None:
-                        buckets.update(task, completed=done, total=total)
-
-                    engine = DaskEngine(client, plugin.consolidator, tick)
-                results.append(plugin.consolidate(engine))
-            except Exception as exc:
-                failures[name] = exc
+        try:
+            results = db.consolidate(resource, field, client=client, progress=tick)
+        except ConsolidationFailedError as exc:  # one field's failure is that field's only: exit 1 at the end
+            results = exc.results  # type: ignore[assignment]
+            for name, failure in exc.failures.items():
+                failures[name] = failure  # type: ignore[assignment]
                 if out.fmt == "text":
-                    kind = "" if isinstance(exc, EcError) else f"{type(exc).__name__}: "
-                    out.warn(f"error: {name}: {kind}{exc}")
+                    kind = "" if isinstance(failure, EcError) else f"{type(failure).__name__}: "
+                    out.warn(f"error: {name}: {kind}{failure}")
     payload = {
         "root": db.uri, "results": [r.as_dict() for r in results],
         "failures": [{"resource": k.split(".")[0], "field": k.split(".")[1], "error": type(e).__name__,
@@ -622,7 +620,7 @@ def consolidate(root: str, endpoint_url: str | None, output_fmt: OutputFormat, r
         last_line: float | None = None
         while True:
             runs += 1
-            payload, failures = _consolidate_once(db, plugins, out, client)
+            payload, failures = _consolidate_once(db, plugins, out, client, resource, field)
             idle = not failures and payload["versions"] == 0
             now = _clock()
             if not watch or not idle or last_line is None or now - last_line >= heartbeat * 60:
