@@ -76,9 +76,9 @@ def test_concurrent_consolidators_in_threads(root: Root) -> None:
     applied: list[str] = []
     consumed: set[str] = set()
     for e in log:
-        if e is not None and e.raw["kind"] == "consolidate":
-            applied += sorted((e.raw.get("manifest") or {}).get("add") or ())
-            consumed |= set((e.raw.get("consumed") or {}).get("add") or ())
+        if e is not None and e.kind == "consolidate":
+            applied += sorted(e.manifest.add if e.manifest else ())
+            consumed |= set(e.consumed.add if e.consumed else ())
     assert applied and len(applied) == len(set(applied))
     assert set(applied) <= consumed
 

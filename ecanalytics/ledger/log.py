@@ -41,6 +41,7 @@ import polars as pl
 
 from ecanalytics.errors import CommitConflictError, CorruptObjectError, MissingObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, buckets_of, split
+from ecanalytics.ledger.entry import EntryKind, FieldFrame, LogEntry, ManifestChange, SetChange
 from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA, HIDDEN_SCHEMA
 from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionState, RetentionCut
 from ecanalytics.ledger.schema import Schema
@@ -55,7 +56,6 @@ MARKS_SCHEMA: dict[str, pl.DataType] = {
     "maxTs": pl.Datetime("us", "UTC"), "maxId": pl.String(),
 }
 MANIFEST_SCHEMA: dict[str, pl.DataType] = {"key": pl.String(), "cohortDate": pl.String(), "size": pl.Int64()}
-_ENTRY_KEYS = ("version", "committedAt", "kind", "token")
 # Frames this small travel inside the log entry (base64 Parquet, exact types) instead of as objects
 # of their own: a small commit is then one PUT, not three.
 INLINE_ROWS = 64
@@ -66,21 +66,6 @@ _INLINE = "inline:"
 def _inline(frame: pl.DataFrame) -> str | None:
     """The reference that carries ``frame`` inside a log entry or checkpoint, if it is small enough."""
     return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= INLINE_ROWS else None
-
-
-def _set_delta(old: frozenset[str] | None, new: frozenset[str] | None) -> dict[str, list[str]] | None:
-    """How a set changes from ``old`` to ``new`` (None: unchanged), as a log entry stores it."""
-    if new is None:
-        return None
-    before = old or frozenset()
-    return {"add": sorted(new - before), "remove": sorted(before - new)}
-
-
-def _apply_set(old: frozenset[str] | None, stored: Any) -> frozenset[str]:
-    """The set after an entry's change (``{"add", "remove"}``; a plain list replaces it whole)."""
-    if isinstance(stored, dict):
-        return ((old or frozenset()) - frozenset(stored.get("remove", ()))) | frozenset(stored.get("add", ()))
-    return frozenset(stored)
 
 
 def is_inline(ref: str) -> bool:
@@ -109,7 +94,7 @@ class Commit:
     loses its race; ``rebase`` replaces every bucket (a change of the bucket count). ``consumed``
     and ``held`` replace the field's sets."""
 
-    kind: str
+    kind: EntryKind
     upserts: pl.DataFrame | None = None
     deletes: tuple[str, ...] = ()
     field: str | None = None
@@ -128,6 +113,18 @@ class Commit:
     unapplied: tuple[str, ...] = ()  # ... and that leave it (compacted, archived or deleted)
     conflicts: pl.DataFrame | None = None  # reused keys not applied (keys.CONFLICT_SCHEMA): kept for inspect
     hidden: pl.DataFrame | None = None  # occurrences in consumed objects that did not count (keys.HIDDEN_SCHEMA)
+
+
+@dataclass(frozen=True)
+class PreparedCommit:
+    """A commit ready to be created: its entry, the objects to write first (path -> frame), every
+    frame the entry names (inline ones too, so the committer's state needs no read back), and the
+    caller-supplied keys it applies."""
+
+    entry: LogEntry
+    files: dict[str, pl.DataFrame]
+    frames: dict[str, pl.DataFrame]
+    ids: pl.DataFrame | None
 
 
 StateLoader = Callable[[int, Part], Frames]
@@ -266,34 +263,6 @@ class State:
         return self.marks.filter(pl.col("field") == field_name).drop("field").rename({"id": "originalId"})
 
 
-@dataclass(frozen=True)
-class LogEntry:
-    version: int
-    raw: dict[str, Any]
-
-    @property
-    def committed_at(self) -> datetime:
-        return datetime.fromisoformat(self.raw["committedAt"])
-
-    def parts(self) -> frozenset[str]:
-        """Every object this entry names (deltas, marks, ids, held rows, a retention base...):
-        what a sweep must keep among the objects written for this version."""
-        names: set[str] = set()
-
-        def walk(value: Any) -> None:
-            if isinstance(value, str):
-                names.add(value)
-            elif isinstance(value, dict):
-                for item in value.values():
-                    walk(item)
-            elif isinstance(value, list):
-                for item in value:
-                    walk(item)
-
-        walk({k: v for k, v in self.raw.items() if k not in ("manifest", "consumed", "unlisted", "stats")})
-        return frozenset(names)
-
-
 class Ledger:
     """Versioned record state of one resource, shared by every plugin of that resource."""
 
@@ -362,16 +331,11 @@ class Ledger:
             entry = self.read_entry(v)
             if entry is None:
                 raise CorruptObjectError(f"Log entry {v} of {self.resource} is missing; restore it from a backup.")
-            raw = entry.raw
-            if raw.get("rebase") is not None:
-                rebase = raw["rebase"]
-                frames = self.load_part(k, Part(rebase[k]["records"], rebase[k]["marks"])) if len(rebase) == n else (
+            part = entry.bucket_part(k, n)
+            if entry.rebase is not None:
+                frames = self.load_part(k, part) if len(entry.rebase) == n else (
                     frames[0].clear(), frames[1].clear())  # a count this bucket was not cut for: later entries rebuild it
                 continue
-            m = int(raw.get("buckets") or n)
-            dels = tuple(d for d, b in zip(raw.get("deletes") or [], buckets_of(raw.get("deletes") or [], m).to_list(),
-                                           strict=True) if b == k) if m == n else ()
-            part = Part((raw.get("delta") or {}).get(str(k)), (raw.get("marks") or {}).get(str(k)), dels) if m == n else Part()
             recs, mks = self.load_part(k, part)
             frames = apply_part(frames, recs, mks, part.deletes)
         return frames
@@ -413,65 +377,45 @@ class Ledger:
                 f"Log entry {self.store.url(rel)} is not valid JSON; committed state cannot be read past it. "
                 "Restore it from a backup."
             ) from exc
-        if not isinstance(parsed, dict) or any(k not in parsed for k in _ENTRY_KEYS) or parsed["version"] != version:
-            raise CorruptObjectError(
-                f"Log entry {self.store.url(rel)} is JSON but not an ecanalytics log entry (it needs the keys "
-                f"{list(_ENTRY_KEYS)} and version {version}); committed state cannot be read past it. "
-                "Restore it from a backup."
-            )
-        try:
-            entry = LogEntry(version, parsed)
-            entry.committed_at  # noqa: B018 - validates the timestamp now, not in the middle of a replay
-        except (TypeError, ValueError) as exc:
-            raise CorruptObjectError(f"Log entry {self.store.url(rel)} has an unreadable committedAt ({exc}).") from exc
-        return entry
+        return LogEntry.from_json(parsed, version, self.store.url(rel))
 
     def _apply(self, st: State, entry: LogEntry, ids: pl.DataFrame | None,
                written: dict[str, pl.DataFrame] | None = None) -> State:
         """``st`` advanced by ``entry``; ``written`` holds frames this process just wrote (by
         reference: not read back). Bucket parts are only remembered unless their bucket is loaded."""
-        raw = entry.raw
         written = written or {}
 
         def load(rel: str) -> pl.DataFrame:
             return written[rel] if rel in written else self._read_ref(rel)
 
         buckets = st.buckets
-        if raw.get("rebase") is not None:
-            buckets = tuple(Bucket(Part(b["records"], b["marks"]), base_version=entry.version) for b in raw["rebase"])
+        if entry.rebase is not None:
+            buckets = tuple(Bucket(p, base_version=entry.version) for p in entry.rebase)
         else:
-            n = int(raw.get("buckets") or st.n_buckets)
+            n = entry.buckets or st.n_buckets
             if n != st.n_buckets:
                 if st.version or any(b.changed or b.base != Part() for b in st.buckets):
                     raise CorruptObjectError(
                         f"Log entry {entry.version} of {self.resource} has {n} buckets where the state has "
                         f"{st.n_buckets}; the log is inconsistent. Restore it from a backup.")
                 buckets = self._empty(n).buckets
-            deltas, marks = raw.get("delta") or {}, raw.get("marks") or {}
-            if not isinstance(deltas, dict) or not isinstance(marks, dict):
-                raise CorruptObjectError(
-                    f"Log entry {entry.version} of {self.resource} was written by an ecanalytics without buckets; "
-                    "this version cannot read it (there is no migration): keep using the older version for this root.")
-            dels: dict[int, list[str]] = {}
-            if raw.get("deletes"):
-                for rid, k in zip(raw["deletes"], buckets_of(raw["deletes"], n).to_list(), strict=True):
-                    dels.setdefault(k, []).append(rid)
-            touched = {int(k) for k in deltas} | {int(k) for k in marks} | set(dels)
+            dels = entry.deletes_of(n)
+            touched = set(entry.delta) | set(entry.marks) | set(dels)
             out = list(buckets)
             for k in sorted(touched):
-                part = Part(deltas.get(str(k)), marks.get(str(k)), tuple(dels.get(k, ())))
+                part = Part(entry.delta.get(k), entry.marks.get(k), dels.get(k, ()))
                 recs = written.get(part.records) if part.records else None
                 mks = written.get(part.marks) if part.marks else None
                 out[k] = out[k].then(part, recs, mks, load=lambda p, k=k: self.load_part(k, p))  # type: ignore[misc]
             buckets = tuple(out)
         consumed = st.consumed
         applied = st.applied_ids
-        fld = raw.get("field")
+        fld = entry.field
         unlisted = st.unlisted
-        if fld is not None and raw.get("unlisted") is not None:
-            unlisted = {**unlisted, fld: _apply_set(unlisted.get(fld), raw["unlisted"])}
-        if fld is not None and raw.get("consumed") is not None:
-            consumed = {**consumed, fld: _apply_set(consumed.get(fld), raw["consumed"])}
+        if fld is not None and entry.unlisted is not None:
+            unlisted = {**unlisted, fld: entry.unlisted.apply(unlisted.get(fld))}
+        if fld is not None and entry.consumed is not None:
+            consumed = {**consumed, fld: entry.consumed.apply(consumed.get(fld))}
         if ids is not None and ids.height:
             applied = pl.concat([applied, ids.select(
                 pl.lit(fld, pl.String).alias("field"),
@@ -479,45 +423,39 @@ class Ledger:
                 pl.lit(entry.committed_at).dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("committedAt"),
             )], how="vertical")
         manifest, hidden = st.manifest, st.hidden
-        if fld is not None and isinstance(raw.get("manifest"), dict) and (raw["manifest"].get("add")
-                                                                          or raw["manifest"].get("remove")):
+        change = entry.manifest
+        if fld is not None and change is not None and (change.add or change.remove):
             frame = manifest.get(fld, pl.DataFrame(schema=MANIFEST_SCHEMA))
-            if raw["manifest"].get("remove"):
-                removed = pl.Series(raw["manifest"]["remove"], dtype=pl.String)
+            if change.remove:
+                removed = pl.Series(list(change.remove), dtype=pl.String)
                 frame = frame.filter(~pl.col("key").is_in(removed.implode()))
                 if fld in hidden:  # hidden rows go with their object; an archived copy keeps them
-                    added = set(raw["manifest"].get("add") or ())
+                    added = set(change.add)
                     old = hidden[fld]
                     moved = old.filter(pl.col("key").is_in(removed.implode())).with_columns(
                         (pl.lit(P.ARCHIVE_PREFIX) + pl.col("key")).alias("key")).filter(
                         pl.col("key").is_in(pl.Series(sorted(added), dtype=pl.String).implode()))
                     hidden = {**hidden, fld: pl.concat([old.filter(~pl.col("key").is_in(removed.implode())), moved])}
-            if raw["manifest"].get("add"):
-                frame = pl.concat([frame, manifest_frame(raw["manifest"]["add"])], how="vertical")
+            if change.add:
+                frame = pl.concat([frame, manifest_frame(dict(change.add))], how="vertical")
             manifest = {**manifest, fld: frame}
-        if isinstance(raw.get("hidden"), dict):
-            h = raw["hidden"]
-            hidden = {**hidden, h["field"]: pl.concat([hidden.get(h["field"], pl.DataFrame(schema=HIDDEN_SCHEMA)),
-                                                       load(h["path"]).cast(HIDDEN_SCHEMA)], how="vertical")}  # type: ignore[arg-type]
+        if (h := entry.hidden) is not None and h.path:
+            hidden = {**hidden, h.field: pl.concat([hidden.get(h.field, pl.DataFrame(schema=HIDDEN_SCHEMA)),
+                                                    load(h.path).cast(HIDDEN_SCHEMA)], how="vertical")}  # type: ignore[arg-type]
         held = st.held
-        if isinstance(raw.get("held"), dict):
-            h = raw["held"]
-            held = {**held, h["field"]: load(h["path"])} if h.get("path") else {
-                f: v for f, v in held.items() if f != h["field"]}
+        if (h := entry.held) is not None:
+            held = {**held, h.field: load(h.path)} if h.path else {f: v for f, v in held.items() if f != h.field}
         retention = st.retention
-        if raw.get("retention"):
-            cut = RetentionCut.from_json(raw["retention"])
+        if (cut := entry.retention) is not None:
             retention = {**retention, cut.field: cut}
         compaction = st.compaction
-        if raw.get("compaction"):
-            run = CompactionRun.from_json(raw["compaction"])
+        if (run := entry.compaction) is not None:
             compaction = {**compaction, run.field: compaction.get(run.field, CompactionState()).after(run)}
         conflicts = st.conflicts
-        if isinstance(raw.get("conflicts"), dict):
-            c = raw["conflicts"]
-            recent = pl.concat([conflicts.get(c["field"], pl.DataFrame(schema=CONFLICT_SCHEMA)),
-                                load(c["path"]).cast(CONFLICT_SCHEMA)], how="vertical")  # type: ignore[arg-type]
-            conflicts = {**conflicts, c["field"]: recent.tail(MAX_CONFLICTS)}
+        if (c := entry.conflicts) is not None and c.path:
+            recent = pl.concat([conflicts.get(c.field, pl.DataFrame(schema=CONFLICT_SCHEMA)),
+                                load(c.path).cast(CONFLICT_SCHEMA)], how="vertical")  # type: ignore[arg-type]
+            conflicts = {**conflicts, c.field: recent.tail(MAX_CONFLICTS)}
         return replace(st, version=entry.version, buckets=buckets, consumed=consumed, applied_ids=applied,
                        conflicts=conflicts,
                        committed_at=entry.committed_at, retention=retention, compaction=compaction, held=held,
@@ -527,7 +465,7 @@ class Ledger:
         if self._seen_after is None:
             self._seen_after = st.version
         while (entry := self.read_entry(st.version + 1)) is not None:
-            ids = self._read_ref(entry.raw["ids"]) if entry.raw.get("ids") else None
+            ids = self._read_ref(entry.ids) if entry.ids else None
             before = st
             st = self._apply(st, entry, ids)
             self._note_consumed(before, st)
@@ -605,20 +543,18 @@ class Ledger:
             st = self._apply(st, entry, None)
         return st
 
-    def entries(self, kinds: tuple[str, ...] = ()) -> list[LogEntry]:
+    def entries(self, kinds: tuple[EntryKind, ...] = ()) -> list[LogEntry]:
         """Every log entry (optionally of some kinds), oldest first: a maintenance read."""
         out, version = [], 1
         while (entry := self.read_entry(version)) is not None:
-            if not kinds or entry.raw.get("kind") in kinds:
+            if not kinds or entry.kind in kinds:
                 out.append(entry)
             version += 1
         return out
 
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
         """The records an entry upserted (every bucket's part)."""
-        refs = (entry.raw.get("rebase") and [b["records"] for b in entry.raw["rebase"]]) or list(
-            (entry.raw.get("delta") or {}).values())
-        frames = [self.load_part(0, Part(ref))[0] for ref in refs if ref]
+        frames = [self.load_part(0, Part(ref))[0] for ref in entry.record_refs()]
         return pl.concat(frames, how="vertical") if frames else None
 
     def _read_ref(self, ref: str) -> pl.DataFrame:
@@ -678,95 +614,96 @@ class Ledger:
                     raise
                 if change is None:
                     return None
-                version, token = st.version + 1, uuid.uuid4().hex
-                now = datetime.now(timezone.utc)
-                raw: dict[str, Any] = {
-                    "version": version, "committedAt": now.isoformat(), "kind": change.kind,
-                    "token": token, "field": change.field, "deletes": list(change.deletes),
-                    "delta": None, "stats": change.stats,
-                    # The consumed and unlisted sets travel as their change since ``st``, so an
-                    # entry grows with what it did, not with what is carried.
-                    "consumed": _set_delta(st.consumed.get(change.field or ""), change.consumed),
-                    "unlisted": _set_delta(st.unlisted.get(change.field or ""), change.unlisted),
-                    "ids": None,
-                    "retention": change.retention.as_json() if change.retention else None,
-                    "compaction": change.compaction.as_json() if change.compaction else None,
-                    "marks": None,
-                    "held": None,
-                    "manifest": {"add": dict(sorted(change.applied.items())), "remove": sorted(change.unapplied)}
-                    if change.applied or change.unapplied else None,
-                }
-                # Only caller-supplied keys need remembering: generated ids are unique by construction.
-                ids = None
-                if change.applied_ids is not None:
-                    ids = change.applied_ids.filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX)).select(
-                        list(APPLIED_KEY_SCHEMA)).cast(APPLIED_KEY_SCHEMA)  # type: ignore[arg-type]
-                files: dict[str, pl.DataFrame] = {}
-                frames: dict[str, pl.DataFrame] = {}  # every frame written, by the reference the entry holds
-
-                def ref(kind: str, frame: pl.DataFrame, files: dict[str, pl.DataFrame] = files,
-                        frames: dict[str, pl.DataFrame] = frames, prefix: tuple[int, str] = (version, token)) -> str:
-                    # Frames this small travel inside the entry: a small commit is one PUT.
-                    name = _inline(frame) or P.data_file(self.resource, *prefix, kind)
-                    if not name.startswith(_INLINE):
-                        files[name] = frame
-                    frames[name] = frame
-                    return name
-
-                n = st.n_buckets
-                raw["buckets"] = n
-                if change.rebase is not None:
-                    raw["rebase"] = [{"records": p.records, "marks": p.marks} for p in change.rebase]
-                    raw["buckets"] = len(change.rebase)
-                deltas: dict[str, str] = {}
-                marks: dict[str, str] = {}
-                if change.upserts is not None:
-                    upserts = change.upserts.select(list(self.schema.polars_schema))
-                    for k, part in split(upserts, "id", n).items():
-                        deltas[str(k)] = ref(f"delta-b{k}", part)
-                if change.marks is not None:
-                    mks = change.marks.select(list(MARKS_SCHEMA)).cast(MARKS_SCHEMA)  # type: ignore[arg-type]
-                    for k, part in split(mks, "id", n).items():
-                        marks[str(k)] = ref(f"marks-b{k}", part)
-                for k, prt in (change.parts or {}).items():
-                    if prt.records:
-                        deltas[str(k)] = prt.records
-                    if prt.marks:
-                        marks[str(k)] = prt.marks
-                raw["delta"], raw["marks"] = dict(sorted(deltas.items())), dict(sorted(marks.items()))
-                if ids is not None and ids.height:
-                    raw["ids"] = ref("ids", ids)
-                if change.held is not None and change.field is not None:
-                    raw["held"] = {"field": change.field, "path": ref("held", change.held) if change.held.height else None}
-                if change.hidden is not None and change.hidden.height and change.field is not None:
-                    raw["hidden"] = {"field": change.field, "path": ref("hidden", change.hidden.cast(HIDDEN_SCHEMA))}  # type: ignore[arg-type]
-                if change.conflicts is not None and change.conflicts.height and change.field is not None:
-                    raw["conflicts"] = {"field": change.field, "path": ref("conflicts", change.conflicts.tail(MAX_CONFLICTS))}
+                prepared = self._prepare(st, change)
                 # Sequential on purpose: a deterministic order of storage calls (the simulator
                 # replays it exactly); these objects are small and the delta dominates.
-                for rel, frame in files.items():
+                for rel, frame in prepared.files.items():
                     self.store.write_parquet(rel, frame)
                 self.fault_point("after_delta")
-                if not self._create_entry(version, raw):
-                    self.store.delete([*files, *change.written])
+                if not self._create_entry(prepared.entry):
+                    self.store.delete([*prepared.files, *change.written])
                     time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
                     continue
                 self.fault_point("after_log")
-                entry = LogEntry(version, raw)
-                with self._state_lock:
-                    if self._state is not None and self._state.version == st.version:
-                        self._state = self._apply(st, entry, ids, frames)
-                        self._note_consumed(st, self._state)
-                    cached = self._state
-                new_state = cached if cached is not None and cached.version >= version else self.state()
-                self.fault_point("before_checkpoint")
-                if version - new_state.checkpoint_version >= self.checkpoint_interval:
-                    self._checkpoint(new_state)
-                return new_state, change
+                return self._post_commit(st, prepared), change
         raise CommitConflictError(
             f"Gave up committing to {self.resource!r} after {max_attempts} lost races; "
             "too many concurrent consolidators. Retry later or run fewer at once."
         )
+
+    def _prepare(self, st: State, change: Commit) -> PreparedCommit:
+        """The entry of ``change`` as the next version after ``st``, and the frames it names: those
+        too big to travel inside the entry become objects named for this version and attempt."""
+        version, token = st.version + 1, uuid.uuid4().hex
+        files: dict[str, pl.DataFrame] = {}
+        frames: dict[str, pl.DataFrame] = {}  # every frame written, by the reference the entry holds
+
+        def ref(kind: str, frame: pl.DataFrame) -> str:
+            # Frames this small travel inside the entry: a small commit is one PUT.
+            name = _inline(frame) or P.data_file(self.resource, version, token, kind)
+            if not name.startswith(_INLINE):
+                files[name] = frame
+            frames[name] = frame
+            return name
+
+        n = st.n_buckets
+        deltas: dict[int, str] = {}
+        marks: dict[int, str] = {}
+        if change.upserts is not None:
+            upserts = change.upserts.select(list(self.schema.polars_schema))
+            for k, part in split(upserts, "id", n).items():
+                deltas[k] = ref(f"delta-b{k}", part)
+        if change.marks is not None:
+            mks = change.marks.select(list(MARKS_SCHEMA)).cast(MARKS_SCHEMA)  # type: ignore[arg-type]
+            for k, part in split(mks, "id", n).items():
+                marks[k] = ref(f"marks-b{k}", part)
+        for k, prt in (change.parts or {}).items():
+            if prt.records:
+                deltas[k] = prt.records
+            if prt.marks:
+                marks[k] = prt.marks
+        # Only caller-supplied keys need remembering: generated ids are unique by construction.
+        ids = None
+        if change.applied_ids is not None:
+            ids = change.applied_ids.filter(~pl.col("id").str.starts_with(AUTO_ID_PREFIX)).select(
+                list(APPLIED_KEY_SCHEMA)).cast(APPLIED_KEY_SCHEMA)  # type: ignore[arg-type]
+        fld = change.field
+        entry = LogEntry(
+            version=version, committed_at=datetime.now(timezone.utc), kind=change.kind, token=token, field=fld,
+            buckets=len(change.rebase) if change.rebase is not None else n,
+            delta=dict(sorted(deltas.items())), marks=dict(sorted(marks.items())), deletes=tuple(change.deletes),
+            rebase=change.rebase,
+            ids=ref("ids", ids) if ids is not None and ids.height else None,
+            # The consumed and unlisted sets travel as their change since ``st``, so an entry grows
+            # with what it did, not with what is carried.
+            consumed=SetChange.between(st.consumed.get(fld or ""), change.consumed),
+            unlisted=SetChange.between(st.unlisted.get(fld or ""), change.unlisted),
+            manifest=ManifestChange(dict(change.applied), tuple(change.unapplied))
+            if change.applied or change.unapplied else None,
+            held=FieldFrame(fld, ref("held", change.held) if change.held.height else None)
+            if change.held is not None and fld is not None else None,
+            hidden=FieldFrame(fld, ref("hidden", change.hidden.cast(HIDDEN_SCHEMA)))  # type: ignore[arg-type]
+            if change.hidden is not None and change.hidden.height and fld is not None else None,
+            conflicts=FieldFrame(fld, ref("conflicts", change.conflicts.tail(MAX_CONFLICTS)))
+            if change.conflicts is not None and change.conflicts.height and fld is not None else None,
+            retention=change.retention, compaction=change.compaction, stats=change.stats)
+        return PreparedCommit(entry, files, frames, ids)
+
+    def _post_commit(self, st: State, prepared: PreparedCommit) -> State:
+        """After the entry is created: the state at its version (advanced in memory from ``st``
+        with the frames just written, when nobody moved the cache meanwhile), and a checkpoint
+        when one is due."""
+        version = prepared.entry.version
+        with self._state_lock:
+            if self._state is not None and self._state.version == st.version:
+                self._state = self._apply(st, prepared.entry, prepared.ids, prepared.frames)
+                self._note_consumed(st, self._state)
+            cached = self._state
+        new_state = cached if cached is not None and cached.version >= version else self.state()
+        self.fault_point("before_checkpoint")
+        if version - new_state.checkpoint_version >= self.checkpoint_interval:
+            self._checkpoint(new_state)
+        return new_state
 
     def put_part(self, version: int, token: str, names: tuple[str, str], records: pl.DataFrame | None,
                  marks: pl.DataFrame | None) -> tuple[Part, list[str]]:
@@ -814,12 +751,14 @@ class Ledger:
         self.commit(build)
         return self.state()
 
-    def _create_entry(self, version: int, raw: dict[str, Any]) -> bool:
-        rel = P.log_entry(self.resource, version)
-        if self.store.create(rel, json.dumps(raw, sort_keys=True).encode()):
+    def _create_entry(self, entry: LogEntry) -> bool:
+        """Create the entry's object if nobody took its version; True when it is ours (a create
+        whose answer was lost but that landed reads back with our token)."""
+        rel = P.log_entry(self.resource, entry.version)
+        if self.store.create(rel, json.dumps(entry.to_json(), sort_keys=True).encode()):
             return True
-        existing = self.read_entry(version)
-        return existing is not None and existing.raw.get("token") == raw["token"]
+        existing = self.read_entry(entry.version)
+        return existing is not None and existing.token == entry.token
 
     def _checkpoint(self, st: State) -> None:
         """Snapshot the buckets changed since the last checkpoint (the others keep their objects),

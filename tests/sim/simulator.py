@@ -581,7 +581,7 @@ def check(run: Run) -> set[str]:
         # dated before the cut and applied after that commit has no effect, by design. Those writes may
         # show 0 or 1 times, never 2. That holds after any delete-mode retention of the field, also
         # one that a later archive-mode retention followed (the write may have been applied between).
-        deleted = any((e.raw.get("retention") or {}).get("mode") == "delete" and e.raw.get("field") == fld
+        deleted = any(e.retention is not None and e.retention.mode == "delete" and e.field == fld
                       for e in res.ledger.entries(("retention",)))
         before_cut = {id(t) for t in run.txs if deleted and t.days_back is not None and t.days_back >= 29}
         for record in sorted(set(values) | {t.record for t in run.txs if t.field == fld}):
@@ -665,7 +665,7 @@ def triage(run: Run, db: ec.Database, doubled: list[Tx], lost: list[Tx]) -> set[
     for entry in res.ledger.entries(("consolidate",)):
         # The objects a consolidation applied join the manifest in its entry (the consumed set
         # travels as its change, and also carries keys consumed before).
-        for key in (entry.raw.get("manifest") or {}).get("add") or ():
+        for key in entry.manifest.add if entry.manifest else ():
             applied.setdefault(key, []).append(entry.version)
     world, tags = run.world, set()
     holders = {key: _sources(blob) for key, blob in world.blobs.items() if "/c-" not in key}  # not compactions
@@ -688,12 +688,12 @@ def triage(run: Run, db: ec.Database, doubled: list[Tx], lost: list[Tx]) -> set[
     entries = res.ledger.entries()
     for tx in doubled:  # counted by a recalculation that took it for applied, then applied for real
         first = min((applied[k][0] for k, s in holders.items() if f"t{tx.n}" in s and k in applied), default=0)
-        if any(e.raw["kind"] == "recalculate" and e.version < first for e in entries):
+        if any(e.kind == "recalculate" and e.version < first for e in entries):
             tags.add("double-recalculate-counted-a-pending-object" + ("-list-lag" if world.faults.list_lag else ""))
     if doubled and not tags:
         tags.add("double-unclassified")
-    taken = {k: e.raw["kind"] for e in entries for k in
-             ((e.raw.get("retention") or {}).get("archived", []) + (e.raw.get("compaction") or {}).get("replaced", []))}
+    taken = {k: e.kind for e in entries for k in
+             ((e.retention.archived if e.retention else ()) + (e.compaction.replaced if e.compaction else ()))}
     for tx in lost:
         keys = [k for k, s in holders.items() if f"t{tx.n}" in s]
         if not keys:
@@ -702,7 +702,7 @@ def triage(run: Run, db: ec.Database, doubled: list[Tx], lost: list[Tx]) -> set[
             if len(applied.get(key, [])) > 1:
                 continue  # applied several times: the digits carried, the double is tagged above
             if key in applied:  # applied, then undone by a later maintenance commit
-                later = sorted({e.raw["kind"] for e in entries if e.version > applied[key][0]} - {"consolidate"})
+                later = sorted({e.kind for e in entries if e.version > applied[key][0]} - {"consolidate"})
                 tags.add(f"lost-after-apply (later commits: {', '.join(later) or 'none'})")
             elif any(e.startswith("deleted") for e in world.events.get(marker(key), [])):
                 tags.add("lost-marker-deleted-as-orphan" + ("-clock-skew" if world.faults.skew_s else ""))
