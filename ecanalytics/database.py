@@ -30,6 +30,7 @@ from ecanalytics.resource import Resource, TransactionDataset
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P
 from ecanalytics.storage.store import probe_endpoint, s3_errors
+from ecanalytics.types import is_positive_int
 
 if TYPE_CHECKING:
     import duckdb
@@ -46,7 +47,7 @@ MAX_DEDUP_WINDOW_S = 100 * 365 * 86400  # 100 years; more would overflow the cut
 def _check_options(checkpoint_interval: object, dedup_window_s: object) -> None:
     """``checkpoint_interval`` is an int >= 1; ``dedup_window_s`` a finite number of seconds from 0
     (ids are forgotten once applied) to 100 years. Strings such as ``"10"`` are not converted."""
-    if isinstance(checkpoint_interval, bool) or not isinstance(checkpoint_interval, int) or checkpoint_interval < 1:
+    if not is_positive_int(checkpoint_interval):
         raise ConfigurationError(
             f"checkpoint_interval must be a positive integer (commits between checkpoints, e.g. 10); "
             f"got {P.describe(checkpoint_interval)}."

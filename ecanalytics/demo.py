@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 
 from ecanalytics.consolidation import ConsolidationResult
+from ecanalytics.consolidation.reducers import signed_value
 from ecanalytics.database import Database
 from ecanalytics.errors import ResourceExistsError
 from ecanalytics.plugin import EventualConsistencyPlugin
@@ -115,7 +116,7 @@ def run_demo(
 def cohort_summary(txs: pl.DataFrame) -> pl.DataFrame:
     """Per cohort day: ``transactionCount``, ``{set,add,sub}Count`` and the signed ``totalValue`` (the
     names of the ``daily_totals`` report)."""
-    signed = pl.when(pl.col("operation") == "sub").then(-pl.col("value")).otherwise(pl.col("value"))
+    signed = signed_value()
     return (
         txs.group_by("cohortDate")
         .agg(

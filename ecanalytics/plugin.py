@@ -32,7 +32,7 @@ from ecanalytics.ledger.transactions import (
     write_transactions,
 )
 from ecanalytics.storage import paths as P
-from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer
+from ecanalytics.types import BuiltinReducer, Mode, Operation, PythonReducer, is_positive_int
 
 if TYPE_CHECKING:
     from ecanalytics.analytics import SqlEngine
@@ -102,7 +102,7 @@ class EventualConsistencyPlugin:
         for name, value in (("consolidation_interval", consolidation_interval), ("flush_interval", flush_interval)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigurationError(f"{name} must be a positive number of seconds; got {value!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_positive_int(batch_size):
             raise ConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}.")
         cohort = dict(cohort or {})
         unknown = set(cohort) - {"timezone"}
@@ -364,7 +364,7 @@ class EventualConsistencyPlugin:
         one object per cohort day per at most ``batch_size`` rows, marker first, through the same
         exactly-once path as single writes. In ``sync`` mode, return after the commit. ``progress``
         is called with the number of rows written so far."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_positive_int(batch_size):
             raise ConfigurationError(f"batch_size must be a positive integer; got {batch_size!r}.")
         store = self.consolidator.store
         seen = self.consolidator.ledger.cached().version if self.mode == "sync" else 0  # before the writes

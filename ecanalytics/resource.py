@@ -24,7 +24,7 @@ from ecanalytics.errors import (
 )
 from ecanalytics.ledger import Commit, Ledger, Schema, State
 from ecanalytics.storage import paths as P
-from ecanalytics.types import Operation
+from ecanalytics.types import Operation, is_positive_int
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -395,7 +395,7 @@ class Resource:
         from ecanalytics.maintenance import compact
 
         for name, target in (("target_rows", target_rows), ("target_bytes", target_bytes)):
-            if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= 2**63 - 1:
+            if not is_positive_int(target):
                 raise InvalidValueError(f"{name} must be a positive integer such as 1_000_000; got {P.describe(target)}.")
         return compact(self.plugin(field).consolidator, target_rows=target_rows, target_bytes=target_bytes, client=client)
 

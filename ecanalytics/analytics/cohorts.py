@@ -36,6 +36,7 @@ import polars as pl
 from ecanalytics.analytics.engine import day_view
 from ecanalytics.errors import InvalidValueError, ValidationError
 from ecanalytics.storage.paths import describe
+from ecanalytics.types import is_positive_int
 
 if TYPE_CHECKING:
     from ecanalytics.analytics.engine import SqlEngine
@@ -262,7 +263,7 @@ class Cohorts:
         p = check_period(period)
         if metric not in get_args(Metric):
             raise ValidationError(f"metric must be one of {list(get_args(Metric))}; got {describe(metric)}.")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**63 - 1:
+        if not is_positive_int(limit):
             raise InvalidValueError(f"limit must be a positive integer (at most 2**63 - 1); got {describe(limit)}.")
         key = to_key(p, date, self.tz)
         with _calendar(f"Cohort {key}"):
@@ -278,7 +279,7 @@ class Cohorts:
 
     def last_n(self, period: str, n: int, fill_gaps: bool, now: dt.datetime | None = None) -> pl.DataFrame:
         p = check_period(period)
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_COHORTS:
+        if not is_positive_int(n, MAX_COHORTS):
             raise InvalidValueError(f"n must be a positive integer up to {MAX_COHORTS:,}; got {describe(n)}.")
         end_key = to_key(p, now or dt.datetime.now(dt.UTC), self.tz)
         with _calendar(f"The last {n} {p} cohorts"):

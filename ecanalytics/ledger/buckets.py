@@ -23,6 +23,7 @@ import polars as pl
 import polars_hash as plh
 
 from ecanalytics.errors import ArgumentError, CorruptObjectError
+from ecanalytics.types import is_positive_int
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ _TOP = 2**32
 
 def check_buckets(n: object) -> int:
     """A bucket count: an int from 1 to :data:`MAX_BUCKETS`, else :class:`ArgumentError`."""
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BUCKETS:
+    if not is_positive_int(n, MAX_BUCKETS):
         raise ArgumentError(
             f"buckets must be an integer from 1 to {MAX_BUCKETS} (about one bucket per 10^5-10^6 records; "
             f"default {DEFAULT_BUCKETS}); got {n!r}.")

@@ -19,6 +19,7 @@ from ecanalytics.ledger.keys import hide
 from ecanalytics.ledger.maintenance_records import RetentionCut, RetentionMode
 from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import paths as P
+from ecanalytics.types import is_positive_int
 
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Consolidator
@@ -64,7 +65,7 @@ def retain(c: Consolidator, days: int, *, archive: bool = True,
     starts from (everything before the cut, folded in event order), then the objects move. Pending
     objects are never touched. A crash anywhere is finished by the next run.
     """
-    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+    if not is_positive_int(days):
         raise ValidationError(f"retain must be a positive number of days; got {days!r}.")
     store = c.ledger.store
     started = time.perf_counter()
