@@ -57,7 +57,7 @@ def test_a_query_of_one_resource_reads_no_state_of_another(root: Root) -> None:
 def test_reports_over_the_transactions_load_no_records(root: Root, monkeypatch: Any) -> None:
     """``daily_totals`` reads ``ec_transactions`` only: no resource's records (every bucket of its
     state) are loaded for it; ``ec_values`` and a resource's table load them."""
-    from ecanalytics.ledger.log import State
+    from ecanalytics.ledger.state import State
 
     loads: list[int] = []
     real = State.records

@@ -46,8 +46,9 @@ from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
 from ecanalytics.ledger.keys import generated
-from ecanalytics.ledger.log import Ledger, State
+from ecanalytics.ledger.log import Ledger
 from ecanalytics.ledger.schema import Schema
+from ecanalytics.ledger.state import State
 from ecanalytics.ledger.transactions import pending_schema, read_objects
 from ecanalytics.storage import StorageConfig, Store
 from ecanalytics.storage import paths as P

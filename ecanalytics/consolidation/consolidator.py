@@ -39,8 +39,9 @@ from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys, scan
 from ecanalytics.ledger.buckets import Part, buckets_of
 from ecanalytics.ledger.keys import Resolved
-from ecanalytics.ledger.log import Commit, Ledger, State
+from ecanalytics.ledger.log import Ledger
 from ecanalytics.ledger.scan import ScanPlan
+from ecanalytics.ledger.state import Commit, State
 from ecanalytics.ledger.transactions import (
     TX_SCHEMA,
     Inbox,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from ecanalytics.ledger.log import MARKS_SCHEMA
+from ecanalytics.ledger.state import MARKS_SCHEMA
 
 
 def before(ts: str, tid: str, mark_ts: str, mark_id: str) -> pl.Expr:

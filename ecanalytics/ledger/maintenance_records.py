@@ -1,7 +1,7 @@
 """Typed records of what maintenance commits: a retention cut and a compaction.
 
 They travel in log entries and checkpoints as JSON (``as_json``/``from_json``); in memory the
-state and :class:`~ecanalytics.ledger.log.Commit` hold these types, never loose dicts.
+state and :class:`~ecanalytics.ledger.state.Commit` hold these types, never loose dicts.
 """
 
 from __future__ import annotations

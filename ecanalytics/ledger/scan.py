@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from ecanalytics.ledger import keys
-from ecanalytics.ledger.log import State
+from ecanalytics.ledger.state import State
 from ecanalytics.ledger.transactions import read_history
 from ecanalytics.storage import Store
 from ecanalytics.storage import paths as P

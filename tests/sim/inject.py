@@ -45,7 +45,8 @@ from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
     from ecanalytics.consolidation.consolidator import Consolidator
-    from ecanalytics.ledger.log import Ledger, State
+    from ecanalytics.ledger.log import Ledger
+    from ecanalytics.ledger.state import State
     from ecanalytics.ledger.transactions import Inbox
 
 GRACE_S = 3600.0  # the old grace of the sweep and of compaction's clean-up
