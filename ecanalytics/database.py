@@ -25,6 +25,7 @@ from ecanalytics.errors import (
 from ecanalytics.ledger import Ledger, Schema
 from ecanalytics.ledger import catalog as cat
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, check_buckets
+from ecanalytics.ledger.log import CommitProperties
 from ecanalytics.plugin import EventualConsistencyPlugin
 from ecanalytics.resource import Resource, TransactionDataset
 from ecanalytics.storage import StorageConfig, Store
@@ -178,8 +179,8 @@ class Database:
         return bool(self._resources or self._broken)
 
     def _make_resource(self, name: str, schema: Schema, buckets: object = None) -> Resource:
-        ledger = Ledger(self.store, name, schema, checkpoint_interval=self.checkpoint_interval,
-                        dedup_window_s=self.dedup_window_s,
+        ledger = Ledger(self.store, name, schema, properties=CommitProperties(
+                            checkpoint_interval=self.checkpoint_interval, dedup_window_s=self.dedup_window_s),
                         buckets=check_buckets(buckets) if buckets is not None else DEFAULT_BUCKETS)
         resource = Resource(name, schema, ledger)
         self._resources[name] = resource

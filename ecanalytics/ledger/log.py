@@ -57,9 +57,23 @@ MAX_CONFLICTS = 1000  # key conflicts kept per field for inspect (the newest)
 _INLINE = "inline:"
 
 
-def _inline(frame: pl.DataFrame) -> str | None:
-    """The reference that carries ``frame`` inside a log entry or checkpoint, if it is small enough."""
-    return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= INLINE_ROWS else None
+def _inline(frame: pl.DataFrame, rows: int | None) -> str | None:
+    """The reference that carries ``frame`` inside a log entry or checkpoint, if it has at most
+    ``rows`` rows (None: :data:`INLINE_ROWS`)."""
+    limit = INLINE_ROWS if rows is None else rows
+    return _INLINE + base64.b64encode(parquet_bytes(frame)).decode() if frame.height <= limit else None
+
+
+@dataclass(frozen=True)
+class CommitProperties:
+    """Every setting of a ledger's commits, in one place."""
+
+    max_attempts: int = 60  # lost races before CommitConflictError
+    backoff_s: float = 0.004  # the first backoff ceiling after a lost race; doubles each time (full jitter)
+    max_backoff_s: float = 0.5
+    checkpoint_interval: int = 10  # commits between checkpoints
+    dedup_window_s: float = 7 * 86400  # how long caller-supplied keys are remembered once applied
+    inline_rows: int | None = None  # frames this small travel inside the entry; None: INLINE_ROWS at the time
 
 
 def is_inline(ref: str) -> bool:
@@ -93,15 +107,13 @@ class Ledger:
         resource: str,
         schema: Schema,
         *,
-        checkpoint_interval: int = 10,
-        dedup_window_s: float = 7 * 86400,
+        properties: CommitProperties | None = None,
         buckets: int = DEFAULT_BUCKETS,
     ) -> None:
         self.store = store
         self.resource = resource
         self.schema = schema
-        self.checkpoint_interval = checkpoint_interval
-        self.dedup_window_s = dedup_window_s
+        self.properties = properties or CommitProperties()
         self.buckets = buckets  # the count of a resource that has no commit yet; then the log's
         self.fault: FaultHook | None = None  # test hook: called at each commit step
         self._state: State | None = None
@@ -415,13 +427,14 @@ class Ledger:
         if self.fault is not None:
             self.fault(step)
 
-    def commit(self, build: Callable[[State], Commit | None], *, max_attempts: int = 60) -> tuple[State, Commit] | None:
+    def commit(self, build: Callable[[State], Commit | None]) -> tuple[State, Commit] | None:
         """Build and commit the next version, retrying on a lost race. None if ``build`` had nothing to do.
 
         ``build`` is called with the latest state on every attempt and must be free of side effects
         that matter if its commit loses (it may run several times).
         """
-        for attempt in range(max_attempts):
+        props = self.properties
+        for attempt in range(props.max_attempts):
             with self._commit_lock:
                 st = self.state()
                 try:
@@ -443,12 +456,12 @@ class Ledger:
                 self.fault_point("after_delta")
                 if not self._create_entry(prepared.entry):
                     self.store.delete([*prepared.files, *change.written])
-                    time.sleep(random.uniform(0, min(0.5, 0.004 * 2**attempt)))
+                    time.sleep(random.uniform(0, min(props.max_backoff_s, props.backoff_s * 2**attempt)))
                     continue
                 self.fault_point("after_log")
                 return self._post_commit(st, prepared), change
         raise CommitConflictError(
-            f"Gave up committing to {self.resource!r} after {max_attempts} lost races; "
+            f"Gave up committing to {self.resource!r} after {props.max_attempts} lost races; "
             "too many concurrent consolidators. Retry later or run fewer at once."
         )
 
@@ -461,7 +474,7 @@ class Ledger:
 
         def ref(kind: str, frame: pl.DataFrame) -> str:
             # Frames this small travel inside the entry: a small commit is one PUT.
-            name = _inline(frame) or P.data_file(self.resource, version, token, kind)
+            name = _inline(frame, self.properties.inline_rows) or P.data_file(self.resource, version, token, kind)
             if not name.startswith(_INLINE):
                 files[name] = frame
             frames[name] = frame
@@ -522,7 +535,7 @@ class Ledger:
             cached = self._state
         new_state = cached if cached is not None and cached.version >= version else self.state()
         self.fault_point("before_checkpoint")
-        if version - new_state.checkpoint_version >= self.checkpoint_interval:
+        if version - new_state.checkpoint_version >= self.properties.checkpoint_interval:
             self._checkpoint(new_state)
         return new_state
 
@@ -546,7 +559,7 @@ class Ledger:
         """Write ``frame`` for a commit that is being built (``name`` made by
         :func:`paths.data_file`); returns (the reference a log entry holds, whether an object was
         written). Frames of at most :data:`INLINE_ROWS` rows travel inside the entry instead."""
-        if (inline := _inline(frame)) is not None:
+        if (inline := _inline(frame, self.properties.inline_rows)) is not None:
             return inline, False
         self.store.write_parquet(name, frame)
         return name, True
@@ -584,14 +597,14 @@ class Ledger:
     def _checkpoint(self, st: State) -> None:
         """Snapshot the buckets changed since the last checkpoint (the others keep their objects),
         the dedup window and the consumed sets at ``st.version``."""
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.dedup_window_s)
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.properties.dedup_window_s)
         ids = st.applied_ids.filter(pl.col("committedAt") >= cutoff)
         token = uuid.uuid4().hex
 
         def put(kind: str, frame: pl.DataFrame) -> str | None:
             if not frame.height:
                 return None
-            if (inline := _inline(frame)) is not None:
+            if (inline := _inline(frame, self.properties.inline_rows)) is not None:
                 return inline
             rel = P.data_file(self.resource, st.version, token, kind)
             self.store.write_parquet(rel, frame)
@@ -606,10 +619,10 @@ class Ledger:
             else:
                 bases.append(bucket.base)
         held = {f: put(f"checkpoint-held-{f}", rows) for f, rows in st.held.items() if rows.height}
-        manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows) for f, rows in st.manifest.items()}
+        manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows, self.properties.inline_rows) for f, rows in st.manifest.items()}
         hint = {
             "format": 2, "version": st.version, "buckets": [{"records": b.records, "marks": b.marks} for b in bases],
-            "ids": put("checkpoint-ids", ids) or _inline(ids),
+            "ids": put("checkpoint-ids", ids) or _inline(ids, self.properties.inline_rows),
             "held": held,
             "conflicts": {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height},
             "hidden": {f: put(f"checkpoint-hidden-{f}", rows) for f, rows in st.hidden.items() if rows.height},
