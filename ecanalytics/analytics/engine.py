@@ -53,7 +53,7 @@ from ecanalytics.storage import StorageConfig
 if TYPE_CHECKING:
     import fsspec
 
-    from ecanalytics.consolidation import Consolidator
+    from ecanalytics.consolidation import Field
     from ecanalytics.ledger import Ledger
     from ecanalytics.storage import Store
 
@@ -137,7 +137,7 @@ class Table:
 
     name: str
     ledger: Ledger
-    fields: dict[str, tuple[Consolidator, str]]
+    fields: dict[str, tuple[Field, str]]
 
 
 DAYS_SUFFIX = "__days"

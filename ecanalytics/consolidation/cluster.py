@@ -42,6 +42,7 @@ from typing import Any
 import polars as pl
 
 from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
+from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
@@ -75,7 +76,7 @@ class FieldSpec:
     tz: str
 
     @classmethod
-    def of(cls, c: Consolidator) -> FieldSpec:
+    def of(cls, c: Field) -> FieldSpec:
         config = dataclasses.replace(c.store.config, key=None, secret=None, token=None)
         return cls(config, c.ledger.resource, c.ledger.schema.to_spec(), c.ledger.buckets, c.field, c.reducer(),
                    c.default, c.dtype, c.tz)

@@ -86,7 +86,7 @@ def plan(st: State, dataset: str, field: str, pending: Iterable[str], *, auto: C
     the field's pending object keys (one LIST of its inbox, by the caller; ``auto`` those whose
     marker says every id is generated), ``days``/``months``
     prune by cohort day or month (None: all), ``archived=False`` leaves out what retention
-    archived, ``held`` are the held rows (``Consolidator.held_frame``)."""
+    archived, ``held`` are the held rows (``Field.held_frame``)."""
     manifest = st.manifest_of(field)
     if not archived:
         manifest = manifest.filter(~pl.col("key").str.starts_with(P.ARCHIVE_PREFIX))

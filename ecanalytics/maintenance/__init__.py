@@ -1,4 +1,4 @@
-"""Maintenance jobs on one managed field's core (its :class:`~ecanalytics.consolidation.Consolidator`
+"""Maintenance jobs on one managed field's core (its :class:`~ecanalytics.consolidation.Field`
 and ledger): recalculation, event-time travel, retention, compaction and verification. They sit below the API
 (``Resource`` calls them) and above consolidation."""
 

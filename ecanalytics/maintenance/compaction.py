@@ -17,7 +17,7 @@ from ecanalytics.ledger.transactions import history_keys, read_history
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
-    from ecanalytics.consolidation import Consolidator
+    from ecanalytics.consolidation import Field
 
 
 TARGET_ROWS = 1_000_000
@@ -42,7 +42,7 @@ class CompactionResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def _finish_compaction(c: Consolidator, st: State) -> None:
+def _finish_compaction(c: Field, st: State) -> None:
     """Delete sources a committed compaction replaced, and output of compactions that lost.
 
     An output is named with the version its compaction would commit (:func:`_run_token`), so it is
@@ -74,7 +74,7 @@ def _token_version(token: str) -> int | None:
     return int(token[:20]) if len(token) == 32 and token[:20].isdigit() else None
 
 
-def merge_partition(c: Consolidator, prefix: str, group: list[str], token: str, p: int, target_rows: int,
+def merge_partition(c: Field, prefix: str, group: list[str], token: str, p: int, target_rows: int,
                     target_bytes: int, hidden: pl.DataFrame) -> dict[str, int] | None:
     """Merge one partition's objects into objects of up to ``target_rows`` rows (or about
     ``target_bytes``), named by ``token`` and the partition's index ``p`` (unique in the run),
@@ -100,7 +100,7 @@ def _merge_task(spec: FieldSpec, prefix: str, group: list[str], token: str, p: i
     return merge_partition(spec.consolidator(), prefix, group, token, p, target_rows, target_bytes, hidden)
 
 
-def compact(c: Consolidator, *, target_rows: int = TARGET_ROWS, target_bytes: int = TARGET_BYTES,
+def compact(c: Field, *, target_rows: int = TARGET_ROWS, target_bytes: int = TARGET_BYTES,
             client: Any = None) -> CompactionResult:
     """Merge the small applied objects of each partition into objects of up to ``target_rows`` rows
     (or about ``target_bytes``), through the commit log; see the module notes on readers.

@@ -2,9 +2,9 @@
 
 Both fold a field's transactions in ``(timestamp, id)`` order, a repeated id counting once (the
 first by ``(timestamp, id, object)``), with the field's reducer, starting from each record's
-*base* (:meth:`Consolidator.base`). Consolidation folds late data in event order too, so a
+*base* (:meth:`Field.base`). Consolidation folds late data in event order too, so a
 recalculation after it finds nothing to change; it repairs values that were changed by hand or by
-an older version. Every job here works on one field's core (its :class:`Consolidator`), never on
+an older version. Every job here works on one field's core (its :class:`~ecanalytics.consolidation.Field`), never on
 the API objects above it.
 """
 
@@ -27,7 +27,7 @@ from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.transactions import TX_SCHEMA, pending_schema
 
 if TYPE_CHECKING:
-    from ecanalytics.consolidation import Consolidator
+    from ecanalytics.consolidation import Field
     from ecanalytics.ledger import Ledger
 
 
@@ -50,13 +50,13 @@ class RecalculationResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def retention_cut(c: Consolidator, st: State) -> dt.date | None:
+def retention_cut(c: Field, st: State) -> dt.date | None:
     """The cohort day before which the field's history was archived or deleted (None if never)."""
     retention = st.retention.get(c.field)
     return dt.date.fromisoformat(retention.cut) if retention else None
 
 
-def field_history(c: Consolidator, st: State, *, applied_only: bool) -> pl.DataFrame:
+def field_history(c: Field, st: State, *, applied_only: bool) -> pl.DataFrame:
     """Every transaction of the field, deduplicated by id: the applied ones, plus (unless
     ``applied_only``) the pending ones and the rows held back."""
     if applied_only:
@@ -80,7 +80,7 @@ class _Rebuilt:
     transactions: int
 
 
-def _rebuild(c: Consolidator, st: State, rows: pl.DataFrame, record_id: str | None) -> _Rebuilt:
+def _rebuild(c: Field, st: State, rows: pl.DataFrame, record_id: str | None) -> _Rebuilt:
     """Fold ``rows`` (the applied history of ``st``'s records, or of the buckets ``st`` is
     restricted to) from each record's base and compare with the records."""
     records = st.records
@@ -116,7 +116,7 @@ def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record
     return _rebuild(c, st, c.history_rows(st, rows, hidden=False), record_id)  # the partition tasks hid them
 
 
-def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) -> _Rebuilt:
+def _rebuild_on(client: Any, c: Field, st: State, record_id: str | None) -> _Rebuilt:
     """A recalculation's rebuild on a Dask cluster: the history objects (from the manifest) are
     split into per-bucket runs by partition tasks, and each bucket is rebuilt by its own task."""
     run = f"{time.time_ns():020d}-recalc"
@@ -140,7 +140,7 @@ def _rebuild_on(client: Any, c: Consolidator, st: State, record_id: str | None) 
                     pl.concat([o.marks for o in out]), sum(o.checked for o in out), sum(o.transactions for o in out))
 
 
-def recalculate(c: Consolidator, record_id: str | None = None, *, client: Any = None) -> RecalculationResult:
+def recalculate(c: Field, record_id: str | None = None, *, client: Any = None) -> RecalculationResult:
     """Rebuild ``field`` from its applied history and commit only the records that differ.
     ``client`` (a ``distributed.Client``) rebuilds bucket by bucket on its Dask workers."""
     started = time.perf_counter()
@@ -166,7 +166,7 @@ def recalculate(c: Consolidator, record_id: str | None = None, *, client: Any = 
     )
 
 
-def records_at_events(ledger: Ledger, cores: Mapping[str, Consolidator], until: datetime) -> pl.DataFrame:
+def records_at_events(ledger: Ledger, cores: Mapping[str, Field], until: datetime) -> pl.DataFrame:
     """Records as if exactly the transactions with event time ``<= until`` had been applied.
 
     Every managed field is folded from its base (the value the record was inserted with, or the

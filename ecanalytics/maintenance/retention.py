@@ -22,7 +22,7 @@ from ecanalytics.storage import paths as P
 from ecanalytics.types import is_positive_int
 
 if TYPE_CHECKING:
-    from ecanalytics.consolidation import Consolidator
+    from ecanalytics.consolidation import Field
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class RetentionResult:
                 "durationMs": round(self.duration_s * 1000, 3)}
 
 
-def _finish_moves(c: Consolidator, retention: RetentionCut) -> None:
+def _finish_moves(c: Field, retention: RetentionCut) -> None:
     """Remove the live copies of a committed retention entry (idempotent: safe after a crash).
     Archive copies were made, and checked, before the commit."""
     store = c.ledger.store
@@ -57,7 +57,7 @@ def _finish_moves(c: Consolidator, retention: RetentionCut) -> None:
         store.delete([key])
 
 
-def retain(c: Consolidator, days: int, *, archive: bool = True,
+def retain(c: Field, days: int, *, archive: bool = True,
            now: datetime | None = None) -> RetentionResult:
     """Archive (or delete) the applied transaction objects of cohort days older than ``days``.
 
