@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ecanalytics import display
-from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer
+from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer, inspection
 from ecanalytics.consolidation.consolidator import FoldEngine
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
+from ecanalytics.events import Callback, Events
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.keys import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
@@ -40,8 +41,6 @@ if TYPE_CHECKING:
     from ecanalytics.ledger import Ledger, Schema
 
 log = logging.getLogger(__name__)
-Callback = Callable[[dict[str, Any]], None]
-EVENTS = ("eventual-consistency.consolidated", "eventual-consistency.transaction-error")
 LATEST_CONFLICTS = 5  # key conflicts inspect() lists (it counts them all)
 
 
@@ -117,7 +116,7 @@ class EventualConsistencyPlugin:
         self.flush_interval = float(flush_interval)
         self._reducer: Reducer | None = Reducer(reducer)
         self._missing_reducer: str | None = None
-        self._listeners: dict[str, list[Callback]] = {}
+        self._events = Events()
         self._attr: Attribute | None = None
         self._sql: Callable[[], SqlEngine] | None = None  # given by the database this plugin is attached to
         self._consolidator: Consolidator | None = None
@@ -201,25 +200,16 @@ class EventualConsistencyPlugin:
 
     # -- events ----------------------------------------------------------------------------
     def on(self, event: str, callback: Callback) -> Callback:
-        """Call ``callback(payload)`` on ``event`` (see ``EVENTS``); returns the callback."""
-        if event not in EVENTS:
-            raise ConfigurationError(f"Unknown event {event!r}; use one of {list(EVENTS)}.")
-        self._listeners.setdefault(event, []).append(callback)
-        return callback
+        """Call ``callback(payload)`` on ``event`` (see :data:`ecanalytics.events.EVENTS`);
+        returns the callback. A listener that raises is logged and skipped."""
+        return self._events.on(event, callback)
 
     def off(self, event: str, callback: Callback) -> None:
         """Stop calling ``callback`` on ``event``."""
-        self._listeners.get(event, []).remove(callback)
-
-    def _emit(self, event: str, payload: dict[str, Any]) -> None:
-        for callback in list(self._listeners.get(event, [])):
-            try:
-                callback(payload)
-            except Exception:  # a listener must never break a write or a commit
-                log.exception("Listener for %s failed", event)
+        self._events.off(event, callback)
 
     def _error(self, stage: str, exc: BaseException, **extra: Any) -> None:
-        self._emit("eventual-consistency.transaction-error", {
+        self._events.emit("eventual-consistency.transaction-error", {
             "resource": self.resource_name, "field": self.field, "stage": stage,
             "error": exc, "message": str(exc), **extra,
         })
@@ -481,7 +471,7 @@ class EventualConsistencyPlugin:
         """The ``consolidated`` event: :meth:`ConsolidationResult.as_dict` (its ``conflicts`` are the
         reused keys this run did not apply) plus ``recordCount``, ``transactionCount`` and
         ``conflictCount``."""
-        self._emit("eventual-consistency.consolidated", {
+        self._events.emit("eventual-consistency.consolidated", {
             **result.as_dict(), "recordCount": result.records, "transactionCount": result.transactions,
             "conflictCount": result.conflicts.height,
         })
@@ -564,27 +554,7 @@ class EventualConsistencyPlugin:
             >>> health["pending"], health["conflicts"]  # doctest: +SKIP
             (0, 0)
         """
-        from ecanalytics.consolidation.eventorder import late_rows
-
-        c = self.consolidator
-        st = c.ledger.state()
-        pending = c.pending(st, cleanup=False)
-        held = c.held_frame(st)
-        fresh = pending.rows.join(held.select("id"), on="id", how="anti")
-        kept = c.conflicts_frame(st)
-        reasons = held.group_by("_reason").len().sort("_reason") if held.height else None
-        health = {
-            "pending": fresh.height,
-            "late": int(late_rows(fresh, st.field_marks(self.field)).sum()) if fresh.height else 0,
-            **_backlog_age(fresh, sorted(pending.objects)),
-            "held": held.height,
-            "heldRecords": sorted(held["originalId"].unique().to_list()),
-            "heldReasons": dict(zip(reasons["_reason"].to_list(), reasons["len"].to_list(), strict=True)) if reasons is not None else {},
-            "staleMarkers": len(pending.stale_markers),
-            "deleteDenied": True if c.store.delete_denied else self._delete_probe,
-            "conflicts": kept.height,
-            "latestConflicts": kept.tail(latest_conflicts).to_dicts() if latest_conflicts > 0 else [],
-        }
+        health = inspection.health(self.consolidator, latest_conflicts=latest_conflicts, delete_probe=self._delete_probe)
         self._last_inspect = (datetime.now(timezone.utc), health)
         return health
 
@@ -602,17 +572,10 @@ class EventualConsistencyPlugin:
         but no DELETE) keep exactly once, at the cost of listing and carrying every consumed
         marker; grant ``s3:DeleteObject`` on ``*/_inbox/*`` to stay cheap.
         """
-        c = self.consolidator
-        stale = c.stale_markers(c.ledger.state())
-        if not stale:
-            return {"staleMarkers": 0, "deleteDenied": None, "probed": None}
-        seen, c.store.delete_denied = c.store.delete_denied, False  # the flag is shared by every field
-        c.store.delete([stale[0]])
-        refused = c.store.delete_denied
-        c.store.delete_denied = seen or refused
-        denied = refused or c.store.exists(stale[0])  # a silent no-op counts too
-        self._delete_probe = denied
-        return {"staleMarkers": len(stale), "deleteDenied": denied, "probed": c.store.url(stale[0])}
+        found = inspection.probe_deletes(self.consolidator)
+        if found["deleteDenied"] is not None:
+            self._delete_probe = found["deleteDenied"]
+        return found
 
     def pending(self) -> pl.DataFrame:
         """The pending (not yet applied) transactions, one per id as the next consolidation will
@@ -621,18 +584,3 @@ class EventualConsistencyPlugin:
         rows = consolidator.pending(consolidator.ledger.state(), cleanup=False).rows
         return rows.sort("timestamp", "id").drop("_object", "_row")
 
-
-def _backlog_age(rows: pl.DataFrame, objects: list[str]) -> dict[str, Any]:
-    """The backlog's age by write time (the file id of each row's object starts with its writer's
-    nanoseconds) and by event time; the names of the ``pending_backlog`` report."""
-    indexes = rows["_object"].drop_nulls().unique().to_list() if rows.height else []
-    written_ns = min((P.file_id_time_ns(objects[i].rsplit("/", 1)[-1]) for i in indexes), default=None)
-    oldest_event: datetime | None = rows["timestamp"].min() if rows.height else None  # type: ignore[assignment]
-    now = datetime.now(timezone.utc)
-    written = None if written_ns is None else datetime.fromtimestamp(written_ns / 1e9, timezone.utc)
-    return {
-        "oldestWrittenAt": written,
-        "ageSeconds": round(max(0.0, time.time_ns() - written_ns) / 1e9, 3) if written_ns is not None else 0.0,
-        "oldestEventAt": oldest_event,
-        "eventAgeSeconds": round((now - oldest_event).total_seconds(), 3) if oldest_event is not None else 0.0,
-    }

@@ -35,6 +35,7 @@ PATCHES = {
     "ecanalytics.ledger.log": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
     "ecanalytics.ledger.transactions": ("ThreadPoolExecutor",),
     "ecanalytics.consolidation.consolidator": ("time", "uuid"),
+    "ecanalytics.consolidation.inspection": ("time", "datetime"),
     "ecanalytics.maintenance.history": ("time", "uuid", "datetime"),
     "ecanalytics.maintenance.retention": ("time", "uuid", "datetime"),
     "ecanalytics.maintenance.compaction": ("time", "uuid", "datetime"),
