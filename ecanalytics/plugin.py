@@ -8,15 +8,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ecanalytics import display
+from ecanalytics import _runtime, display
 from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer, inspection
 from ecanalytics.consolidation.consolidator import FoldEngine
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
@@ -305,7 +304,7 @@ class EventualConsistencyPlugin:
                 raise InvalidValueError(f"Transaction ids starting with {AUTO_ID_PREFIX!r} are reserved; choose another key.")
         if source is not None and (not isinstance(source, str) or not P.is_encodable(source)):
             raise InvalidValueError(f"source must be a UTF-8 string; got {type(source).__name__} {P.describe(source)}.")
-        ts = check_timestamp(timestamp) if timestamp is not None else datetime.now(timezone.utc)
+        ts = check_timestamp(timestamp) if timestamp is not None else _runtime.now()
         return {"id": tx_id or new_tx_id(), "originalId": record_id, "field": self.field, "value": value,
                 "operation": operation, "timestamp": ts, "source": source or "api"}
 
@@ -362,7 +361,7 @@ class EventualConsistencyPlugin:
         done = 0
         try:
             # A few objects in flight at once: on S3 each PUT is a round trip.
-            with ThreadPoolExecutor(max_workers=min(8, max(1, len(planned)))) as pool:
+            with _runtime.executor(min(8, max(1, len(planned)))) as pool:
                 for rows in pool.map(lambda obj: (obj.write(store), obj.rows.height)[1], planned):
                     done += rows
                     if progress is not None:
@@ -512,7 +511,7 @@ class EventualConsistencyPlugin:
         inclusive: ``cohort, transactionCount, totalValue, avgValue, minValue, maxValue, recordCount`` plus
         ``{set,add,sub}Count`` and ``{set,add,sub}Sum`` (the names of the SQL reports). Signed values. ``fill_gaps`` adds zero rows for empty cohorts.
         ``start``/``end`` default to the last 30 days."""
-        today = dt.datetime.now(dt.UTC)
+        today = _runtime.now()
         start = start if start is not None else today - dt.timedelta(days=29)
         end = end if end is not None else today
         return self._cohorts().analytics(period, start, end, record_id, fill_gaps)
@@ -555,7 +554,7 @@ class EventualConsistencyPlugin:
             (0, 0)
         """
         health = inspection.health(self.consolidator, latest_conflicts=latest_conflicts, delete_probe=self._delete_probe)
-        self._last_inspect = (datetime.now(timezone.utc), health)
+        self._last_inspect = (_runtime.now(), health)
         return health
 
     def probe_permissions(self) -> dict[str, Any]:

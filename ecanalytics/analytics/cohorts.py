@@ -33,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.analytics.engine import day_view
 from ecanalytics.errors import InvalidValueError, ValidationError
 from ecanalytics.storage.paths import describe
@@ -281,7 +282,7 @@ class Cohorts:
         p = check_period(period)
         if not is_positive_int(n, MAX_COHORTS):
             raise InvalidValueError(f"n must be a positive integer up to {MAX_COHORTS:,}; got {describe(n)}.")
-        end_key = to_key(p, now or dt.datetime.now(dt.UTC), self.tz)
+        end_key = to_key(p, now or _runtime.now(), self.tz)
         with _calendar(f"The last {n} {p} cohorts"):
             start_key = shift(p, end_key, -(n - 1), self.tz)
         rollup: pl.DataFrame = self.analytics(p, start_key, end_key, None, fill_gaps)

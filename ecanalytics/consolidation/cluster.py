@@ -34,13 +34,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer
@@ -224,7 +224,7 @@ class DaskEngine:
         if st.n_buckets != spec.buckets:
             spec = dataclasses.replace(spec, buckets=st.n_buckets)
         out = FoldOutcome()
-        run = P.work_run(version, uuid.uuid4().hex[:12])  # fenced: swept once ``version`` is taken
+        run = P.work_run(version, _runtime.token(12))  # fenced: swept once ``version`` is taken
         started = time.perf_counter()
         chunks = [(candidates[i:i + PARTITION_OBJECTS], i) for i in range(0, len(candidates), PARTITION_OBJECTS)]
         futures = [client.submit(partition_task, spec, keys, start, run, key=f"ec-partition-{run}-{start}", pure=False)

@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from ecanalytics import display
+from ecanalytics import _runtime, display
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer, signed_value
@@ -502,7 +501,7 @@ class Consolidator(Field):
             done["state"], done["markers"] = st, []
             if not candidates and not held.height:
                 return None
-            version, token = st.version + 1, uuid.uuid4().hex
+            version, token = st.version + 1, _runtime.token()
             out = (engine or self._fold_local)(st, candidates, held, version, token)
             done["engine"] = out.stats
             if not out.read and not held.height:

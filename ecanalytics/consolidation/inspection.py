@@ -6,12 +6,12 @@ is the one call that deletes, on request, to learn whether deletes are allowed.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timezone
 from typing import Any
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.consolidation.eventorder import late_rows
 from ecanalytics.consolidation.field import Field
 from ecanalytics.storage import paths as P
@@ -61,11 +61,11 @@ def backlog_age(rows: pl.DataFrame, objects: list[str]) -> dict[str, Any]:
     indexes = rows["_object"].drop_nulls().unique().to_list() if rows.height else []
     written_ns = min((P.file_id_time_ns(objects[i].rsplit("/", 1)[-1]) for i in indexes), default=None)
     oldest_event: datetime | None = rows["timestamp"].min() if rows.height else None  # type: ignore[assignment]
-    now = datetime.now(timezone.utc)
+    now = _runtime.now()
     written = None if written_ns is None else datetime.fromtimestamp(written_ns / 1e9, timezone.utc)
     return {
         "oldestWrittenAt": written,
-        "ageSeconds": round(max(0.0, time.time_ns() - written_ns) / 1e9, 3) if written_ns is not None else 0.0,
+        "ageSeconds": round(max(0.0, _runtime.time_ns() - written_ns) / 1e9, 3) if written_ns is not None else 0.0,
         "oldestEventAt": oldest_event,
         "eventAgeSeconds": round((now - oldest_event).total_seconds(), 3) if oldest_event is not None else 0.0,
     }

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import copy
 import json
-import random
-import time
 from collections.abc import Callable
 from typing import Any
 
+from ecanalytics import _runtime
 from ecanalytics.errors import CommitConflictError, CorruptObjectError
 from ecanalytics.storage import Store
 from ecanalytics.storage import paths as P
@@ -125,7 +124,7 @@ def update(store: Store, resource: str, change: Callable[[Entry], Entry], *, max
             return entry
         if store.create(P.catalog_version(resource, version + 1), json.dumps(new, indent=2).encode()):
             return new
-        time.sleep(random.uniform(0, min(0.2, 0.002 * 2**attempt)))
+        _runtime.backoff(attempt, 0.002, 0.2)
     raise CommitConflictError(f"Gave up changing the catalog of {resource!r} after {max_attempts} lost races; retry.")
 
 

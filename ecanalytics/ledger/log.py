@@ -27,17 +27,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.errors import CommitConflictError, CorruptObjectError, MissingObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, split
 from ecanalytics.ledger.entry import EntryKind, FieldFrame, LogEntry, ManifestChange, SetChange
@@ -83,7 +81,7 @@ def is_inline(ref: str) -> bool:
 
 def new_tx_id() -> str:
     """A generated transaction id; time-sortable, so equal timestamps keep their write order."""
-    return f"{AUTO_ID_PREFIX}{time.time_ns():020d}-{uuid.uuid4().hex[:16]}"
+    return f"{AUTO_ID_PREFIX}{_runtime.sortable_id(16)}"
 
 
 @dataclass(frozen=True)
@@ -456,7 +454,7 @@ class Ledger:
                 self.fault_point("after_delta")
                 if not self._create_entry(prepared.entry):
                     self.store.delete([*prepared.files, *change.written])
-                    time.sleep(random.uniform(0, min(props.max_backoff_s, props.backoff_s * 2**attempt)))
+                    _runtime.backoff(attempt, props.backoff_s, props.max_backoff_s)
                     continue
                 self.fault_point("after_log")
                 return self._post_commit(st, prepared), change
@@ -468,7 +466,7 @@ class Ledger:
     def _prepare(self, st: State, change: Commit) -> PreparedCommit:
         """The entry of ``change`` as the next version after ``st``, and the frames it names: those
         too big to travel inside the entry become objects named for this version and attempt."""
-        version, token = st.version + 1, uuid.uuid4().hex
+        version, token = st.version + 1, _runtime.token()
         files: dict[str, pl.DataFrame] = {}
         frames: dict[str, pl.DataFrame] = {}  # every frame written, by the reference the entry holds
 
@@ -503,7 +501,7 @@ class Ledger:
                 list(APPLIED_KEY_SCHEMA)).cast(APPLIED_KEY_SCHEMA)  # type: ignore[arg-type]
         fld = change.field
         entry = LogEntry(
-            version=version, committed_at=datetime.now(timezone.utc), kind=change.kind, token=token, field=fld,
+            version=version, committed_at=_runtime.now(), kind=change.kind, token=token, field=fld,
             buckets=len(change.rebase) if change.rebase is not None else n,
             delta=dict(sorted(deltas.items())), marks=dict(sorted(marks.items())), deletes=tuple(change.deletes),
             rebase=change.rebase,
@@ -570,7 +568,7 @@ class Ledger:
         def build(st: State) -> Commit | None:
             if n == st.n_buckets:
                 return None
-            token, version = uuid.uuid4().hex, st.version + 1
+            token, version = _runtime.token(), st.version + 1
             records = split(st.records, "id", n)
             marks = split(st.marks, "id", n)
             parts, written = [], []
@@ -597,9 +595,9 @@ class Ledger:
     def _checkpoint(self, st: State) -> None:
         """Snapshot the buckets changed since the last checkpoint (the others keep their objects),
         the dedup window and the consumed sets at ``st.version``."""
-        cutoff = datetime.now(timezone.utc) - timedelta(seconds=self.properties.dedup_window_s)
+        cutoff = _runtime.now() - timedelta(seconds=self.properties.dedup_window_s)
         ids = st.applied_ids.filter(pl.col("committedAt") >= cutoff)
-        token = uuid.uuid4().hex
+        token = _runtime.token()
 
         def put(kind: str, frame: pl.DataFrame) -> str | None:
             if not frame.height:

@@ -18,7 +18,6 @@ import decimal
 import math
 import numbers
 from collections.abc import Collection, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.errors import (
     CorruptObjectError,
     InvalidTimezoneError,
@@ -252,7 +252,7 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
             pl.lit(index, pl.UInt32).alias("_object"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
 
     # Polars releases the GIL while decoding, so a few threads decode several objects at once.
-    with ThreadPoolExecutor(max_workers=min(8, max(1, len(read)))) as pool:
+    with _runtime.executor(min(8, max(1, len(read)))) as pool:
         # The index is the key's position among ``keys`` (plus ``start``), not among the keys read:
         # a missing object (a writer between marker and object) must not shift the others'.
         frames = list(pool.map(decode, [(start + i, k) for i, k in enumerate(keys) if blobs[k] is not None]))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.consolidation.cluster import FieldSpec, sweep
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.keys import hide
@@ -67,7 +67,7 @@ def _finish_compaction(c: Field, st: State) -> None:
 
 def _run_token(version: int) -> str:
     """A compaction run's token: the version it would commit, then randomness."""
-    return f"{version:020d}{uuid.uuid4().hex[:12]}"
+    return f"{version:020d}{_runtime.token(12)}"
 
 
 def _token_version(token: str) -> int | None:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, partition_task
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
@@ -119,7 +120,7 @@ def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record
 def _rebuild_on(client: Any, c: Field, st: State, record_id: str | None) -> _Rebuilt:
     """A recalculation's rebuild on a Dask cluster: the history objects (from the manifest) are
     split into per-bucket runs by partition tasks, and each bucket is rebuilt by its own task."""
-    run = f"{time.time_ns():020d}-recalc"
+    run = f"{_runtime.time_ns():020d}-recalc"
     spec = FieldSpec.of(c)
     keys = st.applied_objects(c.field)
     chunks = [(keys[i:i + PARTITION_OBJECTS], i) for i in range(0, len(keys), PARTITION_OBJECTS)]

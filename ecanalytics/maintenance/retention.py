@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -13,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.errors import StorageError, ValidationError
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.keys import hide
@@ -72,7 +72,7 @@ def retain(c: Field, days: int, *, archive: bool = True,
     previous = c.ledger.state().retention.get(c.field)
     if previous:
         _finish_moves(c, previous)
-    today = (now or datetime.now(dt.UTC)).astimezone(ZoneInfo(c.tz)).date()
+    today = (now or _runtime.now()).astimezone(ZoneInfo(c.tz)).date()
     cut = today - dt.timedelta(days=days)
     mode: RetentionMode = "archive" if archive else "delete"
     info: dict[str, object] = {"objects": 0, "transactions": 0}
@@ -97,7 +97,7 @@ def retain(c: Field, days: int, *, archive: bool = True,
         start = c.base(st, retention_base=True)  # chain from the previous cut, whatever its mode
         folded = c.reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
-        base_rel = P.data_file(c.ledger.resource, st.version + 1, uuid.uuid4().hex, f"base-{c.field}")
+        base_rel = P.data_file(c.ledger.resource, st.version + 1, _runtime.token(), f"base-{c.field}")
         store.write_parquet(base_rel, base)
         archived: dict[str, int | None] = {}
         known = dict(zip(*st.manifest_of(c.field).select("key", "size").to_dict(as_series=False).values(), strict=True))

@@ -20,11 +20,10 @@ identifiers: they also name DuckDB views and Polars columns.
 from __future__ import annotations
 
 import re
-import time
-import uuid
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.errors import InvalidNameError
 
 # Anchored with \Z, not $: '$' also matches before a final newline ("wallets\n").
@@ -124,7 +123,7 @@ def transactions_dataset(resource: str, field: str) -> str:
 
 def new_file_id() -> str:
     """A unique, time-sortable object name: nanoseconds since the epoch, then a random UUID."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+    return _runtime.sortable_id()
 
 
 def file_id_time_ns(file_id: str) -> int:

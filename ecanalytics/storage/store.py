@@ -12,7 +12,6 @@ import io
 import os
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -23,6 +22,7 @@ import fsspec
 import polars as pl
 from fsspec.asyn import sync
 
+from ecanalytics import _runtime
 from ecanalytics.errors import CorruptObjectError, CredentialsError, EndpointUnreachableError, StorageError
 from ecanalytics.storage.config import StorageConfig
 
@@ -176,7 +176,7 @@ class Store:
     def _local_temp(path: str, data: bytes) -> str:
         # Local objects are written beside their final name first, so none is ever half-written.
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{_runtime.token()}.tmp"
         with open(tmp, "wb") as f:
             f.write(data)
         return tmp

@@ -32,6 +32,7 @@ import contextlib
 import copy
 import importlib
 import json
+import pkgutil
 import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ from ecanalytics.storage import Store
 from ecanalytics.storage import paths as P
 
 if TYPE_CHECKING:
-    from ecanalytics.consolidation.consolidator import Consolidator
+    from ecanalytics.consolidation.field import Field
     from ecanalytics.ledger.log import Ledger
     from ecanalytics.ledger.state import State
     from ecanalytics.ledger.transactions import Inbox
@@ -75,11 +76,11 @@ def _sweep_by_age(ledger: Ledger, *, deltas: bool = True) -> int:
     return len(old)
 
 
-def _cleanup_by_age(machine_clock: bool) -> Callable[[Consolidator, State], None]:
-    def finish(c: Consolidator, st: State) -> None:
+def _cleanup_by_age(machine_clock: bool) -> Callable[[Field, State], None]:
+    def finish(c: Field, st: State) -> None:
         """Compaction's clean-up before 1905d19: uncommitted ``c-`` output goes once an hour old."""
+        from ecanalytics import _runtime
         from ecanalytics.ledger.maintenance_records import CompactionState
-        from ecanalytics.maintenance import compaction
 
         store = c.ledger.store
         info = st.compaction.get(c.field, CompactionState())
@@ -88,7 +89,7 @@ def _cleanup_by_age(machine_clock: bool) -> Callable[[Consolidator, State], None
             store.delete([key])
         committed = set(info.tokens)
         if machine_clock:
-            now: float | None = vars(compaction)["time"].time()  # the sweeping machine's clock (simulated, skewed)
+            now: float | None = _runtime.time_ns() / 1e9  # the sweeping machine's clock (simulated, skewed)
         else:
             now = store.store_now(f"{c.dataset}/_sweep/.now")
         if now is None:
@@ -133,9 +134,9 @@ def _catalog_overwrite(store: Store, resource: str, change: Callable[[cat.Entry]
     return new
 
 
-def _trusting_scan(self: Consolidator, st: State, *, cleanup: bool) -> tuple[
+def _trusting_scan(self: Field, st: State, *, cleanup: bool) -> tuple[
         Inbox, frozenset[str], tuple[str, ...], frozenset[str], list[str]]:
-    """``Consolidator._scan`` trusting deletes: a consumed key whose marker delete returned
+    """``Field._scan`` trusting deletes: a consumed key whose marker delete returned
     without an error leaves the consumed set at once (no LIST has shown it gone)."""
     inbox = tx.Inbox.scan(self.store, self.dataset)
     consumed = st.consumed.get(self.field, frozenset())
@@ -166,7 +167,7 @@ INJECTIONS: dict[str, tuple[str, list[Patch]]] = {
     "bug4": ("catalog changes read-modify-overwrite the latest entry", [
         ("ecanalytics.ledger.catalog", "update", lambda: _catalog_overwrite)]),
     "trusted-delete": ("a consumed key leaves the consumed set once its marker delete returned", [
-        ("ecanalytics.consolidation.consolidator", "Consolidator._scan", lambda: _trusting_scan)]),
+        ("ecanalytics.consolidation.field", "Field._scan", lambda: _trusting_scan)]),
 }
 ALIASES = {"sweep-by-age": "bug1", "compaction-cleanup-by-age": "bug2", "history-skips-missing": "bug3",
            "catalog-overwrite": "bug4", "bug5": "trusted-delete"}
@@ -185,6 +186,12 @@ def injected(name: str | None) -> Iterator[None]:
     name = ALIASES.get(name, name)
     if name not in INJECTIONS:
         raise ValueError(f"unknown injection {name!r}; use one of {names()}")
+    # Load every module first: one imported during the run (or while the patches go in) would bind
+    # a patched name for good (``from ... import sweep``), and the restore would keep the patch.
+    import ecanalytics
+
+    for info in pkgutil.walk_packages(ecanalytics.__path__, "ecanalytics."):
+        importlib.import_module(info.name)
     saved: list[tuple[Any, str, Any]] = []
     try:
         for module_name, attribute, factory in INJECTIONS[name][1]:

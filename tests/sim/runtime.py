@@ -1,7 +1,7 @@
 """Deterministic clocks, ids and executors for the library while a simulation runs.
 
-:func:`simulated_runtime` patches module-level names inside ``ecanalytics`` and restores them
-afterwards:
+:func:`simulated_runtime` patches the names of the library's one seam for clocks, ids and thread
+pools (``ecanalytics._runtime``) and the database's ``Store``, and restores them afterwards:
 
 * ``time`` / ``datetime``: the simulated clock (a fixed epoch plus 1 ms per storage step, plus
   the hours that ``pause`` faults added) plus the calling actor's skew, so file ids, transaction
@@ -29,17 +29,8 @@ from tests.sim.faultstore import World
 
 _ACTIVE = threading.Lock()  # one simulation per process at a time: the patches are global
 PATCHES = {
-    "ecanalytics.storage.paths": ("time", "uuid"),
-    "ecanalytics.ledger.catalog": ("time",),  # the backoff between lost catalog races
-    "ecanalytics.storage.store": ("uuid",),
-    "ecanalytics.ledger.log": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
-    "ecanalytics.ledger.transactions": ("ThreadPoolExecutor",),
-    "ecanalytics.consolidation.consolidator": ("time", "uuid"),
-    "ecanalytics.consolidation.inspection": ("time", "datetime"),
-    "ecanalytics.maintenance.history": ("time", "uuid", "datetime"),
-    "ecanalytics.maintenance.retention": ("time", "uuid", "datetime"),
-    "ecanalytics.maintenance.compaction": ("time", "uuid", "datetime"),
-    "ecanalytics.plugin": ("time", "datetime", "ThreadPoolExecutor"),
+    # Every recorded clock, random name and ordered thread pool of the library goes through this seam.
+    "ecanalytics._runtime": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
     "ecanalytics.database": ("Store",),
 }
 

@@ -1,0 +1,47 @@
+"""The library's clocks, ids and thread pools: the one seam tests and the simulator patch.
+
+Every wall-clock reading that is *recorded* (commit times, default transaction timestamps, file
+ids, retention days), every random name (commit tokens, object ids) and every thread pool whose
+order of storage calls matters goes through here, so the deterministic simulator
+(``tests/sim/runtime.py``) replaces four names of this module and nothing else. Durations
+(``time.perf_counter``, ``time.monotonic``) are measured directly: nothing is decided by them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+
+def now() -> datetime:
+    """The current time, UTC."""
+    return datetime.now(timezone.utc)
+
+
+def time_ns() -> int:
+    """The current time in nanoseconds since the epoch."""
+    return time.time_ns()
+
+
+def token(length: int = 32) -> str:
+    """A random hex name of ``length`` characters (commit tokens, object names)."""
+    return uuid.uuid4().hex[:length]
+
+
+def sortable_id(length: int = 32) -> str:
+    """A time-sortable unique id: 20 digits of nanoseconds, ``-``, a random hex of ``length``."""
+    return f"{time_ns():020d}-{token(length)}"
+
+
+def backoff(attempt: int, first_s: float, max_s: float) -> None:
+    """Sleep before retry ``attempt`` (from 0) after a lost race: full jitter under a ceiling
+    that doubles from ``first_s`` up to ``max_s``."""
+    time.sleep(random.uniform(0, min(max_s, first_s * 2**attempt)))
+
+
+def executor(max_workers: int) -> ThreadPoolExecutor:
+    """A thread pool (the simulator runs its tasks in order on the calling thread)."""
+    return ThreadPoolExecutor(max_workers=max_workers)
