@@ -8,7 +8,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Con
 from ecanalytics.consolidation.consolidator import FoldEngine
 from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
 from ecanalytics.events import Callback, Events
+from ecanalytics.groupcommit import Batch, GroupCommit
 from ecanalytics.ledger import Attribute, new_tx_id
 from ecanalytics.ledger.keys import AUTO_ID_PREFIX
 from ecanalytics.ledger.transactions import (
@@ -41,17 +41,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LATEST_CONFLICTS = 5  # key conflicts inspect() lists (it counts them all)
-
-
-@dataclass
-class _Batch:
-    """Sync writes committed together (see ``EventualConsistencyPlugin._group_commit``)."""
-
-    seen: int  # the oldest version a writer of the batch had seen before writing
-    rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    objects: list[tuple[PlannedObject, int]] = dataclasses.field(default_factory=list)
-    done: bool = False
-    error: BaseException | None = None
 
 
 class EventualConsistencyPlugin:
@@ -124,9 +113,7 @@ class EventualConsistencyPlugin:
         self._maybe_written: str | None = None  # key of the object whose write failed: it may exist
         self._buffer_since = 0.0
         self._buffer_lock = threading.Lock()
-        self._gc = threading.Condition()
-        self._gc_open: _Batch | None = None  # the batch that sync writers arriving now join
-        self._gc_running = False
+        self._group_commit = GroupCommit(self._run_batch)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # What reprs may show without a request: the last inspect() (when, what) and probe result.
@@ -328,7 +315,7 @@ class EventualConsistencyPlugin:
                 self._error("write", exc, recordId=row["originalId"])
                 raise
             return None
-        self._group_commit(row=row, seen=consolidator.ledger.cached().version)  # the version seen before the write
+        self._group_commit.join(row=row, seen=consolidator.ledger.cached().version)  # the version seen before the write
         held = consolidator.held_frame(consolidator.ledger.cached()).filter(pl.col("id") == row["id"])
         if held.height:  # durable and pending, but not committed: sync mode must not pretend it is
             raise TransactionHeldError(
@@ -370,7 +357,7 @@ class EventualConsistencyPlugin:
             self._error("write", exc, count=txs.height - done)
             raise
         if self.mode == "sync":
-            self._group_commit([(obj, seen) for obj in planned], seen=seen)
+            self._group_commit.join(objects=[(obj, seen) for obj in planned], seen=seen)
         return None
 
     def flush(self) -> int:
@@ -406,40 +393,9 @@ class EventualConsistencyPlugin:
             self._maybe_written = None
         return written
 
-    def _group_commit(self, objects: list[tuple[PlannedObject, int]] | None = None, row: dict[str, Any] | None = None,
-                      seen: int = 0) -> None:
-        """Group commit of sync writes. Writers that arrive while a commit runs form the next
-        batch; its first writer to get the turn writes the batch's rows as *one* object per
-        cohort day (one marker, one object, however many writers) and commits them with the
-        objects writers of frames already wrote, through the lean path; the others wait for that
-        batch. A batch that fails fails for every writer in it, with the same error: nobody is
-        told a write committed when it did not."""
-        with self._gc:
-            batch = self._gc_open
-            if batch is None:
-                batch = self._gc_open = _Batch(seen=seen)
-            batch.objects.extend(objects or [])
-            if row is not None:
-                batch.rows.append(row)
-            batch.seen = min(batch.seen, seen)
-            while not batch.done:
-                if self._gc_running:
-                    self._gc.wait()
-                    continue
-                self._gc_running, self._gc_open = True, None
-                self._gc.release()
-                try:
-                    self._run_batch(batch)
-                except BaseException as exc:  # every writer of the batch gets it
-                    batch.error = exc
-                finally:
-                    self._gc.acquire()
-                    self._gc_running, batch.done = False, True
-                    self._gc.notify_all()
-        if batch.error is not None:
-            raise batch.error
-
-    def _run_batch(self, batch: _Batch) -> None:
+    def _run_batch(self, batch: Batch) -> None:
+        """Run one group-commit batch: write its single writes as one object per cohort day, then
+        commit them with the objects writers of frames already wrote."""
         objects = list(batch.objects)
         if batch.rows:
             c = self.consolidator
