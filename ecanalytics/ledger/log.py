@@ -38,9 +38,10 @@ import polars as pl
 from ecanalytics import _runtime
 from ecanalytics.errors import CommitConflictError, CorruptObjectError, MissingObjectError
 from ecanalytics.ledger.buckets import DEFAULT_BUCKETS, Bucket, Frames, Part, apply_part, split
+from ecanalytics.ledger.checkpoint import Checkpoint
 from ecanalytics.ledger.entry import EntryKind, FieldFrame, LogEntry, ManifestChange, SetChange
 from ecanalytics.ledger.keys import APPLIED_KEY_SCHEMA, AUTO_ID_PREFIX, CONFLICT_SCHEMA, HIDDEN_SCHEMA
-from ecanalytics.ledger.maintenance_records import CompactionState, RetentionCut
+from ecanalytics.ledger.maintenance_records import CompactionState
 from ecanalytics.ledger.schema import Schema
 from ecanalytics.ledger.state import IDS_SCHEMA, MANIFEST_SCHEMA, MARKS_SCHEMA, Commit, State, manifest_frame
 from ecanalytics.storage import Store, decode_parquet, parquet_bytes
@@ -72,6 +73,11 @@ class CommitProperties:
     checkpoint_interval: int = 10  # commits between checkpoints
     dedup_window_s: float = 7 * 86400  # how long caller-supplied keys are remembered once applied
     inline_rows: int | None = None  # frames this small travel inside the entry; None: INLINE_ROWS at the time
+
+
+def _named(refs: dict[str, str | None]) -> dict[str, str]:
+    """Frames a checkpoint names (a frame with rows always gets a reference)."""
+    return {f: ref for f, ref in refs.items() if ref is not None}
 
 
 def is_inline(ref: str) -> bool:
@@ -133,26 +139,16 @@ class Ledger:
         marks = self._frame(part.marks, MARKS_SCHEMA) if part.marks else pl.DataFrame(schema=MARKS_SCHEMA)
         return records, marks
 
-    def _from_hint(self, hint: dict[str, Any]) -> State:
-        if hint.get("format") != 2:
-            raise ValueError(f"checkpoint format {hint.get('format')!r} is not 2")
-        version = int(hint["version"])
-        buckets = tuple(Bucket(Part(b["records"], b["marks"]), base_version=version) for b in hint["buckets"])
-        if not buckets:
-            raise ValueError("a checkpoint without buckets")
-        ids = self._frame(hint["ids"], IDS_SCHEMA)
-        held = {f: self._read_ref(rel) for f, rel in hint.get("held", {}).items()}
-        consumed = {f: frozenset(keys) for f, keys in hint.get("consumed", {}).items()}
-        unlisted = {f: frozenset(keys) for f, keys in hint.get("unlisted", {}).items()}
-        at = datetime.fromisoformat(hint["committedAt"]) if hint.get("committedAt") else None
-        manifest = {f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in hint.get("manifest", {}).items()}
-        conflicts = {f: self._frame(ref, CONFLICT_SCHEMA) for f, ref in hint.get("conflicts", {}).items()}
-        hidden = {f: self._frame(ref, HIDDEN_SCHEMA) for f, ref in hint.get("hidden", {}).items()}
-        return State(int(hint["version"]), buckets, consumed, ids, at, int(hint["version"]),
-                     {f: RetentionCut.from_json(r) for f, r in hint.get("retention", {}).items()},
-                     {f: CompactionState.from_json(c) for f, c in hint.get("compaction", {}).items()}, held, unlisted,
-                     manifest=manifest, conflicts=conflicts, hidden=hidden, load=self.load_part,
-                     rebuild=self.rebuild_bucket)
+    def _from_hint(self, hint: Any) -> State:
+        """The state a checkpoint (:meth:`Checkpoint.to_json`) holds, its frames loaded."""
+        cp = Checkpoint.from_json(hint)
+        return State(cp.version, tuple(Bucket(b, base_version=cp.version) for b in cp.buckets), cp.consumed,
+                     self._frame(cp.ids, IDS_SCHEMA), cp.committed_at, cp.version, cp.retention, cp.compaction,
+                     {f: self._read_ref(rel) for f, rel in cp.held.items()}, cp.unlisted,
+                     manifest={f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in cp.manifest.items()},
+                     conflicts={f: self._frame(ref, CONFLICT_SCHEMA) for f, ref in cp.conflicts.items()},
+                     hidden={f: self._frame(ref, HIDDEN_SCHEMA) for f, ref in cp.hidden.items()},
+                     load=self.load_part, rebuild=self.rebuild_bucket)
 
     def rebuild_bucket(self, k: int, n: int, version: int) -> Frames:
         """Bucket ``k`` of ``n`` at ``version`` from the log alone (every entry up to it): where an
@@ -617,21 +613,14 @@ class Ledger:
             else:
                 bases.append(bucket.base)
         held = {f: put(f"checkpoint-held-{f}", rows) for f, rows in st.held.items() if rows.height}
-        manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows, self.properties.inline_rows) for f, rows in st.manifest.items()}
-        hint = {
-            "format": 2, "version": st.version, "buckets": [{"records": b.records, "marks": b.marks} for b in bases],
-            "ids": put("checkpoint-ids", ids) or _inline(ids, self.properties.inline_rows),
-            "held": held,
-            "conflicts": {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height},
-            "hidden": {f: put(f"checkpoint-hidden-{f}", rows) for f, rows in st.hidden.items() if rows.height},
-            "manifest": manifest,
-            "consumed": {f: sorted(k) for f, k in st.consumed.items()},
-            "unlisted": {f: sorted(k) for f, k in st.unlisted.items()},
-            "retention": {f: r.as_json() for f, r in st.retention.items()},
-            "compaction": {f: c.as_json() for f, c in st.compaction.items()},
-            "committedAt": st.committed_at.isoformat() if st.committed_at else None,
-        }
-        body = json.dumps(hint).encode()
+        manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows, self.properties.inline_rows)
+                    for f, rows in st.manifest.items()}
+        ids_ref = put("checkpoint-ids", ids) or _inline(ids, self.properties.inline_rows)
+        conflicts = {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height}
+        hidden = {f: put(f"checkpoint-hidden-{f}", rows) for f, rows in st.hidden.items() if rows.height}
+        cp = Checkpoint(st.version, tuple(bases), str(ids_ref), _named(held), _named(conflicts), _named(hidden),
+                        _named(manifest), st.consumed, st.unlisted, st.retention, st.compaction, st.committed_at)
+        body = json.dumps(cp.to_json()).encode()
         self.store.create(P.checkpoint_hint(self.resource, st.version), body)
         try:
             current = json.loads(self.store.read(P.last_checkpoint(self.resource)))["version"]
