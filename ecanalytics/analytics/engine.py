@@ -80,6 +80,15 @@ def _identifier(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
+def _files(lists: dict[str, list[str]], view: str, part: str, urls: list[str]) -> str:
+    """Record a view part's object list in ``lists`` under a DuckDB variable's name and return the
+    SQL that reads it, so a view's SQL stays the same size however long the history (the list is
+    bound at query time, like the view itself)."""
+    variable = f"ec_files:{view}:{part}"
+    lists[variable] = urls
+    return f"getvariable({_quote(variable)})"
+
+
 def httpfs_secret_sql(config: StorageConfig) -> str:
     """The ``CREATE SECRET`` statement that points httpfs at ``config``'s S3 endpoint."""
     parts = ["TYPE s3", f"REGION {_quote(config.region or 'us-east-1')}"]
@@ -180,7 +189,6 @@ class SqlEngine:
             self.con.register_filesystem(self._fs)
         self._shape: tuple[Any, ...] = ()
         self._views: dict[str, str] = {}  # view name -> the SQL it was last created with
-        self._lists: dict[str, list[str]] = {}  # variable -> object list, for the view being made
         self._values_shape: tuple[Any, ...] = ()
 
     def _renew_secret(self) -> None:
@@ -232,55 +240,47 @@ class SqlEngine:
         ds, store = _quote(plan.dataset), self.store
         hive = "hive_partitioning = true, hive_types = {'cohortDate': DATE, 'cohortMonth': VARCHAR}"
         parts = []
+        lists: dict[str, list[str]] = {}  # variable -> object list
         applied = (f"id NOT IN (SELECT id FROM ec_held_ids WHERE dataset = {ds})" if plan.held_ids.len() else "true")
         with_hidden = set(plan.hidden["key"].to_list()) if plan.hidden.height else set()
         plain = [store.url(k) for k, _ in plan.applied if k not in with_hidden]
         if plain:  # most objects: every row counts
-            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({self._files(name, 'applied', plain)}, {hive})")
+            parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({_files(lists, name, 'applied', plain)}, {hive})")
         if with_hidden:  # the few objects holding occurrences that did not count: leave those rows out
-            files = self._files(name, "hidden", [store.url(k) for k, _ in plan.applied if k in with_hidden])
+            files = _files(lists, name, "hidden", [store.url(k) for k, _ in plan.applied if k in with_hidden])
             parts.append(
                 f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({files}, {hive}, filename = true, file_row_number = true) t "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "
                 "AND h.row = t.file_row_number)")
         auto_files = [store.url(k) for k in existing if k in plan.auto]
         if auto_files:  # generated ids only (the marker says so): nothing to deduplicate, filters reach the files
-            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({self._files(name, 'auto', auto_files)}, {hive})")
+            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'auto', auto_files)}, {hive})")
         keyed_files = [store.url(k) for k in existing if k not in plan.auto]
         if keyed_files:
             auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
             applied_keys = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {ds})"
                             if plan.applied_keys.height else "")
             parts.append(
-                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({self._files(name, 'keyed', keyed_files)}, {hive})"
+                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'keyed', keyed_files)}, {hive})"
                 f"{applied_keys} QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, "
                 "operation, value) = 1")
-        self._view(name, " UNION ALL ".join(parts) or EMPTY_TX)
+        self._view(name, " UNION ALL ".join(parts) or EMPTY_TX, lists)
 
-    def _files(self, view: str, part: str, urls: list[str]) -> str:
-        """Name a DuckDB variable for a view part's object list and return the SQL that reads it,
-        so a view's SQL stays the same size however long the history (the list is bound at query
-        time, like the view itself). :meth:`_view` sets the variables."""
-        variable = f"ec_files:{view}:{part}"
-        self._lists[variable] = urls
-        return f"getvariable({_quote(variable)})"
-
-    def _set_lists(self, size: int | None = None) -> None:
-        for variable, urls in self._lists.items():
+    def _set_lists(self, lists: dict[str, list[str]], size: int | None = None) -> None:
+        for variable, urls in lists.items():
             self.con.execute(f"SET VARIABLE {_identifier(variable)} = ?", [urls[:size]])
 
-    def _view(self, name: str, sql: str) -> None:
-        """(Re)create view ``name`` as ``sql`` unless it already is, and set the object lists that
-        :meth:`_files` named. Its lists live in variables, so most refreshes change no view and
-        bind nothing; a view that must be created is bound over the first object of each list
+    def _view(self, name: str, sql: str, lists: dict[str, list[str]]) -> None:
+        """(Re)create view ``name`` as ``sql`` unless it already is, and set the object ``lists``
+        it reads (:func:`_files`). The lists live in variables, so most refreshes change no view
+        and bind nothing; a view that must be created is bound over the first object of each list
         (DuckDB binds a view when it is created, and the types come from the first object anyway),
         so creating it does not cost a pass over the whole history."""
         if self._views.get(name) != sql:
-            self._set_lists(1)
+            self._set_lists(lists, 1)
             self.con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
             self._views[name] = sql
-        self._set_lists()
-        self._lists.clear()
+        self._set_lists(lists)
 
     def refresh(self, query: str | None = None, *, days: Collection[str] | None = None) -> duckdb.DuckDBPyConnection:
         """Point every view at the latest committed state and pending set; returns the connection.
@@ -309,6 +309,7 @@ class SqlEngine:
             self._renew_secret()
         fields, pending, values, pending_reads, bases, hidden, tokens = [], [], [], [], [], [], []
         held_ids: list[tuple[str, str]] = []
+        pending_lists: dict[str, list[str]] = {}  # ec_pending's object lists, by variable
         plans: dict[str, tuple[ScanPlan, list[str]]] = {}
         hidden_rows: list[pl.DataFrame] = []
         applied_keys: list[pl.DataFrame] = []
@@ -358,7 +359,7 @@ class SqlEngine:
                     pending_reads.append(
                         f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
                         f"source, {WRITTEN_AT} AS writtenAt "
-                        f"FROM read_parquet({self._files('ec_pending', core.dataset, [store.url(u) for u in existing])}, "
+                        f"FROM read_parquet({_files(pending_lists, 'ec_pending', core.dataset, [store.url(u) for u in existing])}, "
                         "filename = true)"
                     )
                 if with_bases:
@@ -405,7 +406,7 @@ class SqlEngine:
         if with_pending:
             empty = (f"SELECT NULL::VARCHAR AS resource, * EXCLUDE (cohortDate, cohortMonth, applied), "
                      f"NULL::TIMESTAMPTZ AS writtenAt FROM ({EMPTY_TX})")
-            self._view("ec_pending", " UNION ALL ".join(pending_reads) or empty)
+            self._view("ec_pending", " UNION ALL ".join(pending_reads) or empty, pending_lists)
         return self.con
 
     def sql(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None) -> Relation:
