@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, Literal, cast, get_args
 
 from ecanalytics.errors import CorruptObjectError
-from ecanalytics.ledger.buckets import Part
+from ecanalytics.ledger.buckets import Part, buckets_of
 from ecanalytics.ledger.maintenance_records import CompactionRun, RetentionCut
 
 EntryKind = Literal["insert", "update", "delete", "consolidate", "recalculate", "retention", "compact", "rebucket"]
@@ -140,8 +140,6 @@ class LogEntry:
         """The deleted record ids by bucket of ``n``."""
         if not self.deletes:
             return {}
-        from ecanalytics.ledger.buckets import buckets_of
-
         out: dict[int, list[str]] = {}
         for rid, k in zip(self.deletes, buckets_of(list(self.deletes), n).to_list(), strict=True):
             out.setdefault(k, []).append(rid)
