@@ -52,6 +52,8 @@ LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write tak
 MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
 STATE_MAX_ROWS = 40_000_000  # past this many pending rows kept as compact rows (29 B each), spilled runs take over
 CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
+COMMUTE_ENTRIES = 16  # commits of other fields a lost race may skip over without folding again
+DECODE_THREADS = 4  # objects decoded at once (Polars releases the GIL; each decode is itself parallel)
 FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
 
 
@@ -369,16 +371,25 @@ class Consolidator(Field):
     def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[pl.DataFrame]:
         """The pending rows of ``candidates``, read in chunks sized from what was read so far, so
         that one chunk holds at most about a quarter of the budget's rows (objects may hold one
-        row or millions); ``out`` receives what was read, missing, and the sizes."""
-        i, n = 0, FIRST_CHUNK_OBJECTS
-        while i < len(candidates):
-            rows, got, miss = read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype,
-                                           field=self.field, start=i, sizes=out.sizes)
-            out.read += got
-            out.missing += miss
-            yield rows
-            i += n
-            n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
+        row or millions); ``out`` receives what was read, missing, and the sizes.
+
+        The next chunk is read and decoded while the caller folds this one: the fold is mostly
+        single-threaded NumPy and the decode runs on Polars' threads, so the two overlap on two
+        cores. At most two chunks are in memory at once."""
+        with _runtime.executor(DECODE_THREADS) as pool, _runtime.executor(1) as ahead:
+            def read(i: int, n: int) -> tuple[pl.DataFrame, list[str], list[str]]:
+                return read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype, field=self.field,
+                                    start=i, sizes=out.sizes, pool=pool)
+            i, n = 0, FIRST_CHUNK_OBJECTS
+            reading = ahead.submit(read, i, n) if candidates else None
+            while reading is not None:
+                rows, got, miss = reading.result()
+                i += n
+                n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
+                reading = ahead.submit(read, i, n) if i < len(candidates) else None
+                out.read += got
+                out.missing += miss
+                yield rows
 
     def _ids_of(self, candidates: list[str]) -> Callable[[pl.DataFrame], pl.DataFrame]:
         """``_object, _row`` -> ``_object, _row, id``, read again from the objects (for the few
@@ -496,6 +507,19 @@ class Consolidator(Field):
         done: dict[str, Any] = {}
 
         def build(st: State) -> Commit | None:
+            kept = done.get("kept")
+            if kept is not None and self._commutes(kept[0], st):
+                # Lost to commits of other fields only: they touched nothing this fold read, so
+                # the fold stands; only the records written are rebuilt on the new state, so
+                # that they carry the other fields' new values.
+                _before, values, change = kept
+                upserts = self._upserts(st.restrict(buckets_of(values["originalId"], st.n_buckets).unique().to_list()),
+                                        values)
+                change = dataclasses.replace(change, upserts=upserts)
+                done["kept"], done["state"] = (st, values, change), st
+                done["engine"] = {**done.get("engine", {}), "commuted": done.get("engine", {}).get("commuted", 0) + 1}
+                return change
+            done.pop("kept", None)
             inbox, carried, _stale, unlisted, candidates = self._scan(st, cleanup=True)
             held = self.held_frame(st)
             done["state"], done["markers"] = st, []
@@ -511,7 +535,7 @@ class Consolidator(Field):
                 self.store.delete(out.written)
                 return None  # only held rows, and they are still stuck
             done["markers"], done["values"] = [inbox.markers[k] for k in out.read], folded.values
-            return Commit(
+            change = Commit(
                 kind="consolidate",
                 upserts=folded.upserts,
                 field=self.field,
@@ -528,6 +552,9 @@ class Consolidator(Field):
                        "records": folded.values.height, "late": folded.late, "held": folded.held.height,
                        "spilled": out.spilled},
             )
+            if not out.parts and not out.written and folded.upserts is not None:  # those are objects named for this version
+                done["kept"] = (st, folded.values, change)
+            return change
 
         outcome = self.ledger.commit(build)
         elapsed = time.perf_counter() - started
@@ -546,6 +573,21 @@ class Consolidator(Field):
             stats["objects"], stats["records"], elapsed, values, stats["late"], stats["held"],
             engine=done.get("engine", {}), conflicts=self._conflicts(change), **self._held_summary(change.held),
         )
+
+    def _commutes(self, before: State, after: State) -> bool:
+        """True when every commit from ``before`` to ``after`` consolidated another field (at most
+        :data:`COMMUTE_ENTRIES` of them): it wrote that field's values, marks, keys and sets only,
+        nothing a fold of this field reads, so a fold built on ``before`` is still exact on
+        ``after`` (delta-rs's conflict check, by field). Any other kind of commit (records
+        written through the API, a recalculation, retention, compaction, new buckets) or a
+        commit of this field means folding again."""
+        if not before.version < after.version <= before.version + COMMUTE_ENTRIES or after.n_buckets != before.n_buckets:
+            return False
+        for v in range(before.version + 1, after.version + 1):
+            entry = self.ledger.read_entry(v)
+            if entry is None or entry.kind != "consolidate" or entry.field in (None, self.field):
+                return False
+        return True
 
     def run_known(self, objects: Sequence[PlannedObject], after: int) -> ConsolidationResult | None:
         """The lean path of a sync writer: commit the objects it just wrote, which it holds, with

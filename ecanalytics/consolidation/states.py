@@ -48,6 +48,7 @@ _START = {"default": 0.0, "sum": 0.0, "min": np.inf, "max": -np.inf}  # the aggr
 _COMBINE: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     "default": lambda cur, agg: cur + agg, "sum": lambda cur, agg: cur + agg,
     "min": lambda cur, agg: pl.min_horizontal(cur, agg), "max": lambda cur, agg: pl.max_horizontal(cur, agg)}
+_SETS_HELD = 1_000_000  # set rows held before they are reduced to one per record
 IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object, _row, id``
 
 
@@ -106,27 +107,35 @@ class RecordStates:
         self._latest = np.full(0, _NONE, np.int64)  # per code: the latest timestamp
         self._earliest = np.full(0, np.iinfo(np.int64).max, np.int64)  # per code: the earliest
         self._agg = np.full(0, _START[reducer])  # per code: the aggregate (aggregates form)
-        self._tops = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32()})  # rows at each latest instant
-        self._sets: list[pl.DataFrame] = []  # each chunk's last set per record
+        # The rows at each record's latest instant so far, with the record's id as ``_name``
+        # (every record touched has one: the names come from there, not from the mapping).
+        self._tops = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "_name": pl.String()})
+        self._sets: list[pl.DataFrame] = []  # the set rows, reduced to each record's last one now and then
+        self._set_rows = 0
         self._parts: list[pl.DataFrame] = []  # compact rows
         self._exact: list[pl.DataFrame] = []  # compact rows with their id (caller keys and held rows)
 
     # -- codes -----------------------------------------------------------------------------
-    def _coded(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """``frame`` with ``originalId`` as this fold's code; the per-code arrays grow to fit."""
-        coded = frame.with_columns(pl.col("originalId").cast(self._categorical).to_physical())
-        n = int(coded["originalId"].max()) + 1 if coded.height else 0  # type: ignore[arg-type]
+    def _grow(self, n: int) -> None:
+        """Grow the per-code arrays to ``n`` codes."""
         if n > self._latest.size:
             grow = n - self._latest.size
             self._latest = np.concatenate([self._latest, np.full(grow, _NONE, np.int64)])
             self._earliest = np.concatenate([self._earliest, np.full(grow, np.iinfo(np.int64).max, np.int64)])
             self._agg = np.concatenate([self._agg, np.full(grow, _START[self.reducer])])
+
+    def _coded(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """``frame`` with ``originalId`` as this fold's code; the per-code arrays grow to fit."""
+        coded = frame.with_columns(pl.col("originalId").cast(self._categorical).to_physical())
+        self._grow(int(coded["originalId"].max()) + 1 if coded.height else 0)  # type: ignore[arg-type]
         return coded
 
     def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``originalId`` codes back as record ids."""
-        if self._names is None or self._names.len() < self._latest.size:  # the mapping grew since
-            self._names = self._categorical.categories.to_series()
+        if self._names is None or self._names.len() < self._latest.size:  # codes were added since
+            tops = self._tops.unique("originalId")
+            self._names = pl.repeat(None, self._latest.size, dtype=pl.String, eager=True).scatter(
+                tops["originalId"], tops["_name"])
         return frame.with_columns(self._names.gather(frame["originalId"]).alias("originalId"))
 
     # -- folding chunks --------------------------------------------------------------------
@@ -136,32 +145,46 @@ class RecordStates:
         their ids."""
         if not rows.height:
             return
-        rows = self._coded(rows)
-        sets = rows.filter(pl.col("operation") == "set")
-        if sets.height and not self.compact and self.reducer == "default":
+        # One pass of Polars' streaming engine (parallel over the chunk's morsels) codes the
+        # record ids and projects what the fold keeps; the ids stay in ``rows``.
+        part = rows.lazy().select(
+            pl.col("originalId").cast(self._categorical).to_physical(), pl.col(_TS).to_physical(),
+            signed_value().cast(pl.Float64).alias("_v"), (pl.col("operation") == "set").alias("_set"),
+            *([] if exact else ["_object", "_row"])).collect(engine="streaming")
+        codes, ts, is_set = part["originalId"].to_numpy(), part[_TS].to_numpy(), part["_set"].to_numpy()
+        self._grow(int(codes.max()) + 1)
+        if self.reducer == "default" and not self.compact and is_set.any():
             raise Restart
         self.rows += rows.height
-        codes, ts = rows["originalId"].to_numpy(), _instants(rows, _TS)
         np.maximum.at(self._latest, codes, ts)
         np.minimum.at(self._earliest, codes, ts)
         # The rows at their record's latest instant so far carry the id the marks need.
-        at_latest = pl.Series(ts == self._latest[codes])
-        tops = pl.concat([self._tops, rows.filter(at_latest).select("originalId", _TS, _ID)], how="vertical")
+        at_latest = ts == self._latest[codes]
+        mask = pl.Series(at_latest)
+        top = pl.DataFrame({"originalId": codes[at_latest], _TS: ts[at_latest]}).with_columns(
+            pl.col(_TS).cast(_UTC), rows[_ID].filter(mask), rows["originalId"].filter(mask).alias("_name"))
+        tops = pl.concat([self._tops, top], how="vertical")
         self._tops = tops.filter(pl.Series(_instants(tops, _TS) == self._latest[tops["originalId"].to_numpy()]))
-        if sets.height:
-            self._sets.append(_last(sets.select("originalId", _TS, _ID, "value"), "value"))
+        if is_set.any():
+            mask = pl.Series(is_set)
+            sets = pl.DataFrame({"originalId": codes[is_set], _TS: ts[is_set]}).with_columns(
+                pl.col(_TS).cast(_UTC), rows[_ID].filter(mask), rows["value"].filter(mask).cast(pl.Float64))
+            self._sets.append(sets)
+            self._set_rows += sets.height
+            if self._set_rows > _SETS_HELD:  # keep memory O(records): only each record's last set counts
+                self._sets = [_last(pl.concat(self._sets, how="vertical"), "value")]
+                self._set_rows = self._sets[0].height
         if self.compact:
-            part = rows.select("originalId", _TS, signed_value().cast(pl.Float64).alias("_v"),
-                               (pl.col("operation") == "set").alias("_set"),
-                               *([_ID] if exact else ["_object", "_row"]))
-            (self._exact if exact else self._parts).append(part.rechunk())  # NumPy views later
+            if exact:
+                part = part.with_columns(rows[_ID])
+            (self._exact if exact else self._parts).append(
+                part.with_columns(pl.col(_TS).cast(_UTC)))
         else:
-            _scatter(self.reducer, self._agg, codes, rows.select(signed_value().cast(pl.Float64)).to_series().to_numpy())
+            _scatter(self.reducer, self._agg, codes, part["_v"].to_numpy())
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""
-        codes = np.flatnonzero(self._latest != _NONE).astype(np.uint32)
-        return self._named(pl.DataFrame({"originalId": codes}))["originalId"]
+        return self._tops["_name"].unique().alias("originalId")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: float, field: str,
@@ -170,7 +193,7 @@ class RecordStates:
         (``originalId, setTs, setId, maxTs, maxId``) of the records touched; ``default`` is the
         value a missing record starts from. Raises :class:`Restart` if the aggregate form
         cannot be exact (rows dated at or before a record's applied marks)."""
-        tops = _last(self._tops)
+        tops = _last(self._tops.drop("_name"))
         sets = (_last(pl.concat(self._sets, how="vertical"), "value") if self._sets
                 else pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": pl.Float64()}))
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),

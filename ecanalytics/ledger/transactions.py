@@ -18,6 +18,7 @@ import decimal
 import math
 import numbers
 from collections.abc import Collection, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -227,12 +228,12 @@ class Inbox:
 
 
 def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType | None = None,
-                 field: str | None = None, start: int = 0,
-                 sizes: dict[str, int] | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
+                 field: str | None = None, start: int = 0, sizes: dict[str, int] | None = None,
+                 pool: Executor | None = None) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read transaction objects. Returns (rows with ``_object``, the index of the row's object in
     ``keys``, plus ``start`` when reading in chunks, and ``_row``, the row's position in its
     object; the keys read; the keys whose object does not exist (yet)). ``sizes`` receives the
-    size of each object read.
+    size of each object read; ``pool`` decodes them (else a pool of this call's own).
 
     ``field`` makes an object whose rows name another field a :class:`CorruptObjectError`.
     """
@@ -248,20 +249,42 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
         assert blob is not None
         # ``_object`` is the object's rank in sorted key order: a cheap, deterministic tie-break;
         # ``_row`` the row's position in it: what names an occurrence the key rule drops.
-        return _validate(decode_parquet(blob, store.url(key)), store.url(key), field).with_columns(
+        return _conform(decode_parquet(blob, store.url(key)), store.url(key)).with_columns(
             pl.lit(index, pl.UInt32).alias("_object"), pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
 
-    # Polars releases the GIL while decoding, so a few threads decode several objects at once.
-    with _runtime.executor(min(8, max(1, len(read)))) as pool:
-        # The index is the key's position among ``keys`` (plus ``start``), not among the keys read:
-        # a missing object (a writer between marker and object) must not shift the others'.
-        frames = list(pool.map(decode, [(start + i, k) for i, k in enumerate(keys) if blobs[k] is not None]))
+    # The index is the key's position among ``keys`` (plus ``start``), not among the keys read:
+    # a missing object (a writer between marker and object) must not shift the others'.
+    items = [(start + i, k) for i, k in enumerate(keys) if blobs[k] is not None]
+    if pool is not None:
+        frames = list(pool.map(decode, items))
+    else:
+        # Polars releases the GIL while decoding, so a few threads decode several objects at once.
+        with _runtime.executor(min(8, max(1, len(read)))) as own:
+            frames = list(own.map(decode, items))
     if not frames:
         return pl.DataFrame(schema=pending_schema(value_dtype)), read, missing
-    return pl.concat(frames, how="vertical"), read, missing
+    rows = pl.concat(frames, how="vertical")
+    # The rows are checked all at once (one pass, not one per object); only a chunk that fails
+    # is checked again object by object, to name the object.
+    if not rows.select(_valid_rows(rows.schema, field).all()).item():
+        for (_index, key), frame in zip(items, frames, strict=True):
+            _validate(frame, store.url(key), field)
+    return rows, read, missing
 
 
-def _validate(df: pl.DataFrame, where: str, field: str | None = None) -> pl.DataFrame:
+def _valid_rows(schema: pl.Schema, field: str | None) -> pl.Expr:
+    """True for a row that a transaction object may hold (see :func:`_validate`)."""
+    finite = pl.col("value").is_not_null() if isinstance(schema["value"], pl.Decimal) else pl.col("value").is_finite()
+    ok = (pl.col("operation").is_in(OPERATIONS) & finite & pl.col("id").is_not_null()
+          & pl.col("originalId").is_not_null() & pl.col("timestamp").is_not_null())
+    if field is not None:
+        ok = ok & (pl.col("field") == field)
+    return ok.fill_null(False)
+
+
+def _conform(df: pl.DataFrame, where: str) -> pl.DataFrame:
+    """``df`` with the transaction columns in their types; a :class:`CorruptObjectError` naming
+    ``where`` if a column is missing or cannot be cast."""
     missing = [c for c in TX_SCHEMA if c not in df.columns]
     if missing:
         raise CorruptObjectError(f"{where} lacks transaction columns {missing}; nothing from it was applied.")
@@ -272,11 +295,14 @@ def _validate(df: pl.DataFrame, where: str, field: str | None = None) -> pl.Data
             df = df.select([pl.col(c).cast(t, strict=True) for c, t in schema.items()])
     except Exception as exc:
         raise CorruptObjectError(f"{where} has columns of the wrong type ({exc}); nothing was applied.") from exc
-    finite = pl.col("value").is_not_null() if exact else pl.col("value").is_finite().fill_null(False)
-    bad = df.filter(
-        ~pl.col("operation").is_in(OPERATIONS).fill_null(False) | ~finite | pl.col("id").is_null()
-        | pl.col("originalId").is_null() | pl.col("timestamp").is_null()
-    )
+    return df
+
+
+def _validate(df: pl.DataFrame, where: str, field: str | None = None) -> pl.DataFrame:
+    """:func:`_conform`, then every row checked: a :class:`CorruptObjectError` naming ``where``
+    for an invalid row or (with ``field``) a row of another field."""
+    df = _conform(df, where)
+    bad = df.filter(~_valid_rows(df.schema, None))
     if bad.height:
         raise CorruptObjectError(
             f"{where} holds {bad.height} invalid transaction row(s) (unknown operation, missing or non-finite "
