@@ -425,7 +425,15 @@ class Consolidator(Field):
                     if rows.height and not rows.select(keys.generated().all()).item():
                         keyed.append(rows.filter(~keys.generated()))
                         rows = rows.filter(keys.generated())
-                    states.add(rows)
+                    try:
+                        states.add(rows)
+                    except Restart:
+                        if states.rows:
+                            raise
+                        # A set in the first rows (the usual case when sets are pending): start
+                        # over as compact rows from here, without reading anything again.
+                        compact, states = True, RecordStates(reducer.name, compact=True)
+                        states.add(rows)
                     if (states.compact and states.rows > STATE_MAX_ROWS) or sum(k.height for k in keyed) > self.budget_rows:
                         return None
                 if not out.read and not held.height:
@@ -505,21 +513,22 @@ class Consolidator(Field):
         still plans, and writes the one commit."""
         started = time.perf_counter()
         done: dict[str, Any] = {}
+        kept: list[tuple[State, pl.DataFrame, Commit]] = []  # the last fold: its state, values and commit
 
         def build(st: State) -> Commit | None:
-            kept = done.get("kept")
-            if kept is not None and self._commutes(kept[0], st):
+            if kept and self._commutes(kept[0][0], st):
                 # Lost to commits of other fields only: they touched nothing this fold read, so
                 # the fold stands; only the records written are rebuilt on the new state, so
                 # that they carry the other fields' new values.
-                _before, values, change = kept
+                _before, values, change = kept.pop()
                 upserts = self._upserts(st.restrict(buckets_of(values["originalId"], st.n_buckets).unique().to_list()),
                                         values)
                 change = dataclasses.replace(change, upserts=upserts)
-                done["kept"], done["state"] = (st, values, change), st
+                kept.append((st, values, change))
+                done["state"] = st
                 done["engine"] = {**done.get("engine", {}), "commuted": done.get("engine", {}).get("commuted", 0) + 1}
                 return change
-            done.pop("kept", None)
+            kept.clear()
             inbox, carried, _stale, unlisted, candidates = self._scan(st, cleanup=True)
             held = self.held_frame(st)
             done["state"], done["markers"] = st, []
@@ -553,7 +562,7 @@ class Consolidator(Field):
                        "spilled": out.spilled},
             )
             if not out.parts and not out.written and folded.upserts is not None:  # those are objects named for this version
-                done["kept"] = (st, folded.values, change)
+                kept.append((st, folded.values, change))
             return change
 
         outcome = self.ledger.commit(build)

@@ -157,7 +157,8 @@ class RecordStates:
             raise Restart
         self.rows += rows.height
         np.maximum.at(self._latest, codes, ts)
-        np.minimum.at(self._earliest, codes, ts)
+        if not self.compact:  # compact rows tell lateness row by row (see :meth:`finish`)
+            np.minimum.at(self._earliest, codes, ts)
         # The rows at their record's latest instant so far carry the id the marks need.
         at_latest = ts == self._latest[codes]
         mask = pl.Series(at_latest)
