@@ -336,10 +336,10 @@ class Consolidator(Field):
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
         values = new.rename({"originalId": "id", "value": "_new"})
         existing = (
-            st.records.join(values, on="id", how="inner")
+            st.records.filter(pl.col("id").is_in(values["id"].implode())).join(values, on="id", how="inner")
             .with_columns(pl.col("_new").alias(self.field)).drop("_new")
         )
-        missing = values.join(st.records.select("id"), on="id", how="anti")
+        missing = values.join(existing.select("id"), on="id", how="anti")
         if missing.height == 0:
             return existing
         schema = self.ledger.schema
@@ -443,8 +443,10 @@ class Consolidator(Field):
                 states.add(resolved.kept.cast(pending_schema(self.dtype)), exact=True)  # type: ignore[arg-type]
                 touched = states.touched()
                 rs = st.restrict(buckets_of(touched, st.n_buckets).unique().to_list(), memo=states.rows <= MEMO_ROWS)
-                current = rs.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
-                marks = rs.field_marks(self.field).join(touched.to_frame(), on="originalId", how="semi")
+                # Only the records touched: the buckets loaded hold every record of theirs.
+                current = rs.records.filter(pl.col("id").is_in(touched.implode())).select(
+                    pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
+                marks = rs.field_marks(self.field, touched)
                 done = states.finish(current, marks, self.default, self.field, self._ids_of(candidates))
             except Restart:
                 compact = True

@@ -91,8 +91,12 @@ def apply_part(frames: Frames, records: pl.DataFrame | None, marks: pl.DataFrame
     if deletes and mks.height:
         mks = mks.filter(~pl.col("id").is_in(pl.Series(deletes, dtype=pl.String).implode()))
     if marks is not None and marks.height:
-        mks = pl.concat([mks.join(marks.select("id", "field"), on=["id", "field"], how="anti"),
-                         marks.select(mks.columns).cast(mks.schema)])  # type: ignore[arg-type]
+        fields = marks["field"].unique()
+        if fields.len() == 1 and fields[0] is not None:  # a consolidation's marks: one field, a filter is enough
+            kept = mks.filter(~(pl.col("id").is_in(marks["id"].implode()) & (pl.col("field") == fields[0])))
+        else:
+            kept = mks.join(marks.select("id", "field"), on=["id", "field"], how="anti")
+        mks = pl.concat([kept, marks.select(mks.columns).cast(mks.schema)])  # type: ignore[arg-type]
     return recs, mks
 
 

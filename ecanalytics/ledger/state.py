@@ -199,6 +199,10 @@ class State:
         record, operation and amount they were applied with (:data:`keys.APPLIED_KEY_SCHEMA`)."""
         return self.applied_ids.filter(pl.col("field") == field_name).select(list(APPLIED_KEY_SCHEMA))
 
-    def field_marks(self, field_name: str) -> pl.DataFrame:
-        """``originalId, setTs, setId, maxTs, maxId`` of the records of ``field_name``."""
-        return self.marks.filter(pl.col("field") == field_name).drop("field").rename({"id": "originalId"})
+    def field_marks(self, field_name: str, ids: pl.Series | None = None) -> pl.DataFrame:
+        """``originalId, setTs, setId, maxTs, maxId`` of the records of ``field_name`` (of
+        ``ids`` only, if given)."""
+        keep = pl.col("field") == field_name
+        if ids is not None:
+            keep = keep & pl.col("id").is_in(ids.implode())
+        return self.marks.filter(keep).drop("field").rename({"id": "originalId"})
