@@ -35,8 +35,9 @@ import ecanalytics as ec
 def checkpoint_rows(root: str) -> int:
     """Record rows in the newest checkpoint's records objects written at its own version."""
     import json
+    import pathlib
 
-    hint = json.load(open(f"{root}/{bc.RESOURCE}/_log/_last_checkpoint.json"))
+    hint = json.loads(pathlib.Path(f"{root}/{bc.RESOURCE}/_log/_last_checkpoint.json").read_text())
     prefix = f"{hint['version']:020d}-"
     names = [n for n in os.listdir(f"{root}/{bc.RESOURCE}/_data") if n.startswith(prefix) and ".checkpoint-b" in n]
     return sum(pl.scan_parquet(f"{root}/{bc.RESOURCE}/_data/{n}").select(pl.len()).collect().item() for n in names)
