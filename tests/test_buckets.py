@@ -180,3 +180,58 @@ def test_racing_spilling_consolidators_apply_each_transaction_once(root: Root) -
         named |= {r for r in [*raw["delta"].values(), *raw["marks"].values()] if not r.startswith("inline:")}
     on_disk = {k for k in root.store().find("w/_data", ".parquet") if "delta-b" in k or "marks-b" in k}
     assert on_disk == named
+
+
+def test_checkpoints_keep_bases_and_chain_the_parts_after_them(root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecanalytics.ledger import log as ledger_log
+
+    monkeypatch.setattr(ledger_log, "SMALL_BUCKET_ROWS", 0)  # every bucket counts as big: the chains show
+    db, w = wallets(root, buckets=8, checkpoint_interval=1)
+    rnd = random.Random(11)
+    expected: dict[str, float] = {}
+    snapshots: dict[int, dict[str, float]] = {}
+    chained = 0
+    for _ in range(14):
+        for _ in range(40):
+            rec, amount = f"r{rnd.randrange(300)}", float(rnd.randrange(1, 100))
+            if rnd.random() < 0.1:
+                w.set(rec, amount)
+                expected[rec] = amount
+            else:
+                w.add(rec, amount)
+                expected[rec] = expected.get(rec, 0.0) + amount
+        version = db.consolidate()[0].version
+        assert version is not None
+        snapshots[version] = dict(expected)
+        cp = json.loads(root.store().read(P.last_checkpoint("w")))
+        assert cp["format"] == 3 and cp["version"] == version
+        rewritten = [b for b in cp["buckets"] if b["baseVersion"] == version]
+        chains = [len(b.get("parts", [])) for b in cp["buckets"]]
+        assert len(rewritten) <= 2  # a quarter of the 8 buckets (all changed), rounded up
+        assert max(chains) <= ledger_log.CHAIN_INTERVALS  # no base older than 4 intervals of parts
+        chained += sum(1 for n in chains if n)
+        # A fresh reader (checkpoint plus chains plus the log after it) sees every value.
+        fresh = root.connect()
+        table = fresh.resources["w"].to_polars()  # type: ignore[union-attr]
+        assert dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True)) == expected
+    assert chained  # the rolling rewrite left chains behind
+    # Time travel starts from the checkpoint at or before a version: chains included.
+    ledger = root.connect().resources["w"].ledger  # type: ignore[union-attr]
+    for version, values in list(snapshots.items())[::4]:
+        old = ledger.state_at(version).records
+        assert dict(zip(old["id"].to_list(), old["balance"].to_list(), strict=True)) == values
+    assert w.verify() == []  # every object a chain names exists
+
+
+def test_a_format_2_checkpoint_still_reads(root: Root) -> None:
+    db, w = wallets(root, buckets=4, checkpoint_interval=1)
+    for i in range(30):
+        w.add(f"r{i % 7}", i)
+    db.consolidate()
+    expected = {f"r{k}": float(sum(i for i in range(30) if i % 7 == k)) for k in range(7)}
+    cp = json.loads(root.store().read(P.last_checkpoint("w")))
+    assert all(not b.get("parts") for b in cp["buckets"])  # small buckets: every one rewritten
+    old = {**cp, "format": 2, "buckets": [{"records": b["records"], "marks": b["marks"]} for b in cp["buckets"]]}
+    root.store().write(P.last_checkpoint("w"), json.dumps(old).encode())
+    table = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True)) == expected

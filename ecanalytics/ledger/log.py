@@ -53,6 +53,9 @@ FaultHook = Callable[[str], None]
 # of their own: a small commit is then one PUT, not three.
 INLINE_ROWS = 64
 MAX_CONFLICTS = 1000  # key conflicts kept per field for inspect (the newest)
+SMALL_BUCKET_ROWS = 16_384  # a changed bucket this small (records and marks) gets a new base at every checkpoint
+CHAIN_INTERVALS = 4  # a bucket's base is at most this many checkpoint intervals of parts old (see _rewrites)
+CHAIN_INLINE = 16  # inline parts a chain may carry inside the checkpoint before its bucket is rewritten
 _INLINE = "inline:"
 
 
@@ -142,7 +145,9 @@ class Ledger:
     def _from_hint(self, hint: Any) -> State:
         """The state a checkpoint (:meth:`Checkpoint.to_json`) holds, its frames loaded."""
         cp = Checkpoint.from_json(hint)
-        return State(cp.version, tuple(Bucket(b, base_version=cp.version) for b in cp.buckets), cp.consumed,
+        buckets = tuple(Bucket(base, chain, base_version=v) for base, chain, v in zip(cp.buckets, cp.chains,
+                                                                                     cp.base_versions, strict=True))
+        return State(cp.version, buckets, cp.consumed,
                      self._frame(cp.ids, IDS_SCHEMA), cp.committed_at, cp.version, cp.retention, cp.compaction,
                      {f: self._read_ref(rel) for f, rel in cp.held.items()}, cp.unlisted,
                      manifest={f: self._frame(ref, MANIFEST_SCHEMA) for f, ref in cp.manifest.items()},
@@ -588,6 +593,33 @@ class Ledger:
         existing = self.read_entry(entry.version)
         return existing is not None and existing.token == entry.token
 
+    def _rewrites(self, st: State) -> set[int]:
+        """The buckets a checkpoint of ``st`` writes a new base for; every other bucket keeps its
+        base and lists the commit parts after it (its chain), so a checkpoint costs the change
+        since the last one, not the size of the buckets it touched (the rolling merge of an LSM
+        tree, at the granularity of Paimon's fixed buckets). Rewritten:
+
+        * a changed bucket loaded in memory with at most :data:`SMALL_BUCKET_ROWS` records and
+          marks: rewriting it is cheap and keeps its reads to one object;
+        * a bucket whose chain would exceed :data:`CHAIN_INTERVALS` checkpoint intervals of parts,
+          or holds more than :data:`CHAIN_INLINE` inline parts (they travel in the checkpoint);
+        * of the other changed buckets, the ``1/CHAIN_INTERVALS`` with the oldest bases: a rolling
+          rewrite, so that a workload touching every bucket rewrites a quarter of them per
+          checkpoint and each base at least every :data:`CHAIN_INTERVALS` checkpoints."""
+        interval = self.properties.checkpoint_interval
+        changed = [k for k, b in enumerate(st.buckets) if b.changed]
+        out: set[int] = set()
+        for k in changed:
+            bucket = st.buckets[k]
+            frames = bucket.frames_if_loaded
+            inline = sum(1 for p in bucket.parts for ref in (p.records, p.marks) if ref and is_inline(ref))
+            if ((frames is not None and frames[0].height + frames[1].height <= SMALL_BUCKET_ROWS)
+                    or len(bucket.parts) > CHAIN_INTERVALS * interval or inline > CHAIN_INLINE):
+                out.add(k)
+        rest = sorted((k for k in changed if k not in out), key=lambda k: (st.buckets[k].base_version, k))
+        out.update(rest[:max(0, -(-len(changed) // CHAIN_INTERVALS) - len(out))])
+        return out
+
     def _checkpoint(self, st: State) -> None:
         """Snapshot the buckets changed since the last checkpoint (the others keep their objects),
         the dedup window and the consumed sets at ``st.version``."""
@@ -604,21 +636,25 @@ class Ledger:
             self.store.write_parquet(rel, frame)
             return rel
 
+        rewrite = self._rewrites(st)
         bases: list[Part] = []
         for k, bucket in enumerate(st.buckets):
-            if bucket.changed:
+            if k in rewrite:
                 # Read and let go: checkpointing a big resource holds one bucket at a time.
                 records, marks = bucket.frames(lambda part, k=k: self.load_part(k, part), memo=False)  # type: ignore[misc]
                 bases.append(Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks)))
             else:
                 bases.append(bucket.base)
+        chains = tuple(() if k in rewrite else b.parts for k, b in enumerate(st.buckets))
+        versions = tuple(st.version if k in rewrite else b.base_version for k, b in enumerate(st.buckets))
         held = {f: put(f"checkpoint-held-{f}", rows) for f, rows in st.held.items() if rows.height}
         manifest = {f: put(f"checkpoint-manifest-{f}", rows) or _inline(rows, self.properties.inline_rows)
                     for f, rows in st.manifest.items()}
         ids_ref = put("checkpoint-ids", ids) or _inline(ids, self.properties.inline_rows)
         conflicts = {f: put(f"checkpoint-conflicts-{f}", rows) for f, rows in st.conflicts.items() if rows.height}
         hidden = {f: put(f"checkpoint-hidden-{f}", rows) for f, rows in st.hidden.items() if rows.height}
-        cp = Checkpoint(st.version, tuple(bases), str(ids_ref), _named(held), _named(conflicts), _named(hidden),
+        cp = Checkpoint(st.version, tuple(bases), chains, versions, str(ids_ref), _named(held), _named(conflicts),
+                        _named(hidden),
                         _named(manifest), st.consumed, st.unlisted, st.retention, st.compaction, st.committed_at)
         body = json.dumps(cp.to_json()).encode()
         self.store.create(P.checkpoint_hint(self.resource, st.version), body)
@@ -630,6 +666,6 @@ class Ledger:
             self.store.write(P.last_checkpoint(self.resource), body)
         with self._state_lock:
             if self._state is not None and self._state.version == st.version:
-                buckets = tuple(b.rebased(base, None, st.version) if b.changed else b
-                                for b, base in zip(self._state.buckets, bases, strict=True))
+                buckets = tuple(b.rebased(base, None, st.version) if k in rewrite else b
+                                for k, (b, base) in enumerate(zip(self._state.buckets, bases, strict=True)))
                 self._state = replace(self._state, checkpoint_version=st.version, applied_ids=ids, buckets=buckets)
