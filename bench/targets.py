@@ -21,9 +21,11 @@ to stderr). Progress goes to stderr. Data generators and phases come from the ot
   S5  consolidation of --s5-pending (1e4) transactions on top of --s5-applied (1e7) applied over
       --s5-records (1e6) records, vs the same pending on an empty resource, each on a fresh
       connection with checkpoint_interval=1: time ratio <= 2x. Then the checkpoint written by
-      that commit must hold one records object (``.checkpoint-b``) per bucket the pending touched
-      (``buckets_of``), no more. A bucket of at most 64 records travels inside the checkpoint hint
-      and has no object, so keep buckets bigger than that (--s5-records / --buckets).
+      that commit must hold at most one records object (``.checkpoint-b``) per bucket the pending
+      touched (``buckets_of``): a big bucket keeps its base and chains the commit's delta, and a
+      rolling quarter of them gets a new base (see docs/architecture.md). A bucket of at most 64
+      records travels inside the checkpoint hint and has no object, so keep buckets bigger than
+      that (--s5-records / --buckets). bench/small_commits.py measures a whole checkpoint interval.
   S6  one-day get_cohort_stats on moto with 60 vs 600 days (--s6-days) of --s6-objects (5) objects
       a day: S3 requests of the first call on a fresh connection (it creates the views) and of a
       second one, counted on the s3fs filesystems as tests/test_cost.py does. Target: the same
@@ -423,7 +425,7 @@ def s5(args: argparse.Namespace, tmp: str) -> list[Row]:
         Row("S5", work + " (time)", on_full, on_empty, "s", on_full / on_empty, "<= 2.00x empty",
             verdict(on_full <= 2 * on_empty), {"checkpoint_interval": 1, "buckets": n_buckets}),
         Row("S5.ckpt", work + " (checkpoint objects)", float(len(objects)), float(touched), "objects",
-            len(objects) / touched, "== buckets touched", verdict(len(objects) == touched),
+            len(objects) / touched, "<= buckets touched", verdict(len(objects) <= touched),
             {"version": version, "buckets": n_buckets, "objects": objects}),
     ]
 

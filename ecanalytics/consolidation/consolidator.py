@@ -368,28 +368,33 @@ class Consolidator(Field):
                             dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
                                                 applied=folded.applied.filter(~keys.generated())))
 
-    def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[pl.DataFrame]:
+    def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         """The pending rows of ``candidates``, read in chunks sized from what was read so far, so
         that one chunk holds at most about a quarter of the budget's rows (objects may hold one
-        row or millions); ``out`` receives what was read, missing, and the sizes.
+        row or millions), as (rows with generated ids, rows with caller-supplied keys); ``out``
+        receives what was read, missing, and the sizes.
 
         The next chunk is read and decoded while the caller folds this one: the fold is mostly
         single-threaded NumPy and the decode runs on Polars' threads, so the two overlap on two
         cores. At most two chunks are in memory at once."""
         with _runtime.executor(DECODE_THREADS) as pool, _runtime.executor(1) as ahead:
-            def read(i: int, n: int) -> tuple[pl.DataFrame, list[str], list[str]]:
-                return read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype, field=self.field,
-                                    start=i, sizes=out.sizes, pool=pool)
+            def read(i: int, n: int) -> tuple[pl.DataFrame, pl.DataFrame, list[str], list[str]]:
+                rows, got, miss = read_objects(self.store, candidates[i:i + n], value_dtype=self.dtype,
+                                               field=self.field, start=i, sizes=out.sizes, pool=pool)
+                if not rows.height or rows.select(keys.generated().all()).item():
+                    return rows, rows.clear(), got, miss
+                return rows.filter(keys.generated()), rows.filter(~keys.generated()), got, miss
             i, n = 0, FIRST_CHUNK_OBJECTS
             reading = ahead.submit(read, i, n) if candidates else None
             while reading is not None:
-                rows, got, miss = reading.result()
+                rows, keyed, got, miss = reading.result()
                 i += n
-                n = max(1, min(CHUNK_OBJECTS, self.budget_rows // 4 // max(1, rows.height // max(1, len(got)))))
+                n = max(1, min(CHUNK_OBJECTS,
+                               self.budget_rows // 4 // max(1, (rows.height + keyed.height) // max(1, len(got)))))
                 reading = ahead.submit(read, i, n) if i < len(candidates) else None
                 out.read += got
                 out.missing += miss
-                yield rows
+                yield rows, keyed
 
     def _ids_of(self, candidates: list[str]) -> Callable[[pl.DataFrame], pl.DataFrame]:
         """``_object, _row`` -> ``_object, _row, id``, read again from the objects (for the few
@@ -421,10 +426,9 @@ class Consolidator(Field):
             states = RecordStates(reducer.name, compact=compact)
             keyed: list[pl.DataFrame] = []
             try:
-                for rows in self._chunks(candidates, out):
-                    if rows.height and not rows.select(keys.generated().all()).item():
-                        keyed.append(rows.filter(~keys.generated()))
-                        rows = rows.filter(keys.generated())
+                for rows, keyed_rows in self._chunks(candidates, out):
+                    if keyed_rows.height:
+                        keyed.append(keyed_rows)
                     try:
                         states.add(rows)
                     except Restart:
@@ -474,10 +478,9 @@ class Consolidator(Field):
         # all occurrences of a key at once (one id bucket at a time), whatever the record.
         with Runs(st.n_buckets, self.budget_rows // 2) as runs, \
                 Runs(st.n_buckets, self.budget_rows // 2, column="id") as keyed:
-            for rows in self._chunks(candidates, out):
-                if rows.height and not rows.select(keys.generated().all()).item():
-                    keyed.add(rows.filter(~keys.generated()))
-                    rows = rows.filter(keys.generated())
+            for rows, keyed_rows in self._chunks(candidates, out):
+                if keyed_rows.height:
+                    keyed.add(keyed_rows)
                 runs.add(rows)
             if not out.read and not held.height:
                 return out
