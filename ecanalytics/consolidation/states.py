@@ -76,6 +76,13 @@ def _last(rows: pl.DataFrame, *extra: str) -> pl.DataFrame:
             .group_by("originalId").agg(pl.col(_TS, _ID, *extra).last()))
 
 
+def _owned(strings: pl.Series) -> pl.Series:
+    """``strings`` (a few, filtered out of a chunk) copied into buffers of their own. A filtered
+    string column shares the chunk's buffers (Polars' string views), so the few ids kept per
+    chunk would keep every chunk's ids in memory until the fold ends."""
+    return pl.select(pl.concat_str([pl.lit(strings), pl.lit("")]).alias(strings.name)).to_series()
+
+
 def _instants(frame: pl.DataFrame, column: str) -> np.ndarray:
     """A timestamp column as int64 microseconds, :data:`_NONE` for null."""
     return frame[column].cast(_UTC).to_physical().fill_null(_NONE).to_numpy()
@@ -163,13 +170,13 @@ class RecordStates:
         at_latest = ts == self._latest[codes]
         mask = pl.Series(at_latest)
         top = pl.DataFrame({"originalId": codes[at_latest], _TS: ts[at_latest]}).with_columns(
-            pl.col(_TS).cast(_UTC), rows[_ID].filter(mask), rows["originalId"].filter(mask).alias("_name"))
+            pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), _owned(rows["originalId"].filter(mask)).alias("_name"))
         tops = pl.concat([self._tops, top], how="vertical")
         self._tops = tops.filter(pl.Series(_instants(tops, _TS) == self._latest[tops["originalId"].to_numpy()]))
         if is_set.any():
             mask = pl.Series(is_set)
             sets = pl.DataFrame({"originalId": codes[is_set], _TS: ts[is_set]}).with_columns(
-                pl.col(_TS).cast(_UTC), rows[_ID].filter(mask), rows["value"].filter(mask).cast(pl.Float64))
+                pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), rows["value"].filter(mask).cast(pl.Float64))
             self._sets.append(sets)
             self._set_rows += sets.height
             if self._set_rows > _SETS_HELD:  # keep memory O(records): only each record's last set counts
