@@ -150,6 +150,12 @@ class Bucket:
                 self._frames = frames
             return frames
 
+    def keep(self, frames: Frames) -> None:
+        """Keep ``frames`` (this bucket's, read by a caller that did not ask to memoize them)."""
+        with self._lock:
+            if self._frames is None:
+                self._frames = frames
+
     def then(self, part: Part, records: pl.DataFrame | None = None, marks: pl.DataFrame | None = None,
              load: Loader | None = None) -> Bucket:
         """This bucket after ``part``. A loaded bucket stays loaded: with the part's frames when the
