@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import ecanalytics as ec
@@ -97,10 +98,12 @@ def test_consolidations_of_two_fields_racing_both_commit_and_read_each_object_on
     assert [r.transactions for r in again.consolidate()] == [0, 0]  # nothing applied twice or left behind
 
 
-def test_a_lost_race_to_the_same_field_folds_again(root: Root) -> None:
-    _db, expected, _pending = setup(root, seed=5)
-    loser, winner = open_db(root), open_db(root)
-    wallets = winner.resources["wallets"]
+def lose_once_to(root: Root, seed: int, meanwhile: Callable[[ec.Resource], None]) -> tuple[Any, dict[str, dict[str, float]]]:
+    """Consolidate ``balance`` on one connection while ``meanwhile`` commits through another
+    (between the loser's delta and its log entry): (the loser's result, the expected values)."""
+    _db, expected, _pending = setup(root, seed)
+    loser, other = open_db(root), open_db(root)
+    wallets = other.resources["wallets"]
     assert isinstance(wallets, ec.Resource)
     ledger = loser.resources["wallets"].ledger  # type: ignore[union-attr]
     raced: list[bool] = []
@@ -108,36 +111,35 @@ def test_a_lost_race_to_the_same_field_folds_again(root: Root) -> None:
     def race(step: str) -> None:
         if step == "after_delta" and not raced:
             raced.append(True)
-            wallets.add("w1", "balance", 1000)  # one more pending transaction, applied by the winner
-            winner.consolidate("wallets", "balance")
+            meanwhile(wallets)
 
     ledger.fault = race
-    result = loser.consolidate("wallets", "balance")[0]
-    ledger.fault = None
-    assert raced and "commuted" not in result.engine
+    try:
+        result = loser.consolidate("wallets", "balance")[0]
+    finally:
+        ledger.fault = None
+    assert raced
+    return result, expected
+
+
+def test_a_lost_race_to_the_same_field_folds_again(root: Root) -> None:
+    def same_field(wallets: ec.Resource) -> None:
+        wallets.add("w1", "balance", 1000)  # one more pending transaction, applied by the winner
+        wallets.consolidate("w1", "balance")
+
+    result, expected = lose_once_to(root, 5, same_field)
+    assert "commuted" not in result.engine
     expected["balance"]["w1"] += 1000
     rows = table(open_db(root))
-    for f in ("balance",):
-        assert {r: rows[r][f] for r in expected[f]} == dict(expected[f])
+    assert {r: rows[r]["balance"] for r in expected["balance"]} == dict(expected["balance"])
 
 
 def test_a_record_written_through_the_api_meanwhile_means_folding_again(root: Root) -> None:
-    _db, expected, _pending = setup(root, seed=7)
-    loser, writer = open_db(root), open_db(root)
-    wallets = writer.resources["wallets"]
-    assert isinstance(wallets, ec.Resource)
-    ledger = loser.resources["wallets"].ledger  # type: ignore[union-attr]
-    raced: list[bool] = []
+    def api_write(wallets: ec.Resource) -> None:
+        wallets.update("w2", {"owner": "ada"})
 
-    def race(step: str) -> None:
-        if step == "after_delta" and not raced:
-            raced.append(True)
-            wallets.update("w2", {"owner": "ada"})
-
-    ledger.fault = race
-    result = loser.consolidate("wallets", "balance")[0]
-    ledger.fault = None
-    assert raced and "commuted" not in result.engine
+    result, expected = lose_once_to(root, 7, api_write)
+    assert "commuted" not in result.engine
     rows = table(open_db(root))
     assert rows["w2"]["owner"] == "ada"
     assert {r: rows[r]["balance"] for r in expected["balance"]} == dict(expected["balance"])
