@@ -22,12 +22,14 @@ from dataclasses import dataclass
 import polars as pl
 import polars_hash as plh
 
+from ecanalytics import _runtime
 from ecanalytics.errors import ArgumentError, CorruptObjectError
 from ecanalytics.types import is_positive_int
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = 16
+PART_THREADS = 4  # parts of one bucket read at once
 MAX_BUCKETS = 4096
 _TOP = 2**32
 
@@ -143,9 +145,17 @@ class Bucket:
                     raise
                 log.warning("Ignoring an unreadable checkpoint object (%s); rebuilding its bucket from the log.", exc)
                 frames = rebuild(self.base_version)
-            for part in self.parts:
-                recs, mks = load(part) if (part.records or part.marks) else (None, None)
-                frames = apply_part(frames, recs, mks, part.deletes)
+            # A chain may name dozens of parts (see Ledger._rewrites): read PART_THREADS of them
+            # side by side (a round trip on S3 for each window, not each part) and apply them in
+            # order, so at most that many are decoded at once.
+            with _runtime.executor(PART_THREADS) as pool:
+                for i in range(0, len(self.parts), PART_THREADS):
+                    window = self.parts[i:i + PART_THREADS]
+                    reads = [part for part in window if part.records or part.marks]
+                    read = iter(list(pool.map(load, reads)))
+                    for part in window:
+                        recs, mks = next(read) if (part.records or part.marks) else (None, None)
+                        frames = apply_part(frames, recs, mks, part.deletes)
             if memo:
                 self._frames = frames
             return frames

@@ -607,18 +607,23 @@ class Ledger:
           rewrite, so that a workload touching every bucket rewrites a quarter of them per
           checkpoint and each base at least every :data:`CHAIN_INTERVALS` checkpoints."""
         interval = self.properties.checkpoint_interval
-        changed = [k for k, b in enumerate(st.buckets) if b.changed]
-        out: set[int] = set()
-        for k in changed:
-            bucket = st.buckets[k]
+        small: set[int] = set()
+        forced: set[int] = set()
+        big: list[int] = []
+        for k, bucket in enumerate(st.buckets):
+            if not bucket.changed:
+                continue
             frames = bucket.frames_if_loaded
             inline = sum(1 for p in bucket.parts for ref in (p.records, p.marks) if ref and is_inline(ref))
-            if ((frames is not None and frames[0].height + frames[1].height <= SMALL_BUCKET_ROWS)
-                    or len(bucket.parts) > CHAIN_INTERVALS * interval or inline > CHAIN_INLINE):
-                out.add(k)
-        rest = sorted((k for k in changed if k not in out), key=lambda k: (st.buckets[k].base_version, k))
-        out.update(rest[:max(0, -(-len(changed) // CHAIN_INTERVALS) - len(out))])
-        return out
+            if frames is not None and frames[0].height + frames[1].height <= SMALL_BUCKET_ROWS:
+                small.add(k)
+                continue
+            big.append(k)
+            if len(bucket.parts) > CHAIN_INTERVALS * interval or inline > CHAIN_INLINE:
+                forced.add(k)
+        quota = -(-len(big) // CHAIN_INTERVALS) - len(forced)  # a quarter of the big ones, rounded up
+        rolling = sorted((k for k in big if k not in forced), key=lambda k: (st.buckets[k].base_version, k))
+        return small | forced | set(rolling[:max(0, quota)])
 
     def _checkpoint(self, st: State) -> None:
         """Snapshot the buckets changed since the last checkpoint (the others keep their objects),

@@ -25,7 +25,7 @@ from ecanalytics.ledger.maintenance_records import CompactionRun, CompactionStat
 from ecanalytics.storage import paths as P
 
 LOAD_THREADS = 8  # buckets loaded at once by restrict
-KEEP_ROWS = 2_000_000  # records of the buckets restrict reads that stay loaded in the state, unasked
+KEEP_ROWS = 4_000_000  # records and marks the state keeps loaded without being asked (see restrict)
 IDS_SCHEMA: dict[str, pl.DataType] = {"field": pl.String(), **APPLIED_KEY_SCHEMA, "committedAt": pl.Datetime("us", "UTC")}
 MARKS_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(), "field": pl.String(), "setTs": pl.Datetime("us", "UTC"), "setId": pl.String(),
@@ -162,8 +162,8 @@ class State:
     def restrict(self, ks: Iterable[int], *, memo: bool = False) -> State:
         """This state seen through buckets ``ks`` only (:attr:`records` and :attr:`marks` hold
         theirs alone): what a fold of rows of those buckets needs. Without ``memo`` the buckets
-        are read and let go, not kept in this state, unless together they hold at most
-        :data:`KEEP_ROWS` records (then the next commit does not read them again)."""
+        are read and let go, not kept in this state, unless the state would then hold at most
+        :data:`KEEP_ROWS` records and marks (then the next commit does not read them again)."""
         only = tuple(sorted(set(ks)))
         buckets = list(self.buckets)
         todo = [k for k in only if not buckets[k].loaded]
@@ -171,9 +171,11 @@ class State:
         # side by side, which matters most on S3, where each read is a round trip.
         with _runtime.executor(min(LOAD_THREADS, max(1, len(todo)))) as pool:
             loaded = list(pool.map(lambda k: self._frames_of(k, memo=memo), todo))
-        # Small enough to keep even unasked: a long-lived process's next commit needs them again,
-        # while a fold over a huge resource still lets its buckets go.
-        keep = not memo and sum(frames[0].height for frames in loaded) <= KEEP_ROWS
+        # Kept even unasked while the state holds at most KEEP_ROWS rows in all: a long-lived
+        # process's next commit needs them again, while a fold over a huge resource (one bucket
+        # at a time: spilled, on a cluster, a recalculation) still lets its buckets go.
+        held = sum(f[0].height + f[1].height for b in self.buckets if (f := b.frames_if_loaded) is not None)
+        keep = not memo and held + sum(f[0].height + f[1].height for f in loaded) <= KEEP_ROWS
         for k, frames in zip(todo, loaded, strict=True):
             if keep:
                 self.buckets[k].keep(frames)
