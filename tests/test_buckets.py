@@ -235,3 +235,29 @@ def test_a_format_2_checkpoint_still_reads(root: Root) -> None:
     root.store().write(P.last_checkpoint("w"), json.dumps(old).encode())
     table = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     assert dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True)) == expected
+
+
+def test_a_checkpoint_rebuilds_an_unreadable_base_it_rewrites(root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ecanalytics.ledger import log as ledger_log
+
+    monkeypatch.setattr(ledger_log, "SMALL_BUCKET_ROWS", 0)  # every bucket counts as big: one base rewritten a checkpoint
+    db, w = wallets(root, buckets=2, checkpoint_interval=1)
+    ids = [f"r{i}" for i in range(300)]
+    w.insert_many(pl.DataFrame({"id": ids}))  # v1: bucket 0 gets a base, bucket 1 a chain
+    in0, in1 = (next(i for i, k in zip(ids, buckets_of(ids, 2).to_list(), strict=True) if k == b) for b in (0, 1))
+    w.add(in0, 5)
+    db.consolidate()  # v2: bucket 1 (the older base) rewritten, bucket 0 chains this commit
+    hint = json.loads(root.store().read(P.last_checkpoint("w")))
+    assert hint["buckets"][0].get("parts") and hint["buckets"][0]["records"]
+    root.store().write(hint["buckets"][0]["records"], b"not parquet")  # bucket 0's base is unreadable
+    fresh = root.connect(checkpoint_interval=1)  # a new process: bucket 0 is not loaded there
+    fw = fresh.resources["w"]
+    assert isinstance(fw, ec.Resource)
+    fw.add(in1, 7)
+    result = fresh.consolidate()[0]  # v3 touches bucket 1 only; its checkpoint rewrites bucket 0
+    assert result.version == 3
+    after = json.loads(root.store().read(P.last_checkpoint("w")))
+    assert after["version"] == 3 and after["buckets"][0]["baseVersion"] == 3
+    table = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    values = dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True))
+    assert values == {i: 5.0 if i == in0 else 7.0 if i == in1 else 0.0 for i in ids}
