@@ -35,7 +35,7 @@ from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.consolidation.states import MERGEABLE, RecordStates, Restart
 from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys
-from ecanalytics.ledger.buckets import Part, buckets_of
+from ecanalytics.ledger.buckets import Part
 from ecanalytics.ledger.keys import Resolved
 from ecanalytics.ledger.log import Ledger
 from ecanalytics.ledger.state import Commit, State
@@ -263,8 +263,8 @@ class Consolidator(Field):
         (kept in ``st`` when the fold is small, let go when it is big); see :mod:`.eventorder` for
         late data. ``preview`` (a read, not a commit) folds rows of a record that does not exist yet
         too, and computes no upserts."""
-        touched = buckets_of(rows["originalId"].unique(), st.n_buckets).unique().to_list()
-        return self.fold_bucket(st.restrict(touched, memo=rows.height <= MEMO_ROWS), rows, unapplied, preview=preview)
+        return self.fold_bucket(st.restrict_to(rows["originalId"].unique(), memo=rows.height <= MEMO_ROWS), rows,
+                                unapplied, preview=preview)
 
     def fold_bucket(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
                     preview: bool = False) -> Folded:
@@ -446,7 +446,7 @@ class Consolidator(Field):
                                         else pl.DataFrame(schema=pending_schema(self.dtype)), held)
                 states.add(resolved.kept.cast(pending_schema(self.dtype)), exact=True)  # type: ignore[arg-type]
                 touched = states.touched()
-                rs = st.restrict(buckets_of(touched, st.n_buckets).unique().to_list(), memo=states.rows <= MEMO_ROWS)
+                rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
                 # Only the records touched: the buckets loaded hold every record of theirs.
                 current = rs.records.filter(pl.col("id").is_in(touched.implode())).select(
                     pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
@@ -525,13 +525,12 @@ class Consolidator(Field):
                 # Lost to commits of other fields only: they touched nothing this fold read, so
                 # the fold stands; only the records written are rebuilt on the new state, so
                 # that they carry the other fields' new values.
-                _before, values, change = kept.pop()
-                upserts = self._upserts(st.restrict(buckets_of(values["originalId"], st.n_buckets).unique().to_list()),
-                                        values)
-                change = dataclasses.replace(change, upserts=upserts)
-                kept.append((st, values, change))
+                _before, values, change = kept[0]
+                change = dataclasses.replace(change, upserts=self._upserts(st.restrict_to(values["originalId"]), values))
+                kept[0] = (st, values, change)
                 done["state"] = st
-                done["engine"] = {**done.get("engine", {}), "commuted": done.get("engine", {}).get("commuted", 0) + 1}
+                stats = done.setdefault("engine", {})
+                stats["commuted"] = stats.get("commuted", 0) + 1
                 return change
             kept.clear()
             inbox, carried, _stale, unlisted, candidates = self._scan(st, cleanup=True)

@@ -166,17 +166,19 @@ class RecordStates:
         np.maximum.at(self._latest, codes, ts)
         if not self.compact:  # compact rows tell lateness row by row (see :meth:`finish`)
             np.minimum.at(self._earliest, codes, ts)
+        def picked(keep: np.ndarray, extra: pl.Series) -> pl.DataFrame:
+            """The rows of ``keep``: code, instant, id and ``extra``, strings in buffers of their own."""
+            mask = pl.Series(keep)
+            return pl.DataFrame({"originalId": codes[keep], _TS: ts[keep]}).with_columns(
+                pl.col(_TS).cast(_UTC), *(_owned(c) if c.dtype == pl.String else c
+                                          for c in (rows[_ID].filter(mask), extra.filter(mask))))
+
         # The rows at their record's latest instant so far carry the id the marks need.
-        at_latest = ts == self._latest[codes]
-        mask = pl.Series(at_latest)
-        top = pl.DataFrame({"originalId": codes[at_latest], _TS: ts[at_latest]}).with_columns(
-            pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), _owned(rows["originalId"].filter(mask)).alias("_name"))
+        top = picked(ts == self._latest[codes], rows["originalId"].alias("_name"))
         tops = pl.concat([self._tops, top], how="vertical")
         self._tops = tops.filter(pl.Series(_instants(tops, _TS) == self._latest[tops["originalId"].to_numpy()]))
         if is_set.any():
-            mask = pl.Series(is_set)
-            sets = pl.DataFrame({"originalId": codes[is_set], _TS: ts[is_set]}).with_columns(
-                pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), rows["value"].filter(mask).cast(pl.Float64))
+            sets = picked(is_set, rows["value"].cast(pl.Float64))
             self._sets.append(sets)
             self._set_rows += sets.height
             if self._set_rows > _SETS_HELD:  # keep memory O(records): only each record's last set counts

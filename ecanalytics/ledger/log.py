@@ -648,9 +648,7 @@ class Ledger:
                 # Read and let go: checkpointing a big resource holds one bucket at a time. An
                 # unreadable base is rebuilt from the log, as any reader does: the commit this
                 # checkpoint follows has already been made.
-                records, marks = bucket.frames(
-                    lambda part, k=k: self.load_part(k, part), memo=False,  # type: ignore[misc]
-                    rebuild=lambda v, k=k: self.rebuild_bucket(k, st.n_buckets, v))  # type: ignore[misc]
+                records, marks = st.bucket_frames(k, memo=False)
                 bases.append(Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks)))
             else:
                 bases.append(bucket.base)

@@ -107,11 +107,9 @@ class State:
     def n_buckets(self) -> int:
         return len(self.buckets)
 
-    def bucket_frames(self, k: int) -> Frames:
-        """(records, marks) of bucket ``k``."""
-        return self._frames_of(k, memo=True)
-
-    def _frames_of(self, k: int, *, memo: bool) -> Frames:
+    def bucket_frames(self, k: int, *, memo: bool = True) -> Frames:
+        """(records, marks) of bucket ``k``, kept in the bucket with ``memo``; an unreadable base
+        is rebuilt from the log."""
         assert self.load is not None
         load, rebuild, n = self.load, self.rebuild, self.n_buckets
         return self.buckets[k].frames(lambda part: load(k, part), memo=memo,
@@ -170,7 +168,7 @@ class State:
         # Several buckets at once: their objects are read and decoded (Polars releases the GIL)
         # side by side, which matters most on S3, where each read is a round trip.
         with _runtime.executor(min(LOAD_THREADS, max(1, len(todo)))) as pool:
-            loaded = list(pool.map(lambda k: self._frames_of(k, memo=memo), todo))
+            loaded = list(pool.map(lambda k: self.bucket_frames(k, memo=memo), todo))
         # Kept even unasked while the state holds at most KEEP_ROWS rows in all: a long-lived
         # process's next commit needs them again, while a fold over a huge resource (one bucket
         # at a time: spilled, on a cluster, a recalculation) still lets its buckets go.
@@ -181,6 +179,10 @@ class State:
                 self.buckets[k].keep(frames)
             buckets[k] = Bucket(Part(), (), frames)
         return replace(self, buckets=tuple(buckets), only=only)
+
+    def restrict_to(self, ids: pl.Series, *, memo: bool = False) -> State:
+        """:meth:`restrict` to the buckets of the record ``ids``."""
+        return self.restrict(buckets_of(ids, self.n_buckets).unique().to_list(), memo=memo)
 
     def applied_objects(self, field_name: str, *, since: str | None = None, days: Iterable[str] | None = None,
                         archived: bool = True) -> list[str]:

@@ -277,8 +277,8 @@ def _valid_rows(schema: pl.Schema, field: str | None) -> pl.Expr:
     finite = pl.col("value").is_not_null() if isinstance(schema["value"], pl.Decimal) else pl.col("value").is_finite()
     ok = (pl.col("operation").is_in(OPERATIONS) & finite & pl.col("id").is_not_null()
           & pl.col("originalId").is_not_null() & pl.col("timestamp").is_not_null())
-    if field is not None:
-        ok = ok & (pl.col("field") == field)
+    if field is not None:  # a null field is not another field (as :func:`_validate` has it)
+        ok = ok & (pl.col("field") == field).fill_null(True)
     return ok.fill_null(False)
 
 
