@@ -448,7 +448,8 @@ class Consolidator(Field):
                 touched = states.touched()
                 rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
                 # Only the records touched: the buckets loaded hold every record of theirs.
-                current = rs.records.filter(pl.col("id").is_in(touched.implode())).select(
+                current = (rs.records.filter(pl.col("id").is_in(touched.implode())) if rs.records.height
+                           else rs.records).select(
                     pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
                 marks = rs.field_marks(self.field, touched)
                 done = states.finish(current, marks, self.default, self.field, self._ids_of(candidates))

@@ -37,16 +37,17 @@ def _later(a_ts: str, a_id: str, b_ts: str, b_id: str) -> pl.Expr:
                                       & ((pl.col(a_ts) != pl.col(b_ts)) | (pl.col(a_id) != pl.col(b_id))))
 
 
-def new_marks(rows: pl.DataFrame, marks: pl.DataFrame, field: str) -> pl.DataFrame:
+def new_marks(rows: pl.DataFrame, marks: pl.DataFrame, field: str, *, names: pl.Series | None = None) -> pl.DataFrame:
     """The marks after applying ``rows`` (``originalId, id, operation, timestamp``) on top of ``marks``
     (``originalId, setTs, setId, maxTs, maxId``); one row ``id, field, setTs, setId, maxTs, maxId``
-    per record of ``rows``."""
+    per record of ``rows``. With ``names``, ``originalId`` in both is an index into ``names``
+    (integer keys join faster than strings), and the marks come out named."""
     latest = _last(rows.lazy(), "_maxTs", "_maxId")
     sets = _last(rows.lazy().filter(pl.col("operation") == "set"), "_setTs", "_setId")
     merged = latest.join(sets, on="originalId", how="left").join(marks, on="originalId", how="left")
     take_set, take_max = _later("_setTs", "_setId", "setTs", "setId"), _later("_maxTs", "_maxId", "maxTs", "maxId")
     return merged.select(
-        pl.col("originalId").alias("id"),
+        (pl.col("originalId") if names is None else pl.lit(names).gather(pl.col("originalId"))).alias("id"),
         pl.lit(field, pl.String).alias("field"),
         pl.when(take_set).then(pl.col("_setTs")).otherwise(pl.col("setTs")).alias("setTs"),
         pl.when(take_set).then(pl.col("_setId")).otherwise(pl.col("setId")).alias("setId"),

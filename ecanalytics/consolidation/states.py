@@ -48,8 +48,9 @@ _START = {"default": 0.0, "sum": 0.0, "min": np.inf, "max": -np.inf}  # the aggr
 _COMBINE: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     "default": lambda cur, agg: cur + agg, "sum": lambda cur, agg: cur + agg,
     "min": lambda cur, agg: pl.min_horizontal(cur, agg), "max": lambda cur, agg: pl.max_horizontal(cur, agg)}
-_SETS_HELD = 1_000_000  # set rows held before they are reduced to one per record
 IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object, _row, id``
+# Compact rows as NumPy columns: code, instant (int64 us), signed value, is-set, object, row.
+_Compact = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class Restart(Exception):
@@ -67,13 +68,20 @@ class StateOutcome:
 
 
 def _last(rows: pl.DataFrame, *extra: str) -> pl.DataFrame:
-    """Per record, the row that sorts last by ``(timestamp, id)``: ``originalId, timestamp, id,
-    *extra`` (for the few rows of the ``set`` operations and of the latest instants)."""
+    """Per record (a code), the row that sorts last by ``(timestamp, id)``: ``originalId,
+    timestamp, id, *extra`` (for the few rows of the ``set`` operations and of the latest
+    instants). The latest instant per code is a NumPy scatter; only codes with several rows at
+    that instant (rare: microsecond timestamps) are sorted by id."""
     if not rows.height:
         return rows.select("originalId", _TS, _ID, *extra)
-    top = rows.group_by("originalId").agg(pl.col(_TS).max())
-    return (rows.join(top, on=["originalId", _TS]).sort(_ID)
-            .group_by("originalId").agg(pl.col(_TS, _ID, *extra).last()))
+    codes, ts = rows["originalId"].to_numpy(), _instants(rows, _TS)
+    latest = np.full(int(codes.max()) + 1, _NONE, np.int64)
+    np.maximum.at(latest, codes, ts)
+    at = ts == latest[codes]
+    top = rows.filter(pl.Series(at)).select("originalId", _TS, _ID, *extra)
+    if np.bincount(codes[at]).max() > 1:  # several rows at one instant: the greatest id wins
+        top = top.sort(_ID).group_by("originalId", maintain_order=True).last()
+    return top
 
 
 def _owned(strings: pl.Series) -> pl.Series:
@@ -114,12 +122,11 @@ class RecordStates:
         self._latest = np.full(0, _NONE, np.int64)  # per code: the latest timestamp
         self._earliest = np.full(0, np.iinfo(np.int64).max, np.int64)  # per code: the earliest
         self._agg = np.full(0, _START[reducer])  # per code: the aggregate (aggregates form)
-        # The rows at each record's latest instant so far, with the record's id as ``_name``
-        # (every record touched has one: the names come from there, not from the mapping).
-        self._tops = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "_name": pl.String()})
-        self._sets: list[pl.DataFrame] = []  # the set rows, reduced to each record's last one now and then
-        self._set_rows = 0
-        self._parts: list[pl.DataFrame] = []  # compact rows
+        # The rows at each record's latest instant so far.
+        self._tops = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32()})
+        self._set_latest = np.full(0, _NONE, np.int64)  # per code: the latest set's timestamp
+        self._sets = pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": pl.Float64()})  # as tops
+        self._parts: list[_Compact] = []  # compact rows
         self._exact: list[pl.DataFrame] = []  # compact rows with their id (caller keys and held rows)
 
     # -- codes -----------------------------------------------------------------------------
@@ -130,6 +137,7 @@ class RecordStates:
             self._latest = np.concatenate([self._latest, np.full(grow, _NONE, np.int64)])
             self._earliest = np.concatenate([self._earliest, np.full(grow, np.iinfo(np.int64).max, np.int64)])
             self._agg = np.concatenate([self._agg, np.full(grow, _START[self.reducer])])
+            self._set_latest = np.concatenate([self._set_latest, np.full(grow, _NONE, np.int64)])
 
     def _coded(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``originalId`` as this fold's code; the per-code arrays grow to fit."""
@@ -137,13 +145,15 @@ class RecordStates:
         self._grow(int(coded["originalId"].max()) + 1 if coded.height else 0)  # type: ignore[arg-type]
         return coded
 
+    def _names_by_code(self) -> pl.Series:
+        """The record id of each code (the mapping's strings in code order)."""
+        if self._names is None or self._names.len() < self._latest.size:  # codes were added since
+            self._names = self._categorical.categories.to_series()
+        return self._names
+
     def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
         """``frame`` with ``originalId`` codes back as record ids."""
-        if self._names is None or self._names.len() < self._latest.size:  # codes were added since
-            tops = self._tops.unique("originalId")
-            self._names = pl.repeat(None, self._latest.size, dtype=pl.String, eager=True).scatter(
-                tops["originalId"], tops["_name"])
-        return frame.with_columns(self._names.gather(frame["originalId"]).alias("originalId"))
+        return frame.with_columns(self._names_by_code().gather(frame["originalId"]).alias("originalId"))
 
     # -- folding chunks --------------------------------------------------------------------
     def add(self, rows: pl.DataFrame, *, exact: bool = False) -> None:
@@ -166,35 +176,37 @@ class RecordStates:
         np.maximum.at(self._latest, codes, ts)
         if not self.compact:  # compact rows tell lateness row by row (see :meth:`finish`)
             np.minimum.at(self._earliest, codes, ts)
-        def picked(keep: np.ndarray, extra: pl.Series) -> pl.DataFrame:
-            """The rows of ``keep``: code, instant, id and ``extra``, strings in buffers of their own."""
+        def picked(keep: np.ndarray, *extra: pl.Series) -> pl.DataFrame:
+            """The rows of ``keep``: code, instant, id (in buffers of its own) and ``extra``."""
             mask = pl.Series(keep)
             return pl.DataFrame({"originalId": codes[keep], _TS: ts[keep]}).with_columns(
-                pl.col(_TS).cast(_UTC), *(_owned(c) if c.dtype == pl.String else c
-                                          for c in (rows[_ID].filter(mask), extra.filter(mask))))
+                pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), *(c.filter(mask) for c in extra))
+
+        def latest(kept: pl.DataFrame, rows_now: pl.DataFrame, instants: np.ndarray) -> pl.DataFrame:
+            """What is kept, with this chunk's rows, less the rows no longer at their record's
+            latest instant (``instants`` per code)."""
+            both = pl.concat([kept, rows_now], how="vertical")
+            return both.filter(pl.Series(_instants(both, _TS) == instants[both["originalId"].to_numpy()]))
 
         # The rows at their record's latest instant so far carry the id the marks need.
-        top = picked(ts == self._latest[codes], rows["originalId"].alias("_name"))
-        tops = pl.concat([self._tops, top], how="vertical")
-        self._tops = tops.filter(pl.Series(_instants(tops, _TS) == self._latest[tops["originalId"].to_numpy()]))
-        if is_set.any():
-            sets = picked(is_set, rows["value"].cast(pl.Float64))
-            self._sets.append(sets)
-            self._set_rows += sets.height
-            if self._set_rows > _SETS_HELD:  # keep memory O(records): only each record's last set counts
-                self._sets = [_last(pl.concat(self._sets, how="vertical"), "value")]
-                self._set_rows = self._sets[0].height
-        if self.compact:
-            if exact:
-                part = part.with_columns(rows[_ID])
-            (self._exact if exact else self._parts).append(
-                part.with_columns(pl.col(_TS).cast(_UTC)))
+        self._tops = latest(self._tops, picked(ts == self._latest[codes]), self._latest)
+        if is_set.any():  # likewise each record's latest set rows so far: one per record, mostly
+            set_codes, set_ts = codes[is_set], ts[is_set]
+            np.maximum.at(self._set_latest, set_codes, set_ts)
+            keep = np.zeros(codes.size, bool)
+            keep[is_set] = set_ts == self._set_latest[set_codes]
+            self._sets = latest(self._sets, picked(keep, rows["value"].cast(pl.Float64)), self._set_latest)
+        if exact and self.compact:
+            self._exact.append(part.with_columns(pl.col(_TS).cast(_UTC), rows[_ID]))
+        elif self.compact:  # kept as NumPy columns: what the end reads, with no conversion
+            self._parts.append((codes, ts, part["_v"].to_numpy(), is_set, part["_object"].to_numpy(),
+                                part["_row"].to_numpy()))
         else:
             _scatter(self.reducer, self._agg, codes, part["_v"].to_numpy())
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""
-        return self._tops["_name"].unique().alias("originalId")
+        return self._names_by_code().alias("originalId")
 
     # -- the end ---------------------------------------------------------------------------
     def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: float, field: str,
@@ -203,13 +215,11 @@ class RecordStates:
         (``originalId, setTs, setId, maxTs, maxId``) of the records touched; ``default`` is the
         value a missing record starts from. Raises :class:`Restart` if the aggregate form
         cannot be exact (rows dated at or before a record's applied marks)."""
-        tops = _last(self._tops.drop("_name"))
-        sets = (_last(pl.concat(self._sets, how="vertical"), "value") if self._sets
-                else pl.DataFrame(schema={**_ROW, "originalId": pl.UInt32(), "value": pl.Float64()}))
+        tops, sets = _last(self._tops), _last(self._sets, "value")
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
                              sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
-        new = new_marks(self._named(reduced), marks, field)
         current, marks = self._coded(current), self._coded(marks)
+        new = new_marks(reduced, marks, field, names=self._names_by_code())
         # Per record: the threshold (the set whose value stands: the pending last set, unless the
         # applied set sorts after it) and the applied maximum, for late rows.
         table = tops.select("originalId").join(sets.rename({_TS: "_sTs", _ID: "_sId", "value": "_sVal"}),
@@ -253,9 +263,8 @@ class RecordStates:
         late = 0
         exact = list(self._exact)
         marked = bool((latest_applied != _NONE).any())
-        for part in self._parts:  # chunk by chunk: no copy of all compact rows at once
-            k, ts = part["originalId"].to_numpy(), part[_TS].to_physical().to_numpy()
-            is_set, at = part["_set"].to_numpy(), threshold[k]
+        for k, ts, v, is_set, objects, positions in self._parts:  # chunk by chunk: no copy of all rows at once
+            at = threshold[k]
             # Most rows sort clear of both marks of their record and need no id; a row at its
             # record's threshold or applied maximum needs its id (a set never ties with itself:
             # its own contribution is nil).
@@ -268,11 +277,13 @@ class RecordStates:
             if self.reducer == "default":
                 counts &= ~is_set
             if self.reducer in ("default", "sum"):
-                agg += np.bincount(k, weights=np.where(counts, part["_v"].to_numpy(), 0.0), minlength=agg.size)
+                agg += np.bincount(k, weights=np.where(counts, v, 0.0), minlength=agg.size)
             else:
-                _scatter(self.reducer, agg, k[counts], part["_v"].to_numpy()[counts])
+                _scatter(self.reducer, agg, k[counts], v[counts])
             if tie.any():  # the few rows whose order at their instant is decided by the id
-                ties = part.filter(pl.Series(tie))
+                ties = pl.DataFrame({"originalId": k[tie], _TS: ts[tie], "_v": v[tie], "_set": is_set[tie],
+                                     "_object": objects[tie], "_row": positions[tie]}).with_columns(
+                    pl.col(_TS).cast(_UTC))
                 found = ties.join(ids_of(ties.select("_object", "_row")), on=["_object", "_row"], how="left")
                 if found[_ID].null_count():
                     raise RuntimeError("a pending row's id could not be read again; consolidate again")

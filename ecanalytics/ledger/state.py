@@ -220,6 +220,6 @@ class State:
         """``originalId, setTs, setId, maxTs, maxId`` of the records of ``field_name`` (of
         ``ids`` only, if given)."""
         keep = pl.col("field") == field_name
-        if ids is not None:
+        if ids is not None and self.marks.height:  # (hashing ``ids`` for an empty filter costs)
             keep = keep & pl.col("id").is_in(ids.implode())
         return self.marks.filter(keep).drop("field").rename({"id": "originalId"})
