@@ -338,3 +338,63 @@ def test_the_key_rule_is_the_same_on_the_cluster(root: Root, client: Any) -> Non
     assert tables[0].equals(tables[1])
     assert dict(zip(tables[1]["id"], tables[1]["balance"], strict=True)) == model(writes)
     assert conflicts[0] == conflicts[1] > 0
+
+
+# What one call of each Store method costs in requests on S3 (a list for the batch methods).
+_REQUESTS = {"read": 1, "exists": 1, "size": 1, "_entries": 1, "find": 1, "find_times": 1, "du": 1,
+             "write": 1, "create": 1, "copy": 1, "read_many": "n", "delete": "n"}
+
+
+def counting_requests(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the storage requests of every Store in this process (the driver's and, on a cluster
+    of threads, the workers'), by kind, and the writes under ``_work/``."""
+    from ecanalytics.storage import store as S
+
+    counts: dict[str, int] = {}
+    for name, cost in _REQUESTS.items():
+        original = getattr(S.Store, name)
+
+        def counted(self: Any, *args: Any, _name: str = name, _cost: Any = cost, _original: Any = original,
+                    **kwargs: Any) -> Any:
+            n = len(list(args[0])) if _cost == "n" else 1
+            counts[_name] = counts.get(_name, 0) + n
+            if _name in ("write", "create") and "/_work/" in str(args[0]):
+                counts["work"] = counts.get("work", 0) + 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(S.Store, name, counted)
+    return counts
+
+
+def test_rows_move_through_dask_not_the_store(root: Root, threads: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: a cluster consolidation makes at most two storage requests per bucket more than
+    the same consolidation in one process (its tasks read the state and write the deltas, as one
+    process does; the rows between partition and fold tasks move through Dask), writes nothing
+    under ``_work/``, and gives the same values."""
+    buckets = 8
+    model = LedgerModel({"balance": 0.0, "points": 0.0})
+    local, on_cluster = open_db(root, buckets), open_db(twin(root), buckets)
+    rng, start = random.Random(3), datetime(2026, 5, 1, tzinfo=UTC)
+    rows = []
+    for i in range(900):  # generated ids: these rows go through the partition tasks' buckets
+        op, record, value = rng.choice(["add", "add", "sub", "set"]), f"a{rng.randrange(200)}", float(rng.randrange(1, 400))
+        ts = start + timedelta(seconds=i)  # distinct instants: the model's order is the store's
+        model.write(Tx(f"t{i}", record, "balance", op, value, ts))
+        rows.append({"originalId": record, "value": value, "operation": op, "timestamp": ts})
+    for db in (local, on_cluster):
+        for chunk in range(0, len(rows), 50):
+            db.resources["acc"].write_transactions(rows[chunk:chunk + 50], field="balance")  # type: ignore[union-attr]
+    cluster.sweep(on_cluster.resources["acc"].ledger)  # type: ignore[union-attr]  # (not part of the count)
+    counts = counting_requests(monkeypatch)
+    local.consolidate(field="balance")
+    alone = sum(v for k, v in counts.items() if k != "work")
+    counts.clear()
+    result = on_cluster.consolidate(client=threads, field="balance")[0]
+    spread = sum(v for k, v in counts.items() if k != "work")
+    assert result.engine["engine"] == "dask" and result.engine["bucketPieces"] >= result.engine["foldTasks"] > 1
+    assert counts.get("work", 0) == 0
+    assert spread <= alone + 2 * buckets, (alone, spread, counts)
+    model.consolidate("balance")
+    got, want = table(on_cluster), table(local)
+    assert got.select("id", "balance").equals(want.select("id", "balance"))
+    assert {k: v for k, v in zip(got["id"], got["balance"], strict=True) if k in model.table("balance")} \
+        == model.table("balance")

@@ -4,18 +4,27 @@
 the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 
 1. *partition* (one per :data:`PARTITION_OBJECTS` pending objects): read the objects straight from the
-   store, split the rows by bucket and write one run per bucket under
-   ``{resource}/_work/{token}/``;
-2. *fold* (one per bucket): read the bucket's runs and the bucket's state at the planned version,
-   and run :meth:`Consolidator.fold_unit`, which writes the bucket's delta.
+   store and split the rows by bucket. The rows stay in the worker's memory as the task's result;
+   one small task per bucket picks that bucket's rows out of it, on the same worker;
+2. *fold* (one per bucket): take the bucket's rows from every partition task (Dask moves them
+   between workers, spilling to the workers' local disk under memory pressure as it does for any
+   result), read the bucket's state at the planned version, and run
+   :meth:`Consolidator.fold_unit`, which writes the bucket's delta.
+
+Rows move between tasks through Dask's own data movement, not through the store: the store sees
+the reads of the pending objects and of the state, and the deltas' writes, as in one process
+(earlier versions wrote a run per bucket per partition under ``{resource}/_work/`` and read and
+deleted it again: three requests per run). If a worker dies, Dask recomputes the partition
+results it held from the objects, which are immutable.
 
 Workers never commit. The driver writes one log entry naming every consumed object and every
 delta through the usual create-only commit; a driver that loses the race drops the workers'
-output and plans again. Task outputs are named by the run's token, the bucket and the object
-index, so a task that Dask reruns after a worker died rewrites the same objects. What a killed
-or outraced driver leaves (runs, deltas that no log entry names) is removed by :func:`sweep`,
-which every cluster run (runs) or compaction (deltas) calls, once the version those objects were
-written for is taken by another commit (never by age: see :func:`sweep`).
+output and plans again. Deltas are named by the run's token and the bucket, so a fold task that
+Dask reruns after a worker died rewrites the same objects. What a killed or outraced driver
+leaves (deltas that no log entry names, and runs under ``_work/`` from earlier versions) is
+removed by :func:`sweep`, which every cluster run (runs) or compaction (deltas) calls, once the
+version those objects were written for is taken by another commit (never by age: see
+:func:`sweep`).
 
 Workers get no credentials from the driver: a task carries the root's URI and endpoint and the
 field's definition (:class:`FieldSpec`), never a key, a secret or a token, so nothing secret
@@ -115,14 +124,18 @@ _STATES: dict[tuple[str, str, int], State] = {}
 
 @dataclass(frozen=True)
 class Partitioned:
-    """What a partition task returns: the keys read and missing, their sizes, one run per bucket."""
+    """What the driver learns from a partition task: the keys read and missing, their sizes, the
+    buckets it has rows of (the rows themselves stay on the worker)."""
 
     read: list[str]
     missing: list[str]
     sizes: dict[str, int]
-    runs: dict[int, str]
+    buckets: tuple[int, ...]
     worker: str
     keyed: pl.DataFrame  # rows with caller-supplied keys: the driver resolves them for the whole field
+
+
+Split = tuple[Partitioned, dict[int, pl.DataFrame]]  # a partition task's result: summary, rows by bucket
 
 
 def _worker() -> str:
@@ -134,9 +147,8 @@ def _worker() -> str:
         return "local"
 
 
-def partition_task(spec: FieldSpec, keys: list[str], start: int, token: str,
-                   hidden: pl.DataFrame | None = None) -> Partitioned:
-    """Read ``keys`` (indexes from ``start`` in the planned order) and write one run per bucket.
+def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.DataFrame | None = None) -> Split:
+    """Read ``keys`` (indexes from ``start`` in the planned order) and split their rows by bucket.
 
     For a consolidation (``hidden`` None) rows with caller-supplied keys are returned instead, for
     the driver to resolve for the whole field. For a rebuild of the history, ``hidden`` (the
@@ -149,24 +161,52 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, token: str,
         gone = hidden.select(pl.col("key").replace_strict(index, return_dtype=pl.UInt32).alias("_object"), "row")
         rows = rows.join(gone, left_on=["_object", "_row"], right_on=["_object", "row"], how="anti")
     aside = rows.clear() if hidden is not None else rows.filter(~generated())
-    runs = {}
-    for k, part in split(rows if hidden is not None else rows.filter(generated()), "originalId", spec.buckets).items():
-        rel = P.work_file(spec.resource, token, f"b{k:05d}-m{start:09d}")
-        c.store.write_parquet(rel, part)
-        runs[k] = rel
-    return Partitioned(read, missing, sizes, runs, _worker(), aside)
+    runs = split(rows if hidden is not None else rows.filter(generated()), "originalId", spec.buckets)
+    return Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside), runs
 
 
-def fold_task(spec: FieldSpec, version: int, k: int, runs: list[str], keyed: pl.DataFrame,
+def _summary(result: Split) -> Partitioned:
+    return result[0]
+
+
+def _bucket_rows(result: Split, k: int) -> pl.DataFrame:
+    return result[1][k]
+
+
+def shuffle(client: Any, spec: FieldSpec, chunks: list[tuple[list[str], int]], run: str,
+            hidden: pl.DataFrame | None = None) -> tuple[list[Partitioned], dict[int, list[Any]]]:
+    """Run the partition tasks of ``chunks`` (keys, first index) and return their summaries (in
+    planned order) and, per bucket, the futures of its rows from each partition (in planned
+    order: a bucket's rows keep the order of the objects). ``hidden`` (a rebuild of the history)
+    is the field's hidden rows, left out. The rows stay on the workers until the tasks that take
+    the futures run."""
+    results = [client.submit(partition_task, spec, keys, start,
+                             None if hidden is None else hidden.filter(pl.col("key").is_in(keys)),
+                             key=f"ec-partition-{run}-{start}", pure=False) for keys, start in chunks]
+    summaries: list[Partitioned] = client.gather(
+        [client.submit(_summary, r, key=f"ec-partition-{run}-{start}-summary", pure=False)
+         for r, (_keys, start) in zip(results, chunks, strict=True)])
+    runs: dict[int, list[Any]] = {}
+    for r, p, (_keys, start) in zip(results, summaries, chunks, strict=True):
+        for k in p.buckets:  # picked on the worker that holds the result, then moved by Dask
+            runs.setdefault(k, []).append(client.submit(_bucket_rows, r, k, key=f"ec-partition-{run}-{start}-b{k}",
+                                                        pure=False))
+    return summaries, runs
+
+
+def bucket_frame(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
+    """One bucket's rows from its partitions' frames (in planned order)."""
+    schema = pending_schema(dtype)
+    return pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+
+
+def fold_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame], keyed: pl.DataFrame,
               token: str) -> tuple[BucketOutput, str]:
-    """Fold bucket ``k`` (its runs, in planned order, and its resolved ``keyed`` rows) against the
-    state at ``version``."""
+    """Fold bucket ``k`` (its rows from each partition, in planned order, and its resolved
+    ``keyed`` rows) against the state at ``version``."""
     c = spec.consolidator()
     st = spec.state(c, version)
-    frames = [c.store.read_parquet(rel) for rel in runs]
-    schema = pending_schema(c.dtype)
-    rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
-    return c.fold_unit(st, k, rows, keyed, version + 1, token), _worker()
+    return c.fold_unit(st, k, bucket_frame(frames, c.dtype), keyed, version + 1, token), _worker()
 
 
 def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
@@ -224,22 +264,17 @@ class DaskEngine:
         if st.n_buckets != spec.buckets:
             spec = dataclasses.replace(spec, buckets=st.n_buckets)
         out = FoldOutcome()
-        run = P.work_run(version, _runtime.token(12))  # fenced: swept once ``version`` is taken
+        run = f"v{version}-{_runtime.token(12)}"
         started = time.perf_counter()
         chunks = [(candidates[i:i + PARTITION_OBJECTS], i) for i in range(0, len(candidates), PARTITION_OBJECTS)]
-        futures = [client.submit(partition_task, spec, keys, start, run, key=f"ec-partition-{run}-{start}", pure=False)
-                   for keys, start in chunks]
-        parts: list[Partitioned] = client.gather(futures)
+        parts, runs = shuffle(client, spec, chunks, run)
         partition_s = time.perf_counter() - started
-        runs: dict[int, list[str]] = {}
         workers = set()
-        for p in parts:  # planned order: a bucket's rows keep the order of the objects
+        for p in parts:
             out.read += p.read
             out.missing += p.missing
             out.sizes.update(p.sizes)
             workers.add(p.worker)
-            for k, rel in p.runs.items():
-                runs.setdefault(k, []).append(rel)
         schema = pending_schema(c.dtype)
         keyed = pl.concat([p.keyed.cast(schema) for p in parts], how="vertical") if parts else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
         resolved = c.resolve(st, keyed, held)  # the one key rule, for the whole field at once
@@ -260,9 +295,9 @@ class DaskEngine:
                 self.progress(done, len(buckets))
         for unit in sorted(outputs, key=lambda u: u.bucket):
             out.add(unit)
-        c.store.delete(sorted({rel for rels in runs.values() for rel in rels}))
         out.spilled = True
         out.stats = {"engine": "dask", "tasks": len(chunks) + len(buckets), "partitionTasks": len(chunks),
+                     "bucketPieces": sum(len(pieces) for pieces in runs.values()),
                      "foldTasks": len(buckets), "workers": sorted(workers),
                      "phases": {"partitionS": round(partition_s, 3), "foldS": round(time.perf_counter() - folded_at, 3)}}
         return out

@@ -19,6 +19,10 @@ gather: no hash table per row after the coding. Two forms:
   its ``id`` to break the tie: those few are looked up in their objects again (``ids_of``) and
   folded with Polars.
 
+Both forms also keep, per record, the rows at its latest instant and its latest ``set`` rows
+(with their ids, for the marks and the threshold), pruned chunk by chunk as later rows arrive, so
+they stay about one row per record; ids come back from codes through the mapping at the end.
+
 A fold starts as aggregates and raises :class:`Restart` when that form cannot be exact (a ``set``
 arrives, or a record has rows dated at or before its applied marks); the caller reads the objects
 again as compact rows. Results equal the general path's
@@ -146,9 +150,10 @@ class RecordStates:
         return coded
 
     def _names_by_code(self) -> pl.Series:
-        """The record id of each code (the mapping's strings in code order)."""
+        """The record id of each code (codes turned back into the mapping's strings)."""
         if self._names is None or self._names.len() < self._latest.size:  # codes were added since
-            self._names = self._categorical.categories.to_series()
+            self._names = pl.Series(np.arange(self._latest.size, dtype=np.uint32)).cat.to(
+                self._categorical).cast(pl.String)
         return self._names
 
     def _named(self, frame: pl.DataFrame) -> pl.DataFrame:

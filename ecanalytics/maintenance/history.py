@@ -21,11 +21,11 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from ecanalytics import _runtime
-from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, partition_task
+from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, bucket_frame, shuffle
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
-from ecanalytics.ledger.transactions import TX_SCHEMA, pending_schema
+from ecanalytics.ledger.transactions import TX_SCHEMA
 
 if TYPE_CHECKING:
     from ecanalytics.consolidation import Field
@@ -107,36 +107,25 @@ def _rebuild(c: Field, st: State, rows: pl.DataFrame, record_id: str | None) -> 
     return _Rebuilt(diff, upserts, marks_from_history(changed, c.field), records.height, rows.height)
 
 
-def _rebuild_task(spec: FieldSpec, version: int, k: int, runs: list[str], record_id: str | None) -> _Rebuilt:
-    """One bucket of a recalculation, on a Dask worker: its history runs against its records."""
+def _rebuild_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame], record_id: str | None) -> _Rebuilt:
+    """One bucket of a recalculation, on a Dask worker: its history rows against its records."""
     c = spec.consolidator()
     st = spec.state(c, version).restrict([k])
-    schema = pending_schema(c.dtype)
-    frames = [c.store.read_parquet(rel) for rel in runs]
-    rows = pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    rows = bucket_frame(frames, c.dtype)
     return _rebuild(c, st, c.history_rows(st, rows, hidden=False), record_id)  # the partition tasks hid them
 
 
 def _rebuild_on(client: Any, c: Field, st: State, record_id: str | None) -> _Rebuilt:
     """A recalculation's rebuild on a Dask cluster: the history objects (from the manifest) are
-    split into per-bucket runs by partition tasks, and each bucket is rebuilt by its own task."""
+    split by bucket by partition tasks, and each bucket is rebuilt by its own task (the rows move
+    between them through Dask, as in a cluster consolidation)."""
     run = f"{_runtime.time_ns():020d}-recalc"
     spec = FieldSpec.of(c)
     keys = st.applied_objects(c.field)
     chunks = [(keys[i:i + PARTITION_OBJECTS], i) for i in range(0, len(keys), PARTITION_OBJECTS)]
-    hidden = st.hidden_of(c.field)
-    parts = client.gather([client.submit(partition_task, spec, chunk, start, run,
-                                         hidden.filter(pl.col("key").is_in(chunk)), key=f"ec-rpartition-{run}-{start}",
-                                         pure=False) for chunk, start in chunks])
-    runs: dict[int, list[str]] = {}
-    for p in parts:
-        for k, rel in p.runs.items():
-            runs.setdefault(k, []).append(rel)
-    try:
-        out = client.gather([client.submit(_rebuild_task, spec, st.version, k, runs.get(k, []), record_id,
-                                           key=f"ec-rebuild-{run}-{k}", pure=False) for k in range(st.n_buckets)])
-    finally:
-        c.store.delete(sorted({rel for rels in runs.values() for rel in rels}))
+    _parts, runs = shuffle(client, spec, chunks, run, st.hidden_of(c.field))
+    out = client.gather([client.submit(_rebuild_task, spec, st.version, k, runs.get(k, []), record_id,
+                                       key=f"ec-rebuild-{run}-{k}", pure=False) for k in range(st.n_buckets)])
     return _Rebuilt(pl.concat([o.diff for o in out]), pl.concat([o.upserts for o in out]),
                     pl.concat([o.marks for o in out]), sum(o.checked for o in out), sum(o.transactions for o in out))
 
