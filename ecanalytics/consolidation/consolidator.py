@@ -32,7 +32,7 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
-from ecanalytics.consolidation.states import MERGEABLE, RecordStates, Restart
+from ecanalytics.consolidation.states import MERGEABLE, IdsOf, RecordStates, Restart, StateOutcome
 from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys
 from ecanalytics.ledger.buckets import Part
@@ -270,6 +270,8 @@ class Consolidator(Field):
                     preview: bool = False) -> Folded:
         """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
         records fold independently, so one bucket at a time or all at once give the same values."""
+        if not preview and (folded := self._fold_rows_states(st, rows, unapplied)) is not None:
+            return folded
         reducer = self.reducer()
         held: list[pl.DataFrame] = []
 
@@ -416,9 +418,8 @@ class Consolidator(Field):
         that does not merge, a decimal field, records that must exist first, a ``delete``-mode retention, more
         rows than :data:`STATE_MAX_ROWS` or caller keys than the budget, a non-finite result):
         :meth:`_fold_local` then takes the general path."""
-        reducer = self.reducer()
-        if (not reducer.is_builtin or reducer.name not in MERGEABLE or self.dtype != pl.Float64
-                or self._needs_record() or self.deleted_before(st) is not None):
+        reducer = self._merges(st)
+        if reducer is None:
             return None
         compact = False
         while True:
@@ -438,35 +439,91 @@ class Consolidator(Field):
                         # over as compact rows from here, without reading anything again.
                         compact, states = True, RecordStates(reducer.name, compact=True)
                         states.add(rows)
-                    if (states.compact and states.rows > STATE_MAX_ROWS) or sum(k.height for k in keyed) > self.budget_rows:
+                    # Compact rows past the limit, or on course to pass it (the rows per object
+                    # read so far, times the objects): hand over to the runs before holding them.
+                    expected = states.rows * len(candidates) // max(1, len(out.read) + len(out.missing))
+                    if ((states.compact and max(states.rows, expected) > STATE_MAX_ROWS)
+                            or sum(k.height for k in keyed) > self.budget_rows):
                         return None
                 if not out.read and not held.height:
                     return out
                 resolved = self.resolve(st, pl.concat(keyed, how="vertical") if keyed
                                         else pl.DataFrame(schema=pending_schema(self.dtype)), held)
                 states.add(resolved.kept.cast(pending_schema(self.dtype)), exact=True)  # type: ignore[arg-type]
-                touched = states.touched()
-                rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
-                # Only the records touched: the buckets loaded hold every record of theirs.
-                current = (rs.records.filter(pl.col("id").is_in(touched.implode())) if rs.records.height
-                           else rs.records).select(
-                    pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
-                marks = rs.field_marks(self.field, touched)
-                done = states.finish(current, marks, self.default, self.field, self._ids_of(candidates))
+                done, rs = self._finish_states(st, states, self._ids_of(candidates))
             except Restart:
                 compact = True
                 continue
             out.take(resolved)
-            values = done.values
-            if done.late_sets.height:
-                values = self._after_late_sets(st, frozenset(), values, done.late_sets)
-            if not values.select(self._finite().all()).item():
+            values = self._state_values(st, done)
+            if values is None:
                 return None  # the general path holds those records back
             out.stats["form"] = "compact" if compact else "aggregates"
             out.outs.append(Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), resolved.kept,
                                    done.late, self._upserts(rs, values)))
             out.transactions = states.rows
             return out
+
+    def _merges(self, st: State) -> Reducer | None:
+        """The reducer, if this field folds into per-record states (:mod:`.states`): a built-in
+        mergeable reducer of a number field whose records need not exist first, with no
+        ``delete``-mode retention cut."""
+        reducer = self.reducer()
+        if (not reducer.is_builtin or reducer.name not in MERGEABLE or self.dtype != pl.Float64
+                or self._needs_record() or self.deleted_before(st) is not None):
+            return None
+        return reducer
+
+    def _finish_states(self, st: State, states: RecordStates, ids_of: IdsOf) -> tuple[StateOutcome, State]:
+        """The end of a states fold: ``states`` merged with the current values and marks of the
+        records it touched (``st`` restricted to their buckets, also returned)."""
+        touched = states.touched()
+        rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
+        # Only the records touched: the buckets loaded hold every record of theirs.
+        current = (rs.records.filter(pl.col("id").is_in(touched.implode())) if rs.records.height
+                   else rs.records).select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
+        return states.finish(current, rs.field_marks(self.field, touched), self.default, self.field, ids_of), rs
+
+    def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset()) -> pl.DataFrame | None:
+        """The values of a states fold (the applied rows after late sets added), or None if one
+        is not finite (the general path holds that record back and says why)."""
+        values = done.values
+        if done.late_sets.height:
+            values = self._after_late_sets(st, unapplied, values, done.late_sets)
+        return values if values.select(self._finite().all()).item() else None
+
+    def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str]) -> Folded | None:
+        """:meth:`fold_bucket` of rows in memory (one bucket of spilled runs, or of a cluster's fold
+        task) through per-record states, keeping their ids (no object is read again); None when
+        the field does not fold that way or a value would not be finite."""
+        reducer = self._merges(st)
+        if reducer is None or not rows.height:
+            return None
+        placed = pl.col("_object").is_not_null() & pl.col("_row").is_not_null()
+
+        def ids_of(wanted: pl.DataFrame) -> pl.DataFrame:  # the rows are at hand: a join, not a read
+            return rows.filter(placed).select("_object", "_row", "id").join(wanted.unique(), on=["_object", "_row"],
+                                                                            how="semi")
+
+        for compact in (False, True):
+            states = RecordStates(reducer.name, compact=compact)
+            try:
+                # Rows read from objects fold as compact rows without their ids (the few ties
+                # look theirs up); held rows, which name no object, keep theirs.
+                if rows["_object"].null_count() or rows["_row"].null_count():
+                    states.add(rows.filter(placed))
+                    states.add(rows.filter(~placed), exact=True)
+                else:
+                    states.add(rows)
+                done, rs = self._finish_states(st, states, ids_of)
+            except Restart:
+                continue
+            values = self._state_values(st, done, unapplied)
+            if values is None:
+                return None
+            return Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), rows, done.late,
+                          self._upserts(rs, values))
+        return None  # (compact rows never restart)
 
     def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
                     token: str) -> FoldOutcome:
