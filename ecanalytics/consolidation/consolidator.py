@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,11 +364,7 @@ class Consolidator(Field):
         same objects, so a rerun task overwrites what a killed one left). It never commits."""
         rows = pl.concat([rows, keyed.select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
         folded = self.fold_bucket(st.restrict([k]), rows)
-        part, written = self.ledger.put_part(version, token, (f"delta-b{k}", f"marks-b{k}"), folded.upserts,
-                                             folded.marks)
-        return BucketOutput(k, part, tuple(written), folded.applied.height, 0,
-                            dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
-                                                applied=folded.applied.filter(~keys.generated())))
+        return self._bucket_output(k, folded, folded.applied.height, version, token)
 
     def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         """The pending rows of ``candidates``, read in chunks sized from what was read so far, so
@@ -492,38 +488,71 @@ class Consolidator(Field):
             values = self._after_late_sets(st, unapplied, values, done.late_sets)
         return values if values.select(self._finite().all()).item() else None
 
-    def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str]) -> Folded | None:
-        """:meth:`fold_bucket` of rows in memory (one bucket of spilled runs, or of a cluster's fold
-        task) through per-record states, keeping their ids (no object is read again); None when
-        the field does not fold that way or a value would not be finite."""
+    def _fold_frames_states(self, st: State, frames: Callable[[], Iterable[pl.DataFrame]],
+                            unapplied: frozenset[str] = frozenset()) -> tuple[Folded, int] | None:
+        """Fold the rows that ``frames()`` yields (in memory or read again from local runs on each
+        call) through per-record states, holding one frame at a time: (the outcome, whose
+        ``applied`` holds only the rows with caller-supplied keys; the rows folded), or None when
+        the field does not fold that way or a value would not be finite. Rows read from objects
+        fold as compact rows without their ids (the few ties find theirs among the frames again);
+        held rows, which name no object, keep theirs."""
         reducer = self._merges(st)
-        if reducer is None or not rows.height:
+        if reducer is None:
             return None
         placed = pl.col("_object").is_not_null() & pl.col("_row").is_not_null()
 
-        def ids_of(wanted: pl.DataFrame) -> pl.DataFrame:  # the rows are at hand: a join, not a read
-            return rows.filter(placed).select("_object", "_row", "id").join(wanted.unique(), on=["_object", "_row"],
-                                                                            how="semi")
+        def ids_of(wanted: pl.DataFrame) -> pl.DataFrame:
+            found = [f.filter(placed).select("_object", "_row", "id").join(wanted.unique(), on=["_object", "_row"],
+                                                                            how="semi") for f in frames()]
+            return pl.concat(found, how="vertical")
 
         for compact in (False, True):
             states = RecordStates(reducer.name, compact=compact)
+            applied: list[pl.DataFrame] = []
             try:
-                # Rows read from objects fold as compact rows without their ids (the few ties
-                # look theirs up); held rows, which name no object, keep theirs.
-                if rows["_object"].null_count() or rows["_row"].null_count():
-                    states.add(rows.filter(placed))
-                    states.add(rows.filter(~placed), exact=True)
-                else:
-                    states.add(rows)
+                for rows in frames():
+                    if rows["_object"].null_count() or rows["_row"].null_count():
+                        states.add(rows.filter(placed))
+                        states.add(rows.filter(~placed), exact=True)
+                    else:
+                        states.add(rows)
+                    applied.append(rows.filter(~keys.generated()))
+                if not states.rows:
+                    return None
                 done, rs = self._finish_states(st, states, ids_of)
             except Restart:
                 continue
             values = self._state_values(st, done, unapplied)
             if values is None:
                 return None
-            return Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), rows, done.late,
-                          self._upserts(rs, values))
+            return Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), pl.concat(applied, how="vertical"),
+                          done.late, self._upserts(rs, values)), states.rows
         return None  # (compact rows never restart)
+
+    def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str]) -> Folded | None:
+        """:meth:`fold_bucket` of rows in memory (a sync write's, a cluster fold task's) through
+        per-record states (:meth:`_fold_frames_states`); None when it does not apply."""
+        folded = self._fold_frames_states(st, lambda: [rows], unapplied)
+        return None if folded is None else dataclasses.replace(folded[0], applied=rows)
+
+    def _fold_spilled(self, st: State, k: int, runs: Runs, version: int, token: str) -> BucketOutput:
+        """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them):
+        through per-record states one spill file at a time when the field merges, so memory holds
+        the bucket's records, not its rows; else the bucket's rows at once."""
+        folded = self._fold_frames_states(st.restrict([k]), lambda: runs.frames(k))
+        if folded is None:
+            schema = pending_schema(self.dtype)
+            return self.fold_unit(st, k, runs.take(k, schema), pl.DataFrame(schema=schema), version, token)
+        return self._bucket_output(k, folded[0], folded[1], version, token)
+
+    def _bucket_output(self, k: int, folded: Folded, transactions: int, version: int, token: str) -> BucketOutput:
+        """Write bucket ``k``'s delta and marks for the commit of ``version`` (named with
+        ``token``) and keep what the driver needs of ``folded``."""
+        part, written = self.ledger.put_part(version, token, (f"delta-b{k}", f"marks-b{k}"), folded.upserts,
+                                             folded.marks)
+        return BucketOutput(k, part, tuple(written), transactions, 0,
+                            dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
+                                                applied=folded.applied.filter(~keys.generated())))
 
     def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
                     token: str) -> FoldOutcome:
@@ -556,11 +585,10 @@ class Consolidator(Field):
                 out.take(resolved)
                 runs.add(resolved.kept)
             out.spilled = True
-            empty = pl.DataFrame(schema=schema)
             # No rows left (every one a retry or a conflict): still one fold, so that the commit
             # consumes the objects (and records what it dropped), as the Dask engine does.
             for k in runs.buckets() or [0]:
-                out.add(self.fold_unit(st, k, runs.take(k, schema), empty, version, token))
+                out.add(self._fold_spilled(st, k, runs, version, token))
         return out
 
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:

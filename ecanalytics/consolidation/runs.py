@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -63,9 +64,12 @@ class Runs:
                 self._mem.setdefault(k, []).append(part)
         self._chunks.clear()
         for k, frames in self._mem.items():
-            # Arrow IPC, uncompressed: a spill is read back once, soon, on this machine.
+            # Arrow IPC with zstd: transaction rows (ids above all) shrink about 9 times, which
+            # costs about as much CPU as it saves in writing and reading back (measured on 2x10^6
+            # bench rows: 258 MB in 0.20 s uncompressed, 28 MB in 0.24 s; read 0.21 vs 0.16 s),
+            # and spares the disk and the page cache 8 bytes in 9 (10^8 rows spill 1.4 GB, not 13).
             path = self._dir / f"b{k:05d}-{self._spills:06d}.arrow"
-            pl.concat(frames, how="vertical").write_ipc(path, compression="uncompressed")
+            pl.concat(frames, how="vertical").write_ipc(path, compression="zstd")
             self._files.setdefault(k, []).append(path)
         self._spills += 1
         self._mem.clear()
@@ -76,6 +80,12 @@ class Runs:
         if self._chunks or self._mem:
             self._spill()
         return sorted(self._files)
+
+    def frames(self, k: int) -> Iterator[pl.DataFrame]:
+        """Bucket ``k``'s rows one spill at a time (in the order they were added), read again on
+        every call (after a spill); the files stay until close()."""
+        for path in self._files.get(k, []):
+            yield pl.read_ipc(path)
 
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""

@@ -169,7 +169,8 @@ class Bucket:
     def then(self, part: Part, records: pl.DataFrame | None = None, marks: pl.DataFrame | None = None,
              load: Loader | None = None) -> Bucket:
         """This bucket after ``part``. A loaded bucket stays loaded: with the part's frames when the
-        caller has them, else by reading the part with ``load``; an unloaded one just remembers it."""
+        caller has them, else by reading the part with ``load`` (without ``load`` it lets its
+        frames go and remembers the part); an unloaded one just remembers it."""
         frames = None
         if self._frames is not None:
             if records is None and marks is None and (part.records or part.marks) and load is not None:

@@ -212,9 +212,13 @@ class Ledger:
         return LogEntry.from_json(parsed, version, self.store.url(rel))
 
     def _apply(self, st: State, entry: LogEntry, ids: pl.DataFrame | None,
-               written: dict[str, pl.DataFrame] | None = None) -> State:
+               written: dict[str, pl.DataFrame] | None = None, *, read_parts: bool = True) -> State:
         """``st`` advanced by ``entry``; ``written`` holds frames this process just wrote (by
-        reference: not read back). Bucket parts are only remembered unless their bucket is loaded."""
+        reference: not read back). Bucket parts are only remembered unless their bucket is loaded;
+        a loaded bucket reads its new part, or with ``read_parts`` False (after this process's own
+        commit) lets its frames go when the part is not in ``written``: such parts are the
+        per-bucket deltas a big (spilled or cluster) consolidation wrote, and reading them back
+        would hold every record it touched."""
         written = written or {}
 
         def load(rel: str) -> pl.DataFrame:
@@ -238,7 +242,8 @@ class Ledger:
                 part = Part(entry.delta.get(k), entry.marks.get(k), dels.get(k, ()))
                 recs = written.get(part.records) if part.records else None
                 mks = written.get(part.marks) if part.marks else None
-                out[k] = out[k].then(part, recs, mks, load=lambda p, k=k: self.load_part(k, p))  # type: ignore[misc]
+                out[k] = out[k].then(part, recs, mks,
+                                     load=(lambda p, k=k: self.load_part(k, p)) if read_parts else None)  # type: ignore[misc]
             buckets = tuple(out)
         consumed = st.consumed
         applied = st.applied_ids
@@ -529,7 +534,7 @@ class Ledger:
         version = prepared.entry.version
         with self._state_lock:
             if self._state is not None and self._state.version == st.version:
-                self._state = self._apply(st, prepared.entry, prepared.ids, prepared.frames)
+                self._state = self._apply(st, prepared.entry, prepared.ids, prepared.frames, read_parts=False)
                 self._note_consumed(st, self._state)
             cached = self._state
         new_state = cached if cached is not None and cached.version >= version else self.state()
