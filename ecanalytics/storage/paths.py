@@ -7,7 +7,7 @@ Layout under the root::
     {resource}/_log/{version:020d}.checkpoint.json  which objects hold each bucket at a checkpoint
     {resource}/_log/_last_checkpoint.json         the latest of those, overwritten
     {resource}/_data/{version:020d}-{token}.*     deltas and checkpoints named by commits
-    {resource}/_work/{run}/b{bucket}-m{index}.parquet   a cluster run's per-bucket runs (removed after)
+    {resource}/_work/{run}/b{bucket}-m{index}.parquet   per-bucket runs of cluster runs before 2026-12-06 (swept)
     {resource}_transactions_{field}/cohortMonth=YYYY-MM/cohortDate=YYYY-MM-DD/{file_id}.parquet
     {resource}_transactions_{field}/_inbox/{YYYY-MM-DD}.{file_id}      pending-object markers
     _archive/{resource}_transactions_{field}/cohortMonth=…/cohortDate=…/{file_id}.parquet   retention
@@ -191,24 +191,17 @@ def is_commit_part(rel: str) -> bool:
 
 
 def work_dir(resource: str) -> str:
-    """Where cluster runs put their intermediate per-bucket runs."""
+    """Where cluster runs before 2026-12-06 put their intermediate per-bucket runs (rows now move
+    through Dask); what is left there is swept."""
     return f"{resource}/_work"
 
 
-def work_run(version: int, tag: str) -> str:
-    """The name of a cluster run that builds the commit of ``version`` (what fences its sweep)."""
-    return f"v{version:020d}-{tag}"
-
-
 def work_run_version(rel: str) -> int | None:
-    """The version the cluster run holding ``rel`` (a path under :func:`work_dir`) builds."""
+    """The version the cluster run holding ``rel`` (a path under :func:`work_dir`, in a run named
+    ``v{version:020d}-{tag}``) built."""
     parts = rel.split("/_work/", 1)
     run = parts[1].split("/", 1)[0] if len(parts) == 2 else ""
     return int(run[1:21]) if len(run) > 21 and run[0] == "v" and run[1:21].isdigit() else None
-
-
-def work_file(resource: str, run: str, name: str) -> str:
-    return f"{resource}/_work/{run}/{name}.parquet"
 
 
 def _check_date(cohort_date: str) -> str:
