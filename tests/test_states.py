@@ -170,3 +170,62 @@ def test_decimal_fields_keep_the_general_path(root: Root) -> None:
     w.add("a", 2.25)
     result = db.consolidate()[0]
     assert "fold" not in result.engine and str(w.value("a")) == "3.35"
+
+
+@pytest.mark.parametrize("reducer", ["default", "sum", "min", "max"])
+def test_partial_states_merge_to_what_the_rows_fold_to(reducer: str) -> None:
+    """Issue 17 (Dask): rows reduced to partial states in several pieces (as cluster partition
+    tasks do) and merged give the fold of the rows themselves: the same values, marks (the
+    latest transaction by (timestamp, id), ties at one instant included) and late count, against
+    applied values and marks; a piece with a ``set`` has no partial state."""
+    from ecanalytics.consolidation.states import RecordStates, partial_states
+    from ecanalytics.ledger.state import MARKS_SCHEMA
+
+    rng = random.Random(17)
+    instants = [T0 + timedelta(minutes=m) for m in range(5)]  # few instants: many ties
+    n = 3_000
+    rows = frame(rng, n, sets=False, instants=instants).with_columns(
+        pl.Series("id", [f"auto-{rng.randrange(10**6):08d}-{i}" for i in range(n)]),
+        pl.Series("originalId", [f"r{rng.randrange(40)}" for _ in range(n)]),
+        pl.lit("balance").alias("field"), pl.lit("t").alias("source"),
+        pl.Series("_object", [i // 100 for i in range(n)], dtype=pl.UInt32),
+        pl.Series("_row", [i % 100 for i in range(n)], dtype=pl.UInt32)).cast({"timestamp": pl.Datetime("us", "UTC")})
+    current = pl.DataFrame({"originalId": ["r1", "r2", "r99"], "current": [500.0, -300.0, 7.0]})
+    early = T0 - timedelta(days=1)  # applied marks before every pending row: nothing is late
+    marks = pl.DataFrame({"originalId": ["r1", "r2"], "setTs": [early, None], "setId": ["auto-0", None],
+                          "maxTs": [early, early], "maxId": ["auto-1", "auto-2"]},
+                         schema={"originalId": pl.String, **{k: v for k, v in MARKS_SCHEMA.items() if k not in ("id", "field")}})
+
+    def finish(states: RecordStates) -> Any:
+        def no_ids(wanted: pl.DataFrame) -> pl.DataFrame:
+            raise AssertionError("the aggregates form looks no id up")
+        return states.finish(current, marks, 0.0, "balance", no_ids)
+
+    whole = RecordStates(reducer, compact=False)
+    whole.add(rows)
+    merged = RecordStates(reducer, compact=False)
+    cuts = sorted(rng.sample(range(1, n), 6))
+    for piece in (rows[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)):
+        partial = partial_states(piece, reducer)
+        assert partial is not None and partial[0].height <= 40  # one row per record, whatever the rows
+        merged.add_partial(partial)
+    assert merged.rows == whole.rows == n
+    want, got = finish(whole), finish(merged)
+    assert got.values.sort("originalId").equals(want.values.sort("originalId"))
+    assert got.marks.sort("id").equals(want.marks.sort("id")) and got.late == want.late == 0
+    # ... and both against a plain fold of the rows: the reducer's aggregate of the signed values
+    # on top of the current value, the latest transaction by (timestamp, id) as the new mark.
+    signed = [(r["originalId"], -r["value"] if r["operation"] == "sub" else r["value"], (r["timestamp"], r["id"]))
+              for r in rows.iter_rows(named=True)]
+    starts = dict(zip(current["originalId"], current["current"], strict=True))
+    for rid in {s[0] for s in signed}:
+        mine = [v for r, v, _ in signed if r == rid]
+        agg = {"default": sum, "sum": sum, "min": min, "max": max}[reducer](mine)
+        base = starts.get(rid, 0.0)  # a record without a value starts from the field's default
+        value = base + agg if reducer in ("default", "sum") else (min if reducer == "min" else max)(base, agg)
+        assert got.values.filter(pl.col("originalId") == rid)["value"].item() == value
+        top = max(k for r, _, k in signed if r == rid)
+        mark = got.marks.filter(pl.col("id") == rid)
+        assert (mark["maxTs"].item(), mark["maxId"].item()) == top
+    with_set = rows.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("set")).otherwise("operation").alias("operation"))
+    assert partial_states(with_set, reducer) is None

@@ -5,11 +5,18 @@ the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 
 1. *partition* (one per :data:`PARTITION_OBJECTS` pending objects): read the objects straight from the
    store and split the rows by bucket. The rows stay in the worker's memory as the task's result;
-   one small task per bucket picks that bucket's rows out of it, on the same worker;
-2. *fold* (one per bucket): take the bucket's rows from every partition task (Dask moves them
-   between workers, spilling to the workers' local disk under memory pressure as it does for any
-   result), read the bucket's state at the planned version, and run
-   :meth:`Consolidator.fold_unit`, which writes the bucket's delta.
+   one small task per bucket picks that bucket's rows out of it, on the same worker. When the
+   field folds into per-record states and a bucket's rows hold no ``set``, the task also reduces
+   them to a *partial state* (per record: the aggregate, the earliest and latest instants, the
+   rows at the latest: :func:`~ecanalytics.consolidation.states.partial_states`), which grows
+   with the records, not the rows;
+2. *fold* (one per bucket): take the bucket's partial states from every partition task, or its
+   rows when one of them has none (Dask moves them between workers, spilling to the workers'
+   local disk under memory pressure as it does for any result), read the bucket's state at the
+   planned version, and run :meth:`Consolidator.fold_partials` or
+   :meth:`Consolidator.fold_unit`, which write the bucket's delta. A bucket whose partial states
+   cannot give the exact result (rows dated at or before a record's applied ones, a ``set``
+   among the keyed rows) is folded again from its rows, which the partition tasks still hold.
 
 Rows move between tasks through Dask's own data movement, not through the store: the store sees
 the reads of the pending objects and of the state, and the deltas' writes, as in one process
@@ -53,6 +60,7 @@ from ecanalytics import _runtime
 from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer
+from ecanalytics.consolidation.states import Partial, partial_states
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
 from ecanalytics.ledger.keys import generated
@@ -133,9 +141,11 @@ class Partitioned:
     buckets: tuple[int, ...]
     worker: str
     keyed: pl.DataFrame  # rows with caller-supplied keys: the driver resolves them for the whole field
+    stated: tuple[int, ...] = ()  # the buckets with a partial state
 
 
-Split = tuple[Partitioned, dict[int, pl.DataFrame]]  # a partition task's result: summary, rows by bucket
+# A partition task's result: summary, rows by bucket, partial states by bucket.
+Split = tuple[Partitioned, dict[int, pl.DataFrame], dict[int, Partial]]
 
 
 def _worker() -> str:
@@ -151,8 +161,10 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
     """Read ``keys`` (indexes from ``start`` in the planned order) and split their rows by bucket.
 
     For a consolidation (``hidden`` None) rows with caller-supplied keys are returned instead, for
-    the driver to resolve for the whole field. For a rebuild of the history, ``hidden`` (the
-    field's hidden rows among ``keys``) is left out and every other row goes to the runs."""
+    the driver to resolve for the whole field, and each bucket's rows are also reduced to a
+    partial state where the field merges and they hold no ``set``. For a rebuild of the history,
+    ``hidden`` (the field's hidden rows among ``keys``) is left out and every other row goes to
+    the runs."""
     c = spec.consolidator()
     sizes: dict[str, int] = {}
     rows, read, missing = read_objects(c.store, keys, value_dtype=c.dtype, field=c.field, start=start, sizes=sizes)
@@ -161,8 +173,25 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
         gone = hidden.select(pl.col("key").replace_strict(index, return_dtype=pl.UInt32).alias("_object"), "row")
         rows = rows.join(gone, left_on=["_object", "_row"], right_on=["_object", "row"], how="anti")
     aside = rows.clear() if hidden is not None else rows.filter(~generated())
-    runs = split(rows if hidden is not None else rows.filter(generated()), "originalId", spec.buckets)
-    return Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside), runs
+    rows = rows if hidden is not None else rows.filter(generated())
+    runs = split(rows, "originalId", spec.buckets)
+    reducer = c.mergeable() if hidden is None else None
+    partials = _partials(rows, runs, reducer.name, spec.buckets) if reducer is not None else {}
+    return Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside, tuple(sorted(partials))), runs, partials
+
+
+def _partials(rows: pl.DataFrame, runs: dict[int, pl.DataFrame], reducer: str, n: int) -> dict[int, Partial]:
+    """The partial states of the buckets of ``runs`` (``rows`` split by bucket) whose rows hold
+    no ``set``: one reduction of those rows (each id hashed once), then split by bucket."""
+    with_sets = split(rows.filter(pl.col("operation") == "set").select("originalId"), "originalId", n)
+    clean = [k for k in runs if k not in with_sets]
+    if not clean:
+        return {}
+    partial = partial_states(rows if len(clean) == len(runs) else pl.concat([runs[k] for k in clean]), reducer)
+    if partial is None:
+        return {}
+    states, tops = (split(f, "originalId", n) for f in partial)
+    return {k: (states[k], tops[k]) for k in clean}
 
 
 def _summary(result: Split) -> Partitioned:
@@ -173,25 +202,56 @@ def _bucket_rows(result: Split, k: int) -> pl.DataFrame:
     return result[1][k]
 
 
+def _bucket_partial(result: Split, k: int) -> Partial:
+    return result[2][k]
+
+
+@dataclass
+class Shuffled:
+    """The partition tasks of one run: their summaries (in planned order) and their results, which
+    hold the rows on the workers while the driver keeps these futures."""
+
+    client: Any
+    run: str
+    starts: list[int]
+    results: list[Any]
+    summaries: list[Partitioned]
+
+    def buckets(self) -> list[int]:
+        """The buckets with rows."""
+        return sorted({k for p in self.summaries for k in p.buckets})
+
+    def stated(self, k: int) -> bool:
+        """Whether every partition with rows of bucket ``k`` reduced them to a partial state."""
+        return all(k in p.stated for p in self.summaries if k in p.buckets)
+
+    def _picks(self, pick: Callable[[Split, int], Any], k: int, tag: str) -> list[Any]:
+        # Picked on the worker that holds the result, then moved by Dask; in planned order, so a
+        # bucket's rows keep the order of the objects.
+        return [self.client.submit(pick, r, k, key=f"ec-partition-{self.run}-{start}-{tag}{k}", pure=False)
+                for r, p, start in zip(self.results, self.summaries, self.starts, strict=True) if k in p.buckets]
+
+    def rows(self, k: int) -> list[Any]:
+        """The futures of bucket ``k``'s rows, one per partition that has some."""
+        return self._picks(_bucket_rows, k, "b")
+
+    def partials(self, k: int) -> list[Any]:
+        """The futures of bucket ``k``'s partial states (when :meth:`stated`)."""
+        return self._picks(_bucket_partial, k, "s")
+
+
 def shuffle(client: Any, spec: FieldSpec, chunks: list[tuple[list[str], int]], run: str,
-            hidden: pl.DataFrame | None = None) -> tuple[list[Partitioned], dict[int, list[Any]]]:
-    """Run the partition tasks of ``chunks`` (keys, first index) and return their summaries (in
-    planned order) and, per bucket, the futures of its rows from each partition (in planned
-    order: a bucket's rows keep the order of the objects). ``hidden`` (a rebuild of the history)
-    is the field's hidden rows, left out. The rows stay on the workers until the tasks that take
-    the futures run."""
+            hidden: pl.DataFrame | None = None) -> Shuffled:
+    """Run the partition tasks of ``chunks`` (keys, first index) and wait for their summaries.
+    ``hidden`` (a rebuild of the history) is the field's hidden rows, left out. The rows stay on
+    the workers until the tasks that take them run."""
     results = [client.submit(partition_task, spec, keys, start,
                              None if hidden is None else hidden.filter(pl.col("key").is_in(keys)),
                              key=f"ec-partition-{run}-{start}", pure=False) for keys, start in chunks]
     summaries: list[Partitioned] = client.gather(
         [client.submit(_summary, r, key=f"ec-partition-{run}-{start}-summary", pure=False)
          for r, (_keys, start) in zip(results, chunks, strict=True)])
-    runs: dict[int, list[Any]] = {}
-    for r, p, (_keys, start) in zip(results, summaries, chunks, strict=True):
-        for k in p.buckets:  # picked on the worker that holds the result, then moved by Dask
-            runs.setdefault(k, []).append(client.submit(_bucket_rows, r, k, key=f"ec-partition-{run}-{start}-b{k}",
-                                                        pure=False))
-    return summaries, runs
+    return Shuffled(client, run, [start for _keys, start in chunks], results, summaries)
 
 
 def bucket_frame(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
@@ -207,6 +267,16 @@ def fold_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame],
     c = spec.consolidator()
     st = spec.state(c, version)
     return c.fold_unit(st, k, bucket_frame(frames, c.dtype), keyed, version + 1, token), _worker()
+
+
+def fold_partials_task(spec: FieldSpec, version: int, k: int, partials: list[Partial], keyed: pl.DataFrame,
+                       token: str) -> tuple[BucketOutput | None, str]:
+    """Fold bucket ``k`` from its partial states (and its resolved ``keyed`` rows) against the
+    state at ``version``; None when they cannot give the exact result (the driver then submits
+    :func:`fold_task` with the bucket's rows)."""
+    c = spec.consolidator()
+    st = spec.state(c, version)
+    return c.fold_partials(st, k, partials, keyed, version + 1, token), _worker()
 
 
 def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
@@ -267,7 +337,8 @@ class DaskEngine:
         run = f"v{version}-{_runtime.token(12)}"
         started = time.perf_counter()
         chunks = [(candidates[i:i + PARTITION_OBJECTS], i) for i in range(0, len(candidates), PARTITION_OBJECTS)]
-        parts, runs = shuffle(client, spec, chunks, run)
+        shuffled = shuffle(client, spec, chunks, run)
+        parts = shuffled.summaries
         partition_s = time.perf_counter() - started
         workers = set()
         for p in parts:
@@ -280,24 +351,43 @@ class DaskEngine:
         resolved = c.resolve(st, keyed, held)  # the one key rule, for the whole field at once
         out.take(resolved)
         held_by = split(resolved.kept, "originalId", st.n_buckets)
-        buckets = sorted(set(runs) | set(held_by))
+        buckets = sorted(set(shuffled.buckets()) | set(held_by))
         if not buckets:  # only empty objects: still one fold, so the commit has its columns
             buckets = [0]
         folded_at = time.perf_counter()
-        futures = [client.submit(fold_task, spec, st.version, k, runs.get(k, []), held_by.get(k, resolved.kept.clear()), token,
-                                 key=f"ec-fold-{run}-{k}", pure=False) for k in buckets]
+
+        which: dict[str, tuple[int, bool]] = {}  # a fold future's key -> (bucket, from partial states)
+
+        def fold(k: int, stated: bool) -> Any:
+            keyed_k = held_by.get(k, resolved.kept.clear())
+            if stated:
+                future = client.submit(fold_partials_task, spec, st.version, k, shuffled.partials(k), keyed_k, token,
+                                       key=f"ec-fold-{run}-s{k}", pure=False)
+            else:
+                future = client.submit(fold_task, spec, st.version, k, shuffled.rows(k), keyed_k, token,
+                                       key=f"ec-fold-{run}-{k}", pure=False)
+            which[future.key] = (k, stated)
+            return future
+
+        futures = as_completed([fold(k, k in shuffled.buckets() and shuffled.stated(k)) for k in buckets])  # type: ignore[no-untyped-call]
         outputs: list[BucketOutput] = []
-        for done, future in enumerate(as_completed(futures), 1):  # type: ignore[no-untyped-call]
+        from_states = 0
+        for future in futures:
             unit, worker = future.result()
-            outputs.append(unit)
             workers.add(worker)
+            k, stated = which[future.key]
+            if unit is None:  # the partial states cannot give the exact result: fold the bucket's rows
+                futures.add(fold(k, False))  # type: ignore[no-untyped-call]
+                continue
+            from_states += stated
+            outputs.append(unit)
             if self.progress is not None:
-                self.progress(done, len(buckets))
+                self.progress(len(outputs), len(buckets))
         for unit in sorted(outputs, key=lambda u: u.bucket):
             out.add(unit)
         out.spilled = True
         out.stats = {"engine": "dask", "tasks": len(chunks) + len(buckets), "partitionTasks": len(chunks),
-                     "bucketPieces": sum(len(pieces) for pieces in runs.values()),
+                     "bucketPieces": sum(len(p.buckets) for p in parts), "stateBuckets": from_states,
                      "foldTasks": len(buckets), "workers": sorted(workers),
                      "phases": {"partitionS": round(partition_s, 3), "foldS": round(time.perf_counter() - folded_at, 3)}}
         return out

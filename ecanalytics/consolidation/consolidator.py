@@ -32,7 +32,7 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
-from ecanalytics.consolidation.states import MERGEABLE, IdsOf, RecordStates, Restart, StateOutcome
+from ecanalytics.consolidation.states import MERGEABLE, IdsOf, Partial, RecordStates, Restart, StateOutcome
 from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys
 from ecanalytics.ledger.buckets import Part
@@ -191,6 +191,11 @@ class FoldOutcome:
         self.written += unit.written
         self.transactions += unit.transactions
         self.duplicates += unit.duplicates
+
+
+def _no_ids(wanted: pl.DataFrame) -> pl.DataFrame:
+    """The ``ids_of`` of a fold in the aggregates form, which never asks (only compact rows do)."""
+    raise AssertionError("the aggregates form looks no id up")
 
 
 def _hidden(dropped: Sequence[pl.DataFrame], keys_read: Sequence[str]) -> pl.DataFrame:
@@ -464,9 +469,16 @@ class Consolidator(Field):
         """The reducer, if this field folds into per-record states (:mod:`.states`): a built-in
         mergeable reducer of a number field whose records need not exist first, with no
         ``delete``-mode retention cut."""
+        reducer = self.mergeable()
+        return None if reducer is None or self.deleted_before(st) is not None else reducer
+
+    def mergeable(self) -> Reducer | None:
+        """The reducer, if it folds into per-record states whatever the state (:meth:`_merges`
+        also asks the state): a built-in mergeable reducer of a number field whose records need
+        not exist first."""
         reducer = self.reducer()
         if (not reducer.is_builtin or reducer.name not in MERGEABLE or self.dtype != pl.Float64
-                or self._needs_record() or self.deleted_before(st) is not None):
+                or self._needs_record()):
             return None
         return reducer
 
@@ -534,6 +546,34 @@ class Consolidator(Field):
         per-record states (:meth:`_fold_frames_states`); None when it does not apply."""
         folded = self._fold_frames_states(st, lambda: [rows], unapplied)
         return None if folded is None else dataclasses.replace(folded[0], applied=rows)
+
+    def fold_partials(self, st: State, k: int, partials: list[Partial], keyed: pl.DataFrame, version: int,
+                      token: str) -> BucketOutput | None:
+        """:meth:`fold_unit` of bucket ``k`` from partial states of its rows
+        (:func:`~ecanalytics.consolidation.states.partial_states`, one per cluster partition task)
+        and its resolved ``keyed`` rows; None when the partial states cannot give the exact
+        result (the field does not merge, a ``set`` among the keyed rows, rows dated at or before
+        a record's applied ones, a value that is not finite): the caller folds the rows then."""
+        st = st.restrict([k])
+        reducer = self._merges(st)
+        if reducer is None:
+            return None
+        states = RecordStates(reducer.name, compact=False)
+        try:
+            for partial in partials:
+                states.add_partial(partial)
+            states.add(keyed.cast(pending_schema(self.dtype)))  # type: ignore[arg-type]
+            if not states.rows:
+                return None
+            done, rs = self._finish_states(st, states, _no_ids)
+        except Restart:
+            return None
+        values = self._state_values(st, done)
+        if values is None:
+            return None
+        folded = Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), keyed, done.late,
+                        self._upserts(rs, values))
+        return self._bucket_output(k, folded, states.rows, version, token)
 
     def _fold_spilled(self, st: State, k: int, runs: Runs, version: int, token: str) -> BucketOutput:
         """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them):

@@ -57,6 +57,9 @@ IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object
 _Compact = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
+Partial = tuple[pl.DataFrame, pl.DataFrame]  # see :func:`partial_states`
+
+
 class Restart(Exception):
     """The aggregate form cannot fold these rows exactly: fold them again as compact rows."""
 
@@ -98,6 +101,32 @@ def _owned(strings: pl.Series) -> pl.Series:
 def _instants(frame: pl.DataFrame, column: str) -> np.ndarray:
     """A timestamp column as int64 microseconds, :data:`_NONE` for null."""
     return frame[column].cast(_UTC).to_physical().fill_null(_NONE).to_numpy()
+
+
+def _at_latest(kept: pl.DataFrame, rows_now: pl.DataFrame, instants: np.ndarray) -> pl.DataFrame:
+    """What is ``kept``, with ``rows_now``, less the rows no longer at their record's latest
+    instant (``instants`` per code)."""
+    both = pl.concat([kept, rows_now], how="vertical")
+    return both.filter(pl.Series(_instants(both, _TS) == instants[both["originalId"].to_numpy()]))
+
+
+def partial_states(rows: pl.DataFrame, reducer: str) -> Partial | None:
+    """``rows`` (pending rows, record ids as strings) as a partial state of the aggregate form,
+    which a fold merges with others (:meth:`RecordStates.add_partial`) instead of taking the rows:
+    per record ``originalId, _agg, _earliest, _latest, _rows``, and the rows at each record's
+    latest instant (``originalId, timestamp, id``). It grows with the records, not the rows. None
+    when the rows hold a ``set`` (the aggregate form of the ``default`` reducer does not apply,
+    and the others keep the latest set rows too): the fold then takes the rows."""
+    if reducer not in MERGEABLE or (rows["operation"] == "set").any():
+        return None
+    value = signed_value().cast(pl.Float64)
+    aggregate = value.sum() if reducer in ("default", "sum") else value.min() if reducer == "min" else value.max()
+    states = rows.group_by("originalId").agg(
+        aggregate.alias("_agg"), pl.col(_TS).min().alias("_earliest"), pl.col(_TS).max().alias("_latest"),
+        pl.len().alias("_rows"))
+    tops = rows.join(states.select("originalId", pl.col("_latest").alias(_TS)), on=["originalId", _TS],
+                     how="semi").select("originalId", _TS, _ID)
+    return states, tops
 
 
 def _scatter(reducer: str, into: np.ndarray, codes: np.ndarray, values: np.ndarray) -> None:
@@ -187,20 +216,14 @@ class RecordStates:
             return pl.DataFrame({"originalId": codes[keep], _TS: ts[keep]}).with_columns(
                 pl.col(_TS).cast(_UTC), _owned(rows[_ID].filter(mask)), *(c.filter(mask) for c in extra))
 
-        def latest(kept: pl.DataFrame, rows_now: pl.DataFrame, instants: np.ndarray) -> pl.DataFrame:
-            """What is kept, with this chunk's rows, less the rows no longer at their record's
-            latest instant (``instants`` per code)."""
-            both = pl.concat([kept, rows_now], how="vertical")
-            return both.filter(pl.Series(_instants(both, _TS) == instants[both["originalId"].to_numpy()]))
-
         # The rows at their record's latest instant so far carry the id the marks need.
-        self._tops = latest(self._tops, picked(ts == self._latest[codes]), self._latest)
+        self._tops = _at_latest(self._tops, picked(ts == self._latest[codes]), self._latest)
         if is_set.any():  # likewise each record's latest set rows so far: one per record, mostly
             set_codes, set_ts = codes[is_set], ts[is_set]
             np.maximum.at(self._set_latest, set_codes, set_ts)
             keep = np.zeros(codes.size, bool)
             keep[is_set] = set_ts == self._set_latest[set_codes]
-            self._sets = latest(self._sets, picked(keep, rows["value"].cast(pl.Float64)), self._set_latest)
+            self._sets = _at_latest(self._sets, picked(keep, rows["value"].cast(pl.Float64)), self._set_latest)
         if exact and self.compact:
             self._exact.append(part.with_columns(pl.col(_TS).cast(_UTC), rows[_ID]))
         elif self.compact:  # kept as NumPy columns: what the end reads, with no conversion
@@ -208,6 +231,22 @@ class RecordStates:
                                 part["_row"].to_numpy()))
         else:
             _scatter(self.reducer, self._agg, codes, part["_v"].to_numpy())
+
+    def add_partial(self, partial: Partial) -> None:
+        """Merge a partial state (:func:`partial_states`) of rows read elsewhere (a cluster's
+        partition task) into this aggregates-form fold, as :meth:`add` of those rows would."""
+        if self.compact:
+            raise ValueError("partial states merge into the aggregates form only")
+        states, tops = partial
+        if not states.height:
+            return
+        states = self._coded(states)
+        codes = states["originalId"].to_numpy()
+        self.rows += int(states["_rows"].sum())
+        np.maximum.at(self._latest, codes, _instants(states, "_latest"))
+        np.minimum.at(self._earliest, codes, _instants(states, "_earliest"))
+        _scatter(self.reducer, self._agg, codes, states["_agg"].to_numpy())
+        self._tops = _at_latest(self._tops, self._coded(tops).cast(self._tops.schema), self._latest)  # type: ignore[arg-type]
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""

@@ -123,8 +123,8 @@ def _rebuild_on(client: Any, c: Field, st: State, record_id: str | None) -> _Reb
     spec = FieldSpec.of(c)
     keys = st.applied_objects(c.field)
     chunks = [(keys[i:i + PARTITION_OBJECTS], i) for i in range(0, len(keys), PARTITION_OBJECTS)]
-    _parts, runs = shuffle(client, spec, chunks, run, st.hidden_of(c.field))
-    out = client.gather([client.submit(_rebuild_task, spec, st.version, k, runs.get(k, []), record_id,
+    shuffled = shuffle(client, spec, chunks, run, st.hidden_of(c.field))
+    out = client.gather([client.submit(_rebuild_task, spec, st.version, k, shuffled.rows(k), record_id,
                                        key=f"ec-rebuild-{run}-{k}", pure=False) for k in range(st.n_buckets)])
     return _Rebuilt(pl.concat([o.diff for o in out]), pl.concat([o.upserts for o in out]),
                     pl.concat([o.marks for o in out]), sum(o.checked for o in out), sum(o.transactions for o in out))
