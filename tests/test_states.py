@@ -177,7 +177,7 @@ def test_partial_states_merge_to_what_the_rows_fold_to(reducer: str) -> None:
     """Issue 17 (Dask): rows reduced to partial states in several pieces (as cluster partition
     tasks do) and merged give the fold of the rows themselves: the same values, marks (the
     latest transaction by (timestamp, id), ties at one instant included) and late count, against
-    applied values and marks; a piece with a ``set`` has no partial state."""
+    applied values and marks, in one round when no ``set`` is among them."""
     from ecanalytics.consolidation.states import RecordStates, partial_states
     from ecanalytics.ledger.state import MARKS_SCHEMA
 
@@ -227,5 +227,58 @@ def test_partial_states_merge_to_what_the_rows_fold_to(reducer: str) -> None:
         top = max(k for r, _, k in signed if r == rid)
         mark = got.marks.filter(pl.col("id") == rid)
         assert (mark["maxTs"].item(), mark["maxId"].item()) == top
-    with_set = rows.with_columns(pl.when(pl.int_range(pl.len()) == 7).then(pl.lit("set")).otherwise("operation").alias("operation"))
-    assert partial_states(with_set, reducer) is None
+    assert not merged.has_sets and partial_states(rows, reducer)[2].height == 0  # one round is the whole fold
+
+
+@pytest.mark.parametrize("reducer", ["default", "sum", "min", "max"])
+def test_partial_states_in_two_rounds_equal_the_rows_with_sets_and_late_rows(reducer: str) -> None:
+    """Issue 17 (Dask, sets): with ``set`` rows, rows dated before their record's applied marks
+    and applied sets that sort after the pending ones, partial states in two rounds (thresholds
+    from the merged first round, then each piece's rows after them) give what the rows folded
+    with their ids give: values, marks, late rows and late sets."""
+    from ecanalytics.consolidation.states import RecordStates, after_threshold, partial_states
+    from ecanalytics.ledger.state import MARKS_SCHEMA
+
+    rng = random.Random(29)
+    instants = [T0 + timedelta(minutes=m) for m in range(12)]
+    n = 2_500
+    rows = frame(rng, n, sets=True, instants=instants).with_columns(
+        pl.Series("id", [f"auto-{rng.randrange(10**6):08d}-{i}" for i in range(n)]),
+        pl.Series("originalId", [f"r{rng.randrange(30)}" for _ in range(n)]),
+        pl.lit("balance").alias("field"), pl.lit("t").alias("source"),
+        pl.Series("_object", [i // 100 for i in range(n)], dtype=pl.UInt32),
+        pl.Series("_row", [i % 100 for i in range(n)], dtype=pl.UInt32)).cast({"timestamp": pl.Datetime("us", "UTC")})
+    current = pl.DataFrame({"originalId": [f"r{i}" for i in range(0, 30, 2)], "current": [float(i) for i in range(15)]})
+    middle, late_set = T0 + timedelta(minutes=5), T0 + timedelta(minutes=9)
+    end = T0 + timedelta(minutes=11)
+    # r0-r2: an applied set after most pending rows; r3-r5: applied up to the middle of them;
+    # r6-r9: no applied set, applied rows after every pending one (their last sets are late sets).
+    marks = pl.DataFrame({
+        "originalId": [f"r{i}" for i in range(10)],
+        "setTs": [late_set] * 3 + [middle] * 3 + [None] * 4, "setId": ["auto-5"] * 3 + ["auto-4"] * 3 + [None] * 4,
+        "maxTs": [late_set] * 3 + [middle] * 3 + [end] * 4, "maxId": ["auto-9"] * 6 + ["auto-z"] * 4},
+        schema={"originalId": pl.String, **{k: v for k, v in MARKS_SCHEMA.items() if k not in ("id", "field")}})
+
+    def no_ids(wanted: pl.DataFrame) -> pl.DataFrame:
+        raise AssertionError("rows folded with their ids look none up")
+
+    whole = RecordStates(reducer, compact=True)
+    whole.add(rows, exact=True)  # rows with their ids: the reference
+    want = whole.finish(current, marks, 0.0, "balance", no_ids)
+    merged = RecordStates(reducer, compact=False)
+    cuts = sorted(rng.sample(range(1, n), 5))
+    pieces = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+    for piece in pieces:
+        merged.add_partial(partial_states(piece, reducer))
+    assert merged.has_sets and merged.rows == n
+    table = merged.thresholds(marks)
+    assert table.height == 30 and table["originalId"].dtype == pl.String
+    second = [after_threshold(piece, table, reducer) for piece in pieces]
+    got = merged.finish(current, marks, 0.0, "balance", no_ids,
+                        (pl.concat([s[0] for s in second]), sum(s[1] for s in second)))
+    assert want.late > 0 and got.late == want.late
+    assert got.values.sort("originalId").equals(want.values.sort("originalId"))
+    assert got.marks.sort("id").equals(want.marks.sort("id"))
+    assert got.late_sets.sort("originalId").equals(want.late_sets.sort("originalId"))
+    if reducer == "default":  # r6-r9's last pending sets sort before their applied rows
+        assert set(want.late_sets["originalId"]) == {"r6", "r7", "r8", "r9"}

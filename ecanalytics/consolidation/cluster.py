@@ -60,7 +60,7 @@ from ecanalytics import _runtime
 from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer
-from ecanalytics.consolidation.states import Partial, partial_states
+from ecanalytics.consolidation.states import Partial, after_threshold, partial_states
 from ecanalytics.errors import ConfigurationError
 from ecanalytics.ledger.buckets import split
 from ecanalytics.ledger.keys import generated
@@ -100,6 +100,7 @@ class FieldSpec:
 
     def consolidator(self) -> Consolidator:
         """The field's consolidator in this (worker) process; stores are shared per root."""
+        _weigh_frames()  # every task starts here
         key = (self.config.uri, self.config.endpoint_url)
         with _LOCK:
             store = _STORES.get(key)
@@ -142,10 +143,27 @@ class Partitioned:
     worker: str
     keyed: pl.DataFrame  # rows with caller-supplied keys: the driver resolves them for the whole field
     stated: tuple[int, ...] = ()  # the buckets with a partial state
+    with_sets: tuple[int, ...] = ()  # ... of which these have a ``set`` among their rows (two rounds)
 
 
 # A partition task's result: summary, rows by bucket, partial states by bucket.
 Split = tuple[Partitioned, dict[int, pl.DataFrame], dict[int, Partial]]
+
+
+def _weigh_frames() -> None:
+    """Tell Dask what a Polars frame weighs (``estimated_size``): its default ``sizeof`` counts
+    56 bytes for any frame, so the scheduler would see a partition task's rows as weightless and
+    ship them to wherever a small task that takes them runs, and never spill them. Called in the
+    driver and at the start of every task (the worker that holds a result measures it)."""
+    global _WEIGHED
+    if not _WEIGHED:
+        from dask.sizeof import sizeof
+
+        sizeof.register(pl.DataFrame)(lambda frame: int(frame.estimated_size()))  # type: ignore[no-untyped-call]
+        _WEIGHED = True
+
+
+_WEIGHED = False
 
 
 def _worker() -> str:
@@ -176,22 +194,17 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
     rows = rows if hidden is not None else rows.filter(generated())
     runs = split(rows, "originalId", spec.buckets)
     reducer = c.mergeable() if hidden is None else None
-    partials = _partials(rows, runs, reducer.name, spec.buckets) if reducer is not None else {}
-    return Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside, tuple(sorted(partials))), runs, partials
+    partials: dict[int, Partial] = {}
+    if reducer is not None and rows.height:  # one reduction of all the rows, then split by bucket
+        states, tops, sets = (split(f, "originalId", spec.buckets) for f in partial_states(rows, reducer.name))
+        partials = {k: (states[k], tops[k], sets.get(k, _NO_SETS)) for k in runs}
+    summary = Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside, tuple(sorted(partials)),
+                          tuple(sorted(k for k, p in partials.items() if p[2].height)))
+    return summary, runs, partials
 
 
-def _partials(rows: pl.DataFrame, runs: dict[int, pl.DataFrame], reducer: str, n: int) -> dict[int, Partial]:
-    """The partial states of the buckets of ``runs`` (``rows`` split by bucket) whose rows hold
-    no ``set``: one reduction of those rows (each id hashed once), then split by bucket."""
-    with_sets = split(rows.filter(pl.col("operation") == "set").select("originalId"), "originalId", n)
-    clean = [k for k in runs if k not in with_sets]
-    if not clean:
-        return {}
-    partial = partial_states(rows if len(clean) == len(runs) else pl.concat([runs[k] for k in clean]), reducer)
-    if partial is None:
-        return {}
-    states, tops = (split(f, "originalId", n) for f in partial)
-    return {k: (states[k], tops[k]) for k in clean}
+_NO_SETS = pl.DataFrame(schema={"originalId": pl.String, "timestamp": pl.Datetime("us", "UTC"), "id": pl.String,
+                                "value": pl.Float64})
 
 
 def _summary(result: Split) -> Partitioned:
@@ -199,11 +212,19 @@ def _summary(result: Split) -> Partitioned:
 
 
 def _bucket_rows(result: Split, k: int) -> pl.DataFrame:
+    _weigh_frames()
     return result[1][k]
 
 
 def _bucket_partial(result: Split, k: int) -> Partial:
+    _weigh_frames()
     return result[2][k]
+
+
+def _bucket_after(result: Split, k: int, table: pl.DataFrame | None, reducer: str) -> tuple[pl.DataFrame, int] | None:
+    """The second round of bucket ``k``'s partial states, on the worker that holds its rows."""
+    _weigh_frames()
+    return None if table is None else after_threshold(result[1][k], table, reducer)
 
 
 @dataclass
@@ -225,10 +246,14 @@ class Shuffled:
         """Whether every partition with rows of bucket ``k`` reduced them to a partial state."""
         return all(k in p.stated for p in self.summaries if k in p.buckets)
 
-    def _picks(self, pick: Callable[[Split, int], Any], k: int, tag: str) -> list[Any]:
+    def with_sets(self, k: int) -> bool:
+        """Whether a ``set`` is among bucket ``k``'s rows (its partial states need two rounds)."""
+        return any(k in p.with_sets for p in self.summaries)
+
+    def _picks(self, pick: Callable[..., Any], k: int, tag: str, *args: Any) -> list[Any]:
         # Picked on the worker that holds the result, then moved by Dask; in planned order, so a
-        # bucket's rows keep the order of the objects.
-        return [self.client.submit(pick, r, k, key=f"ec-partition-{self.run}-{start}-{tag}{k}", pure=False)
+        # bucket's rows keep the order of the objects. (A key submitted again is the same future.)
+        return [self.client.submit(pick, r, k, *args, key=f"ec-partition-{self.run}-{start}-{tag}{k}", pure=False)
                 for r, p, start in zip(self.results, self.summaries, self.starts, strict=True) if k in p.buckets]
 
     def rows(self, k: int) -> list[Any]:
@@ -238,6 +263,11 @@ class Shuffled:
     def partials(self, k: int) -> list[Any]:
         """The futures of bucket ``k``'s partial states (when :meth:`stated`)."""
         return self._picks(_bucket_partial, k, "s")
+
+    def after(self, k: int, table: Any, reducer: str) -> list[Any]:
+        """The futures of the second round of bucket ``k``'s partial states against ``table``
+        (a future of :func:`thresholds_task`), one per partition, computed where its rows are."""
+        return self._picks(_bucket_after, k, "a", table, reducer)
 
 
 def shuffle(client: Any, spec: FieldSpec, chunks: list[tuple[list[str], int]], run: str,
@@ -270,13 +300,22 @@ def fold_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame],
 
 
 def fold_partials_task(spec: FieldSpec, version: int, k: int, partials: list[Partial], keyed: pl.DataFrame,
-                       token: str) -> tuple[BucketOutput | None, str]:
+                       token: str, after: list[tuple[pl.DataFrame, int] | None] | None = None,
+                       ) -> tuple[BucketOutput | None, str]:
     """Fold bucket ``k`` from its partial states (and its resolved ``keyed`` rows) against the
-    state at ``version``; None when they cannot give the exact result (the driver then submits
-    :func:`fold_task` with the bucket's rows)."""
+    state at ``version``, in one round or (``after``) two; None when they cannot give the exact
+    result (the driver then tries two rounds, then :func:`fold_task` with the bucket's rows)."""
     c = spec.consolidator()
     st = spec.state(c, version)
-    return c.fold_partials(st, k, partials, keyed, version + 1, token), _worker()
+    return c.fold_partials(st, k, partials, keyed, version + 1, token, after), _worker()
+
+
+def thresholds_task(spec: FieldSpec, version: int, k: int, partials: list[Partial],
+                    keyed: pl.DataFrame) -> pl.DataFrame | None:
+    """The first round of bucket ``k``'s partial states: its thresholds
+    (:meth:`Consolidator.partial_thresholds`)."""
+    c = spec.consolidator()
+    return c.partial_thresholds(spec.state(c, version), k, partials, keyed)
 
 
 def sweep(ledger: Ledger, *, deltas: bool = True) -> int:
@@ -321,6 +360,7 @@ class DaskEngine:
             import distributed  # noqa: F401 - fail now, with the fix, not in the middle of a run
         except ImportError as exc:
             raise ConfigurationError('Consolidating on a Dask cluster needs Dask: pip install "ecanalytics[dask]".') from exc
+        _weigh_frames()
         self.client = client
         self.consolidator = c
         self.spec = FieldSpec.of(c)
@@ -356,30 +396,49 @@ class DaskEngine:
             buckets = [0]
         folded_at = time.perf_counter()
 
-        which: dict[str, tuple[int, bool]] = {}  # a fold future's key -> (bucket, from partial states)
+        # A bucket folds from partial states in one round where no ``set`` is among its rows, in
+        # two where one is (or where one round cannot be exact), else (a field that does not merge
+        # into states, or no exact result) from its rows.
+        which: dict[str, tuple[int, int]] = {}  # a fold future's key -> (bucket, rounds; 0: rows)
 
-        def fold(k: int, stated: bool) -> Any:
+        def fold(k: int, rounds: int) -> Any:
             keyed_k = held_by.get(k, resolved.kept.clear())
-            if stated:
+            if rounds == 0:
+                future = client.submit(fold_task, spec, st.version, k, shuffled.rows(k), keyed_k, token,
+                                       key=f"ec-fold-{run}-{k}", pure=False)
+            elif rounds == 1:
                 future = client.submit(fold_partials_task, spec, st.version, k, shuffled.partials(k), keyed_k, token,
                                        key=f"ec-fold-{run}-s{k}", pure=False)
             else:
-                future = client.submit(fold_task, spec, st.version, k, shuffled.rows(k), keyed_k, token,
-                                       key=f"ec-fold-{run}-{k}", pure=False)
-            which[future.key] = (k, stated)
+                partials = shuffled.partials(k)
+                table = client.submit(thresholds_task, spec, st.version, k, partials, keyed_k,
+                                      key=f"ec-thresholds-{run}-{k}", pure=False)
+                future = client.submit(fold_partials_task, spec, st.version, k, partials, keyed_k, token,
+                                       shuffled.after(k, table, spec.reducer.name), key=f"ec-fold-{run}-t{k}", pure=False)
+            which[future.key] = (k, rounds)
             return future
 
-        futures = as_completed([fold(k, k in shuffled.buckets() and shuffled.stated(k)) for k in buckets])  # type: ignore[no-untyped-call]
+        mergeable = c.mergeable() is not None
+
+        def first(k: int) -> int:
+            keyed_k = held_by.get(k)
+            if not mergeable or not shuffled.stated(k) or (keyed_k is None and k not in shuffled.buckets()):
+                return 0  # (the last: only empty objects, folded for the commit's columns)
+            sets = shuffled.with_sets(k) or (keyed_k is not None and bool((keyed_k["operation"] == "set").any()))
+            return 2 if sets else 1
+
+        futures = as_completed([fold(k, first(k)) for k in buckets])  # type: ignore[no-untyped-call]
         outputs: list[BucketOutput] = []
-        from_states = 0
+        rounds_done = {1: 0, 2: 0}
         for future in futures:
             unit, worker = future.result()
             workers.add(worker)
-            k, stated = which[future.key]
-            if unit is None:  # the partial states cannot give the exact result: fold the bucket's rows
-                futures.add(fold(k, False))  # type: ignore[no-untyped-call]
+            k, rounds = which[future.key]
+            if unit is None:  # not exact this way: two rounds, then the bucket's rows
+                futures.add(fold(k, 2 if rounds == 1 else 0))  # type: ignore[no-untyped-call]
                 continue
-            from_states += stated
+            if rounds:
+                rounds_done[rounds] += 1
             outputs.append(unit)
             if self.progress is not None:
                 self.progress(len(outputs), len(buckets))
@@ -387,7 +446,8 @@ class DaskEngine:
             out.add(unit)
         out.spilled = True
         out.stats = {"engine": "dask", "tasks": len(chunks) + len(buckets), "partitionTasks": len(chunks),
-                     "bucketPieces": sum(len(p.buckets) for p in parts), "stateBuckets": from_states,
+                     "bucketPieces": sum(len(p.buckets) for p in parts), "stateBuckets": rounds_done[1] + rounds_done[2],
+                     "twoRoundBuckets": rounds_done[2],
                      "foldTasks": len(buckets), "workers": sorted(workers),
                      "phases": {"partitionS": round(partition_s, 3), "foldS": round(time.perf_counter() - folded_at, 3)}}
         return out

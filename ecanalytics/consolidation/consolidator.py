@@ -32,7 +32,16 @@ from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
 from ecanalytics.consolidation.field import Field
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
-from ecanalytics.consolidation.states import MERGEABLE, IdsOf, Partial, RecordStates, Restart, StateOutcome
+from ecanalytics.consolidation.states import (
+    MERGEABLE,
+    IdsOf,
+    Partial,
+    RecordStates,
+    Restart,
+    StateOutcome,
+    after_threshold,
+    partial_states,
+)
 from ecanalytics.errors import ConsolidationError, MissingObjectError
 from ecanalytics.ledger import keys
 from ecanalytics.ledger.buckets import Part
@@ -482,15 +491,19 @@ class Consolidator(Field):
             return None
         return reducer
 
-    def _finish_states(self, st: State, states: RecordStates, ids_of: IdsOf) -> tuple[StateOutcome, State]:
+    def _finish_states(self, st: State, states: RecordStates, ids_of: IdsOf,
+                       after: Callable[[pl.DataFrame], tuple[pl.DataFrame, int]] | None = None) -> tuple[StateOutcome, State]:
         """The end of a states fold: ``states`` merged with the current values and marks of the
-        records it touched (``st`` restricted to their buckets, also returned)."""
+        records it touched (``st`` restricted to their buckets, also returned). ``after`` gives
+        the second round of partial states from the thresholds (:meth:`RecordStates.thresholds`)."""
         touched = states.touched()
         rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
         # Only the records touched: the buckets loaded hold every record of theirs.
         current = (rs.records.filter(pl.col("id").is_in(touched.implode())) if rs.records.height
                    else rs.records).select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
-        return states.finish(current, rs.field_marks(self.field, touched), self.default, self.field, ids_of), rs
+        marks = rs.field_marks(self.field, touched)
+        second = None if after is None else after(states.thresholds(marks))
+        return states.finish(current, marks, self.default, self.field, ids_of, second), rs
 
     def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset()) -> pl.DataFrame | None:
         """The values of a states fold (the applied rows after late sets added), or None if one
@@ -547,25 +560,53 @@ class Consolidator(Field):
         folded = self._fold_frames_states(st, lambda: [rows], unapplied)
         return None if folded is None else dataclasses.replace(folded[0], applied=rows)
 
-    def fold_partials(self, st: State, k: int, partials: list[Partial], keyed: pl.DataFrame, version: int,
-                      token: str) -> BucketOutput | None:
-        """:meth:`fold_unit` of bucket ``k`` from partial states of its rows
-        (:func:`~ecanalytics.consolidation.states.partial_states`, one per cluster partition task)
-        and its resolved ``keyed`` rows; None when the partial states cannot give the exact
-        result (the field does not merge, a ``set`` among the keyed rows, rows dated at or before
-        a record's applied ones, a value that is not finite): the caller folds the rows then."""
+    def _from_partials(self, st: State, k: int, partials: list[Partial],
+                       keyed: pl.DataFrame) -> tuple[State, RecordStates] | None:
+        """``st`` restricted to bucket ``k``, and the per-record states merged from ``partials``
+        and the ``keyed`` rows; None when the field does not fold that way here."""
         st = st.restrict([k])
         reducer = self._merges(st)
         if reducer is None:
             return None
         states = RecordStates(reducer.name, compact=False)
+        for partial in [*partials, partial_states(keyed.cast(pending_schema(self.dtype)), reducer.name)]:  # type: ignore[arg-type]
+            states.add_partial(partial)
+        return (st, states) if states.rows else None
+
+    def partial_thresholds(self, st: State, k: int, partials: list[Partial], keyed: pl.DataFrame) -> pl.DataFrame | None:
+        """The first round of a fold from partial states with a ``set`` among them: bucket ``k``'s
+        thresholds (:meth:`RecordStates.thresholds`), which every piece of its rows then answers
+        with :func:`~ecanalytics.consolidation.states.after_threshold`; None when the field does
+        not fold that way here."""
+        merged = self._from_partials(st, k, partials, keyed)
+        if merged is None:
+            return None
+        st, states = merged
+        touched = states.touched()
+        return states.thresholds(st.restrict_to(touched, memo=states.rows <= MEMO_ROWS).field_marks(self.field, touched))
+
+    def fold_partials(self, st: State, k: int, partials: list[Partial], keyed: pl.DataFrame, version: int,
+                      token: str, after: list[tuple[pl.DataFrame, int] | None] | None = None) -> BucketOutput | None:
+        """:meth:`fold_unit` of bucket ``k`` from partial states of its rows
+        (:func:`~ecanalytics.consolidation.states.partial_states`, one per cluster partition task)
+        and its resolved ``keyed`` rows. Without ``after`` that is one round, exact when no
+        ``set`` is among the rows and none is dated at or before its record's applied marks;
+        ``after`` is the second round (:func:`~ecanalytics.consolidation.states.after_threshold`
+        of each piece of the rows against :meth:`partial_thresholds`), exact in every case. None
+        when the result would not be exact (the caller then asks for the second round, or folds
+        the rows), or a value is not finite, or the field does not fold that way here."""
+        merged = self._from_partials(st, k, partials, keyed)
+        if merged is None or (after is None and merged[1].has_sets) or (after is not None and None in after):
+            return None
+        st, states = merged
+        reducer = states.reducer
+
+        def second(table: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+            pieces = [*(a for a in after or [] if a is not None), after_threshold(keyed, table, reducer)]
+            return pl.concat([p[0] for p in pieces], how="vertical"), sum(p[1] for p in pieces)
+
         try:
-            for partial in partials:
-                states.add_partial(partial)
-            states.add(keyed.cast(pending_schema(self.dtype)))  # type: ignore[arg-type]
-            if not states.rows:
-                return None
-            done, rs = self._finish_states(st, states, _no_ids)
+            done, rs = self._finish_states(st, states, _no_ids, second if after is not None else None)
         except Restart:
             return None
         values = self._state_values(st, done)

@@ -57,7 +57,7 @@ IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object
 _Compact = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-Partial = tuple[pl.DataFrame, pl.DataFrame]  # see :func:`partial_states`
+Partial = tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]  # states, tops, sets: see :func:`partial_states`
 
 
 class Restart(Exception):
@@ -110,23 +110,51 @@ def _at_latest(kept: pl.DataFrame, rows_now: pl.DataFrame, instants: np.ndarray)
     return both.filter(pl.Series(_instants(both, _TS) == instants[both["originalId"].to_numpy()]))
 
 
-def partial_states(rows: pl.DataFrame, reducer: str) -> Partial | None:
-    """``rows`` (pending rows, record ids as strings) as a partial state of the aggregate form,
-    which a fold merges with others (:meth:`RecordStates.add_partial`) instead of taking the rows:
-    per record ``originalId, _agg, _earliest, _latest, _rows``, and the rows at each record's
-    latest instant (``originalId, timestamp, id``). It grows with the records, not the rows. None
-    when the rows hold a ``set`` (the aggregate form of the ``default`` reducer does not apply,
-    and the others keep the latest set rows too): the fold then takes the rows."""
-    if reducer not in MERGEABLE or (rows["operation"] == "set").any():
-        return None
-    value = signed_value().cast(pl.Float64)
-    aggregate = value.sum() if reducer in ("default", "sum") else value.min() if reducer == "min" else value.max()
+def _aggregate(reducer: str, value: pl.Expr) -> pl.Expr:
+    return value.sum() if reducer in ("default", "sum") else value.min() if reducer == "min" else value.max()
+
+
+def partial_states(rows: pl.DataFrame, reducer: str) -> Partial:
+    """``rows`` (pending rows with their ids, record ids as strings) as a partial state, which a
+    fold merges with others (:meth:`RecordStates.add_partial`) instead of taking the rows: per
+    record ``originalId, _agg, _earliest, _latest, _rows``; the rows at each record's latest
+    instant (``originalId, timestamp, id``); and the ``set`` rows at each record's latest ``set``
+    instant (``originalId, timestamp, id, value``). It grows with the records, not the rows.
+
+    Without a ``set`` anywhere the partial states are the whole fold (one round). With one, the
+    rows that count for the ``default`` reducer are those after each record's last ``set``, which
+    only all the partial states together tell: a second round asks each piece of rows for
+    :func:`after_threshold` of the merged :meth:`RecordStates.thresholds`."""
+    if reducer not in MERGEABLE:
+        raise ValueError(f"reducer {reducer!r} does not fold into mergeable states")
     states = rows.group_by("originalId").agg(
-        aggregate.alias("_agg"), pl.col(_TS).min().alias("_earliest"), pl.col(_TS).max().alias("_latest"),
-        pl.len().alias("_rows"))
+        _aggregate(reducer, signed_value().cast(pl.Float64)).alias("_agg"), pl.col(_TS).min().alias("_earliest"),
+        pl.col(_TS).max().alias("_latest"), pl.len().alias("_rows"))
     tops = rows.join(states.select("originalId", pl.col("_latest").alias(_TS)), on=["originalId", _TS],
                      how="semi").select("originalId", _TS, _ID)
-    return states, tops
+    set_rows = rows.filter(pl.col("operation") == "set").select("originalId", _TS, _ID, pl.col("value").cast(pl.Float64))
+    sets = set_rows.filter(pl.col(_TS) == pl.col(_TS).max().over("originalId")) if set_rows.height else set_rows
+    return states, tops, sets
+
+
+def after_threshold(rows: pl.DataFrame, table: pl.DataFrame, reducer: str) -> tuple[pl.DataFrame, int]:
+    """The second round of a fold from partial states (see :func:`partial_states`): ``rows``
+    (pending rows with their ids) against ``table`` (:meth:`RecordStates.thresholds`, or its
+    coded form): per record the reducer's aggregate of the rows that count (``originalId,
+    _agg``), and how many rows are late (sorted before their record's applied maximum)."""
+    return _after(rows.select("originalId", _TS, _ID, signed_value().cast(pl.Float64).alias("_v"),
+                              (pl.col("operation") == "set").alias("_set")), table, reducer)
+
+
+def _after(rows: pl.DataFrame, table: pl.DataFrame, reducer: str) -> tuple[pl.DataFrame, int]:
+    """:func:`after_threshold` of rows as ``originalId, timestamp, id, _v, _set``."""
+    rows = rows.join(table.select("originalId", "_tTs", "_tId", "maxTs", "maxId"), on="originalId", how="left")
+    counted = (pl.col("_tTs").is_null() | (pl.col(_TS) > pl.col("_tTs"))
+               | ((pl.col(_TS) == pl.col("_tTs")) & (pl.col(_ID) > pl.col("_tId")))).fill_null(False)
+    if reducer == "default":
+        counted = counted & ~pl.col("_set")
+    sums = rows.filter(counted).group_by("originalId").agg(_aggregate(reducer, pl.col("_v")).alias("_agg"))
+    return sums, int(rows.select(before(_TS, _ID, "maxTs", "maxId").sum()).item())
 
 
 def _scatter(reducer: str, into: np.ndarray, codes: np.ndarray, values: np.ndarray) -> None:
@@ -234,10 +262,11 @@ class RecordStates:
 
     def add_partial(self, partial: Partial) -> None:
         """Merge a partial state (:func:`partial_states`) of rows read elsewhere (a cluster's
-        partition task) into this aggregates-form fold, as :meth:`add` of those rows would."""
+        partition task) into this aggregates-form fold, as :meth:`add` of those rows would.
+        With a ``set`` among them, the aggregate needs a second round (:meth:`thresholds`)."""
         if self.compact:
             raise ValueError("partial states merge into the aggregates form only")
-        states, tops = partial
+        states, tops, sets = partial
         if not states.height:
             return
         states = self._coded(states)
@@ -247,37 +276,49 @@ class RecordStates:
         np.minimum.at(self._earliest, codes, _instants(states, "_earliest"))
         _scatter(self.reducer, self._agg, codes, states["_agg"].to_numpy())
         self._tops = _at_latest(self._tops, self._coded(tops).cast(self._tops.schema), self._latest)  # type: ignore[arg-type]
+        if sets.height:
+            sets = self._coded(sets).cast(self._sets.schema)  # type: ignore[arg-type]
+            np.maximum.at(self._set_latest, sets["originalId"].to_numpy(), _instants(sets, _TS))
+            self._sets = _at_latest(self._sets, sets, self._set_latest)
+
+    @property
+    def has_sets(self) -> bool:
+        """Whether a ``set`` is among the rows folded."""
+        return bool(self._sets.height)
 
     def touched(self) -> pl.Series:
         """The records with pending rows."""
         return self._names_by_code().alias("originalId")
 
     # -- the end ---------------------------------------------------------------------------
+    def thresholds(self, marks: pl.DataFrame) -> pl.DataFrame:
+        """Per record touched (as record ids), against its applied ``marks``: the threshold
+        ``_tTs, _tId`` after which rows count (all rows where it is null) and the applied maximum
+        ``maxTs, maxId``: what :func:`after_threshold` needs in the second round."""
+        tops, sets = _last(self._tops), _last(self._sets, "value")
+        table = self._table(tops, sets, self._coded(marks))
+        return self._named(table.select("originalId", "_tTs", "_tId", "maxTs", "maxId"))
+
     def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: float, field: str,
-               ids_of: IdsOf) -> StateOutcome:
+               ids_of: IdsOf, after: tuple[pl.DataFrame, int] | None = None) -> StateOutcome:
         """Merge the states against ``current`` (``originalId, current``) and ``marks``
         (``originalId, setTs, setId, maxTs, maxId``) of the records touched; ``default`` is the
-        value a missing record starts from. Raises :class:`Restart` if the aggregate form
-        cannot be exact (rows dated at or before a record's applied marks)."""
+        value a missing record starts from. ``after`` is the second round of partial states
+        (:func:`after_threshold` of every piece, concatenated, and the late rows summed). Raises
+        :class:`Restart` if the aggregate form cannot be exact (rows dated at or before a
+        record's applied marks)."""
         tops, sets = _last(self._tops), _last(self._sets, "value")
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
                              sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
         current, marks = self._coded(current), self._coded(marks)
         new = new_marks(reduced, marks, field, names=self._names_by_code())
-        # Per record: the threshold (the set whose value stands: the pending last set, unless the
-        # applied set sorts after it) and the applied maximum, for late rows.
-        table = tops.select("originalId").join(sets.rename({_TS: "_sTs", _ID: "_sId", "value": "_sVal"}),
-                                               on="originalId", how="left").join(marks, on="originalId", how="left")
-        wins = pl.col("_sTs").is_not_null() & (pl.col("setTs").is_null() | ~before("_sTs", "_sId", "setTs", "setId"))
+        table = self._table(tops, sets, marks)
         default_fold = self.reducer == "default"
-        table = table.with_columns(
-            pl.when(wins & default_fold).then(pl.col("_sTs")).otherwise(pl.col("setTs") if default_fold else None)
-            .alias("_tTs"),
-            pl.when(wins & default_fold).then(pl.col("_sId")).otherwise(pl.col("setId") if default_fold else None)
-            .alias("_tId"),
-            pl.when(wins).then(pl.col("_sVal")).otherwise(None).alias("_base"),
-            (wins & before("_sTs", "_sId", "maxTs", "maxId")).alias("_lateSet"))
-        if self.compact:
+        if after is not None:
+            agg, late = np.full(self._latest.size, _START[self.reducer]), after[1]
+            sums = self._coded(after[0])
+            _scatter(self.reducer, agg, sums["originalId"].to_numpy(), sums["_agg"].to_numpy())
+        elif self.compact:
             agg, late = self._fold_compact(table, ids_of)
         else:
             if marks.height and (self._earliest[marks["originalId"].to_numpy()] <= _instants(marks, "maxTs")).any():
@@ -295,6 +336,22 @@ class RecordStates:
         late_sets = table.filter(pl.col("_lateSet") & default_fold).select(
             "originalId", pl.col("_sTs").alias("_ts"), pl.col("_sId").alias("_id"))
         return StateOutcome(self._named(values), new, late, self._named(late_sets))
+
+    def _table(self, tops: pl.DataFrame, sets: pl.DataFrame, marks: pl.DataFrame) -> pl.DataFrame:
+        """Per record (a code): the threshold (the set whose value stands: the pending last set,
+        unless the applied set sorts after it) and the applied maximum, for late rows."""
+        table = tops.select("originalId").join(sets.rename({_TS: "_sTs", _ID: "_sId", "value": "_sVal"}),
+                                               on="originalId", how="left").join(marks, on="originalId", how="left")
+        wins = pl.col("_sTs").is_not_null() & (pl.col("setTs").is_null() | ~before("_sTs", "_sId", "setTs", "setId"))
+        default_fold = self.reducer == "default"
+        table = table.with_columns(
+            pl.when(wins & default_fold).then(pl.col("_sTs")).otherwise(pl.col("setTs") if default_fold else None)
+            .alias("_tTs"),
+            pl.when(wins & default_fold).then(pl.col("_sId")).otherwise(pl.col("setId") if default_fold else None)
+            .alias("_tId"),
+            pl.when(wins).then(pl.col("_sVal")).otherwise(None).alias("_base"),
+            (wins & before("_sTs", "_sId", "maxTs", "maxId")).alias("_lateSet"))
+        return table
 
     def _fold_compact(self, table: pl.DataFrame, ids_of: IdsOf) -> tuple[np.ndarray, int]:
         """(the aggregate per code, the late rows) of the compact rows against ``table``'s
@@ -333,13 +390,8 @@ class RecordStates:
                     raise RuntimeError("a pending row's id could not be read again; consolidate again")
                 exact.append(found.drop("_object", "_row"))
         if exact:
-            rows = pl.concat([e.select("originalId", _TS, "_v", "_set", _ID) for e in exact], how="vertical").join(
-                table.select("originalId", "_tTs", "_tId", "maxTs", "maxId"), on="originalId", how="left")
-            counted = (pl.col("_tTs").is_null() | (pl.col(_TS) > pl.col("_tTs"))
-                       | ((pl.col(_TS) == pl.col("_tTs")) & (pl.col(_ID) > pl.col("_tId")))).fill_null(False)
-            if self.reducer == "default":
-                counted = counted & ~pl.col("_set")
-            counting = rows.filter(counted)
-            _scatter(self.reducer, agg, counting["originalId"].to_numpy(), counting["_v"].to_numpy())
-            late += int(rows.select(before(_TS, _ID, "maxTs", "maxId").sum()).item())
+            sums, late_exact = _after(pl.concat([e.select("originalId", _TS, _ID, "_v", "_set") for e in exact],
+                                                how="vertical"), table, self.reducer)
+            _scatter(self.reducer, agg, sums["originalId"].to_numpy(), sums["_agg"].to_numpy())
+            late += late_exact
         return agg, late
