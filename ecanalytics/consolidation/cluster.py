@@ -5,18 +5,20 @@ the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 
 1. *partition* (one per :data:`PARTITION_OBJECTS` pending objects): read the objects straight from the
    store and split the rows by bucket. The rows stay in the worker's memory as the task's result;
-   one small task per bucket picks that bucket's rows out of it, on the same worker. When the
-   field folds into per-record states and a bucket's rows hold no ``set``, the task also reduces
-   them to a *partial state* (per record: the aggregate, the earliest and latest instants, the
-   rows at the latest: :func:`~ecanalytics.consolidation.states.partial_states`), which grows
-   with the records, not the rows;
-2. *fold* (one per bucket): take the bucket's partial states from every partition task, or its
-   rows when one of them has none (Dask moves them between workers, spilling to the workers'
-   local disk under memory pressure as it does for any result), read the bucket's state at the
-   planned version, and run :meth:`Consolidator.fold_partials` or
-   :meth:`Consolidator.fold_unit`, which write the bucket's delta. A bucket whose partial states
-   cannot give the exact result (rows dated at or before a record's applied ones, a ``set``
-   among the keyed rows) is folded again from its rows, which the partition tasks still hold.
+   small tasks pick what others need out of it, on the same worker. When the field folds into
+   per-record states, the task also reduces its rows to per-bucket *partial states*
+   (:func:`~ecanalytics.consolidation.states.partial_states`), which grow with the records, not
+   the rows;
+2. *fold* (one per bucket): merge the bucket's partial states from every partition task, read the
+   bucket's state at the planned version and write the bucket's delta
+   (:meth:`Consolidator.fold_partials`). Without a ``set`` among the bucket's rows that is one
+   round. With one, or where one round cannot be exact (rows dated at or before a record's
+   applied ones), it is two: a *thresholds* task sends each record's threshold to one task per
+   partition, run where its rows are, which answers with per-record aggregates of the rows after
+   it (:func:`~ecanalytics.consolidation.states.after_threshold`). A field that does not fold into
+   states, or a bucket whose value would not be finite, takes the bucket's rows instead (Dask
+   moves them between workers, spilling to the workers' local disk under memory pressure as it
+   does for any result) and runs :meth:`Consolidator.fold_unit`.
 
 Rows move between tasks through Dask's own data movement, not through the store: the store sees
 the reads of the pending objects and of the state, and the deltas' writes, as in one process
