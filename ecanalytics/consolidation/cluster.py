@@ -6,7 +6,8 @@ the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 1. *partition* (one per :data:`PARTITION_OBJECTS` pending objects): read the objects straight from the
    store and split the rows by bucket. The rows stay in the worker's memory as the task's result;
    small tasks pick what others need out of it, on the same worker. When the field folds into
-   per-record states, the task also reduces its rows to per-bucket *partial states*
+   per-record states and the rows touch at most :data:`PARTIAL_MAX_SHARE` as many records as
+   there are rows, the task also reduces its rows to per-bucket *partial states*
    (:func:`~ecanalytics.consolidation.states.partial_states`), which grow with the records, not
    the rows;
 2. *fold* (one per bucket): merge the bucket's partial states from every partition task, read the
@@ -76,6 +77,10 @@ from ecanalytics.storage import paths as P
 # Pending objects per partition task: enough tasks to spread the reads over the workers, few
 # enough that tiny objects do not make a task each (the LIST gives no object sizes).
 PARTITION_OBJECTS = 16
+# Partial states only where a partition task's records are at most this share of its rows: past
+# it they would not shrink what moves (10^8 rows over 10^7 records touch nearly a record a row)
+# and the workers would hold them beside the rows they keep for a second round.
+PARTIAL_MAX_SHARE = 0.5
 Progress = Callable[[int, int], None]  # (buckets done, buckets in all)
 
 
@@ -197,7 +202,8 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
     runs = split(rows, "originalId", spec.buckets)
     reducer = c.mergeable() if hidden is None else None
     partials: dict[int, Partial] = {}
-    if reducer is not None and rows.height:  # one reduction of all the rows, then split by bucket
+    if (reducer is not None and rows.height  # one reduction of all the rows, then split by bucket
+            and int(rows.select(pl.col("originalId").approx_n_unique()).item()) <= PARTIAL_MAX_SHARE * rows.height):
         states, tops, sets = (split(f, "originalId", spec.buckets) for f in partial_states(rows, reducer.name))
         partials = {k: (states[k], tops[k], sets.get(k, _NO_SETS)) for k in runs}
     summary = Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside, tuple(sorted(partials)),
