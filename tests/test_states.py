@@ -172,6 +172,16 @@ def test_decimal_fields_keep_the_general_path(root: Root) -> None:
     assert "fold" not in result.engine and str(w.value("a")) == "3.35"
 
 
+def pending(rng: random.Random, n: int, *, records: int, sets: bool, instants: list[datetime]) -> pl.DataFrame:
+    """``n`` pending rows as a consolidation carries them (generated ids, objects of 100 rows)."""
+    return frame(rng, n, sets=sets, instants=instants).with_columns(
+        pl.Series("id", [f"auto-{rng.randrange(10**6):08d}-{i}" for i in range(n)]),
+        pl.Series("originalId", [f"r{rng.randrange(records)}" for _ in range(n)]),
+        pl.lit("balance").alias("field"), pl.lit("t").alias("source"),
+        pl.Series("_object", [i // 100 for i in range(n)], dtype=pl.UInt32),
+        pl.Series("_row", [i % 100 for i in range(n)], dtype=pl.UInt32)).cast({"timestamp": pl.Datetime("us", "UTC")})
+
+
 @pytest.mark.parametrize("reducer", ["default", "sum", "min", "max"])
 def test_partial_states_merge_to_what_the_rows_fold_to(reducer: str) -> None:
     """Issue 17 (Dask): rows reduced to partial states in several pieces (as cluster partition
@@ -184,12 +194,7 @@ def test_partial_states_merge_to_what_the_rows_fold_to(reducer: str) -> None:
     rng = random.Random(17)
     instants = [T0 + timedelta(minutes=m) for m in range(5)]  # few instants: many ties
     n = 3_000
-    rows = frame(rng, n, sets=False, instants=instants).with_columns(
-        pl.Series("id", [f"auto-{rng.randrange(10**6):08d}-{i}" for i in range(n)]),
-        pl.Series("originalId", [f"r{rng.randrange(40)}" for _ in range(n)]),
-        pl.lit("balance").alias("field"), pl.lit("t").alias("source"),
-        pl.Series("_object", [i // 100 for i in range(n)], dtype=pl.UInt32),
-        pl.Series("_row", [i % 100 for i in range(n)], dtype=pl.UInt32)).cast({"timestamp": pl.Datetime("us", "UTC")})
+    rows = pending(rng, n, records=40, sets=False, instants=instants)
     current = pl.DataFrame({"originalId": ["r1", "r2", "r99"], "current": [500.0, -300.0, 7.0]})
     early = T0 - timedelta(days=1)  # applied marks before every pending row: nothing is late
     marks = pl.DataFrame({"originalId": ["r1", "r2"], "setTs": [early, None], "setId": ["auto-0", None],
@@ -242,12 +247,7 @@ def test_partial_states_in_two_rounds_equal_the_rows_with_sets_and_late_rows(red
     rng = random.Random(29)
     instants = [T0 + timedelta(minutes=m) for m in range(12)]
     n = 2_500
-    rows = frame(rng, n, sets=True, instants=instants).with_columns(
-        pl.Series("id", [f"auto-{rng.randrange(10**6):08d}-{i}" for i in range(n)]),
-        pl.Series("originalId", [f"r{rng.randrange(30)}" for _ in range(n)]),
-        pl.lit("balance").alias("field"), pl.lit("t").alias("source"),
-        pl.Series("_object", [i // 100 for i in range(n)], dtype=pl.UInt32),
-        pl.Series("_row", [i % 100 for i in range(n)], dtype=pl.UInt32)).cast({"timestamp": pl.Datetime("us", "UTC")})
+    rows = pending(rng, n, records=30, sets=True, instants=instants)
     current = pl.DataFrame({"originalId": [f"r{i}" for i in range(0, 30, 2)], "current": [float(i) for i in range(15)]})
     middle, late_set = T0 + timedelta(minutes=5), T0 + timedelta(minutes=9)
     end = T0 + timedelta(minutes=11)
