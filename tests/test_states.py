@@ -274,8 +274,12 @@ def test_partial_states_in_two_rounds_equal_the_rows_with_sets_and_late_rows(red
     table = merged.thresholds(marks)
     assert table.height == 30 and table["originalId"].dtype == pl.String
     second = [after_threshold(piece, table, reducer) for piece in pieces]
-    got = merged.finish(current, marks, 0.0, "balance", no_ids,
-                        (pl.concat([s[0] for s in second]), sum(s[1] for s in second)))
+
+    def after(thresholds: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        assert thresholds.equals(table)  # the round the pieces answered is the one finish asks
+        return pl.concat([s[0] for s in second]), sum(s[1] for s in second)
+
+    got = merged.finish(current, marks, 0.0, "balance", no_ids, after)
     assert want.late > 0 and got.late == want.late
     assert got.values.sort("originalId").equals(want.values.sort("originalId"))
     assert got.marks.sort("id").equals(want.marks.sort("id"))

@@ -204,15 +204,14 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
     partials: dict[int, Partial] = {}
     if (reducer is not None and rows.height  # one reduction of all the rows, then split by bucket
             and int(rows.select(pl.col("originalId").approx_n_unique()).item()) <= PARTIAL_MAX_SHARE * rows.height):
-        states, tops, sets = (split(f, "originalId", spec.buckets) for f in partial_states(rows, reducer.name))
-        partials = {k: (states[k], tops[k], sets.get(k, _NO_SETS)) for k in runs}
+        whole = partial_states(rows, reducer.name)
+        states, tops, sets = (split(f, "originalId", spec.buckets) for f in whole)
+        no_sets = whole[2].clear()
+        partials = {k: (states[k], tops[k], sets.get(k, no_sets)) for k in runs}
     summary = Partitioned(read, missing, sizes, tuple(sorted(runs)), _worker(), aside, tuple(sorted(partials)),
                           tuple(sorted(k for k, p in partials.items() if p[2].height)))
     return summary, runs, partials
 
-
-_NO_SETS = pl.DataFrame(schema={"originalId": pl.String, "timestamp": pl.Datetime("us", "UTC"), "id": pl.String,
-                                "value": pl.Float64})
 
 
 def _summary(result: Split) -> Partitioned:
@@ -426,11 +425,11 @@ class DaskEngine:
             which[future.key] = (k, rounds)
             return future
 
-        mergeable = c.mergeable() is not None
+        mergeable, with_rows = c.mergeable() is not None, set(shuffled.buckets())
 
         def first(k: int) -> int:
             keyed_k = held_by.get(k)
-            if not mergeable or not shuffled.stated(k) or (keyed_k is None and k not in shuffled.buckets()):
+            if not mergeable or not shuffled.stated(k) or (keyed_k is None and k not in with_rows):
                 return 0  # (the last: only empty objects, folded for the commit's columns)
             sets = shuffled.with_sets(k) or (keyed_k is not None and bool((keyed_k["operation"] == "set").any()))
             return 2 if sets else 1

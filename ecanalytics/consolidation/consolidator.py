@@ -34,6 +34,7 @@ from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.consolidation.states import (
     MERGEABLE,
+    After,
     IdsOf,
     Partial,
     RecordStates,
@@ -491,19 +492,21 @@ class Consolidator(Field):
             return None
         return reducer
 
+    def _touched_state(self, st: State, states: RecordStates) -> tuple[State, pl.Series]:
+        """``st`` restricted to the buckets of the records ``states`` touched, and those records."""
+        touched = states.touched()
+        return st.restrict_to(touched, memo=states.rows <= MEMO_ROWS), touched
+
     def _finish_states(self, st: State, states: RecordStates, ids_of: IdsOf,
-                       after: Callable[[pl.DataFrame], tuple[pl.DataFrame, int]] | None = None) -> tuple[StateOutcome, State]:
+                       after: After | None = None) -> tuple[StateOutcome, State]:
         """The end of a states fold: ``states`` merged with the current values and marks of the
         records it touched (``st`` restricted to their buckets, also returned). ``after`` gives
         the second round of partial states from the thresholds (:meth:`RecordStates.thresholds`)."""
-        touched = states.touched()
-        rs = st.restrict_to(touched, memo=states.rows <= MEMO_ROWS)
+        rs, touched = self._touched_state(st, states)
         # Only the records touched: the buckets loaded hold every record of theirs.
         current = (rs.records.filter(pl.col("id").is_in(touched.implode())) if rs.records.height
                    else rs.records).select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
-        marks = rs.field_marks(self.field, touched)
-        second = None if after is None else after(states.thresholds(marks))
-        return states.finish(current, marks, self.default, self.field, ids_of, second), rs
+        return states.finish(current, rs.field_marks(self.field, touched), self.default, self.field, ids_of, after), rs
 
     def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset()) -> pl.DataFrame | None:
         """The values of a states fold (the applied rows after late sets added), or None if one
@@ -581,9 +584,8 @@ class Consolidator(Field):
         merged = self._from_partials(st, k, partials, keyed)
         if merged is None:
             return None
-        st, states = merged
-        touched = states.touched()
-        return states.thresholds(st.restrict_to(touched, memo=states.rows <= MEMO_ROWS).field_marks(self.field, touched))
+        rs, touched = self._touched_state(*merged)
+        return merged[1].thresholds(rs.field_marks(self.field, touched))
 
     def fold_partials(self, st: State, k: int, partials: list[Partial], keyed: pl.DataFrame, version: int,
                       token: str, after: list[tuple[pl.DataFrame, int] | None] | None = None) -> BucketOutput | None:

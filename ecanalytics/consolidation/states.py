@@ -53,6 +53,7 @@ _COMBINE: dict[str, Callable[[pl.Expr, pl.Expr], pl.Expr]] = {
     "default": lambda cur, agg: cur + agg, "sum": lambda cur, agg: cur + agg,
     "min": lambda cur, agg: pl.min_horizontal(cur, agg), "max": lambda cur, agg: pl.max_horizontal(cur, agg)}
 IdsOf = Callable[[pl.DataFrame], pl.DataFrame]  # ``_object, _row`` -> ``_object, _row, id``
+After = Callable[[pl.DataFrame], tuple[pl.DataFrame, int]]  # thresholds -> a second round's sums, late rows
 # Compact rows as NumPy columns: code, instant (int64 us), signed value, is-set, object, row.
 _Compact = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
@@ -295,18 +296,20 @@ class RecordStates:
         """Per record touched (as record ids), against its applied ``marks``: the threshold
         ``_tTs, _tId`` after which rows count (all rows where it is null) and the applied maximum
         ``maxTs, maxId``: what :func:`after_threshold` needs in the second round."""
-        tops, sets = _last(self._tops), _last(self._sets, "value")
-        table = self._table(tops, sets, self._coded(marks))
+        return self._thresholds(self._table(_last(self._tops), _last(self._sets, "value"), self._coded(marks)))
+
+    def _thresholds(self, table: pl.DataFrame) -> pl.DataFrame:
+        """:meth:`thresholds` of a :meth:`_table`."""
         return self._named(table.select("originalId", "_tTs", "_tId", "maxTs", "maxId"))
 
     def finish(self, current: pl.DataFrame, marks: pl.DataFrame, default: float, field: str,
-               ids_of: IdsOf, after: tuple[pl.DataFrame, int] | None = None) -> StateOutcome:
+               ids_of: IdsOf, after: After | None = None) -> StateOutcome:
         """Merge the states against ``current`` (``originalId, current``) and ``marks``
         (``originalId, setTs, setId, maxTs, maxId``) of the records touched; ``default`` is the
-        value a missing record starts from. ``after`` is the second round of partial states
-        (:func:`after_threshold` of every piece, concatenated, and the late rows summed). Raises
-        :class:`Restart` if the aggregate form cannot be exact (rows dated at or before a
-        record's applied marks)."""
+        value a missing record starts from. ``after`` gives the second round of partial states
+        from the :meth:`thresholds` (:func:`after_threshold` of every piece, concatenated, and
+        the late rows summed). Raises :class:`Restart` if the aggregate form cannot be exact
+        (rows dated at or before a record's applied marks)."""
         tops, sets = _last(self._tops), _last(self._sets, "value")
         reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
                              sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
@@ -315,8 +318,8 @@ class RecordStates:
         table = self._table(tops, sets, marks)
         default_fold = self.reducer == "default"
         if after is not None:
-            agg, late = np.full(self._latest.size, _START[self.reducer]), after[1]
-            sums = self._coded(after[0])
+            second, late = after(self._thresholds(table))
+            agg, sums = np.full(self._latest.size, _START[self.reducer]), self._coded(second)
             _scatter(self.reducer, agg, sums["originalId"].to_numpy(), sums["_agg"].to_numpy())
         elif self.compact:
             agg, late = self._fold_compact(table, ids_of)
