@@ -3,7 +3,8 @@
 Every wall-clock reading that is *recorded* (commit times, default transaction timestamps, file
 ids, retention days), every random name (commit tokens, object ids) and every thread pool whose
 order of storage calls matters goes through here, so the deterministic simulator
-(``tests/sim/runtime.py``) replaces four names of this module and nothing else. Durations
+(``tests/sim/runtime.py``) replaces four names of this module (``time``, ``urandom``, ``datetime``,
+``ThreadPoolExecutor``) and nothing else. Durations
 (``time.perf_counter``, ``time.monotonic``) are measured directly: nothing is decided by them.
 """
 
@@ -11,9 +12,9 @@ from __future__ import annotations
 
 import random
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from os import urandom
 
 
 def now() -> datetime:
@@ -28,7 +29,7 @@ def time_ns() -> int:
 
 def token(length: int = 32) -> str:
     """A random hex name of ``length`` characters (commit tokens, object names)."""
-    return uuid.uuid4().hex[:length]
+    return urandom(16).hex()[:length]
 
 
 def sortable_id(length: int = 32) -> str:

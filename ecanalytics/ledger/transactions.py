@@ -20,7 +20,7 @@ import numbers
 from collections.abc import Collection, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -75,6 +75,14 @@ def check_amount(value: object, attr: Attribute | None = None) -> float | decima
     For a ``decimal(p,s)`` field the amount becomes an exact ``Decimal`` and may not have more
     than ``s`` decimal places. For a ``number`` field it must fit a 64-bit float: an int such as
     ``10**400`` is rejected, never turned into infinity; so are signaling NaN Decimals."""
+    if (type(value) is float or type(value) is int) and (attr is None or attr.kind != "decimal"):
+        try:  # the common case, without the ABC checks below (every add comes through here)
+            number = float(value)
+        except OverflowError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
     if attr is not None and attr.kind == "decimal":
         try:
             return to_decimal(value, attr.precision, attr.scale, "The amount")
@@ -152,8 +160,23 @@ def held_rows(held: pl.DataFrame, value_dtype: pl.DataType | None = None) -> pl.
                                              pl.lit(None, pl.UInt32).alias("_row")).cast(pending_schema(value_dtype))  # type: ignore[arg-type]
 
 
+_EPOCH, _MICROSECOND = datetime(1970, 1, 1, tzinfo=timezone.utc), timedelta(microseconds=1)
+
+
 def tx_frame(rows: Sequence[dict[str, Any]], value_dtype: pl.DataType | None = None) -> pl.DataFrame:
-    return pl.DataFrame(list(rows), schema=tx_schema(value_dtype), orient="row")
+    """Transaction rows (dicts with the columns of :func:`tx_schema`) as a frame.
+
+    Built column by column, with each aware timestamp turned into epoch microseconds here: Polars
+    converts aware ``datetime`` objects one by one in Python (about 1.4 us a row, holding the
+    GIL that writer threads share; 0.2 us this way)."""
+    schema = tx_schema(value_dtype)
+    try:
+        micros = [(row["timestamp"] - _EPOCH) // _MICROSECOND for row in rows]
+    except (TypeError, KeyError):  # a naive or missing timestamp: Polars' own conversion decides
+        return pl.DataFrame(list(rows), schema=schema, orient="row")
+    columns = {name: micros if name == "timestamp" else [row[name] for row in rows] for name in schema}
+    return pl.DataFrame(columns, schema={**schema, "timestamp": pl.Int64()}).with_columns(
+        pl.col("timestamp").cast(schema["timestamp"]))
 
 
 @dataclass(frozen=True)

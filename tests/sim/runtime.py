@@ -6,7 +6,8 @@ pools (``ecanalytics._runtime``) and the database's ``Store``, and restores them
 * ``time`` / ``datetime``: the simulated clock (a fixed epoch plus 1 ms per storage step, plus
   the hours that ``pause`` faults added) plus the calling actor's skew, so file ids, transaction
   ids, retention cuts and backoffs are reproducible, and each actor's clock can be off;
-* ``uuid``: ``uuid4()`` from the world's seeded RNG (object names, commit tokens);
+* ``urandom``: bytes from the world's seeded RNG (object names, commit tokens), the same bytes a
+  seeded ``uuid4()`` had, so seeds keep their runs;
 * ``ThreadPoolExecutor``: a sequential executor. ``Ledger.commit`` writes its delta and ids
   through a 2-thread pool, whose threads would call the store in an order no seed controls;
 * ``ecanalytics.database.Store``: every connection's Store is wrapped by the world.
@@ -30,7 +31,7 @@ from tests.sim.faultstore import World
 _ACTIVE = threading.Lock()  # one simulation per process at a time: the patches are global
 PATCHES = {
     # Every recorded clock, random name and ordered thread pool of the library goes through this seam.
-    "ecanalytics._runtime": ("time", "uuid", "datetime", "ThreadPoolExecutor"),
+    "ecanalytics._runtime": ("time", "urandom", "datetime", "ThreadPoolExecutor"),
     "ecanalytics.database": ("Store",),
 }
 
@@ -72,17 +73,17 @@ class SimDatetime(metaclass=_DatetimeMeta):
         return _dt.datetime.fromtimestamp(cls.world.now_ns() / 1e9, tz)
 
 
-class SimUuid:
-    """The ``uuid`` module with a seeded ``uuid4``."""
+class SimUrandom:
+    """``os.urandom`` from the world's seeded RNG: the bytes of a seeded version-4 UUID, as the
+    library drew its tokens from ``uuid4()`` when the simulator's seeds were chosen."""
 
     def __init__(self, world: World) -> None:
         self._world = world
 
-    def uuid4(self) -> _uuid.UUID:
-        return _uuid.UUID(int=self._world.uuid_rng.getrandbits(128), version=4)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_uuid, name)
+    def __call__(self, size: int) -> bytes:
+        if size > 16:
+            raise ValueError("the simulated urandom gives at most 16 bytes (one UUID)")
+        return _uuid.UUID(int=self._world.uuid_rng.getrandbits(128), version=4).bytes[:size]
 
 
 class SequentialExecutor:
@@ -121,7 +122,7 @@ def simulated_runtime(world: World) -> Iterator[None]:
     def store_factory(config: StorageConfig) -> Store:
         return world.wrap(Store(config))
 
-    shims: dict[str, Any] = {"time": SimTime(world), "uuid": SimUuid(world), "datetime": sim_datetime,
+    shims: dict[str, Any] = {"time": SimTime(world), "urandom": SimUrandom(world), "datetime": sim_datetime,
                              "ThreadPoolExecutor": SequentialExecutor, "Store": store_factory}
     saved: list[tuple[Any, str, Any]] = []
     with _ACTIVE:
