@@ -238,12 +238,15 @@ class Ledger:
             dels = entry.deletes_of(n)
             touched = set(entry.delta) | set(entry.marks) | set(dels)
             out = list(buckets)
+            changes = []
             for k in sorted(touched):
                 part = Part(entry.delta.get(k), entry.marks.get(k), dels.get(k, ()))
                 recs = written.get(part.records) if part.records else None
                 mks = written.get(part.marks) if part.marks else None
-                out[k] = out[k].then(part, recs, mks,
-                                     load=(lambda p, k=k: self.load_part(k, p)) if read_parts else None)  # type: ignore[misc]
+                changes.append((out[k], part, recs, mks,
+                                (lambda p, k=k: self.load_part(k, p)) if read_parts else None))  # type: ignore[misc]
+            for k, bucket in zip(sorted(touched), Bucket.then_all(changes), strict=True):
+                out[k] = bucket
             buckets = tuple(out)
         consumed = st.consumed
         applied = st.applied_ids
