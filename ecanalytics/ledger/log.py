@@ -57,6 +57,8 @@ SMALL_BUCKET_ROWS = 16_384  # a changed bucket this small (records and marks) ge
 CHAIN_INTERVALS = 4  # a bucket's base is at most this many checkpoint intervals of parts old (see _rewrites)
 CHAIN_INLINE = 16  # inline parts a chain may carry inside the checkpoint before its bucket is rewritten
 _INLINE = "inline:"
+WRITE_THREADS = 8  # objects of one commit written at once (on S3 each is a round trip)
+CHECKPOINT_THREADS = 4  # buckets a checkpoint reads and writes at once (each held in memory meanwhile)
 
 
 def _inline(frame: pl.DataFrame, rows: int | None) -> str | None:
@@ -456,10 +458,10 @@ class Ledger:
                 if change is None:
                     return None
                 prepared = self._prepare(st, change)
-                # Sequential on purpose: a deterministic order of storage calls (the simulator
-                # replays it exactly); these objects are small and the delta dominates.
-                for rel, frame in prepared.files.items():
-                    self.store.write_parquet(rel, frame)
+                # Side by side: a commit may name an object per bucket, and on S3 each is a round
+                # trip (the simulator's executor runs them in order, so its runs stay replayable).
+                with _runtime.executor(min(WRITE_THREADS, max(1, len(prepared.files)))) as pool:
+                    list(pool.map(lambda item: self.store.write_parquet(*item), prepared.files.items()))
                 self.fault_point("after_delta")
                 if not self._create_entry(prepared.entry):
                     self.store.delete([*prepared.files, *change.written])
@@ -650,16 +652,17 @@ class Ledger:
             return rel
 
         rewrite = self._rewrites(st)
-        bases: list[Part] = []
-        for k, bucket in enumerate(st.buckets):
-            if k in rewrite:
-                # Read and let go: checkpointing a big resource holds one bucket at a time. An
-                # unreadable base is rebuilt from the log, as any reader does: the commit this
-                # checkpoint follows has already been made.
-                records, marks = st.bucket_frames(k, memo=False)
-                bases.append(Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks)))
-            else:
-                bases.append(bucket.base)
+
+        def rebase(k: int) -> Part:
+            # Read and let go: checkpointing a big resource holds CHECKPOINT_THREADS buckets at a
+            # time. An unreadable base is rebuilt from the log, as any reader does: the commit
+            # this checkpoint follows has already been made.
+            records, marks = st.bucket_frames(k, memo=False)
+            return Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks))
+
+        with _runtime.executor(min(CHECKPOINT_THREADS, max(1, len(rewrite)))) as pool:
+            rebased = dict(zip(sorted(rewrite), pool.map(rebase, sorted(rewrite)), strict=True))
+        bases = [rebased.get(k, bucket.base) for k, bucket in enumerate(st.buckets)]
         chains = tuple(() if k in rewrite else b.parts for k, b in enumerate(st.buckets))
         versions = tuple(st.version if k in rewrite else b.base_version for k, b in enumerate(st.buckets))
         held = {f: put(f"checkpoint-held-{f}", rows) for f, rows in st.held.items() if rows.height}
