@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from os import urandom
+from typing import TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def now() -> datetime:
@@ -46,3 +51,12 @@ def backoff(attempt: int, first_s: float, max_s: float) -> None:
 def executor(max_workers: int) -> ThreadPoolExecutor:
     """A thread pool (the simulator runs its tasks in order on the calling thread)."""
     return ThreadPoolExecutor(max_workers=max_workers)
+
+
+def each(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
+    """``fn`` of every item, in order, on up to ``threads`` threads of an :func:`executor`; on the
+    calling thread when one would do (a pool's threads cost more than a few local calls)."""
+    if threads <= 1 or len(items) <= 1:
+        return [fn(item) for item in items]
+    with executor(min(threads, len(items))) as pool:
+        return list(pool.map(fn, items))

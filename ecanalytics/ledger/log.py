@@ -57,7 +57,7 @@ SMALL_BUCKET_ROWS = 16_384  # a changed bucket this small (records and marks) ge
 CHAIN_INTERVALS = 4  # a bucket's base is at most this many checkpoint intervals of parts old (see _rewrites)
 CHAIN_INLINE = 16  # inline parts a chain may carry inside the checkpoint before its bucket is rewritten
 _INLINE = "inline:"
-WRITE_THREADS = 8  # objects of one commit written at once (on S3 each is a round trip)
+WRITE_THREADS = 8  # objects of one commit written at once on S3 (each a round trip)
 CHECKPOINT_THREADS = 4  # buckets a checkpoint reads and writes at once (each held in memory meanwhile)
 
 
@@ -458,10 +458,10 @@ class Ledger:
                 if change is None:
                     return None
                 prepared = self._prepare(st, change)
-                # Side by side: a commit may name an object per bucket, and on S3 each is a round
-                # trip (the simulator's executor runs them in order, so its runs stay replayable).
-                with _runtime.executor(min(WRITE_THREADS, max(1, len(prepared.files)))) as pool:
-                    list(pool.map(lambda item: self.store.write_parquet(*item), prepared.files.items()))
+                # Side by side on S3, where a commit's object per bucket is a round trip each
+                # (the simulator's executor runs them in order, so its runs stay replayable).
+                _runtime.each(lambda item: self.store.write_parquet(*item), list(prepared.files.items()),
+                              WRITE_THREADS if self.store.remote else 1)
                 self.fault_point("after_delta")
                 if not self._create_entry(prepared.entry):
                     self.store.delete([*prepared.files, *change.written])
@@ -660,8 +660,7 @@ class Ledger:
             records, marks = st.bucket_frames(k, memo=False)
             return Part(put(f"checkpoint-b{k}", records), put(f"checkpoint-marks-b{k}", marks))
 
-        with _runtime.executor(min(CHECKPOINT_THREADS, max(1, len(rewrite)))) as pool:
-            rebased = dict(zip(sorted(rewrite), pool.map(rebase, sorted(rewrite)), strict=True))
+        rebased = dict(zip(sorted(rewrite), _runtime.each(rebase, sorted(rewrite), CHECKPOINT_THREADS), strict=True))
         bases = [rebased.get(k, bucket.base) for k, bucket in enumerate(st.buckets)]
         chains = tuple(() if k in rewrite else b.parts for k, b in enumerate(st.buckets))
         versions = tuple(st.version if k in rewrite else b.base_version for k, b in enumerate(st.buckets))

@@ -46,6 +46,11 @@ class Store:
         # Called with what every read_many fetched: how the CLI's progress bars count objects and rows.
         self.on_read: Callable[[dict[str, bytes | None]], None] | None = None
 
+    @property
+    def remote(self) -> bool:
+        """Whether each call is a network round trip (S3): worth overlapping on threads."""
+        return self.config.protocol == "s3"
+
     # -- paths -----------------------------------------------------------------------------
     def abs(self, rel: str) -> str:
         """Absolute store path of ``rel``."""
