@@ -261,3 +261,34 @@ def test_a_checkpoint_rebuilds_an_unreadable_base_it_rewrites(root: Root, monkey
     table = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     values = dict(zip(table["id"].to_list(), table["balance"].to_list(), strict=True))
     assert values == {i: 5.0 if i == in0 else 7.0 if i == in1 else 0.0 for i in ids}
+
+
+def test_parts_applied_together_equal_a_model_of_each_bucket() -> None:
+    """apply_parts (one Polars call for every bucket a commit changed) against dicts: records are
+    replaced by id, marks by (id, field), deleted ids leave both."""
+    from ecanalytics.ledger.buckets import apply_parts
+
+    rnd = random.Random(7)
+
+    def frames(recs: dict[str, float], marks: dict[tuple[str, str], int]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return (pl.DataFrame({"id": list(recs), "balance": list(recs.values())}, schema={"id": pl.String, "balance": pl.Float64}),
+                pl.DataFrame({"id": [k[0] for k in marks], "field": [k[1] for k in marks], "n": list(marks.values())},
+                             schema={"id": pl.String, "field": pl.String, "n": pl.Int64}))
+
+    changes, expected = [], []
+    for _bucket in range(6):
+        recs = {f"r{i}": float(rnd.randrange(100)) for i in rnd.sample(range(30), rnd.randrange(0, 12))}
+        marks = {(r, f): rnd.randrange(100) for r in recs for f in ("balance", "points") if rnd.random() < 0.7}
+        new_recs = {f"r{i}": float(rnd.randrange(100)) for i in rnd.sample(range(30), rnd.randrange(0, 6))}
+        field = rnd.choice(["balance", "points"])
+        new_marks = {(r, field): rnd.randrange(100) for r in new_recs}
+        deletes = tuple(f"r{i}" for i in rnd.sample(range(30), rnd.randrange(0, 4)) if f"r{i}" not in new_recs)
+        want_recs = {**{k: v for k, v in recs.items() if k not in deletes}, **new_recs}
+        want_marks = {**{k: v for k, v in marks.items() if k[0] not in deletes}, **new_marks}
+        changes.append((frames(recs, marks), *(frames(new_recs, new_marks) if new_recs else (None, None)), deletes))
+        expected.append((want_recs, want_marks))
+    for (recs_out, marks_out), (want_recs, want_marks) in zip(apply_parts(changes), expected, strict=True):
+        assert dict(zip(recs_out["id"].to_list(), recs_out["balance"].to_list(), strict=True)) == want_recs
+        assert recs_out.height == len(want_recs)
+        got_marks = {(i, f): n for i, f, n in marks_out.iter_rows()}
+        assert got_marks == want_marks and marks_out.height == len(want_marks)

@@ -154,3 +154,63 @@ def test_errors_share_one_root_and_builtin_bases() -> None:
     assert issubclass(ec.CorruptObjectError, OSError) and issubclass(ec.CorruptObjectError, ec.TerminalError)
     assert issubclass(ec.CommitConflictError, ec.TransientError)
     assert str(ec.RecordNotFoundError("no record 'x'")) == "no record 'x'"
+
+
+# The checks every add runs have a fast path; each case is judged here from the rules themselves
+# (character by character), not from the code under test.
+def _id_is_valid(s: str) -> bool:
+    return (0 < len(s) <= 1024 and not any(c in s for c in "/\\=") and ".." not in s
+            and not any(ord(c) < 32 or 127 <= ord(c) < 160 or 0xD800 <= ord(c) < 0xE000 for c in s))
+
+
+@pytest.mark.parametrize("record_id", [
+    "w1", "a.b", ".a.", "..", "a..", "\u00a0", "\u0085", "\u009f", "\u00a0x", "\ud7ff", "\ud800", "\udfff",
+    "\ue000", "ü-ñ", "x" * 1024, "x" * 1025, "", "a\tb", "a\x7f", "漢字", "a=b", "a/b", "a\\b", "\U0001f600"])
+def test_record_id_checks_agree_with_the_rules(record_id: str) -> None:
+    from ecanalytics.errors import InvalidNameError
+    from ecanalytics.storage.paths import validate_record_id
+
+    if _id_is_valid(record_id):
+        assert validate_record_id(record_id) == record_id
+    else:
+        with pytest.raises(InvalidNameError, match="Invalid id"):
+            validate_record_id(record_id)
+
+
+@pytest.mark.parametrize("amount", [0, -7, 2**53, 10**308, 10**400, 1.5, -0.0, 1e308, math.inf, -math.inf, math.nan,
+                                    True, False, "3", None, Decimal("2.5"), Decimal("NaN")])
+def test_amount_checks_agree_with_the_rules(amount: Any) -> None:
+    from ecanalytics.errors import InvalidValueError
+    from ecanalytics.ledger.transactions import check_amount
+
+    ok = (not isinstance(amount, bool) and isinstance(amount, (int, float, Decimal))
+          and (not isinstance(amount, int) or abs(amount) < 2**1024) and math.isfinite(float(amount)))
+    if ok:
+        got = check_amount(amount)
+        assert type(got) is float and got == float(amount)
+    else:
+        with pytest.raises(InvalidValueError, match="Amounts must be finite"):
+            check_amount(amount)
+
+
+def test_buffered_rows_become_a_frame_with_the_same_instants_and_values() -> None:
+    from datetime import UTC, timedelta, timezone
+
+    import polars as pl
+
+    from ecanalytics.ledger.transactions import tx_frame
+
+    zones = [UTC, timezone(timedelta(hours=-3)), timezone(timedelta(hours=14)), timezone(timedelta(minutes=-570))]
+    stamps = [datetime(2026, 3, 8, 1, 59, 59, 999_999, tzinfo=zones[1]), datetime(1, 1, 2, tzinfo=UTC),
+              datetime(9999, 12, 30, 23, 59, 59, 999_999, tzinfo=UTC), datetime(2024, 2, 29, 23, 0, 0, 7, tzinfo=zones[2]),
+              datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=zones[3]), datetime(2026, 12, 6, tzinfo=zones[0])]
+    rows = [{"id": f"t{i}", "originalId": f"r{i % 2}", "field": "balance", "value": i * 1.25 - 3,
+             "operation": ("add", "sub", "set")[i % 3], "timestamp": ts, "source": "api"} for i, ts in enumerate(stamps)]
+    frame = tx_frame(rows)
+    assert frame["timestamp"].dtype == pl.Datetime("us", "UTC")
+    assert frame["timestamp"].dt.replace_time_zone(None).to_list() == [
+        ts.astimezone(UTC).replace(tzinfo=None) for ts in stamps]
+    assert frame.drop("timestamp").rows(named=True) == [{k: v for k, v in r.items() if k != "timestamp"} for r in rows]
+    exact = tx_frame([{**rows[0], "value": Decimal("12.34")}], pl.Decimal(12, 2))
+    assert exact["value"].dtype == pl.Decimal(12, 2) and exact["value"].to_list() == [Decimal("12.34")]
+    assert tx_frame([]).height == 0 and tx_frame([]).schema == frame.schema
