@@ -8,8 +8,9 @@ pools (``ecanalytics._runtime``) and the database's ``Store``, and restores them
   ids, retention cuts and backoffs are reproducible, and each actor's clock can be off;
 * ``urandom``: bytes from the world's seeded RNG (object names, commit tokens), the same bytes a
   seeded ``uuid4()`` had, so seeds keep their runs;
-* ``ThreadPoolExecutor``: a sequential executor. ``Ledger.commit`` writes its delta and ids
-  through a 2-thread pool, whose threads would call the store in an order no seed controls;
+* ``ThreadPoolExecutor``: a sequential executor. A commit writes its objects side by side on S3
+  and a checkpoint four buckets at a time, on threads that would call the store in an order no
+  seed controls;
 * ``ecanalytics.database.Store``: every connection's Store is wrapped by the world.
 """
 
