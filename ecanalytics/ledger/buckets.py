@@ -191,17 +191,13 @@ class Bucket:
             if self._frames is None:
                 self._frames = frames
 
-    def then(self, part: Part, records: pl.DataFrame | None = None, marks: pl.DataFrame | None = None,
-             load: Loader | None = None) -> Bucket:
-        """This bucket after ``part``. A loaded bucket stays loaded: with the part's frames when the
-        caller has them, else by reading the part with ``load`` (without ``load`` it lets its
-        frames go and remembers the part); an unloaded one just remembers it."""
-        return Bucket.then_all([(self, part, records, marks, load)])[0]
-
     @staticmethod
     def then_all(changes: Sequence[tuple[Bucket, Part, pl.DataFrame | None, pl.DataFrame | None, Loader | None]],
                  ) -> list[Bucket]:
-        """Each bucket after its part, as :meth:`then` does it, the loaded ones in one Polars call."""
+        """Each ``(bucket, part, records, marks, load)`` as the bucket after its part. A loaded
+        bucket stays loaded: with the part's frames when the caller has them, else by reading the
+        part with ``load`` (without ``load`` it lets its frames go and remembers the part); an
+        unloaded one just remembers it. The loaded ones are applied in one Polars call."""
         applied: list[int] = []
         todo: list[Change] = []
         for i, (bucket, part, records, marks, load) in enumerate(changes):

@@ -167,8 +167,7 @@ class State:
         todo = [k for k in only if not buckets[k].loaded]
         # Several buckets at once: their objects are read and decoded (Polars releases the GIL)
         # side by side, which matters most on S3, where each read is a round trip.
-        with _runtime.executor(min(LOAD_THREADS, max(1, len(todo)))) as pool:
-            loaded = list(pool.map(lambda k: self.bucket_frames(k, memo=memo), todo))
+        loaded = _runtime.each(lambda k: self.bucket_frames(k, memo=memo), todo, LOAD_THREADS)
         # Kept even unasked while the state holds at most KEEP_ROWS rows in all: a long-lived
         # process's next commit needs them again, while a fold over a huge resource (one bucket
         # at a time: spilled, on a cluster, a recalculation) still lets its buckets go.

@@ -278,12 +278,8 @@ def read_objects(store: Store, keys: Sequence[str], *, value_dtype: pl.DataType 
     # The index is the key's position among ``keys`` (plus ``start``), not among the keys read:
     # a missing object (a writer between marker and object) must not shift the others'.
     items = [(start + i, k) for i, k in enumerate(keys) if blobs[k] is not None]
-    if pool is not None:
-        frames = list(pool.map(decode, items))
-    else:
-        # Polars releases the GIL while decoding, so a few threads decode several objects at once.
-        with _runtime.executor(min(8, max(1, len(read)))) as own:
-            frames = list(own.map(decode, items))
+    # Polars releases the GIL while decoding, so a few threads decode several objects at once.
+    frames = list(pool.map(decode, items)) if pool is not None else _runtime.each(decode, items, 8)
     if not frames:
         return pl.DataFrame(schema=pending_schema(value_dtype)), read, missing
     rows = pl.concat(frames, how="vertical")
