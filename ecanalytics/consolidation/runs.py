@@ -15,9 +15,11 @@ from pathlib import Path
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.ledger.buckets import split
 
 DEFAULT_BUDGET_ROWS = 4_000_000
+SPILL_THREADS = 2  # run files written at once
 
 
 class Runs:
@@ -63,13 +65,21 @@ class Runs:
             for k, part in split(chunk, self.column, self.n).items():
                 self._mem.setdefault(k, []).append(part)
         self._chunks.clear()
-        for k, frames in self._mem.items():
+
+        def write(item: tuple[int, list[pl.DataFrame]]) -> tuple[int, Path]:
+            k, frames = item
             # Arrow IPC with zstd: transaction rows (ids above all) shrink about 9 times, which
             # costs about as much CPU as it saves in writing and reading back (measured on 2x10^6
             # bench rows: 258 MB in 0.20 s uncompressed, 28 MB in 0.24 s; read 0.21 vs 0.16 s),
             # and spares the disk and the page cache 8 bytes in 9 (10^8 rows spill 1.4 GB, not 13).
+            assert self._dir is not None
             path = self._dir / f"b{k:05d}-{self._spills:06d}.arrow"
             pl.concat(frames, how="vertical").write_ipc(path, compression="zstd")
+            return k, path
+
+        # Each file compresses on one thread: two at once keep both cores busy (at 10^8 rows the
+        # writes took 13.5 of 24 s of spilling, one after the other).
+        for k, path in _runtime.each(write, list(self._mem.items()), SPILL_THREADS):
             self._files.setdefault(k, []).append(path)
         self._spills += 1
         self._mem.clear()
@@ -83,9 +93,17 @@ class Runs:
 
     def frames(self, k: int) -> Iterator[pl.DataFrame]:
         """Bucket ``k``'s rows one spill at a time (in the order they were added), read again on
-        every call (after a spill); the files stay until close()."""
-        for path in self._files.get(k, []):
-            yield pl.read_ipc(path)
+        every call (after a spill); the files stay until close(). The next file is read while the
+        caller works on this one (two in memory at most): at 10^8 rows the reads took 7 s of the
+        31 s that the buckets' folds took, one after the other."""
+        paths = self._files.get(k, [])
+        with _runtime.executor(1) as ahead:
+            reading = ahead.submit(pl.read_ipc, paths[0]) if paths else None
+            for i in range(len(paths)):
+                assert reading is not None
+                frame = reading.result()
+                reading = ahead.submit(pl.read_ipc, paths[i + 1]) if i + 1 < len(paths) else None
+                yield frame
 
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
