@@ -112,7 +112,8 @@ class EventualConsistencyPlugin:
         self._unsure: list[PlannedObject] = []  # objects of a failed flush, retried under the same names
         self._maybe_written: str | None = None  # key of the object whose write failed: it may exist
         self._buffer_since = 0.0
-        self._buffer_lock = threading.Lock()
+        self._buffer_lock = threading.Lock()  # the buffer and the failed flush's objects
+        self._flush_lock = threading.Lock()  # one flush at a time; writers keep adding meanwhile
         self._group_commit = GroupCommit(self._run_batch)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -369,14 +370,24 @@ class EventualConsistencyPlugin:
         then, live or archived; the objects after it were never tried.
         """
         store = self.consolidator.store
-        with self._buffer_lock:
-            rows, self._buffer = self._buffer, []
-            planned = list(self._unsure)
-            if not planned and not rows:
-                return 0
+        # The buffer is only held to take its rows: the writes run under the flush lock, so adds
+        # from other threads go on while objects are encoded and written (on S3, a round trip
+        # each). A flush waits for the one before it, so when it returns every row added before
+        # it was called is durable, or it raised.
+        with self._flush_lock:
+            with self._buffer_lock:
+                rows, self._buffer = self._buffer, []
+                planned, self._unsure = list(self._unsure), []
             if rows:
-                planned += plan_objects(self.dataset, self.timezone, tx_frame(rows, self.consolidator.dtype))
-            self._unsure = []
+                try:
+                    planned += plan_objects(self.dataset, self.timezone, tx_frame(rows, self.consolidator.dtype))
+                except BaseException:  # nothing was written: the rows go back, ahead of newer ones
+                    with self._buffer_lock:
+                        self._buffer[:0] = rows
+                        self._unsure = planned
+                    raise
+            if not planned:
+                return 0
             written = 0
             for index, obj in enumerate(planned):
                 try:
@@ -386,9 +397,10 @@ class EventualConsistencyPlugin:
                     obj.write(store)
                     written += obj.rows.height
                 except Exception as exc:
-                    self._unsure = planned[index:]
+                    with self._buffer_lock:
+                        self._unsure = planned[index:]
                     self._maybe_written = obj.key
-                    self._error("flush", exc, count=sum(o.rows.height for o in self._unsure))
+                    self._error("flush", exc, count=sum(o.rows.height for o in planned[index:]))
                     raise
             self._maybe_written = None
         return written

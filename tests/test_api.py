@@ -188,6 +188,45 @@ def test_flush_interval_flushes_in_background(root: Root) -> None:
     assert len(root.store().find("metrics_transactions_count", ".parquet")) == 1
 
 
+def test_adds_go_on_while_a_flush_writes(root: Root) -> None:
+    """A flush holds the buffer only to take its rows: while its object is being written (held
+    here mid-write), other threads' adds return, a second flush waits for the first, and every
+    add counts exactly once afterwards."""
+    db = root.connect()
+    plugin = db.use_plugin(ec.EventualConsistencyPlugin(resource="metrics", field="count", batch_transactions=True,
+                                                        batch_size=1000, auto_consolidate=False, flush_interval=3600))
+    metrics = db.create_resource("metrics", {"id": "string|required", "count": "number|default:0"})
+    original, writing, release = db.store.write_parquet, threading.Event(), threading.Event()
+
+    def held_write(rel: str, df: Any, *, create: bool = False) -> Any:
+        if "_transactions_" in rel and not release.is_set():
+            writing.set()
+            assert release.wait(30)
+        return original(rel, df, create=create)
+
+    db.store.write_parquet = held_write  # type: ignore[method-assign]
+    for _ in range(3):
+        metrics.add("m", 2)
+    first = threading.Thread(target=plugin.flush)
+    first.start()
+    assert writing.wait(30)
+    added = threading.Thread(target=lambda: [metrics.add("m", 5) for _ in range(4)])
+    added.start()
+    added.join(10)
+    assert not added.is_alive()  # the adds did not wait for the write
+    second = threading.Thread(target=plugin.flush)
+    second.start()
+    second.join(0.2)
+    assert second.is_alive()  # one flush at a time
+    release.set()
+    for t in (first, second):
+        t.join(30)
+    db.store.write_parquet = original  # type: ignore[method-assign]
+    assert len(root.store().find("metrics_transactions_count", ".parquet")) == 2
+    db.consolidate()
+    assert metrics.get("m")["count"] == 3 * 2 + 4 * 5  # type: ignore[index]
+
+
 def test_parallel_operations_on_two_fields(root: Root) -> None:
     db = root.connect()
     metrics = db.create_resource("metrics", {"id": "string|required", "views": "number|default:0", "clicks": "number|default:0"})
