@@ -252,6 +252,8 @@ class RecordStates:
         their ids."""
         if not rows.height:
             return
+        if self.reducer == "default" and not self.compact and (rows["operation"] == "set").any():
+            raise Restart  # before coding: the caller folds these rows again, as compact rows
         # One pass of Polars' streaming engine (parallel over the chunk's morsels) codes the
         # record ids and projects what the fold keeps; the ids stay in ``rows``.
         part = rows.lazy().select(
@@ -260,8 +262,6 @@ class RecordStates:
             *([] if exact else ["_object", "_row"])).collect(engine="streaming")
         codes, ts, is_set = part["originalId"].to_numpy(), part[_TS].to_numpy(), part["_set"].to_numpy()
         self._grow(int(codes.max()) + 1)
-        if self.reducer == "default" and not self.compact and is_set.any():
-            raise Restart
         self.rows += rows.height
         np.maximum.at(self._latest, codes, ts)
         if not self.compact:  # compact rows tell lateness row by row (see :meth:`finish`)
