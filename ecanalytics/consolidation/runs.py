@@ -70,8 +70,9 @@ class Runs:
             k, frames = item
             # Arrow IPC with LZ4: 3x10^6 bench rows split 16 ways write in 0.29 s and read back in
             # 0.14 s into 94 MB, where zstd takes 0.41 s and 0.21 s for 49 MB, and no compression
-            # 0.18 s and 0.09 s for 369 MB. At 10^8 rows LZ4 spills about 3 GB (zstd 1.6 GB, none
-            # 12 GB) and the consolidation took 47.5 s against zstd's 49.0-52.3 s, 9 s less CPU.
+            # 0.18 s and 0.09 s for 369 MB. At 10^8 rows the LZ4 spill directory reached 3.3 GB
+            # (zstd: about 1.6 GB and no compression about 12 GB, scaled from the 3x10^6 rows), and
+            # the consolidation took 47.5 s against zstd's 49.0-52.3 s, with 9 s less CPU.
             assert self._dir is not None
             path = self._dir / f"b{k:05d}-{self._spills:06d}.arrow"
             pl.concat(frames, how="vertical").write_ipc(path, compression="lz4")
