@@ -199,8 +199,8 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
         gone = hidden.select(pl.col("key").replace_strict(index, return_dtype=pl.UInt32).alias("_object"), "row")
         rows = rows.join(gone, left_on=["_object", "_row"], right_on=["_object", "row"], how="anti")
     aside = rows.clear() if hidden is not None else rows.filter(~generated())
-    rows = rows if hidden is not None else rows.filter(generated())
-    runs = {k: _slim(f) for k, f in split(rows, "originalId", spec.buckets).items()}
+    rows = _slim(rows if hidden is not None else rows.filter(generated()))  # before the split: it copies less
+    runs = split(rows, "originalId", spec.buckets)
     reducer = c.mergeable() if hidden is None else None
     partials: dict[int, Partial] = {}
     if (reducer is not None and rows.height  # one reduction of all the rows, then split by bucket
