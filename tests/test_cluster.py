@@ -499,7 +499,10 @@ def test_rows_with_about_a_record_each_move_as_rows(root: Root, client: Any) -> 
 def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Root) -> None:
     """Issue 17: a partition task's bucket rows carry ``operation`` as an enum and ``field`` and
     ``source`` as categories (what a 10^8-row run holds and ships shrinks by about a third), and
-    :func:`cluster.bucket_frame` gives back exactly the rows the objects hold, split the same way."""
+    :func:`cluster.bucket_frame` gives back exactly the rows the objects hold, split the same way,
+    also after a trip through Dask's serialization."""
+    from distributed.protocol import deserialize, serialize
+
     from ecanalytics.ledger.buckets import split
     from ecanalytics.ledger.transactions import read_objects
 
@@ -521,5 +524,12 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
         assert frame.schema["operation"] == pl.Enum(["set", "add", "sub"])
         assert isinstance(frame.schema["source"], pl.Categorical) and isinstance(frame.schema["field"], pl.Categorical)
         assert frame.estimated_size() < want[k].estimated_size()
-        assert cluster.bucket_frame([frame], c.dtype).equals(want[k])
+        assert cluster.bucket_frame([cluster.Moved(frame)], c.dtype).equals(want[k])
+        # Between workers a piece travels as an Arrow IPC stream and comes back the same frame.
+        header, frames = serialize(cluster.Moved(frame))
+        assert header["serializer"] == "dask"
+        back = deserialize(header, frames)
+        assert isinstance(back, cluster.Moved) and back.frame.schema == frame.schema and back.frame.equals(frame)
+    empty = deserialize(*serialize(cluster.Moved(runs[min(runs)].clear())))
+    assert empty.frame.height == 0 and empty.frame.schema == runs[min(runs)].schema
     db.close()

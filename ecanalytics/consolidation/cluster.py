@@ -51,6 +51,7 @@ starts, so ``import ecanalytics`` never does.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +59,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+import pyarrow as pa
 
 from ecanalytics import _runtime
 from ecanalytics.consolidation.consolidator import BucketOutput, Consolidator, FoldOutcome
@@ -108,7 +110,7 @@ class FieldSpec:
 
     def consolidator(self) -> Consolidator:
         """The field's consolidator in this (worker) process; stores are shared per root."""
-        _weigh_frames()  # every task starts here
+        _register_transport()  # every task starts here
         key = (self.config.uri, self.config.endpoint_url)
         with _LOCK:
             store = _STORES.get(key)
@@ -158,20 +160,52 @@ class Partitioned:
 Split = tuple[Partitioned, dict[int, pl.DataFrame], dict[int, Partial]]
 
 
-def _weigh_frames() -> None:
-    """Tell Dask what a Polars frame weighs (``estimated_size``): its default ``sizeof`` counts
-    56 bytes for any frame, so the scheduler would see a partition task's rows as weightless and
-    ship them to wherever a small task that takes them runs, and never spill them. Called in the
-    driver and at the start of every task (the worker that holds a result measures it)."""
-    global _WEIGHED
-    if not _WEIGHED:
+@dataclass(frozen=True)
+class Moved:
+    """One bucket's rows of one partition task, on their way to the bucket's fold task. Held on
+    the worker as the Polars frame itself (a fold task on the same worker takes it as is); sent to
+    another worker, or spilled by Dask, as an Arrow IPC stream (:func:`_register_transport`), which
+    a 10^6-row piece turns into bytes and back in 0.07 s where pickling the frame takes 0.21 s."""
+
+    frame: pl.DataFrame
+
+
+def _to_wire(moved: Moved) -> tuple[dict[str, Any], list[Any]]:
+    table = moved.frame.to_arrow()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return {}, [sink.getvalue()]
+
+
+def _from_wire(_header: dict[str, Any], frames: list[Any]) -> Moved:
+    frame = pl.from_arrow(pa.ipc.open_stream(frames[0]).read_all())
+    assert isinstance(frame, pl.DataFrame)
+    return Moved(frame)
+
+
+def _register_transport() -> None:
+    """Teach Dask what a Polars frame weighs (``estimated_size``: its default ``sizeof`` counts 56
+    bytes for any frame, so the scheduler would see a partition task's rows as weightless, ship
+    them to wherever a small task that takes them runs, and never spill them), and how a
+    :class:`Moved` travels. Runs when this module is imported in a process that has Dask (every
+    worker: unpickling a task or a :class:`Moved` imports it), and at the start of every task and
+    cluster run."""
+    global _REGISTERED
+    if not _REGISTERED:
         from dask.sizeof import sizeof
+        from distributed.protocol.serialize import dask_deserialize, dask_serialize
 
         sizeof.register(pl.DataFrame)(lambda frame: int(frame.estimated_size()))  # type: ignore[no-untyped-call]
-        _WEIGHED = True
+        sizeof.register(Moved)(lambda moved: int(moved.frame.estimated_size()))  # type: ignore[no-untyped-call]
+        dask_serialize.register(Moved)(_to_wire)  # type: ignore[no-untyped-call]
+        dask_deserialize.register(Moved)(_from_wire)  # type: ignore[no-untyped-call]
+        _REGISTERED = True
 
 
-_WEIGHED = False
+_REGISTERED = False
+if "distributed" in sys.modules:
+    _register_transport()
 
 
 def _worker() -> str:
@@ -229,19 +263,19 @@ def _summary(result: Split) -> Partitioned:
     return result[0]
 
 
-def _bucket_rows(result: Split, k: int) -> pl.DataFrame:
-    _weigh_frames()
-    return result[1][k]
+def _bucket_rows(result: Split, k: int) -> Moved:
+    _register_transport()
+    return Moved(result[1][k])
 
 
 def _bucket_partial(result: Split, k: int) -> Partial:
-    _weigh_frames()
+    _register_transport()
     return result[2][k]
 
 
 def _bucket_after(result: Split, k: int, table: pl.DataFrame | None, reducer: str) -> tuple[pl.DataFrame, int] | None:
     """The second round of bucket ``k``'s partial states, on the worker that holds its rows."""
-    _weigh_frames()
+    _register_transport()
     if table is None:
         return None
     rows = result[1][k]
@@ -305,13 +339,16 @@ def shuffle(client: Any, spec: FieldSpec, chunks: list[tuple[list[str], int]], r
     return Shuffled(client, run, [start for _keys, start in chunks], results, summaries)
 
 
-def bucket_frame(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
-    """One bucket's rows from its partitions' frames (in planned order)."""
+def bucket_frame(pieces: list[Moved], dtype: pl.DataType) -> pl.DataFrame:
+    """One bucket's rows from its partitions' pieces (in planned order), with the transaction
+    columns' own types again."""
     schema = pending_schema(dtype)
-    return pl.concat(frames, how="vertical").cast(schema) if frames else pl.DataFrame(schema=schema)  # type: ignore[arg-type]
+    if not pieces:
+        return pl.DataFrame(schema=schema)
+    return pl.concat([p.frame for p in pieces], how="vertical").cast(schema)  # type: ignore[arg-type]
 
 
-def fold_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame], keyed: pl.DataFrame,
+def fold_task(spec: FieldSpec, version: int, k: int, frames: list[Moved], keyed: pl.DataFrame,
               token: str) -> tuple[BucketOutput, str]:
     """Fold bucket ``k`` (its rows from each partition, in planned order, and its resolved
     ``keyed`` rows) against the state at ``version``."""
@@ -381,7 +418,7 @@ class DaskEngine:
             import distributed  # noqa: F401 - fail now, with the fix, not in the middle of a run
         except ImportError as exc:
             raise ConfigurationError('Consolidating on a Dask cluster needs Dask: pip install "ecanalytics[dask]".') from exc
-        _weigh_frames()
+        _register_transport()
         self.client = client
         self.consolidator = c
         self.spec = FieldSpec.of(c)

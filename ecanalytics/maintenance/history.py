@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from ecanalytics import _runtime
-from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, bucket_frame, shuffle
+from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, Moved, bucket_frame, shuffle
 from ecanalytics.consolidation.eventorder import marks_from_history
 from ecanalytics.errors import ValidationError
 from ecanalytics.ledger import Commit, State
@@ -107,7 +107,7 @@ def _rebuild(c: Field, st: State, rows: pl.DataFrame, record_id: str | None) -> 
     return _Rebuilt(diff, upserts, marks_from_history(changed, c.field), records.height, rows.height)
 
 
-def _rebuild_task(spec: FieldSpec, version: int, k: int, frames: list[pl.DataFrame], record_id: str | None) -> _Rebuilt:
+def _rebuild_task(spec: FieldSpec, version: int, k: int, frames: list[Moved], record_id: str | None) -> _Rebuilt:
     """One bucket of a recalculation, on a Dask worker: its history rows against its records."""
     c = spec.consolidator()
     st = spec.state(c, version).restrict([k])
