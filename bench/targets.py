@@ -12,7 +12,7 @@ to stderr). Progress goes to stderr. Data generators and phases come from the ot
       a process spawned straight from this (big) one would inherit its high-water mark.
       Target: DuckDB/ecanalytics time >= 1.0, and RSS <= DuckDB's.
   S2  the same with --s2-n (1e8) over --s2-records (1e7); off unless named (--only S2).
-      Target: RSS <= 1.5 GiB and time <= 1.5x DuckDB's.
+      Target (issue 17): RSS <= 1.5 GiB and DuckDB/ecanalytics time >= 1.0 (DuckDB unconstrained).
   S3  write_transactions of an --n-row Polars frame (bench/ingest.py) to a local root, vs Polars
       writing the same frame as one zstd Parquet file per day. Target >= 1M rows/s. With --s3,
       also on a moto server (reported, no threshold).
@@ -305,8 +305,8 @@ def s2(args: argparse.Namespace, tmp: str) -> list[Row]:
     details = child_details(ours, duck)
     limit = 1.5 * 1024
     return [
-        Row("S2", work + " (time)", ours.seconds, duck.seconds, "s", ours.seconds / duck.seconds,
-            "ec/duckdb <= 1.50", verdict(ours.seconds <= 1.5 * duck.seconds), details),
+        Row("S2", work + " (time)", ours.seconds, duck.seconds, "s", duck.seconds / ours.seconds,
+            "duckdb/ec >= 1.00", verdict(duck.seconds >= ours.seconds), details),
         Row("S2.rss", work + " (peak RSS)", ours.rss_mib, duck.rss_mib, "MiB", ours.rss_mib / duck.rss_mib,
             f"ec <= {limit:.0f} MiB", verdict(ours.rss_mib <= limit), details),
     ]
