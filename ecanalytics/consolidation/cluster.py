@@ -21,9 +21,10 @@ the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
    moves them between workers, spilling to the workers' local disk under memory pressure as it
    does for any result) and runs :meth:`Consolidator.fold_unit`.
 
-Rows move between tasks through Dask's own data movement, not through the store: the store sees
-the reads of the pending objects and of the state, and the deltas' writes, as in one process
-(earlier versions wrote a run per bucket per partition under ``{resource}/_work/`` and read and
+Rows move between tasks through Dask's own data movement (a piece that crosses to another worker
+as an Arrow IPC stream, :class:`Moved`; the few-valued string columns as categories until the
+fold task), not through the store: the store sees the reads of the pending objects and of the
+state, and the deltas' writes, as in one process (earlier versions wrote a run per bucket per partition under ``{resource}/_work/`` and read and
 deleted it again: three requests per run). If a worker dies, Dask recomputes the partition
 results it held from the objects, which are immutable.
 
@@ -217,6 +218,16 @@ def _worker() -> str:
         return "local"
 
 
+# Rows as they wait on a worker and move between workers: the few-valued string columns as
+# categories (1-4 bytes a row instead of a 16-byte string view each), so that a 10^8-row run
+# holds and ships about a third less; :func:`bucket_frame` restores the strings.
+_OPERATION = pl.Enum(list(OPERATIONS))
+
+
+def _slim(rows: pl.DataFrame) -> pl.DataFrame:
+    return rows.with_columns(pl.col("operation").cast(_OPERATION), pl.col("field", "source").cast(pl.Categorical()))
+
+
 def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.DataFrame | None = None) -> Split:
     """Read ``keys`` (indexes from ``start`` in the planned order) and split their rows by bucket.
 
@@ -247,16 +258,6 @@ def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.Data
                           tuple(sorted(k for k, p in partials.items() if p[2].height)))
     return summary, runs, partials
 
-
-
-# Rows as they wait on a worker and move between workers: the few-valued string columns as
-# categories (1-4 bytes a row instead of a 16-byte string view each), so that a 10^8-row run
-# holds and ships about a third less; :func:`bucket_frame` restores the strings.
-_OPERATION = pl.Enum(list(OPERATIONS))
-
-
-def _slim(rows: pl.DataFrame) -> pl.DataFrame:
-    return rows.with_columns(pl.col("operation").cast(_OPERATION), pl.col("field", "source").cast(pl.Categorical()))
 
 
 def _summary(result: Split) -> Partitioned:
