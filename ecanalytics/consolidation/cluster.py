@@ -24,9 +24,10 @@ the fold to a :class:`DaskEngine`, which runs two kinds of tasks on the workers:
 Rows move between tasks through Dask's own data movement (a piece that crosses to another worker
 as an Arrow IPC stream, :class:`Moved`; the few-valued string columns as categories until the
 fold task), not through the store: the store sees the reads of the pending objects and of the
-state, and the deltas' writes, as in one process (earlier versions wrote a run per bucket per partition under ``{resource}/_work/`` and read and
-deleted it again: three requests per run). If a worker dies, Dask recomputes the partition
-results it held from the objects, which are immutable.
+state, and the deltas' writes, as in one process (earlier versions wrote a run per bucket per
+partition under ``{resource}/_work/`` and read and deleted it again: three requests per run). If
+a worker dies, Dask recomputes the partition results it held from the objects, which are
+immutable.
 
 Workers never commit. The driver writes one log entry naming every consumed object and every
 delta through the usual create-only commit; a driver that loses the race drops the workers'
