@@ -497,10 +497,11 @@ def test_rows_with_about_a_record_each_move_as_rows(root: Root, client: Any) -> 
 
 
 def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Root) -> None:
-    """Issue 17: a partition task's bucket rows carry ``operation`` as an enum and ``field`` and
-    ``source`` as categories (what a 10^8-row run holds and ships shrinks by about a third), and
+    """Issue 17: a partition task's bucket rows carry ``operation`` as an enum, ``field`` as a
+    category and ``source`` as one where it has few values (what a 10^8-row run holds and ships
+    shrinks by about a third; a source per row stays strings, which Dask can weigh), and
     :func:`cluster.bucket_frame` gives back exactly the rows the objects hold, split the same way,
-    also after a trip through Dask's serialization."""
+    also after a trip through Dask's serialization and from pieces of both kinds."""
     from distributed.protocol import deserialize, serialize
 
     from ecanalytics.ledger.buckets import split
@@ -511,14 +512,22 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
     rows = [{"originalId": f"u{i % 23}", "value": float(i + 1), "operation": ("add", "sub", "set")[i % 3],
              "timestamp": start + timedelta(seconds=i), "source": ("api", "import", "batch job")[i % 5 % 3]}
             for i in range(240)]
+    many = [{"originalId": f"u{i % 23}", "value": float(i % 7 + 1), "operation": "add",
+             "timestamp": start + timedelta(hours=1, seconds=i), "source": f"request-{i}-ñ"}
+            for i in range(cluster.FEW_SOURCES * 2)]
     for chunk in range(0, len(rows), 40):
         db.resources["acc"].write_transactions(rows[chunk:chunk + 40], field="balance")  # type: ignore[union-attr]
+    db.resources["acc"].write_transactions(many, field="balance")  # type: ignore[union-attr]
     c = db.resources["acc"].plugin("balance").consolidator  # type: ignore[union-attr]
     keys = sorted(k for k in db.store.find(P.transactions_dataset("acc", "balance")) if k.endswith(".parquet"))
-    assert len(keys) == 6
-    summary, runs, _partials = cluster.partition_task(cluster.FieldSpec.of(c), keys, 0)
-    assert summary.read == keys and sorted(runs) == list(summary.buckets)
-    want = split(read_objects(db.store, keys, value_dtype=c.dtype)[0], "originalId", c.ledger.buckets)
+    assert len(keys) == 7
+    few_keys, many_keys = [k for k in keys if k != keys[-1]], keys[-1:]  # the last written sorts last
+    spec = cluster.FieldSpec.of(c)
+    summary, runs, _partials = cluster.partition_task(spec, few_keys, 0)
+    _summary, other, _ = cluster.partition_task(spec, many_keys, len(few_keys))
+    assert summary.read == few_keys and sorted(runs) == list(summary.buckets)
+    want = split(read_objects(db.store, few_keys, value_dtype=c.dtype)[0], "originalId", c.ledger.buckets)
+    both = split(read_objects(db.store, keys, value_dtype=c.dtype)[0], "originalId", c.ledger.buckets)
     assert sorted(want) == sorted(runs) and sum(f.height for f in runs.values()) == len(rows)
     for k, frame in runs.items():
         assert frame.schema["operation"] == pl.Enum(["set", "add", "sub"])
@@ -530,6 +539,11 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
         assert header["serializer"] == "dask"
         back = deserialize(header, frames)
         assert isinstance(back, cluster.Moved) and back.frame.schema == frame.schema and back.frame.equals(frame)
+        # A partition whose rows each have their own source keeps them as strings; a bucket's
+        # pieces of both kinds make the same rows as the objects.
+        assert other[k].schema["source"] == pl.String()
+        moved = deserialize(*serialize(cluster.Moved(other[k])))
+        assert cluster.bucket_frame([back, moved], c.dtype).equals(both[k])
     empty = deserialize(*serialize(cluster.Moved(runs[min(runs)].clear())))
     assert empty.frame.height == 0 and empty.frame.schema == runs[min(runs)].schema
     db.close()

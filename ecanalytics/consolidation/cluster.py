@@ -221,12 +221,18 @@ def _worker() -> str:
 
 # Rows as they wait on a worker and move between workers: the few-valued string columns as
 # categories (1-4 bytes a row instead of a 16-byte string view each), so that a 10^8-row run
-# holds and ships about a third less; :func:`bucket_frame` restores the strings.
+# holds and ships about a third less; :func:`bucket_frame` restores the strings. ``source`` only
+# where it has few values: a category's strings live in a map of the process's own, which Polars'
+# ``estimated_size`` (what Dask weighs) does not count, and a source per row (a request id)
+# would hold more that way than as strings.
 _OPERATION = pl.Enum(list(OPERATIONS))
+FEW_SOURCES = 1024  # distinct sources (approximate count) up to which they wait as a category
 
 
 def _slim(rows: pl.DataFrame) -> pl.DataFrame:
-    return rows.with_columns(pl.col("operation").cast(_OPERATION), pl.col("field", "source").cast(pl.Categorical()))
+    few = int(rows.select(pl.col("source").approx_n_unique()).item()) <= FEW_SOURCES if rows.height else True
+    return rows.with_columns(pl.col("operation").cast(_OPERATION),
+                             pl.col("field", *(["source"] if few else [])).cast(pl.Categorical()))
 
 
 def partition_task(spec: FieldSpec, keys: list[str], start: int, hidden: pl.DataFrame | None = None) -> Split:
@@ -347,7 +353,8 @@ def bucket_frame(pieces: list[Moved], dtype: pl.DataType) -> pl.DataFrame:
     schema = pending_schema(dtype)
     if not pieces:
         return pl.DataFrame(schema=schema)
-    return pl.concat([p.frame for p in pieces], how="vertical").cast(schema)  # type: ignore[arg-type]
+    # Each piece on its own: pieces of different partitions may differ in ``source``'s type.
+    return pl.concat([p.frame.cast(schema) for p in pieces], how="vertical")  # type: ignore[arg-type]
 
 
 def fold_task(spec: FieldSpec, version: int, k: int, frames: list[Moved], keyed: pl.DataFrame,
