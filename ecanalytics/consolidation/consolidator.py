@@ -84,7 +84,7 @@ class ConsolidationResult:
     ``duplicates`` counts the occurrences of caller-supplied keys that did not count (see
     :mod:`ecanalytics.ledger.keys`); ``conflicts`` lists those that reused a key for another record,
     operation or amount (``id, originalId, operation, value, timestamp, reason``), which are not
-    applied.
+    applied, in event order (``keys.CONFLICT_ORDER``) on every path.
     """
 
     resource: str
@@ -189,7 +189,8 @@ class FoldOutcome:
     def take(self, resolved: Resolved) -> None:
         """Count what the key rule dropped from one resolution."""
         self.duplicates += resolved.retries + resolved.conflicts.height
-        self.conflicts = pl.concat([self.conflicts, resolved.conflicts], how="vertical")
+        if resolved.conflicts.height:
+            self.conflicts = pl.concat([self.conflicts, resolved.conflicts], how="vertical").sort(keys.CONFLICT_ORDER)
         self.dropped.append(resolved.dropped)
 
     def hidden(self, keys_read: Sequence[str]) -> pl.DataFrame:

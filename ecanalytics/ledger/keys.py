@@ -13,7 +13,8 @@ Every other occurrence is dropped. It is a *retry* when it names the same record
 amount as the one that counts (its timestamp may differ): dropped silently. Otherwise it is a
 *conflict* (a key reused for another record, operation or amount, as TigerBeetle's
 ``exists_with_different_*``): not applied, and reported with the key in
-``ConsolidationResult.conflicts``, the ``consolidated`` event and ``inspect``.
+``ConsolidationResult.conflicts``, the ``consolidated`` event and ``inspect``, in event order
+(:data:`CONFLICT_ORDER`), whichever engine or path found them.
 
 The one exception to "the data alone": an occurrence that arrives after its key was applied never
 replaces the applied one, even if it is dated earlier (an applied transaction is never undone).
@@ -34,6 +35,9 @@ APPLIED_KEY_SCHEMA: dict[str, pl.DataType] = {
 CONFLICT_SCHEMA: dict[str, pl.DataType] = {
     "id": pl.String(), "originalId": pl.String(), "operation": pl.String(), "value": pl.String(),
     "timestamp": pl.Datetime("us", "UTC"), "reason": pl.String()}
+# Conflicts are listed by timestamp, then by the other columns: one order for one process, its
+# spilling path (one id bucket at a time) and a cluster, and the newest last (what is kept).
+CONFLICT_ORDER = ("timestamp", "id", "originalId", "operation", "value", "reason")
 
 
 def generated() -> pl.Expr:
@@ -107,7 +111,7 @@ def resolve(rows: pl.DataFrame, applied: pl.DataFrame | None = None) -> Resolved
             dropped += rest.height
             gone.append(rest.select("_object", "_row", "id"))
         keyed = first
-    found = pl.concat(conflicts, how="vertical") if conflicts else no_conflicts
+    found = pl.concat(conflicts, how="vertical").sort(CONFLICT_ORDER) if conflicts else no_conflicts
     kept = pl.concat([rows.filter(~keyed_mask), keyed.select(rows.columns)], how="vertical")
     return Resolved(kept, dropped - found.height, found,
                     pl.concat(gone, how="vertical").cast(drop_schema) if gone else pl.DataFrame(schema=drop_schema))  # type: ignore[arg-type]
