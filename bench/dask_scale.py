@@ -5,8 +5,9 @@
 Writes ``--n`` transactions over ``--records`` records (bench/consolidate.py's generator), then
 consolidates them once with ``db.consolidate(client=...)`` on a ``LocalCluster`` of ``--workers``
 processes, and prints the time, the engine's phases and the peak RSS of each worker and of the
-driver. Compare with ``python bench/targets.py --only S2`` (the single-process run of the same
-data) for the ratio.
+driver. Then (unless ``--no-single``) it consolidates a copy of the same objects in this process,
+after the cluster has shut down, checks that every value equals the cluster's, and prints the
+ratio (issue 17's target: the cluster's time at most the single process's).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--n", type=float, default=1e8)
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-single", action="store_true", help="skip the single-process run of the same objects")
     args = parser.parse_args()
     tmp = tempfile.mkdtemp(prefix="ec-dask-scale-")
     try:
@@ -40,6 +42,9 @@ def main() -> None:
         started = time.perf_counter()
         bench.generate(root, int(args.n), args.records, 100_000, seed=7)
         print(f"wrote {int(args.n):,} transactions over {args.records:,} records in {time.perf_counter() - started:.1f}s")
+        twin = f"{tmp}/twin"
+        if not args.no_single:
+            shutil.copytree(root, twin)
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
                 Client(cluster) as client:
             db = ec.connect(root)
@@ -50,6 +55,14 @@ def main() -> None:
             for worker, mb in sorted(client.run(peak_mb).items()):
                 print(f"worker {worker}: peak RSS {mb:,} MB")
             print(f"driver: peak RSS {peak_mb():,} MB")
+        if not args.no_single:
+            started = time.perf_counter()
+            values, _engine = bench.consolidate_with(twin)
+            alone = time.perf_counter() - started
+            same = values.sort("originalId").equals(result.values.rename({"id": "originalId"}).sort("originalId"))
+            assert same, "the cluster's values differ from the single process's"
+            print(f"one process: {alone:.2f}s; cluster / one process = {elapsed / alone:.2f} "
+                  f"({'met' if elapsed <= alone else 'not met'}: target <= 1.00); every value agrees")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
