@@ -229,8 +229,11 @@ _OPERATION = pl.Enum(list(OPERATIONS))
 FEW_SOURCES = 1024  # distinct sources (approximate count) up to which they wait as a category
 
 
+_STRINGS = {c: pl.String() for c in ("operation", "field", "source")}  # what :func:`_slim` may change
+
+
 def _slim(rows: pl.DataFrame) -> pl.DataFrame:
-    few = int(rows.select(pl.col("source").approx_n_unique()).item()) <= FEW_SOURCES if rows.height else True
+    few = int(rows.select(pl.col("source").approx_n_unique()).item()) <= FEW_SOURCES
     return rows.with_columns(pl.col("operation").cast(_OPERATION),
                              pl.col("field", *(["source"] if few else [])).cast(pl.Categorical()))
 
@@ -286,8 +289,7 @@ def _bucket_after(result: Split, k: int, table: pl.DataFrame | None, reducer: st
     _register_transport()
     if table is None:
         return None
-    rows = result[1][k]
-    return after_threshold(rows.cast({c: pl.String() for c in ("operation", "field", "source")}), table, reducer)
+    return after_threshold(result[1][k].cast(_STRINGS), table, reducer)  # type: ignore[arg-type]
 
 
 @dataclass
