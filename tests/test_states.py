@@ -54,9 +54,15 @@ def expected(db: ec.Database, reducer: str, initial: dict[str, float]) -> dict[s
     return out
 
 
+@pytest.mark.parametrize("chunk", [None, 2], ids=["chunks", "small-chunks"])
 @pytest.mark.parametrize("reducer", ["default", "sum", "min", "max"])
-def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: str,
+def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: str, chunk: int | None,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``chunk``: objects per chunk, so that sets arrive for records already folded as
+    aggregates in earlier chunks (held from then on, or the fold starts again)."""
+    if chunk is not None:
+        monkeypatch.setattr(consolidator_module, "FIRST_CHUNK_OBJECTS", chunk)
+        monkeypatch.setattr(consolidator_module, "CHUNK_OBJECTS", chunk)
     looked_up: list[int] = []
     original = consolidator_module.Consolidator._ids_of
 
@@ -89,11 +95,15 @@ def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: st
     assert w.recalculate().changed == 0
 
 
+@pytest.mark.parametrize("chunk", [None, 2], ids=["chunks", "small-chunks"])
 @pytest.mark.parametrize("reducer", ["default", "sum", "max"])
-def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, reducer: str,
+def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, reducer: str, chunk: int | None,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The same objects consolidated by the states and by the general path (runs) on two roots:
-    equal values, late counts, records and marks."""
+    equal values, late counts, records and marks (``chunk``: objects per chunk, as above)."""
+    if chunk is not None:
+        monkeypatch.setattr(consolidator_module, "FIRST_CHUNK_OBJECTS", chunk)
+        monkeypatch.setattr(consolidator_module, "CHUNK_OBJECTS", chunk)
     rng = random.Random(7)
     instants = [T0 + timedelta(hours=h) for h in range(0, 30, 3)]
     batches = [frame(rng, 50, sets=reducer == "default", instants=instants[3:] if i == 0 else instants)
@@ -143,23 +153,64 @@ def test_counters_fold_as_aggregates_and_a_late_set_turns_them_compact(root: Roo
     late = db.consolidate()[0]
     assert late.engine["form"] == "compact" and late.late == 1 and w.value("b") == 6.0
     # A set dated between applied rows: the applied add after it counts again on top of it.
+    # Only its record is held as compact rows.
     w.set("a", 100.0, timestamp=T0 + timedelta(minutes=30))
-    assert db.consolidate()[0].engine["form"] == "compact"
+    assert db.consolidate()[0].engine["form"] == "hybrid"
     assert w.value("a") == 100.0 - 2.0 + 10.0
 
 
-def test_a_set_in_a_later_chunk_folds_everything_again_as_compact_rows(root: Root) -> None:
-    """Counters in the first chunk of objects, a set in a later one: the aggregates cannot take
-    it (rows of the first chunk may sort after it), so the fold starts again as compact rows."""
-    db, w = make(root, "default")
+def _reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Objects read by each consolidation's chunks, counted."""
+    counted: list[int] = []
+    original = consolidator_module.read_objects
+
+    def reading(store: Any, keys: Any, **kwargs: Any) -> Any:
+        counted.append(len(keys))
+        return original(store, keys, **kwargs)
+
+    monkeypatch.setattr(consolidator_module, "read_objects", reading)
+    return counted
+
+
+def _counters_then_a_set(root: Root, set_at: timedelta) -> tuple[ec.Resource, int]:
+    """Adds to ``a`` and ``b``, an object a minute (more than a first chunk's worth), then a set of
+    ``a`` at ``T0 + set_at``, read last: the resource and the number of objects of adds."""
+    _db, w = make(root, "default")
     n = consolidator_module.FIRST_CHUNK_OBJECTS + 3
-    adds = pl.DataFrame({"originalId": ["a"] * n, "value": [float(i + 1) for i in range(n)],
-                         "operation": ["add"] * n, "timestamp": [T0 + timedelta(minutes=i) for i in range(n)]})
-    w.write_transactions(adds, batch_size=1)  # one object per row, read in this order
-    w.set("a", 1000.0, timestamp=T0 + timedelta(minutes=n - 3, seconds=30))
-    result = db.consolidate()[0]
-    assert result.engine["form"] == "compact" and result.objects == n + 1
-    assert w.value("a") == 1000.0 + (n - 1) + (n - 0)  # the two adds after the set
+    adds = pl.DataFrame({"originalId": ["a", "b"] * n, "value": [float(i + 1) for i in range(2 * n)],
+                         "operation": ["add"] * (2 * n),
+                         "timestamp": [T0 + timedelta(minutes=i // 2) for i in range(2 * n)]})
+    w.write_transactions(adds, batch_size=2)  # one object per minute, read in this order
+    w.set("a", 1000.0, timestamp=T0 + set_at)
+    return w, n
+
+
+def test_a_set_in_a_later_chunk_holds_its_record_without_reading_again(root: Root,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counters in the first chunk of objects, a set dated after them in a later one: the set's
+    record is held as compact rows from then on (its aggregate so far sorts before the set and
+    counts for nothing), the others stay aggregates, and no object is read twice."""
+    reads = _reads(monkeypatch)
+    minute = consolidator_module.FIRST_CHUNK_OBJECTS + 1  # after the first chunk's rows
+    w, n = _counters_then_a_set(root, timedelta(minutes=minute, seconds=30))
+    result = w.plugin().consolidate()
+    assert result.engine["form"] == "hybrid" and result.objects == n + 1 and sum(reads) == n + 1
+    # ``a``'s add of minute m is 2m + 1; those after the set count on top of it.
+    assert w.value("a") == 1000.0 + sum(2.0 * m + 1 for m in range(minute + 1, n))
+    assert w.value("b") == sum(2.0 * m + 2 for m in range(n))
+
+
+def test_a_set_dated_before_rows_already_folded_folds_everything_again_as_compact_rows(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set in a later chunk dated before rows of its record that an earlier chunk folded as an
+    aggregate: the aggregate cannot tell which of them count, so the fold starts again as
+    compact rows (every object read a second time), with the same values."""
+    reads = _reads(monkeypatch)
+    w, n = _counters_then_a_set(root, timedelta(minutes=2, seconds=30))
+    result = w.plugin().consolidate()
+    assert result.engine["form"] == "compact" and result.objects == n + 1 and sum(reads) > n + 1
+    assert w.value("a") == 1000.0 + sum(2.0 * m + 1 for m in range(3, n))
+    assert w.value("b") == sum(2.0 * m + 2 for m in range(n))
 
 
 def test_decimal_fields_keep_the_general_path(root: Root) -> None:

@@ -62,6 +62,9 @@ HeldReason = str  # "overflow" | "reducer-error" | "awaiting-record"
 LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write takes the full path
 MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
 STATE_MAX_ROWS = 40_000_000  # past this many pending rows kept as compact rows (29 B each), spilled runs take over
+# ... or past this many records touched: per-record states and their end (joins of every record
+# touched, with ids) take about 0.9 KB a record at their peak, and the runs fold a bucket at a time.
+STATE_MAX_RECORDS = 1_000_000
 CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
 COMMUTE_ENTRIES = 16  # commits of other fields a lost race may skip over without folding again
 READ_AHEAD = 2  # chunks read and decoded while the caller folds one (one ahead: 4-5% slower at 10^7)
@@ -432,8 +435,8 @@ class Consolidator(Field):
         """Fold a built-in mergeable reducer into per-record states (:mod:`.states`), chunk by
         chunk, without holding the pending rows; None when this fold is not for them (a reducer
         that does not merge, a decimal field, records that must exist first, a ``delete``-mode retention, more
-        rows than :data:`STATE_MAX_ROWS` or caller keys than the budget, a non-finite result):
-        :meth:`_fold_local` then takes the general path."""
+        compact rows than :data:`STATE_MAX_ROWS`, records than :data:`STATE_MAX_RECORDS` or caller keys
+        than the budget, a non-finite result): :meth:`_fold_local` then takes the general path."""
         reducer = self._merges(st)
         if reducer is None:
             return None
@@ -446,19 +449,12 @@ class Consolidator(Field):
                 for rows, keyed_rows in self._chunks(candidates, out):
                     if keyed_rows.height:
                         keyed.append(keyed_rows)
-                    try:
-                        states.add(rows)
-                    except Restart:
-                        if states.rows:
-                            raise
-                        # A set in the first rows (the usual case when sets are pending): start
-                        # over as compact rows from here, without reading anything again.
-                        compact, states = True, RecordStates(reducer.name, compact=True)
-                        states.add(rows)
-                    # Compact rows past the limit, or on course to pass it (the rows per object
-                    # read so far, times the objects): hand over to the runs before holding them.
-                    expected = states.rows * len(candidates) // max(1, len(out.read) + len(out.missing))
-                    if ((states.compact and max(states.rows, expected) > STATE_MAX_ROWS)
+                    states.add(rows)
+                    # Compact rows past the limit, or on course to pass it (the compact rows per
+                    # object read so far, times the objects): hand over to the runs before
+                    # holding them.
+                    expected = states.compact_rows * len(candidates) // max(1, len(out.read) + len(out.missing))
+                    if (max(states.compact_rows, expected) > STATE_MAX_ROWS or states.records > STATE_MAX_RECORDS
                             or sum(k.height for k in keyed) > self.budget_rows):
                         return None
                 if not out.read and not held.height:
@@ -474,7 +470,7 @@ class Consolidator(Field):
             values = self._state_values(st, done)
             if values is None:
                 return None  # the general path holds those records back
-            out.stats["form"] = "compact" if compact else "aggregates"
+            out.stats["form"] = states.form
             out.outs.append(Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), resolved.kept,
                                    done.late, self._upserts(rs, values)))
             out.transactions = states.rows
