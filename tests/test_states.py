@@ -139,7 +139,7 @@ def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, red
     assert states_records == runs_records
 
 
-def test_counters_fold_as_aggregates_and_a_late_set_turns_them_compact(root: Root) -> None:
+def test_counters_fold_as_aggregates_late_rows_as_compact_rows_and_a_set_holds_its_record(root: Root) -> None:
     db, w = make(root, "default")
     w.write_transactions(pl.DataFrame({"originalId": ["a", "b", "a"], "value": [5.0, 7.0, 2.0],
                                        "operation": ["add", "add", "sub"],

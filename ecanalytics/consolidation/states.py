@@ -10,8 +10,9 @@ gather: no hash table per row after the coding. Three forms:
 * **aggregates** (no ``set`` among the pending rows): per record the reducer's aggregate of the
   signed values, the earliest timestamp and the latest ``(timestamp, id)``. They merge by the same
   aggregate, so the state is O(records) whatever the rows.
-* **compact rows** (the ``default`` reducer once late rows are pending): the default reducer is
-  two aggregations (each record's last ``set`` by ``(timestamp, id)``, then the signed sum of what
+* **compact rows** (any reducer once rows folded as an aggregate are dated at or before their
+  record's applied marks, and the ``default`` reducer when a ``set`` cannot be taken in the
+  hybrid form, below): the default reducer is two aggregations (each record's last ``set`` by ``(timestamp, id)``, then the signed sum of what
   follows it), and the second needs the first's answer, which only the last chunk settles. So
   each row is kept as ``code, timestamp, signed value, is-set, object, row`` (29 bytes, no
   ``id``); at the end one gather of the per-record thresholds and one ``bincount`` give the
