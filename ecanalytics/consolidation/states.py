@@ -12,13 +12,13 @@ gather: no hash table per row after the coding. Three forms:
   aggregate, so the state is O(records) whatever the rows.
 * **compact rows** (any reducer once rows folded as an aggregate are dated at or before their
   record's applied marks, and the ``default`` reducer when a ``set`` cannot be taken in the
-  hybrid form, below): the default reducer is two aggregations (each record's last ``set`` by ``(timestamp, id)``, then the signed sum of what
-  follows it), and the second needs the first's answer, which only the last chunk settles. So
-  each row is kept as ``code, timestamp, signed value, is-set, object, row`` (29 bytes, no
-  ``id``); at the end one gather of the per-record thresholds and one ``bincount`` give the
-  values. A row whose timestamp equals its record's threshold or applied maximum needs its
-  ``id`` to break the tie: those few are looked up in their objects again (``ids_of``) and
-  folded with Polars.
+  hybrid form, below): the default reducer is two aggregations (each record's last ``set`` by
+  ``(timestamp, id)``, then the signed sum of what follows it), and the second needs the first's
+  answer, which only the last chunk settles. So each row is kept as ``code, timestamp, signed
+  value, is-set, object, row`` (29 bytes, no ``id``); at the end one gather of the per-record
+  thresholds and one ``bincount`` give the values. A row whose timestamp equals its record's
+  threshold or applied maximum needs its ``id`` to break the tie: those few are looked up in
+  their objects again (``ids_of``) and folded with Polars.
 * **hybrid** (the ``default`` reducer with ``set`` rows pending): only the records with a
   ``set`` are kept as compact rows, from the chunk where their first ``set`` arrives; the rest
   stay aggregates. What a record folded as an aggregate before its first ``set`` counts for
@@ -417,8 +417,8 @@ class RecordStates:
                 raise Restart  # rows dated at or before the applied ones: only rows tell how late
             agg, late = self._agg, 0
             if self.compact_rows:  # the records held as compact rows (see :meth:`_hold`)
-                held, late = self._fold_compact(table, ids_of)
-                agg = np.where(self._held, held, self._agg)
+                compact_agg, late = self._fold_compact(table, ids_of)
+                agg = np.where(self._held, compact_agg, self._agg)
         kept = table.join(tops.rename({_TS: "_topTs", _ID: "_topId"}), on="originalId")
         if default_fold:  # a record whose rows all sort before its applied set is left as it is
             kept = kept.filter(~before("_topTs", "_topId", "setTs", "setId"))
