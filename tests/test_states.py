@@ -213,6 +213,29 @@ def test_a_set_dated_before_rows_already_folded_folds_everything_again_as_compac
     assert w.value("b") == sum(2.0 * m + 2 for m in range(n))
 
 
+@pytest.mark.parametrize("sets", [False, True], ids=["counters", "with-sets"])
+def test_a_fold_touching_more_records_than_the_cap_takes_the_general_path(root: Root, sets: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ``STATE_MAX_RECORDS`` records touched the fold hands over to the general path (the
+    runs), with the values a Python fold of the whole history gives; at the cap it stays."""
+    rng = random.Random(11)
+    db, w = make(root, "default")
+    w.write_transactions(frame(rng, 40, sets=sets, instants=[T0 + timedelta(minutes=m) for m in range(5)]),
+                         batch_size=4)
+    records = db.resources[DATASET].query()["originalId"].n_unique()  # the records the frame touches
+    monkeypatch.setattr(consolidator_module, "STATE_MAX_RECORDS", records - 1)
+    result = w.plugin().consolidate()
+    assert "fold" not in result.engine  # the general path reports no states fold
+    assert {r["id"]: r["balance"] for r in w.to_polars().to_dicts()} == expected(db, "default", {})
+    # The same number of records as the cap: the states fold takes them.
+    w.write_transactions(frame(rng, 40, sets=sets, instants=[T0 + timedelta(minutes=m) for m in range(5, 9)]),
+                         batch_size=4)
+    pending = db.resources[DATASET].query().filter(pl.col("timestamp") >= T0 + timedelta(minutes=5))
+    monkeypatch.setattr(consolidator_module, "STATE_MAX_RECORDS", pending["originalId"].n_unique())
+    assert w.plugin().consolidate().engine["fold"] == "states"
+    assert {r["id"]: r["balance"] for r in w.to_polars().to_dicts()} == expected(db, "default", {})
+
+
 def test_decimal_fields_keep_the_general_path(root: Root) -> None:
     db = root.connect()
     db.use_plugin(ec.EventualConsistencyPlugin(resource="wallets", field="balance", auto_consolidate=False))
