@@ -95,9 +95,9 @@ def _last(rows: pl.DataFrame, *extra: str) -> pl.DataFrame:
     codes, ts = rows["originalId"].to_numpy(), _instants(rows, _TS)
     latest = np.full(int(codes.max()) + 1, _NONE, np.int64)
     np.maximum.at(latest, codes, ts)
-    at = np.flatnonzero(ts == latest[codes])
-    top = rows[at].select("originalId", _TS, _ID, *extra)
-    if np.bincount(codes.take(at)).max() > 1:  # several rows at one instant: the greatest id wins
+    at = ts == latest[codes]
+    top = rows.filter(pl.Series(at)).select("originalId", _TS, _ID, *extra)
+    if np.bincount(codes[at]).max() > 1:  # several rows at one instant: the greatest id wins
         top = top.sort(_ID).group_by("originalId", maintain_order=True).last()
     return top
 
@@ -302,11 +302,14 @@ class RecordStates:
             # :meth:`finish`), and one pass with no copies is cheaper than leaving them out.
             np.minimum.at(self._earliest, codes, ts)
             _scatter(self.reducer, self._agg, codes, part["_v"].to_numpy())
-        held = np.ones(codes.size, bool) if self.compact else self._held[codes] if self._hybrid else None
-        if held is None or not held.any():
-            return
-        every = bool(held.all())
-        at = None if every else np.flatnonzero(held)
+        # The rows kept as compact rows: every one (``at`` None), or those of the held records.
+        at = None
+        if not self.compact:
+            held = self._held[codes] if self._hybrid else None
+            if held is None or not held.any():
+                return
+            if not held.all():
+                at = np.flatnonzero(held)
         if exact:  # with their ids
             frame = part.with_columns(pl.col(_TS).cast(_UTC), rows[_ID])
             self._exact.append(frame if at is None else frame[at])
@@ -315,7 +318,7 @@ class RecordStates:
             self._parts.append((codes, ts, values, is_set, objects, positions) if at is None else
                                (codes.take(at), ts.take(at), values.take(at), is_set.take(at), objects.take(at),
                                 positions.take(at)))
-        self.compact_rows += int(np.count_nonzero(held))
+        self.compact_rows += codes.size if at is None else at.size
 
     def _hold(self, set_codes: np.ndarray) -> None:
         """Keep the records of ``set_codes`` (with a ``set`` in the chunk being folded, whose set
