@@ -107,7 +107,11 @@ def test_dask_consolidation_is_bit_identical_and_runs_on_the_workers(root: Root,
         for f in ("balance", "points"):
             model.consolidate(f)
         ran = {t["key"].split("-")[1] for t in stream.data if isinstance(t["key"], str) and t["key"].startswith("ec-")}
-        assert ran == {"partition", "fold"} and all(t["worker"] for t in stream.data)
+        # A two-round bucket also runs a thresholds task (the task stream does not always list
+        # one that short): nothing else, and only then.
+        two_rounds = any(r.engine.get("twoRoundBuckets") for r in results)
+        assert {"partition", "fold"} <= ran <= {"partition", "fold", *(["thresholds"] if two_rounds else [])}
+        assert all(t["worker"] for t in stream.data)
         assert all(r.engine["engine"] == "dask" and r.engine["foldTasks"] >= 1 for r in results)
         engines = {r.field: r.engine for r in results}  # numbers fold from partial states; decimals from rows
         assert engines["balance"]["stateBuckets"] == engines["balance"]["foldTasks"] and engines["points"]["stateBuckets"] == 0
