@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 import ecanalytics as ec
 from ecanalytics.cli import cli
+from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger.buckets import buckets_of
 from ecanalytics.storage import paths as P
 from tests.conftest import Root
@@ -129,7 +130,7 @@ def random_traffic(w: Any, seed: int, n: int, model: LedgerModel) -> None:
             getattr(w, op)(tx.record, tx.value, id=tx.key, timestamp=tx.ts)
 
 
-@pytest.mark.parametrize("budget", [7, 10_000_000])
+@pytest.mark.parametrize("budget", [7, 40, 10_000_000])  # 40: frames of several spill files
 def test_spilling_consolidation_matches_the_model(root: Root, budget: int) -> None:
     db, w = wallets(root, buckets=5, checkpoint_interval=2)
     model = LedgerModel({"balance": 0.0})
@@ -292,3 +293,30 @@ def test_parts_applied_together_equal_a_model_of_each_bucket() -> None:
         assert recs_out.height == len(want_recs)
         got_marks = {(i, f): n for i, f, n in marks_out.iter_rows()}
         assert got_marks == want_marks and marks_out.height == len(want_marks)
+
+
+def test_spilled_runs_are_read_back_in_order_in_frames_of_at_least_the_rows_asked() -> None:
+    """A bucket's spill files come back in the order their rows were added, several files to a
+    frame until it holds ``rows`` rows (the last frame may hold fewer), every row exactly once."""
+    chunks = [pl.DataFrame({"originalId": [f"r{i % 7}" for i in range(c * 10, c * 10 + 10)],
+                            "n": list(range(c * 10, c * 10 + 10))}) for c in range(9)]
+    with Runs(3, budget_rows=10) as runs:  # a spill every chunk past the first: one file per bucket each
+        for chunk in chunks:
+            runs.add(chunk)
+        buckets = runs.buckets()
+        everything = pl.concat(chunks)
+        for k in buckets:
+            expected = everything.filter(pl.col("originalId").is_in(
+                [r for r in everything["originalId"].unique() if buckets_of([r], 3)[0] == k]))["n"].to_list()
+            one_by_one = [f.height for f in runs.frames(k)]
+            assert len(one_by_one) >= 4  # several spill files: the batching below has something to do
+            for rows in (1, 5, 12, 10_000):
+                frames = list(runs.frames(k, rows))
+                assert pl.concat(frames)["n"].to_list() == expected
+                # A frame takes whole files until it holds ``rows``, and not one file more.
+                sizes, held = [], 0
+                for height in one_by_one:
+                    held += height
+                    if held >= rows:
+                        sizes, held = [*sizes, held], 0
+                assert [f.height for f in frames] == sizes + ([held] if held else [])
