@@ -42,8 +42,16 @@ def new_marks(rows: pl.DataFrame, marks: pl.DataFrame, field: str, *, names: pl.
     (``originalId, setTs, setId, maxTs, maxId``); one row ``id, field, setTs, setId, maxTs, maxId``
     per record of ``rows``. With ``names``, ``originalId`` in both is an index into ``names``
     (integer keys join faster than strings), and the marks come out named."""
-    latest = _last(rows.lazy(), "_maxTs", "_maxId")
-    sets = _last(rows.lazy().filter(pl.col("operation") == "set"), "_setTs", "_setId")
+    return merged_marks(_last(rows.lazy(), "_maxTs", "_maxId"),
+                        _last(rows.lazy().filter(pl.col("operation") == "set"), "_setTs", "_setId"), marks, field,
+                        names=names)
+
+
+def merged_marks(latest: pl.DataFrame, sets: pl.DataFrame, marks: pl.DataFrame, field: str, *,
+                 names: pl.Series | None = None) -> pl.DataFrame:
+    """:func:`new_marks` of rows already reduced to each record's last row (``originalId, _maxTs,
+    _maxId``, one per record) and last ``set`` (``originalId, _setTs, _setId``, at most one per
+    record)."""
     merged = latest.join(sets, on="originalId", how="left").join(marks, on="originalId", how="left")
     take_set, take_max = _later("_setTs", "_setId", "setTs", "setId"), _later("_maxTs", "_maxId", "maxTs", "maxId")
     return merged.select(

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from ecanalytics.consolidation.eventorder import before, new_marks
+from ecanalytics.consolidation.eventorder import before, merged_marks
 from ecanalytics.consolidation.reducers import signed_value
 
 MERGEABLE: tuple[str, ...] = ("default", "sum", "min", "max")
@@ -401,10 +401,12 @@ class RecordStates:
         the late rows summed). Raises :class:`Restart` if the aggregate form cannot be exact
         (rows dated at or before a record's applied marks)."""
         tops, sets = self._last_rows()
-        reduced = pl.concat([tops.with_columns(pl.lit("add").alias("operation")),
-                             sets.drop("value").with_columns(pl.lit("set").alias("operation"))], how="vertical")
         current, marks = self._coded(current), self._coded(marks)
-        new = new_marks(reduced, marks, field, names=self._names_by_code())
+        # ``tops`` and ``sets`` are each record's last row and last ``set`` already (the last row
+        # of all sorts at or after the last set): what :func:`new_marks` would reduce them to.
+        new = merged_marks(tops.rename({_TS: "_maxTs", _ID: "_maxId"}),
+                           sets.select("originalId", pl.col(_TS).alias("_setTs"), pl.col(_ID).alias("_setId")), marks,
+                           field, names=self._names_by_code())
         table = self._table(tops, sets, marks)
         default_fold = self.reducer == "default"
         if after is not None:
