@@ -23,6 +23,7 @@ import pytest
 import ecanalytics as ec
 from ecanalytics.consolidation import cluster
 from ecanalytics.ledger import keys
+from ecanalytics.ledger.transactions import pending_schema
 from ecanalytics.storage import paths as P
 from tests.conftest import Root
 from tests.model import LedgerModel, Tx
@@ -480,6 +481,12 @@ def test_buckets_move_partial_states_not_rows(root: Root, client: Any) -> None:
     result, keys = run(modelled=False)
     assert picks(keys, "b") and result.engine["stateBuckets"] == result.engine["foldTasks"] - 1
     assert result.held == 2 and "a1" in result.held_records
+    # The fold task took the rows as they travelled; what it held back is the objects' rows, as
+    # the one-process twin holds them (field, source and operation as strings).
+    held = [db.resources["acc"].plugin("balance").consolidator.held_frame(db.resources["acc"].ledger.state())  # type: ignore[union-attr]
+            for db in (on_cluster, local)]
+    assert held[0].height == 2 and held[0].schema == held[1].schema and held[0].schema["source"] == pl.String()
+    assert held[0].drop("id").sort(pl.all()).equals(held[1].drop("id").sort(pl.all()))
 
 
 def test_rows_with_about_a_record_each_move_as_rows(root: Root, client: Any) -> None:
@@ -550,6 +557,13 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
         assert other[k].schema["source"] == pl.String()
         moved = deserialize(*serialize(cluster.Moved(other[k])))
         assert cluster.bucket_frame([back, moved], c.dtype).equals(both[k])
+        # Unrestored (what a fold task takes when the field folds into states): the travelling
+        # types, ``source`` as strings where the pieces differ in it, the same rows once cast.
+        for pieces, source in (([back], frame.schema["source"]), ([back, moved], pl.String())):
+            kept = cluster.bucket_frame(pieces, c.dtype, restore=False)
+            assert kept.schema["operation"] == pl.Enum(["set", "add", "sub"]) and kept.schema["source"] == source
+            assert kept.cast(pending_schema(c.dtype)).equals(  # type: ignore[arg-type]
+                cluster.bucket_frame(pieces, c.dtype))
     empty = deserialize(*serialize(cluster.Moved(runs[min(runs)].clear())))
     assert empty.frame.height == 0 and empty.frame.schema == runs[min(runs)].schema
     db.close()

@@ -349,12 +349,18 @@ def shuffle(client: Any, spec: FieldSpec, chunks: list[tuple[list[str], int]], r
     return Shuffled(client, run, [start for _keys, start in chunks], results, summaries)
 
 
-def bucket_frame(pieces: list[Moved], dtype: pl.DataType) -> pl.DataFrame:
+def bucket_frame(pieces: list[Moved], dtype: pl.DataType, *, restore: bool = True) -> pl.DataFrame:
     """One bucket's rows from its partitions' pieces (in planned order), with the transaction
-    columns' own types again."""
+    columns' own types again; with ``restore`` False, ``operation``, ``field`` and ``source`` stay
+    as they travelled (:func:`_slim`), ``source`` as strings only where pieces differ in it."""
     schema = pending_schema(dtype)
     if not pieces:
         return pl.DataFrame(schema=schema)
+    if not restore:
+        frames = [p.frame for p in pieces]
+        if len({f.schema["source"] for f in frames}) > 1:  # some partitions had many sources
+            frames = [f.with_columns(pl.col("source").cast(pl.String)) for f in frames]
+        return pl.concat(frames, how="vertical")
     # Each piece on its own: pieces of different partitions may differ in ``source``'s type.
     return pl.concat([p.frame.cast(schema) for p in pieces], how="vertical")  # type: ignore[arg-type]
 
@@ -362,10 +368,14 @@ def bucket_frame(pieces: list[Moved], dtype: pl.DataType) -> pl.DataFrame:
 def fold_task(spec: FieldSpec, version: int, k: int, frames: list[Moved], keyed: pl.DataFrame,
               token: str) -> tuple[BucketOutput, str]:
     """Fold bucket ``k`` (its rows from each partition, in planned order, and its resolved
-    ``keyed`` rows) against the state at ``version``."""
+    ``keyed`` rows) against the state at ``version``. A field that folds into per-record states
+    takes the rows as they travelled: the states read the operation as it is and neither
+    ``field`` nor ``source`` (casting them back took 0.16-0.21 s of each 6x10^6-row bucket at
+    10^8 rows); the general path, if the states give way to it, casts them back itself."""
     c = spec.consolidator()
     st = spec.state(c, version)
-    return c.fold_unit(st, k, bucket_frame(frames, c.dtype), keyed, version + 1, token), _worker()
+    rows = bucket_frame(frames, c.dtype, restore=c.mergeable() is None)
+    return c.fold_unit(st, k, rows, keyed, version + 1, token), _worker()
 
 
 def fold_partials_task(spec: FieldSpec, version: int, k: int, partials: list[Partial], keyed: pl.DataFrame,

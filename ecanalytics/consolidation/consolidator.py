@@ -293,6 +293,7 @@ class Consolidator(Field):
         records fold independently, so one bucket at a time or all at once give the same values."""
         if not preview and (folded := self._fold_rows_states(st, rows, unapplied)) is not None:
             return folded
+        rows = self._typed(rows)
         reducer = self.reducer()
         held: list[pl.DataFrame] = []
 
@@ -639,7 +640,14 @@ class Consolidator(Field):
                                              folded.marks)
         return BucketOutput(k, part, tuple(written), transactions, 0,
                             dataclasses.replace(folded, upserts=None, marks=folded.marks.clear(),
-                                                applied=folded.applied.filter(~keys.generated())))
+                                                applied=self._typed(folded.applied.filter(~keys.generated()))))
+
+    def _typed(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """``rows`` with the transaction columns in their own types (a cluster fold task's rows
+        keep ``operation``, ``field`` and ``source`` as they travelled: see
+        :func:`~ecanalytics.consolidation.cluster.fold_task`)."""
+        schema = {c: t for c, t in pending_schema(self.dtype).items() if c in rows.columns and rows.schema[c] != t}
+        return rows.cast(schema) if schema else rows  # type: ignore[arg-type]
 
     def _fold_local(self, st: State, candidates: list[str], held: pl.DataFrame, version: int,
                     token: str) -> FoldOutcome:
