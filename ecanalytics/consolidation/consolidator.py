@@ -622,10 +622,10 @@ class Consolidator(Field):
 
     def _fold_spilled(self, st: State, k: int, runs: Runs, version: int, token: str) -> BucketOutput:
         """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them):
-        through per-record states one spill file at a time when the field merges, so memory holds
+        through per-record states a frame of spill files at a time when the field merges, so memory holds
         the bucket's records, not its rows; else the bucket's rows at once."""
         # Frames of a read chunk's rows (not one spill file's): at 10^8 rows over 10^7 records a
-        # spill file holds about one row per record, nearly every one its record's latest so
+        # spill file holds about one row per record, most of them their record's latest so
         # far (which the states keep with its id); in 10^6-row frames half are.
         folded = self._fold_frames_states(st.restrict([k]), lambda: runs.frames(k, self.budget_rows // 4))
         if folded is None:
