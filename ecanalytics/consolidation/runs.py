@@ -123,12 +123,16 @@ class Runs:
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
         # The files go with the directory at close(): unlinking each costs milliseconds.
-        frames = [pl.read_ipc(p) for p in self._files.pop(k, [])]
+        paths = self._files.pop(k, [])
+        for path in paths:
+            self._heights.pop(path, None)
+        frames = [pl.read_ipc(p) for p in paths]
         return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
     def close(self) -> None:
         self._mem.clear()
         self._chunks.clear()
+        self._heights.clear()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
