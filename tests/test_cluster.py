@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -567,3 +568,36 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
     empty = deserialize(*serialize(cluster.Moved(runs[min(runs)].clear())))
     assert empty.frame.height == 0 and empty.frame.schema == runs[min(runs)].schema
     db.close()
+
+
+def test_a_delete_mode_retention_folds_the_same_on_the_cluster(root: Root, client: Any) -> None:
+    """After a ``delete``-mode retention the field's rows take the general fold (the cut stands
+    like a ``set``), which a cluster fold task reaches with the rows as they travelled (operation
+    an enum, field and source categories): late rows dated before the cut change nothing, the
+    others apply, and the values and the rows held back equal the one-process twin's."""
+    from tests.test_retention import NOW, history, values
+
+    on_cluster, local = (history(r, seed=5) for r in (root, twin(root)))
+    for _db, w, _txs, _bases in (on_cluster, local):
+        w.gc("7d", archive=False)
+    before = values(local[1])
+    rng = random.Random(17)
+    late = [(f"r{rng.randrange(5)}", NOW - timedelta(days=30, minutes=i), float(rng.randrange(1, 40))) for i in range(9)]
+    # After the cut (seven days before today) and after every applied row.
+    fresh = [(f"r{rng.randrange(5)}", datetime.now(UTC) - timedelta(hours=2, minutes=i), float(rng.randrange(1, 40)))
+             for i in range(30)]
+    for _db, w, _txs, _bases in (on_cluster, local):
+        for i, (rid, ts, v) in enumerate(late + fresh):
+            w.add(rid, v, id=f"n{i}", timestamp=ts)
+        w.plugin("balance").flush()
+    result = on_cluster[0].consolidate(client=client)[0]
+    local[0].consolidate()
+    # The rows' path (no partial states: the cut is not a mergeable state), every new row read.
+    assert result.engine["engine"] == "dask" and result.engine["foldTasks"] >= 1 and result.engine["stateBuckets"] == 0
+    assert (result.transactions, result.late) == (len(fresh), len(late))
+    assert values(on_cluster[1]) == values(local[1])
+    # The late rows, dated before the cut, changed nothing; every fresh one applied.
+    sums = Counter[str]()
+    for rid, _ts, v in fresh:
+        sums[rid] += v
+    assert values(local[1]) == {rid: before[rid] + sums[rid] for rid in before}
