@@ -558,7 +558,7 @@ def test_rows_wait_and_move_with_their_few_valued_columns_as_categories(root: Ro
         assert other[k].schema["source"] == pl.String()
         moved = deserialize(*serialize(cluster.Moved(other[k])))
         assert cluster.bucket_frame([back, moved], c.dtype).equals(both[k])
-        # Unrestored (what a fold task takes when the field folds into states): the travelling
+        # Unrestored (what a fold task takes): the travelling
         # types, ``source`` as strings where the pieces differ in it, the same rows once cast.
         for pieces, source in (([back], frame.schema["source"]), ([back, moved], pl.String())):
             kept = cluster.bucket_frame(pieces, c.dtype, restore=False)
@@ -574,7 +574,7 @@ def test_a_delete_mode_retention_folds_the_same_on_the_cluster(root: Root, clien
     """After a ``delete``-mode retention the field's rows take the general fold (the cut stands
     like a ``set``), which a cluster fold task reaches with the rows as they travelled (operation
     an enum, field and source categories): late rows dated before the cut change nothing, the
-    others apply, and the values and the rows held back equal the one-process twin's."""
+    others apply, and the values equal the one-process twin's."""
     from tests.test_retention import NOW, history, values
 
     on_cluster, local = (history(r, seed=5) for r in (root, twin(root)))

@@ -221,10 +221,10 @@ def _worker() -> str:
 
 # Rows as they wait on a worker and move between workers: the few-valued string columns as
 # categories (1-4 bytes a row instead of a 16-byte string view each), so that a 10^8-row run
-# holds and ships about a third less; :func:`bucket_frame` restores the strings. ``source`` only
-# where it has few values: a category's strings live in a map of the process's own, which Polars'
-# ``estimated_size`` (what Dask weighs) does not count, and a source per row (a request id)
-# would hold more that way than as strings.
+# holds and ships about a third less; the general fold (or :func:`bucket_frame`) restores the
+# strings. ``source`` only where it has few values: a category's strings live in a map of the
+# process's own, which Polars' ``estimated_size`` (what Dask weighs) does not count, and a source
+# per row (a request id) would hold more that way than as strings.
 _OPERATION = pl.Enum(list(OPERATIONS))
 FEW_SOURCES = 1024  # distinct sources (approximate count) up to which they wait as a category
 
@@ -368,14 +368,13 @@ def bucket_frame(pieces: list[Moved], dtype: pl.DataType, *, restore: bool = Tru
 def fold_task(spec: FieldSpec, version: int, k: int, frames: list[Moved], keyed: pl.DataFrame,
               token: str) -> tuple[BucketOutput, str]:
     """Fold bucket ``k`` (its rows from each partition, in planned order, and its resolved
-    ``keyed`` rows) against the state at ``version``. A field that folds into per-record states
-    takes the rows as they travelled: the states read the operation as it is and neither
-    ``field`` nor ``source`` (casting them back took 0.16-0.21 s of each 6x10^6-row bucket at
-    10^8 rows); the general path, if the states give way to it, casts them back itself."""
+    ``keyed`` rows) against the state at ``version``. The rows stay as they travelled: the
+    per-record states read the operation as it is and neither ``field`` nor ``source`` (casting
+    them back took 0.16-0.21 s of each 6x10^6-row bucket at 10^8 rows), and the general fold,
+    where a field takes it, casts them back itself (:meth:`Consolidator.fold_bucket`)."""
     c = spec.consolidator()
     st = spec.state(c, version)
-    rows = bucket_frame(frames, c.dtype, restore=c.mergeable() is None)
-    return c.fold_unit(st, k, rows, keyed, version + 1, token), _worker()
+    return c.fold_unit(st, k, bucket_frame(frames, c.dtype, restore=False), keyed, version + 1, token), _worker()
 
 
 def fold_partials_task(spec: FieldSpec, version: int, k: int, partials: list[Partial], keyed: pl.DataFrame,
