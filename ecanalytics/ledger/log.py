@@ -58,6 +58,7 @@ CHAIN_INTERVALS = 4  # a bucket's base is at most this many checkpoint intervals
 CHAIN_INLINE = 16  # inline parts a chain may carry inside the checkpoint before its bucket is rewritten
 _INLINE = "inline:"
 WRITE_THREADS = 8  # objects of one commit written at once on S3 (each a round trip)
+LOCAL_WRITE_THREADS = 2  # ... and on local disk, where each is mostly Parquet encoding (zstd)
 CHECKPOINT_THREADS = 4  # buckets a checkpoint reads and writes at once (each held in memory meanwhile)
 
 
@@ -458,10 +459,11 @@ class Ledger:
                 if change is None:
                     return None
                 prepared = self._prepare(st, change)
-                # Side by side on S3, where a commit's object per bucket is a round trip each
-                # (the simulator's executor runs them in order, so its runs stay replayable).
+                # Side by side: on S3 a commit's object per bucket is a round trip each, on local
+                # disk mostly encoding, which Polars does without the GIL (the simulator's executor
+                # runs them in order, so its runs stay replayable).
                 _runtime.each(lambda item: self.store.write_parquet(*item), list(prepared.files.items()),
-                              WRITE_THREADS if self.store.remote else 1)
+                              WRITE_THREADS if self.store.remote else LOCAL_WRITE_THREADS)
                 self.fault_point("after_delta")
                 if not self._create_entry(prepared.entry):
                     self.store.delete([*prepared.files, *change.written])
