@@ -320,3 +320,37 @@ def test_spilled_runs_are_read_back_in_order_in_frames_of_at_least_the_rows_aske
                     if held >= rows:
                         sizes, held = [*sizes, held], 0
                 assert [f.height for f in frames] == sizes + ([held] if held else [])
+
+
+def test_a_buckets_halves_are_the_buckets_of_twice_as_many() -> None:
+    # A spilled consolidation splits each bucket's rows into two runs by bucket_expr(2n) and folds
+    # them side by side: run j must hold only rows of bucket j // 2, for any bucket count.
+    ids = [f"r{i}" for i in range(5_000)] + IDS
+    for n in (1, 3, 5, 16, 1000):
+        halves = buckets_of(ids, 2 * n).to_list()
+        assert [h // 2 for h in halves] == buckets_of(ids, n).to_list()
+        assert set(halves) == set(range(2 * n)) or n == 1000  # both halves of each bucket are used
+
+
+def test_a_spilled_overflow_holds_its_record_and_commits_both_halves_of_its_bucket(root: Root) -> None:
+    # One bucket, so its two halves hold every record; x overflows in the states fold, and the
+    # bucket falls back to the general fold, which holds x back and commits the rest.
+    db, w = wallets(root, buckets=1)
+    w.plugin("balance").consolidator.budget_rows = 8
+    ids = [f"r{i}" for i in range(30)]
+    assert len(set(buckets_of([*ids, "x"], 2).to_list())) == 2
+    expected: dict[str, float] = {}
+    w.set("x", 1e308)
+    for i in range(90):
+        w.add(ids[i % 30], i)
+        expected[ids[i % 30]] = expected.get(ids[i % 30], 0.0) + i
+    db.consolidate()
+    w.add("x", 1e308)
+    for i in range(60):
+        w.sub(ids[i % 30], 1)
+        expected[ids[i % 30]] -= 1
+    result = db.consolidate()[0]
+    assert entry(root, result.version)["stats"]["spilled"] is True
+    assert (result.held, result.held_records) == (1, ("x",))
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == {**expected, "x": 1e308}

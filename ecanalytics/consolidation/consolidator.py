@@ -63,13 +63,14 @@ LEAN_MAX_CARRIED = 256  # past this many carried consumed keys, a sync write tak
 MEMO_ROWS = 100_000  # a fold of at most this many rows keeps the buckets it loads in the cached state
 STATE_MAX_ROWS = 40_000_000  # past this many pending rows kept as compact rows (29 B each), spilled runs take over
 # ... or past this many records touched: per-record states and their end (joins of every record
-# touched, with ids) take about 0.9 KB a record at their peak, and the runs fold a bucket at a time.
+# touched, with ids) take about 0.9 KB a record at their peak, and the runs fold a bucket (two halves) at a time.
 STATE_MAX_RECORDS = 1_000_000
 CHUNK_OBJECTS = 256  # pending objects read at once by a consolidation, at most
 COMMUTE_ENTRIES = 16  # commits of other fields a lost race may skip over without folding again
 READ_AHEAD = 2  # chunks read and decoded while the caller folds one (one ahead: 4-5% slower at 10^7)
 DECODE_THREADS = 4  # objects decoded at once (Polars releases the GIL; each decode is itself parallel)
 FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
+FOLD_HALVES = 2  # runs per bucket of a spilled consolidation, folded side by side (2 cores)
 
 
 class _Fallback(Exception):
@@ -620,18 +621,29 @@ class Consolidator(Field):
                         self._upserts(rs, values))
         return self._bucket_output(k, folded, states.rows, version, token)
 
-    def _fold_spilled(self, st: State, k: int, runs: Runs, version: int, token: str) -> BucketOutput:
-        """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them):
-        through per-record states a frame of spill files at a time when the field merges, so memory holds
-        the bucket's records, not its rows; else the bucket's rows at once."""
-        # Frames of a read chunk's rows (not one spill file's): at 10^8 rows over 10^7 records a
-        # spill file holds about one row per record, most of them their record's latest so
-        # far (which the states keep with its id); in 10^6-row frames half are.
-        folded = self._fold_frames_states(st.restrict([k]), lambda: runs.frames(k, self.budget_rows // 4))
-        if folded is None:
+    def _fold_spilled(self, st: State, k: int, halves: list[int], runs: Runs, version: int,
+                      token: str) -> BucketOutput:
+        """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them), whose
+        rows are in the runs ``halves`` (:data:`FOLD_HALVES` runs per bucket): through per-record
+        states a frame of spill files at a time when the field merges, each half of the bucket's
+        records on a thread of its own, so memory holds the bucket's records, not its rows; else
+        the bucket's rows at once."""
+        # The two halves fold side by side: one fold alone left a core a third idle (the main
+        # thread's NumPy and Python are its critical path), and each half holds half the records.
+        # Frames of about a read chunk's rows between them (not one spill file's): at 10^8 rows
+        # over 10^7 records a spill file holds about one row per record, most of them their
+        # record's latest so far (which the states keep with its id); in 10^6-row frames half are.
+        rk = st.restrict([k])  # read once: both halves' records and marks are in it
+        frame_rows = self.budget_rows // 4 // FOLD_HALVES
+        folded = (_runtime.each(lambda j: self._fold_frames_states(rk, lambda: runs.frames(j, frame_rows)), halves,
+                                FOLD_HALVES) if halves and self._merges(rk) is not None else [None])
+        if None in folded:
             schema = pending_schema(self.dtype)
-            return self.fold_unit(st, k, runs.take(k, schema), pl.DataFrame(schema=schema), version, token)
-        return self._bucket_output(k, folded[0], folded[1], version, token)
+            rows = pl.concat([runs.take(j, schema) for j in halves], how="vertical") if halves else pl.DataFrame(
+                schema=schema)
+            return self.fold_unit(st, k, rows, pl.DataFrame(schema=schema), version, token)
+        return self._bucket_output(k, Folded.concat([f[0] for f in folded if f is not None]),
+                                   sum(f[1] for f in folded if f is not None), version, token)
 
     def _bucket_output(self, k: int, folded: Folded, transactions: int, version: int, token: str) -> BucketOutput:
         """Write bucket ``k``'s delta and marks for the commit of ``version`` (named with
@@ -658,7 +670,9 @@ class Consolidator(Field):
         out = FoldOutcome()
         # Rows with caller-supplied keys go to runs split by id, so the key rule can be applied to
         # all occurrences of a key at once (one id bucket at a time), whatever the record.
-        with Runs(st.n_buckets, self.budget_rows // 2) as runs, \
+        # Each bucket's rows spill as FOLD_HALVES runs (a bucket's halves by the same hash:
+        # run j is in bucket j // FOLD_HALVES), which fold side by side (:meth:`_fold_spilled`).
+        with Runs(st.n_buckets * FOLD_HALVES, self.budget_rows // 2) as runs, \
                 Runs(st.n_buckets, self.budget_rows // 2, column="id") as keyed:
             for rows, keyed_rows in self._chunks(candidates, out):
                 if keyed_rows.height:
@@ -682,8 +696,9 @@ class Consolidator(Field):
             out.spilled = True
             # No rows left (every one a retry or a conflict): still one fold, so that the commit
             # consumes the objects (and records what it dropped), as the Dask engine does.
-            for k in runs.buckets() or [0]:
-                out.add(self._fold_spilled(st, k, runs, version, token))
+            present = runs.buckets()
+            for k in sorted({j // FOLD_HALVES for j in present}) or [0]:
+                out.add(self._fold_spilled(st, k, [j for j in present if j // FOLD_HALVES == k], runs, version, token))
         return out
 
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:

@@ -2,7 +2,8 @@
 
 Consolidation streams the pending objects through a :class:`Runs`: each chunk of rows is split by
 the bucket of its record and appended to that bucket's run. Past ``budget`` rows in memory, every
-run is written to a temporary directory (one Arrow IPC file per bucket per spill), so the peak
+run is written to a temporary directory (one Arrow IPC file per bucket per spill; a consolidation
+asks for twice its buckets, two runs per bucket, which it folds side by side), so the peak
 memory of a consolidation is about one chunk plus one bucket's rows and state, not the totals.
 """
 
