@@ -354,3 +354,40 @@ def test_a_spilled_overflow_holds_its_record_and_commits_both_halves_of_its_buck
     assert (result.held, result.held_records) == (1, ("x",))
     got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     assert dict(zip(got["id"], got["balance"], strict=True)) == {**expected, "x": 1e308}
+
+
+def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everything_once(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The halves of a bucket fold on two threads: one half raising while the other folds must
+    # commit nothing (objects stay pending), and the next consolidation applies every row once.
+    from ecanalytics.consolidation.consolidator import Consolidator
+    db, w = wallets(root, buckets=2)
+    w.plugin("balance").consolidator.budget_rows = 8
+    expected: dict[str, float] = {}
+    for i in range(120):
+        rec = f"r{i % 23}"
+        w.add(rec, i, id=f"k{i}")  # caller keys past the budget: the spilling path
+        expected[rec] = expected.get(rec, 0.0) + i
+    w.plugin("balance").flush()
+    real = Consolidator._fold_frames_states
+    calls = {"n": 0}
+    lock = threading.Lock()
+
+    def flaky(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            calls["n"] += 1
+            n = calls["n"]
+        if n == 2:  # the second half to start, while the first may still be folding
+            raise OSError("injected: a spill file could not be read")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Consolidator, "_fold_frames_states", flaky)
+    with pytest.raises(ec.ConsolidationFailedError, match="injected") as failed:
+        db.consolidate()
+    assert isinstance(failed.value.__cause__, OSError) and calls["n"] >= 2
+    monkeypatch.setattr(Consolidator, "_fold_frames_states", real)
+    assert root.connect().resources["w"].to_polars().height == 0  # type: ignore[union-attr]
+    result = db.consolidate()[0]
+    assert result.transactions == 120 and entry(root, result.version)["stats"]["spilled"] is True
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == expected
