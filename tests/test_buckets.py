@@ -363,31 +363,44 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
     from ecanalytics.consolidation.consolidator import Consolidator
     db, w = wallets(root, buckets=2)
     w.plugin("balance").consolidator.budget_rows = 8
+    records = [f"r{i}" for i in range(23)]
+    assert len(set(buckets_of(records, 4).to_list())) == 4  # both halves of both buckets hold rows
     expected: dict[str, float] = {}
     for i in range(120):
-        rec = f"r{i % 23}"
-        w.add(rec, i, id=f"k{i}")  # caller keys past the budget: the spilling path
-        expected[rec] = expected.get(rec, 0.0) + i
+        w.add(records[i % 23], i, id=f"k{i}")  # caller keys past the budget: the spilling path
+        expected[records[i % 23]] = expected.get(records[i % 23], 0.0) + i
     w.plugin("balance").flush()
     real = Consolidator._fold_frames_states
-    calls = {"n": 0}
+    calls: list[int] = []
     lock = threading.Lock()
 
     def flaky(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
         with lock:
-            calls["n"] += 1
-            n = calls["n"]
-        if n == 2:  # the second half to start, while the first may still be folding
+            calls.append(threading.get_ident())
+            n = len(calls)
+        if n == 2:  # bucket 0's second half, while its first may still be folding
             raise OSError("injected: a spill file could not be read")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Consolidator, "_fold_frames_states", flaky)
     with pytest.raises(ec.ConsolidationFailedError, match="injected") as failed:
         db.consolidate()
-    assert isinstance(failed.value.__cause__, OSError) and calls["n"] >= 2
-    monkeypatch.setattr(Consolidator, "_fold_frames_states", real)
+    assert isinstance(failed.value.__cause__, OSError)
     assert root.connect().resources["w"].to_polars().height == 0  # type: ignore[union-attr]
+    # The rerun folds bucket 0's two halves side by side: each waits for the other to start.
+    both = threading.Barrier(2, timeout=30)
+
+    def side_by_side(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            calls.append(threading.get_ident())
+            n = len(calls)
+        if n <= 4:  # calls 3 and 4: bucket 0's halves (a serial fold would break the barrier)
+            both.wait()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Consolidator, "_fold_frames_states", side_by_side)
     result = db.consolidate()[0]
+    assert len(set(calls[2:4])) == 2 and len(calls) == 6  # two threads; four halves folded
     assert result.transactions == 120 and entry(root, result.version)["stats"]["spilled"] is True
     got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     assert dict(zip(got["id"], got["balance"], strict=True)) == expected

@@ -641,7 +641,7 @@ class Consolidator(Field):
             schema = pending_schema(self.dtype)
             rows = pl.concat([runs.take(j, schema) for j in halves], how="vertical") if halves else pl.DataFrame(
                 schema=schema)
-            return self.fold_unit(st, k, rows, pl.DataFrame(schema=schema), version, token)
+            return self.fold_unit(rk, k, rows, pl.DataFrame(schema=schema), version, token)  # rk: not read again
         return self._bucket_output(k, Folded.concat([f[0] for f in folded if f is not None]),
                                    sum(f[1] for f in folded if f is not None), version, token)
 
@@ -696,9 +696,11 @@ class Consolidator(Field):
             out.spilled = True
             # No rows left (every one a retry or a conflict): still one fold, so that the commit
             # consumes the objects (and records what it dropped), as the Dask engine does.
-            present = runs.buckets()
-            for k in sorted({j // FOLD_HALVES for j in present}) or [0]:
-                out.add(self._fold_spilled(st, k, [j for j in present if j // FOLD_HALVES == k], runs, version, token))
+            halves: dict[int, list[int]] = {}
+            for j in runs.buckets():
+                halves.setdefault(j // FOLD_HALVES, []).append(j)
+            for k in sorted(halves) or [0]:
+                out.add(self._fold_spilled(st, k, halves.get(k, []), runs, version, token))
         return out
 
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:
