@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -323,6 +324,7 @@ class ObjectProgress:
     def __init__(self, store: Store, label: str, *, total: int | None = None, enabled: bool = True) -> None:
         self.store, self.label, self.total, self.enabled = store, label, total, enabled
         self.objects = self.rows = 0
+        self._lock = threading.Lock()  # reads report from the consolidator's read-ahead threads
         self._bar: Progress | None = None
         self._task: Any = None
 
@@ -339,10 +341,12 @@ class ObjectProgress:
 
     def _read(self, blobs: Mapping[str, bytes | None]) -> None:
         found = [b for b in blobs.values() if b is not None]
-        self.objects += len(found)
-        self.rows += sum(_parquet_rows(b) for b in found)
-        if self._bar is not None:
-            self._bar.update(self._task, completed=self.objects, rows=self.rows)
+        rows = sum(_parquet_rows(b) for b in found)
+        with self._lock:
+            self.objects += len(found)
+            self.rows += rows
+            if self._bar is not None:
+                self._bar.update(self._task, completed=self.objects, rows=self.rows)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

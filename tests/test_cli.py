@@ -101,3 +101,29 @@ def test_demo_job(root: Root) -> None:
     assert ec.reports.run(db, "reconciliation").height == 0  # consolidated in one pass: event order holds
     text = CliRunner().invoke(cli, ["demo", "--root", root.uri, "--records", "8", "--transactions", "10"], env=env)
     assert text.exit_code == 0 and "Wallets (top 10 by balance)" in text.output
+
+
+def test_the_read_progress_counts_every_object_read_from_many_threads() -> None:
+    # A consolidation reports its reads from its read-ahead threads; none may be lost.
+    import io
+    import threading
+
+    import polars as pl
+
+    from ecanalytics.cli import ObjectProgress
+    buffer = io.BytesIO()
+    pl.DataFrame({"a": list(range(7))}).write_parquet(buffer)
+    blob = buffer.getvalue()
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, to expose a lost update
+    try:
+        progress = ObjectProgress(ec.connect("memory://progress").store, "reading", enabled=False)
+        threads = [threading.Thread(target=lambda: [progress._read({"k": blob, "gone": None}) for _ in range(500)])
+                   for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert (progress.objects, progress.rows) == (8 * 500, 8 * 500 * 7)
