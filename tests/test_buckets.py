@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 import ecanalytics as ec
 from ecanalytics.cli import cli
+from ecanalytics.consolidation.consolidator import Consolidator
 from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger.buckets import buckets_of
 from ecanalytics.storage import paths as P
@@ -360,7 +361,6 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
         root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
     # The halves of a bucket fold on two threads: one half raising while the other folds must
     # commit nothing (objects stay pending), and the next consolidation applies every row once.
-    from ecanalytics.consolidation.consolidator import Consolidator
     db, w = wallets(root, buckets=2)
     w.plugin("balance").consolidator.budget_rows = 8
     records = [f"r{i}" for i in range(23)]
@@ -371,14 +371,16 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
         expected[records[i % 23]] = expected.get(records[i % 23], 0.0) + i
     w.plugin("balance").flush()
     real = Consolidator._fold_frames_states
-    calls: list[int] = []
+    calls: list[int] = []  # the thread of each half's fold
     lock = threading.Lock()
 
-    def flaky(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
+    def call() -> int:
         with lock:
             calls.append(threading.get_ident())
-            n = len(calls)
-        if n == 2:  # bucket 0's second half, while its first may still be folding
+            return len(calls)
+
+    def flaky(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
+        if call() == 2:  # bucket 0's second half, while its first may still be folding
             raise OSError("injected: a spill file could not be read")
         return real(self, *args, **kwargs)
 
@@ -391,10 +393,7 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
     both = threading.Barrier(2, timeout=30)
 
     def side_by_side(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
-        with lock:
-            calls.append(threading.get_ident())
-            n = len(calls)
-        if n <= 4:  # calls 3 and 4: bucket 0's halves (a serial fold would break the barrier)
+        if call() <= 4:  # calls 3 and 4: bucket 0's halves (a serial fold would break the barrier)
             both.wait()
         return real(self, *args, **kwargs)
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import threading
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
 
 import ecanalytics as ec
-from ecanalytics.cli import cli, main
+from ecanalytics.cli import ObjectProgress, cli, main
 from tests.conftest import Root
 
 
@@ -105,12 +108,6 @@ def test_demo_job(root: Root) -> None:
 
 def test_the_read_progress_counts_every_object_read_from_many_threads() -> None:
     # A consolidation reports its reads from its read-ahead threads; none may be lost.
-    import io
-    import threading
-
-    import polars as pl
-
-    from ecanalytics.cli import ObjectProgress
     buffer = io.BytesIO()
     pl.DataFrame({"a": list(range(7))}).write_parquet(buffer)
     blob = buffer.getvalue()
