@@ -403,3 +403,103 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
     assert result.transactions == 120 and entry(root, result.version)["stats"]["spilled"] is True
     got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     assert dict(zip(got["id"], got["balance"], strict=True)) == expected
+
+
+def counted_reads(monkeypatch: pytest.MonkeyPatch, w: Any) -> Counter[str]:
+    """Every key the field's store reads from now on (``read_many``: what history and pending reads use)."""
+    store = w.plugin("balance").consolidator.store
+    real, reads = store.read_many, Counter[str]()
+
+    def counting(keys: Any, *args: Any, **kwargs: Any) -> Any:
+        keys = list(keys)
+        reads.update(keys)
+        return real(keys, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_many", counting)
+    return reads
+
+
+def test_the_late_sets_of_a_spilled_consolidation_read_the_history_once(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A spilled consolidation folds its buckets one at a time, each as two halves, and each with a
+    # late set needs the applied rows after it: they share one read of the applied history, so
+    # each applied object is read once (it was read once per bucket half: 8 times here).
+    db, w = wallets(root, buckets=4)
+    model = LedgerModel({"balance": 0.0})
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [f"r{i}" for i in range(24)]
+    assert len(set(buckets_of(records, 8).to_list())) == 8  # every half of every bucket has records
+
+    def write(tx: Tx) -> None:
+        getattr(w, tx.op)(tx.record, tx.value, id=tx.key, timestamp=tx.ts)
+        model.write(tx)
+
+    for day in range(3):
+        for i, r in enumerate(records):
+            write(Tx(f"a{day}-{i}", r, "balance", "add", float(i + day), start + timedelta(days=day, hours=i % 20)))
+        db.consolidate()
+        model.consolidate("balance")
+    applied = set(w.plugin("balance").consolidator.ledger.state().applied_objects("balance"))
+    assert len(applied) == 72
+    for i, r in enumerate(records):  # a late set for every record (day 0 or 1), and a late add
+        write(Tx(f"s{i}", r, "balance", "set", 100.0 + i, start + timedelta(days=i % 2, hours=21)))
+        write(Tx(f"l{i}", r, "balance", "add", 1.0, start + timedelta(days=1, hours=22)))
+    w.plugin("balance").consolidator.budget_rows = 8  # caller keys past the budget: the spilling path
+    reads = counted_reads(monkeypatch, w)
+    result = db.consolidate()[0]
+    model.consolidate("balance")
+    assert entry(root, result.version)["stats"]["spilled"] is True and result.transactions == 48
+    assert {k: reads[k] for k in applied} == dict.fromkeys(applied, 1)
+    got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
+    assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
+
+
+@pytest.mark.parametrize("budget", [5, 10_000])  # the rows read spilled to local disk, or in memory
+def test_a_shared_history_answers_as_the_history_reading_each_object_once(
+        root: Root, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    db, w = wallets(root, buckets=4)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    written: list[tuple[str, str, float, datetime]] = []  # id, record, value, timestamp
+    for day in range(4):
+        for i in range(10):
+            tx = (f"d{day}-{i}", f"r{i}", float(day * 10 + i), start + timedelta(days=day, hours=i))
+            w.add(tx[1], tx[2], id=tx[0], timestamp=tx[3])
+            written.append(tx)
+        db.consolidate()
+    c = w.plugin("balance").consolidator
+    st = c.ledger.state()
+    records = [f"r{i}" for i in range(10)]
+    by_bucket: dict[int, list[str]] = {}
+    for r, k in zip(records, buckets_of(records, 4).to_list(), strict=True):
+        by_bucket.setdefault(k, []).append(r)
+    assert len(by_bucket) > 1
+    reads = counted_reads(monkeypatch, w)
+
+    def check(got: pl.DataFrame, since: int, ids: list[str]) -> None:
+        # From day ``since`` on, exactly the rows written for ``ids``; before it only such rows.
+        rows = set(zip(got["id"], got["originalId"], got["value"], got["timestamp"], strict=True))
+        mine = {t for t in written if t[1] in ids}
+        assert rows <= mine and len(rows) == got.height
+        assert {t for t in rows if t[3] >= start + timedelta(days=since)} == {
+            t for t in mine if t[3] >= start + timedelta(days=since)}
+
+    with c.shared_history(st, frozenset(), budget) as shared:
+        errors: list[BaseException] = []
+
+        def ask(ids: list[str]) -> None:
+            try:
+                check(shared((start + timedelta(days=2)).date(), pl.Series(ids)), 2, ids)
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=ask, args=(ids,)) for ids in by_bucket.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert set(reads) == set(st.applied_objects("balance", since="2026-01-03"))
+        for since in (3, 0, 1):  # a later day, then earlier ones: only the days before are read
+            for ids in by_bucket.values():
+                check(shared((start + timedelta(days=since)).date(), pl.Series(ids)), since, ids)
+    assert dict(reads) == dict.fromkeys(st.applied_objects("balance"), 1)

@@ -30,7 +30,7 @@ import polars as pl
 
 from ecanalytics import _runtime, display
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
-from ecanalytics.consolidation.field import Field
+from ecanalytics.consolidation.field import Field, History
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.consolidation.states import (
@@ -257,10 +257,14 @@ class Consolidator(Field):
                 failed.append(exc.record_id)
                 rows = rows.filter(pl.col("originalId") != exc.record_id)
 
-    def _applied_after(self, st: State, unapplied: frozenset[str], late_sets: pl.DataFrame) -> pl.DataFrame:
-        """``originalId, _extra``: the signed sum of applied add/sub rows after each late set."""
+    def _applied_after(self, st: State, unapplied: frozenset[str], late_sets: pl.DataFrame,
+                       history: History | None = None) -> pl.DataFrame:
+        """``originalId, _extra``: the signed sum of applied add/sub rows after each late set, from
+        ``history`` (a :class:`~ecanalytics.consolidation.field.SharedHistory`) or else read from
+        the store (:meth:`history`)."""
         since = late_sets.select(pl.col("_ts").min().dt.convert_time_zone(self.tz).dt.date()).item()
-        hist = self.history(st, unapplied, since=since, ids=late_sets["originalId"])
+        hist = (history(since, late_sets["originalId"]) if history is not None
+                else self.history(st, unapplied, since=since, ids=late_sets["originalId"]))
         return (
             hist.filter(pl.col("operation") != "set").join(late_sets, on="originalId")
             .filter(~before("timestamp", "id", "_ts", "_id"))
@@ -268,10 +272,10 @@ class Consolidator(Field):
         )
 
     def _after_late_sets(self, st: State, unapplied: frozenset[str], values: pl.DataFrame,
-                         late_sets: pl.DataFrame) -> pl.DataFrame:
+                         late_sets: pl.DataFrame, history: History | None = None) -> pl.DataFrame:
         """``values`` plus, for each record whose pending last set is late, the applied add/sub
         rows after it (:meth:`_applied_after`)."""
-        return values.join(self._applied_after(st, unapplied, late_sets), on="originalId", how="left").select(
+        return values.join(self._applied_after(st, unapplied, late_sets, history), on="originalId", how="left").select(
             "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
 
     def _finite(self) -> pl.Expr:
@@ -289,10 +293,11 @@ class Consolidator(Field):
                                 unapplied, preview=preview)
 
     def fold_bucket(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
-                    preview: bool = False) -> Folded:
+                    preview: bool = False, history: History | None = None) -> Folded:
         """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
-        records fold independently, so one bucket at a time or all at once give the same values."""
-        if not preview and (folded := self._fold_rows_states(st, rows, unapplied)) is not None:
+        records fold independently, so one bucket at a time or all at once give the same values.
+        ``history`` answers the late sets' questions (see :meth:`_applied_after`)."""
+        if not preview and (folded := self._fold_rows_states(st, rows, unapplied, history)) is not None:
             return folded
         rows = self._typed(rows)
         reducer = self.reducer()
@@ -329,7 +334,7 @@ class Consolidator(Field):
                 .select("originalId", "_ts", "_id")
             )
             if late_sets.height:
-                values = self._after_late_sets(st, unapplied, values, late_sets)
+                values = self._after_late_sets(st, unapplied, values, late_sets, history)
         elif reducer.name == "last":
             values, failed = self._call(reducer, rows.filter(~late), current)
         elif reducer.is_builtin:
@@ -379,14 +384,15 @@ class Consolidator(Field):
         return pl.concat([existing, created.cast(schema.polars_schema)], how="vertical")  # type: ignore[arg-type]
 
     def fold_unit(self, st: State, k: int, rows: pl.DataFrame, keyed: pl.DataFrame, version: int,
-                  token: str) -> BucketOutput:
+                  token: str, history: History | None = None) -> BucketOutput:
         """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` with generated ids and
         its ``keyed`` rows (caller-supplied keys and held rows, already resolved for the whole field
         by :meth:`resolve`) against ``st`` restricted to that bucket, and write the bucket's delta
         and marks for the commit of ``version``, named with ``token`` (the same inputs give the
-        same objects, so a rerun task overwrites what a killed one left). It never commits."""
+        same objects, so a rerun task overwrites what a killed one left). It never commits.
+        ``history`` answers the late sets' questions (see :meth:`_applied_after`)."""
         rows = pl.concat([rows, keyed.select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
-        folded = self.fold_bucket(st.restrict([k]), rows)
+        folded = self.fold_bucket(st.restrict([k]), rows, history=history)
         return self._bucket_output(k, folded, folded.applied.height, version, token)
 
     def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
@@ -511,16 +517,18 @@ class Consolidator(Field):
                    else rs.records).select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
         return states.finish(current, rs.field_marks(self.field, touched), self.default, self.field, ids_of, after), rs
 
-    def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset()) -> pl.DataFrame | None:
+    def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset(),
+                      history: History | None = None) -> pl.DataFrame | None:
         """The values of a states fold (the applied rows after late sets added), or None if one
         is not finite (the general path holds that record back and says why)."""
         values = done.values
         if done.late_sets.height:
-            values = self._after_late_sets(st, unapplied, values, done.late_sets)
+            values = self._after_late_sets(st, unapplied, values, done.late_sets, history)
         return values if values.select(self._finite().all()).item() else None
 
     def _fold_frames_states(self, st: State, frames: Callable[[], Iterable[pl.DataFrame]],
-                            unapplied: frozenset[str] = frozenset()) -> tuple[Folded, int] | None:
+                            unapplied: frozenset[str] = frozenset(),
+                            history: History | None = None) -> tuple[Folded, int] | None:
         """Fold the rows that ``frames()`` yields (in memory or read again from local runs on each
         call) through per-record states, holding one frame at a time: (the outcome, whose
         ``applied`` holds only the rows with caller-supplied keys; the rows folded), or None when
@@ -553,17 +561,18 @@ class Consolidator(Field):
                 done, rs = self._finish_states(st, states, ids_of)
             except Restart:
                 continue
-            values = self._state_values(st, done, unapplied)
+            values = self._state_values(st, done, unapplied, history)
             if values is None:
                 return None
             return Folded(values, done.marks, pl.DataFrame(schema=self._held_schema), pl.concat(applied, how="vertical"),
                           done.late, self._upserts(rs, values)), states.rows
         return None  # (compact rows never restart)
 
-    def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str]) -> Folded | None:
+    def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str],
+                          history: History | None = None) -> Folded | None:
         """:meth:`fold_bucket` of rows in memory (a sync write's, a cluster fold task's) through
         per-record states (:meth:`_fold_frames_states`); None when it does not apply."""
-        folded = self._fold_frames_states(st, lambda: [rows], unapplied)
+        folded = self._fold_frames_states(st, lambda: [rows], unapplied, history)
         return None if folded is None else dataclasses.replace(folded[0], applied=rows)
 
     def _from_partials(self, st: State, k: int, partials: list[Partial],
@@ -622,12 +631,13 @@ class Consolidator(Field):
         return self._bucket_output(k, folded, states.rows, version, token)
 
     def _fold_spilled(self, st: State, k: int, halves: list[int], runs: Runs, version: int,
-                      token: str) -> BucketOutput:
+                      token: str, history: History) -> BucketOutput:
         """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them), whose
         rows are in the runs ``halves`` (:data:`FOLD_HALVES` runs per bucket): through per-record
         states a frame of spill files at a time when the field merges, each half of the bucket's
         records on a thread of its own, so memory holds the bucket's records, not its rows; else
-        the bucket's rows at once."""
+        the bucket's rows at once. ``history`` answers the late sets' questions (one
+        :class:`~ecanalytics.consolidation.field.SharedHistory` for all buckets)."""
         # The two halves fold side by side: one fold alone left a core a third idle (the main
         # thread's NumPy and Python are its critical path), and each half holds half the records.
         # Frames of about a read chunk's rows between them (not one spill file's): at 10^8 rows
@@ -635,13 +645,14 @@ class Consolidator(Field):
         # record's latest so far (which the states keep with its id); in 10^6-row frames half are.
         rk = st.restrict([k])  # read once: both halves' records and marks are in it
         frame_rows = self.budget_rows // 4 // FOLD_HALVES
-        folded = (_runtime.each(lambda j: self._fold_frames_states(rk, lambda: runs.frames(j, frame_rows)), halves,
-                                FOLD_HALVES) if halves and self._merges(rk) is not None else [None])
+        folded = (_runtime.each(lambda j: self._fold_frames_states(rk, lambda: runs.frames(j, frame_rows),
+                                                                   history=history), halves, FOLD_HALVES)
+                  if halves and self._merges(rk) is not None else [None])
         if None in folded:
             schema = pending_schema(self.dtype)
             rows = pl.concat([runs.take(j, schema) for j in halves], how="vertical") if halves else pl.DataFrame(
                 schema=schema)
-            return self.fold_unit(rk, k, rows, pl.DataFrame(schema=schema), version, token)  # rk: not read again
+            return self.fold_unit(rk, k, rows, pl.DataFrame(schema=schema), version, token, history)  # rk: not read again
         return self._bucket_output(k, Folded.concat([f[0] for f in folded if f is not None]),
                                    sum(f[1] for f in folded if f is not None), version, token)
 
@@ -699,8 +710,10 @@ class Consolidator(Field):
             halves: dict[int, list[int]] = {}
             for j in runs.buckets():
                 halves.setdefault(j // FOLD_HALVES, []).append(j)
-            for k in sorted(halves) or [0]:
-                out.add(self._fold_spilled(st, k, halves.get(k, []), runs, version, token))
+            # The late sets of every bucket ask one history, read from the store once.
+            with self.shared_history(st, frozenset(), self.budget_rows // 4) as history:
+                for k in sorted(halves) or [0]:
+                    out.add(self._fold_spilled(st, k, halves.get(k, []), runs, version, token, history))
         return out
 
     def run(self, engine: FoldEngine | None = None) -> ConsolidationResult:

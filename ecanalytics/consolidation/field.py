@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,9 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from ecanalytics.consolidation.reducers import Reducer
+from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger import keys, scan
+from ecanalytics.ledger.buckets import buckets_of
 from ecanalytics.ledger.keys import Resolved
 from ecanalytics.ledger.log import Ledger
 from ecanalytics.ledger.scan import ScanPlan
@@ -29,6 +32,10 @@ from ecanalytics.ledger.transactions import TX_SCHEMA, Inbox, held_rows, read_hi
 from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
+# Applied objects read at once when the history of some records is wanted (each chunk is cut to
+# their rows before the next is read): at 10^5 rows an object, 1.6x10^6 rows decoded at a time.
+HISTORY_CHUNK_OBJECTS = 16
+History = Callable[[dt.date, pl.Series], pl.DataFrame]  # (since, ids) -> their applied history, as Field.history
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ class Field:
         ``delete``-mode retention, days before the cut are gone and :meth:`base` stands for them."""
         names = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
                  if k not in unapplied]
-        rows = read_history(self.store, names, self.dtype)
+        rows = self._read_history(names, ids)
         if pending_too:  # what the next consolidation will count, as every reader sees it
             rows = pl.concat([rows, self.scan(st).read_pending(self.store, self.dtype)], how="vertical")
         if ids is not None:
@@ -179,6 +186,21 @@ class Field:
         pending = set(inbox.markers) - st.consumed.get(self.field, frozenset())
         return scan.plan(st, self.dataset, self.field, pending, auto=inbox.auto, days=days, months=months,
                          archived=archived, held=self.held_frame(st))
+
+    def _read_history(self, names: list[str], ids: pl.Series | None = None) -> pl.DataFrame:
+        """:func:`read_history` of ``names``; with ``ids``, :data:`HISTORY_CHUNK_OBJECTS` objects at a
+        time, each chunk cut to the rows of ``ids`` before the next is read, so that memory holds
+        one chunk and the rows wanted, not the whole history since the day asked."""
+        if ids is None:
+            return read_history(self.store, names, self.dtype)
+        wanted = pl.col("originalId").is_in(ids.implode())
+        frames = [read_history(self.store, names[i:i + HISTORY_CHUNK_OBJECTS], self.dtype).filter(wanted)
+                  for i in range(0, len(names), HISTORY_CHUNK_OBJECTS)]
+        return pl.concat(frames, how="vertical") if frames else read_history(self.store, [], self.dtype)
+
+    def shared_history(self, st: State, unapplied: frozenset[str], budget_rows: int) -> SharedHistory:
+        """A :class:`SharedHistory` of this field at ``st`` (use it as a context manager)."""
+        return SharedHistory(self, st, unapplied, budget_rows)
 
     def history_rows(self, st: State, rows: pl.DataFrame, *, hidden: bool = True) -> pl.DataFrame:
         """Transaction rows read from applied objects, as history: without what a ``delete``-mode
@@ -210,3 +232,51 @@ class Field:
             return inserted
         base = self.store.read_parquet(st.retention[self.field].base).cast(schema)  # type: ignore[arg-type]
         return pl.concat([base, inserted.join(base.select("originalId"), on="originalId", how="anti")])
+
+
+class SharedHistory:
+    """The applied history that the buckets of one consolidation ask of, read from the store
+    once. A spilled consolidation folds its buckets one at a time (each as two halves), and each
+    with a late ``set`` needs the applied add/sub rows after it
+    (:meth:`~ecanalytics.consolidation.consolidator.Consolidator._applied_after`): asked of
+    :meth:`Field.history`, every bucket half read every applied object since its earliest late day
+    again (at 16 buckets, each object 32 times). Here the rows read are kept in :class:`Runs` by
+    the bucket of their record (spilled to local disk past ``budget_rows``), from the earliest day
+    asked so far: a later question for an earlier day reads only the days before it. Safe to ask
+    from several threads (a bucket's halves ask at once; one question at a time is answered).
+    Use as a context manager."""
+
+    def __init__(self, field: Field, st: State, unapplied: frozenset[str], budget_rows: int) -> None:
+        self._field, self._st, self._unapplied = field, st, unapplied
+        self._runs = Runs(st.n_buckets, budget_rows)
+        self._since: dt.date | None = None  # the rows of every applied object from this day on are in the runs
+        self._lock = threading.Lock()
+
+    def __call__(self, since: dt.date, ids: pl.Series) -> pl.DataFrame:
+        """The applied history of ``ids`` (``ids`` of one bucket or several), as
+        :meth:`Field.history` gives it from day ``since`` on, with the rows of earlier days read
+        for an earlier question too: those sort before every late set dated from ``since`` on, so
+        the rows after such a set are the same."""
+        field, st = self._field, self._st
+        with self._lock:
+            if self._since is None or since < self._since:
+                have = set(st.applied_objects(field.field, since=self._since.isoformat())) if self._since else set()
+                names = [k for k in st.applied_objects(field.field, since=since.isoformat())
+                         if k not in have and k not in self._unapplied]
+                for i in range(0, len(names), HISTORY_CHUNK_OBJECTS):
+                    self._runs.add(read_history(field.store, names[i:i + HISTORY_CHUNK_OBJECTS], field.dtype))
+                self._runs.settle()
+                self._since = since
+            # Under the lock too: another thread's earlier day may be adding (and spilling) rows.
+            rows = self._runs.select(buckets_of(ids.unique(), st.n_buckets).unique().to_list(),
+                                     pl.col("originalId").is_in(ids.implode()))
+        return field.history_rows(st, rows if rows is not None else read_history(field.store, [], field.dtype))
+
+    def close(self) -> None:
+        self._runs.close()
+
+    def __enter__(self) -> SharedHistory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

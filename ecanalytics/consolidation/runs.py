@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -118,6 +118,23 @@ class Runs:
                 frames = [f.result() for f in reading]
                 reading = read(batches[i + 1]) if i + 1 < len(batches) else []
                 yield pl.concat(frames, how="vertical")
+
+    def settle(self) -> None:
+        """After the last :meth:`add`: once spilled, write what is still in memory to the buckets'
+        files too, so that :meth:`select` only reads (from several threads at once if need be)."""
+        if self.spilled and (self._chunks or self._mem):
+            self._spill()
+
+    def select(self, buckets: Iterable[int], keep: pl.Expr) -> pl.DataFrame | None:
+        """The rows of ``buckets`` that ``keep`` selects (None when there is none to filter), left in
+        the runs: in memory, every chunk filtered (``keep`` must select only rows of ``buckets``);
+        once spilled (after :meth:`settle`), the buckets' files read again one at a time and filtered."""
+        if self.spilled:
+            assert not (self._chunks or self._mem), "settle() the runs before select()"
+            frames = [pl.read_ipc(path).filter(keep) for k in buckets for path, _rows in self._files.get(k, [])]
+        else:
+            frames = [chunk.filter(keep) for chunk in self._chunks]
+        return pl.concat(frames, how="vertical") if frames else None
 
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
