@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 import ecanalytics as ec
 from ecanalytics.cli import cli
+from ecanalytics.consolidation import python_reference
 from ecanalytics.consolidation.consolidator import Consolidator
 from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger.buckets import buckets_of
@@ -419,12 +420,18 @@ def counted_reads(monkeypatch: pytest.MonkeyPatch, w: Any) -> Counter[str]:
     return reads
 
 
-def test_the_late_sets_of_a_spilled_consolidation_read_the_history_once(
-        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A spilled consolidation folds its buckets one at a time, each as two halves, and each with a
-    # late set needs the applied rows after it: they share one read of the applied history, so
-    # each applied object is read once (it was read once per bucket half: 8 times here).
-    db, w = wallets(root, buckets=4)
+@pytest.mark.parametrize("reducer", ["default", "python"])  # python: a callable, the general path
+def test_the_late_rows_of_a_spilled_consolidation_read_the_history_once(
+        root: Root, monkeypatch: pytest.MonkeyPatch, reducer: str) -> None:
+    # A spilled consolidation folds its buckets one at a time, each with late rows needing applied
+    # ones: the rows after a late set (the default reducer: each bucket half asked, 8 reads of
+    # each applied object here), or a callable reducer's whole history of its records (once per
+    # bucket). They share one read of the applied history: each applied object is read once.
+    db = root.connect()
+    default = python_reference("default")
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False,
+                                               reducer=(lambda txs: float(default(txs))) if reducer == "python" else None))
+    w = db.create_resource("w", {"id": "string|required", "balance": "number|default:0"}, buckets=4)
     model = LedgerModel({"balance": 0.0})
     start = datetime(2026, 1, 1, tzinfo=UTC)
     records = [f"r{i}" for i in range(24)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -343,7 +344,8 @@ class Consolidator(Field):
             late_ids = rows.filter(late)["originalId"].unique()
             values, failed = self._call(reducer, rows.filter(~pl.col("originalId").is_in(late_ids.implode())), current)
             if late_ids.len():  # the slow path: fold those records again from their base
-                hist = self.history(st, unapplied, ids=late_ids).select(rows.columns)
+                hist = (history(dt.date.min, late_ids) if history is not None
+                        else self.history(st, unapplied, ids=late_ids)).select(rows.columns)
                 again = pl.concat([hist, rows.filter(pl.col("originalId").is_in(late_ids.implode())).cast(hist.schema)])  # type: ignore[arg-type]
                 redone, failed_late = self._call(reducer, again, self.base(st))
                 values, failed = pl.concat([values, redone]), failed + failed_late
