@@ -16,6 +16,7 @@ from typing import Any
 import polars as pl
 import pytest
 from click.testing import CliRunner
+from polars.testing import assert_frame_equal
 
 import ecanalytics as ec
 from ecanalytics.cli import cli
@@ -466,47 +467,75 @@ def test_a_shared_history_answers_as_the_history_reading_each_object_once(
         root: Root, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
     db, w = wallets(root, buckets=4)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    written: list[tuple[str, str, float, datetime]] = []  # id, record, value, timestamp
+    written: set[tuple[str, str, float, datetime]] = set()  # id, record, value, timestamp: the history
     for day in range(4):
         for i in range(10):
             tx = (f"d{day}-{i}", f"r{i}", float(day * 10 + i), start + timedelta(days=day, hours=i))
             w.add(tx[1], tx[2], id=tx[0], timestamp=tx[3])
-            written.append(tx)
+            written.add(tx)
+            if i == 3:  # a retry in an object of its own: applied once, the other occurrence hidden
+                w.add(tx[1], tx[2], id=tx[0], timestamp=tx[3])
+        if day == 1:  # x would overflow: its rows are held back, in applied objects but not the history
+            w.add("x", 1e308, id="x1", timestamp=start + timedelta(days=1, hours=11))
+            w.add("x", 1e308, id="x2", timestamp=start + timedelta(days=1, hours=12))
         db.consolidate()
     c = w.plugin("balance").consolidator
     st = c.ledger.state()
-    records = [f"r{i}" for i in range(10)]
+    assert st.hidden_of("balance").height == 4 and c.held_frame(st).height == 2
+    records = [*(f"r{i}" for i in range(10)), "x"]
     by_bucket: dict[int, list[str]] = {}
     for r, k in zip(records, buckets_of(records, 4).to_list(), strict=True):
         by_bucket.setdefault(k, []).append(r)
     assert len(by_bucket) > 1
+    days = (2, 3, 0, 1)  # a later day first, then earlier ones: only the days before are read
+    expected = {(since, k): c.history(st, since=(start + timedelta(days=since)).date(), ids=pl.Series(ids))
+                for since in days for k, ids in by_bucket.items()}  # Field.history (16 objects at a time)
+    for (since, k), frame in expected.items():  # ... against what was written
+        assert set(zip(frame["id"], frame["originalId"], frame["value"], frame["timestamp"], strict=True)) == {
+            t for t in written if t[1] in by_bucket[k] and t[3] >= start + timedelta(days=since)}
     reads = counted_reads(monkeypatch, w)
-
-    def check(got: pl.DataFrame, since: int, ids: list[str]) -> None:
-        # From day ``since`` on, exactly the rows written for ``ids``; before it only such rows.
-        rows = set(zip(got["id"], got["originalId"], got["value"], got["timestamp"], strict=True))
-        mine = {t for t in written if t[1] in ids}
-        assert rows <= mine and len(rows) == got.height
-        assert {t for t in rows if t[3] >= start + timedelta(days=since)} == {
-            t for t in mine if t[3] >= start + timedelta(days=since)}
-
     with c.shared_history(st, frozenset(), budget) as shared:
         errors: list[BaseException] = []
 
-        def ask(ids: list[str]) -> None:
+        def ask(k: int) -> None:
             try:
-                check(shared((start + timedelta(days=2)).date(), pl.Series(ids)), 2, ids)
+                assert_frame_equal(shared((start + timedelta(days=2)).date(), pl.Series(by_bucket[k])), expected[2, k])
             except BaseException as exc:
                 errors.append(exc)
 
-        threads = [threading.Thread(target=ask, args=(ids,)) for ids in by_bucket.values()]
+        threads = [threading.Thread(target=ask, args=(k,)) for k in by_bucket]  # at once, from threads
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         assert not errors
         assert set(reads) == set(st.applied_objects("balance", since="2026-01-03"))
-        for since in (3, 0, 1):  # a later day, then earlier ones: only the days before are read
-            for ids in by_bucket.values():
-                check(shared((start + timedelta(days=since)).date(), pl.Series(ids)), since, ids)
+        for since in days[1:]:
+            for k, ids in by_bucket.items():
+                assert_frame_equal(shared((start + timedelta(days=since)).date(), pl.Series(ids)), expected[since, k])
     assert dict(reads) == dict.fromkeys(st.applied_objects("balance"), 1)
+
+
+def test_a_shared_history_that_failed_to_read_fails_every_later_question(root: Root) -> None:
+    # Rows of the chunks read before the failure are in its runs: answering from them (or reading
+    # them again) would be wrong, so every later question raises the same error.
+    db, w = wallets(root, buckets=2)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(40):
+        w.add(f"r{i % 5}", 1, timestamp=start + timedelta(days=i % 2, minutes=i))
+    db.consolidate()
+    c = w.plugin("balance").consolidator
+    st = c.ledger.state()
+    names = st.applied_objects("balance")
+    assert len(names) == 40
+    blob = c.store.read(names[20])
+    c.store.delete([names[20]])  # in the second chunk of 16 objects
+    with pytest.raises(ec.MissingObjectError):
+        c.history(st, ids=pl.Series(["r0"]))
+    with c.shared_history(st, frozenset(), 10_000) as shared:
+        with pytest.raises(ec.MissingObjectError, match="missing"):
+            shared(start.date(), pl.Series(["r0"]))
+        c.store.write(names[20], blob)  # back: a new read would answer, but this one stays failed
+        assert c.history(st, ids=pl.Series(["r0"])).height == 8
+        with pytest.raises(ec.MissingObjectError, match="missing"):
+            shared(start.date(), pl.Series(["r0"]))

@@ -261,8 +261,8 @@ class Consolidator(Field):
     def _applied_after(self, st: State, unapplied: frozenset[str], late_sets: pl.DataFrame,
                        history: History | None = None) -> pl.DataFrame:
         """``originalId, _extra``: the signed sum of applied add/sub rows after each late set, from
-        ``history`` (a :class:`~ecanalytics.consolidation.field.SharedHistory`) or else read from
-        the store (:meth:`history`)."""
+        ``history`` (a :class:`~ecanalytics.consolidation.field.SharedHistory`, which knows its own
+        ``unapplied``) or else read from the store (:meth:`history`)."""
         since = late_sets.select(pl.col("_ts").min().dt.convert_time_zone(self.tz).dt.date()).item()
         hist = (history(since, late_sets["originalId"]) if history is not None
                 else self.history(st, unapplied, since=since, ids=late_sets["originalId"]))

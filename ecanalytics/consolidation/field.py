@@ -13,13 +13,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import polars as pl
 
+from ecanalytics import _runtime
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger import keys, scan
@@ -32,9 +33,13 @@ from ecanalytics.ledger.transactions import TX_SCHEMA, Inbox, held_rows, read_hi
 from ecanalytics.storage import paths as P
 
 log = logging.getLogger(__name__)
-# Applied objects read at once when the history of some records is wanted (each chunk is cut to
-# their rows before the next is read): at 10^5 rows an object, 1.6x10^6 rows decoded at a time.
+# A history read for some records takes the applied objects in chunks of at most this many
+# objects and stored bytes (an object bigger than that is a chunk alone; an object of unknown size
+# counts as 1 MiB), each cut to their rows before the next is kept: about 100 MB decoded (an
+# object of 10^5 transactions takes about 1.3 MB stored and 6 MB decoded).
 HISTORY_CHUNK_OBJECTS = 16
+HISTORY_CHUNK_BYTES = 16 << 20
+_UNKNOWN_SIZE = 1 << 20
 History = Callable[[dt.date, pl.Series], pl.DataFrame]  # (since, ids) -> their applied history, as Field.history
 
 
@@ -171,7 +176,7 @@ class Field:
         ``delete``-mode retention, days before the cut are gone and :meth:`base` stands for them."""
         names = [k for k in st.applied_objects(self.field, since=since.isoformat() if since else None)
                  if k not in unapplied]
-        rows = self._read_history(names, ids)
+        rows = self._read_history(st, names, ids)
         if pending_too:  # what the next consolidation will count, as every reader sees it
             rows = pl.concat([rows, self.scan(st).read_pending(self.store, self.dtype)], how="vertical")
         if ids is not None:
@@ -187,16 +192,38 @@ class Field:
         return scan.plan(st, self.dataset, self.field, pending, auto=inbox.auto, days=days, months=months,
                          archived=archived, held=self.held_frame(st))
 
-    def _read_history(self, names: list[str], ids: pl.Series | None = None) -> pl.DataFrame:
-        """:func:`read_history` of ``names``; with ``ids``, :data:`HISTORY_CHUNK_OBJECTS` objects at a
-        time, each chunk cut to the rows of ``ids`` before the next is read, so that memory holds
-        one chunk and the rows wanted, not the whole history since the day asked."""
+    def _read_history(self, st: State, names: list[str], ids: pl.Series | None = None) -> pl.DataFrame:
+        """:func:`read_history` of ``names``; with ``ids``, chunk by chunk (:meth:`history_frames`),
+        each cut to the rows of ``ids``, so that memory holds two chunks and the rows wanted, not
+        the whole history since the day asked."""
         if ids is None:
             return read_history(self.store, names, self.dtype)
         wanted = pl.col("originalId").is_in(ids.implode())
-        frames = [read_history(self.store, names[i:i + HISTORY_CHUNK_OBJECTS], self.dtype).filter(wanted)
-                  for i in range(0, len(names), HISTORY_CHUNK_OBJECTS)]
+        frames = [frame.filter(wanted) for frame in self.history_frames(st, names)]
         return pl.concat(frames, how="vertical") if frames else read_history(self.store, [], self.dtype)
+
+    def history_frames(self, st: State, names: list[str]) -> Iterator[pl.DataFrame]:
+        """:func:`read_history` of the applied objects ``names``, in chunks of at most
+        :data:`HISTORY_CHUNK_OBJECTS` objects and :data:`HISTORY_CHUNK_BYTES` stored bytes (the
+        manifest's sizes), the next chunk read while the caller takes this one."""
+        manifest = st.manifest_of(self.field)
+        sizes = dict(zip(manifest["key"].to_list(), manifest["size"].to_list(), strict=True))
+        chunks: list[list[str]] = []
+        held = 0
+        for key in names:
+            size = sizes.get(key) or _UNKNOWN_SIZE
+            if not chunks or len(chunks[-1]) >= HISTORY_CHUNK_OBJECTS or held + size > HISTORY_CHUNK_BYTES:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(key)
+            held += size
+        with _runtime.executor(1) as ahead:
+            reading = ahead.submit(read_history, self.store, chunks[0], self.dtype) if chunks else None
+            for i in range(len(chunks)):
+                assert reading is not None
+                frame = reading.result()
+                reading = ahead.submit(read_history, self.store, chunks[i + 1], self.dtype) if i + 1 < len(chunks) else None
+                yield frame
 
     def shared_history(self, st: State, unapplied: frozenset[str], budget_rows: int) -> SharedHistory:
         """A :class:`SharedHistory` of this field at ``st`` (use it as a context manager)."""
@@ -236,40 +263,50 @@ class Field:
 
 class SharedHistory:
     """The applied history that the buckets of one consolidation ask of, read from the store
-    once. A spilled consolidation folds its buckets one at a time (each as two halves), and each
-    with a late ``set`` needs the applied add/sub rows after it
-    (:meth:`~ecanalytics.consolidation.consolidator.Consolidator._applied_after`): asked of
-    :meth:`Field.history`, every bucket half read every applied object since its earliest late day
-    again (at 16 buckets, each object 32 times). Here the rows read are kept in :class:`Runs` by
-    the bucket of their record (spilled to local disk past ``budget_rows``), from the earliest day
-    asked so far: a later question for an earlier day reads only the days before it. Safe to ask
-    from several threads (a bucket's halves ask at once; one question at a time is answered).
+    once. A spilled consolidation folds its buckets one at a time, and a bucket with late rows
+    needs applied ones: the add/sub rows after each late ``set`` of the default reducer
+    (:meth:`~ecanalytics.consolidation.consolidator.Consolidator._applied_after`, asked by each
+    half of the bucket), or a callable reducer's whole history of its late records. Asked of
+    :meth:`Field.history`, each asker read every applied object since its day again (the default
+    reducer at 16 buckets: each object 32 times). Here the rows read are kept in :class:`Runs` by
+    the bucket of their record (spilled to local disk past ``budget_rows``: like the pending
+    rows' runs, this can take about 3 GB of local disk per 10^8 rows of history since the earliest
+    day asked), from the earliest day asked so far: a later question for an earlier day reads
+    only the days before it. ``unapplied`` names objects to leave out, as for
+    :meth:`Field.history`. Safe to ask from several threads (a bucket's halves ask at once; one
+    question is answered at a time); once a read fails, every later question raises that error
+    (the rows read before it are in the runs, and reading them again would count them twice).
     Use as a context manager."""
 
     def __init__(self, field: Field, st: State, unapplied: frozenset[str], budget_rows: int) -> None:
         self._field, self._st, self._unapplied = field, st, unapplied
         self._runs = Runs(st.n_buckets, budget_rows)
         self._since: dt.date | None = None  # the rows of every applied object from this day on are in the runs
+        self._failed: BaseException | None = None
         self._lock = threading.Lock()
 
     def __call__(self, since: dt.date, ids: pl.Series) -> pl.DataFrame:
-        """The applied history of ``ids`` (``ids`` of one bucket or several), as
-        :meth:`Field.history` gives it from day ``since`` on, with the rows of earlier days read
-        for an earlier question too: those sort before every late set dated from ``since`` on, so
-        the rows after such a set are the same."""
+        """What :meth:`Field.history` gives for ``ids`` from day ``since`` on (``ids`` of one
+        bucket or several)."""
         field, st = self._field, self._st
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             if self._since is None or since < self._since:
                 have = set(st.applied_objects(field.field, since=self._since.isoformat())) if self._since else set()
                 names = [k for k in st.applied_objects(field.field, since=since.isoformat())
                          if k not in have and k not in self._unapplied]
-                for i in range(0, len(names), HISTORY_CHUNK_OBJECTS):
-                    self._runs.add(read_history(field.store, names[i:i + HISTORY_CHUNK_OBJECTS], field.dtype))
-                self._runs.settle()
+                try:
+                    for frame in field.history_frames(st, names):
+                        self._runs.add(frame)
+                    self._runs.settle()
+                except BaseException as exc:
+                    self._failed = exc
+                    raise
                 self._since = since
             # Under the lock too: another thread's earlier day may be adding (and spilling) rows.
             rows = self._runs.select(buckets_of(ids.unique(), st.n_buckets).unique().to_list(),
-                                     pl.col("originalId").is_in(ids.implode()))
+                                     pl.col("originalId").is_in(ids.implode()) & (pl.col("cohortDate") >= since))
         return field.history_rows(st, rows if rows is not None else read_history(field.store, [], field.dtype))
 
     def close(self) -> None:
