@@ -20,6 +20,7 @@ from polars.testing import assert_frame_equal
 
 import ecanalytics as ec
 from ecanalytics.cli import cli
+from ecanalytics.consolidation import field as field_module
 from ecanalytics.consolidation import python_reference
 from ecanalytics.consolidation.consolidator import Consolidator
 from ecanalytics.consolidation.runs import Runs
@@ -465,6 +466,7 @@ def test_the_late_rows_of_a_spilled_consolidation_read_the_history_once(
 @pytest.mark.parametrize("budget", [5, 10_000])  # the rows read spilled to local disk, or in memory
 def test_a_shared_history_answers_as_the_history_reading_each_object_once(
         root: Root, monkeypatch: pytest.MonkeyPatch, budget: int) -> None:
+    monkeypatch.setattr(field_module, "HISTORY_CHUNK_OBJECTS", 16)  # the 46 objects in three chunks
     db, w = wallets(root, buckets=4)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     written: set[tuple[str, str, float, datetime]] = set()  # id, record, value, timestamp: the history
@@ -482,6 +484,7 @@ def test_a_shared_history_answers_as_the_history_reading_each_object_once(
     c = w.plugin("balance").consolidator
     st = c.ledger.state()
     assert st.hidden_of("balance").height == 4 and c.held_frame(st).height == 2
+    assert len(st.applied_objects("balance")) == 46
     records = [*(f"r{i}" for i in range(10)), "x"]
     by_bucket: dict[int, list[str]] = {}
     for r, k in zip(records, buckets_of(records, 4).to_list(), strict=True):
@@ -516,9 +519,11 @@ def test_a_shared_history_answers_as_the_history_reading_each_object_once(
     assert dict(reads) == dict.fromkeys(st.applied_objects("balance"), 1)
 
 
-def test_a_shared_history_that_failed_to_read_fails_every_later_question(root: Root) -> None:
+def test_a_shared_history_that_failed_to_read_fails_every_later_question(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
     # Rows of the chunks read before the failure are in its runs: answering from them (or reading
     # them again) would be wrong, so every later question raises the same error.
+    monkeypatch.setattr(field_module, "HISTORY_CHUNK_OBJECTS", 16)
     db, w = wallets(root, buckets=2)
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(40):

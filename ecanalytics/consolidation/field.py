@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # objects and stored bytes (an object bigger than that is a chunk alone; an object of unknown size
 # counts as 1 MiB), each cut to their rows before the next is kept: about 100 MB decoded (an
 # object of 10^5 transactions takes about 1.3 MB stored and 6 MB decoded).
-HISTORY_CHUNK_OBJECTS = 16
+HISTORY_CHUNK_OBJECTS = 64  # (s3fs fetches a chunk's objects concurrently: small ones need many)
 HISTORY_CHUNK_BYTES = 16 << 20
 _UNKNOWN_SIZE = 1 << 20
 History = Callable[[dt.date, pl.Series], pl.DataFrame]  # (since, ids) -> their applied history, as Field.history
