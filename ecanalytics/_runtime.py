@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from os import urandom
@@ -60,3 +61,16 @@ def each(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
         return [fn(item) for item in items]
     with executor(min(threads, len(items))) as pool:
         return list(pool.map(fn, items))
+
+
+def ahead(fn: Callable[[T], R], items: Sequence[T], depth: int = 1) -> Iterator[R]:
+    """``fn`` of every item, in order, made up to ``depth`` items ahead of the caller on an
+    :func:`executor` (the next item is read while the caller works on this one: ``depth + 1``
+    results in memory at most)."""
+    with executor(max(1, depth)) as pool:
+        making = deque(pool.submit(fn, item) for item in items[:depth])
+        for i in range(len(items)):
+            result = making.popleft().result() if depth > 0 else fn(items[i])
+            if depth > 0 and i + depth < len(items):
+                making.append(pool.submit(fn, items[i + depth]))
+            yield result

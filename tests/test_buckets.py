@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from polars.testing import assert_frame_equal
 
 import ecanalytics as ec
+from ecanalytics import _runtime
 from ecanalytics.cli import cli
 from ecanalytics.consolidation import field as field_module
 from ecanalytics.consolidation import python_reference
@@ -324,6 +325,26 @@ def test_spilled_runs_are_read_back_in_order_in_frames_of_at_least_the_rows_aske
                     if held >= rows:
                         sizes, held = [*sizes, held], 0
                 assert [f.height for f in frames] == sizes + ([held] if held else [])
+
+
+@pytest.mark.parametrize("depth", [0, 1, 2])
+def test_results_made_ahead_come_in_order_and_at_most_depth_ahead(depth: int) -> None:
+    # What reads spill files and history chunks ahead of their caller (_runtime.ahead).
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def make(i: int) -> int:
+        with lock:
+            started.append(i)
+        return i * i
+
+    got = []
+    for i, result in enumerate(_runtime.ahead(make, list(range(10)), depth)):
+        with lock:
+            assert max(started) <= i + depth  # never more than ``depth`` items ahead of this one
+        got.append(result)
+    assert got == [i * i for i in range(10)] and sorted(started) == list(range(10))
+    assert list(_runtime.ahead(make, [], depth)) == []
 
 
 def test_a_buckets_halves_are_the_buckets_of_twice_as_many() -> None:

@@ -217,13 +217,7 @@ class Field:
                 held = 0
             chunks[-1].append(key)
             held += size
-        with _runtime.executor(1) as ahead:
-            reading = ahead.submit(read_history, self.store, chunks[0], self.dtype) if chunks else None
-            for i in range(len(chunks)):
-                assert reading is not None
-                frame = reading.result()
-                reading = ahead.submit(read_history, self.store, chunks[i + 1], self.dtype) if i + 1 < len(chunks) else None
-                yield frame
+        yield from _runtime.ahead(lambda chunk: read_history(self.store, chunk, self.dtype), chunks)
 
     def shared_history(self, st: State, unapplied: frozenset[str], budget_rows: int) -> SharedHistory:
         """A :class:`SharedHistory` of this field at ``st`` (use it as a context manager)."""

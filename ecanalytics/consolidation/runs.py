@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 
 import polars as pl
@@ -110,14 +109,8 @@ class Runs:
                 held = 0
             batches[-1].append(path)
             held += height
-        with _runtime.executor(1) as ahead:
-            def read(batch: list[Path]) -> list[Future[pl.DataFrame]]:
-                return [ahead.submit(pl.read_ipc, path) for path in batch]
-            reading = read(batches[0]) if batches else []
-            for i in range(len(batches)):
-                frames = [f.result() for f in reading]
-                reading = read(batches[i + 1]) if i + 1 < len(batches) else []
-                yield pl.concat(frames, how="vertical")
+        yield from _runtime.ahead(lambda batch: pl.concat([pl.read_ipc(path) for path in batch], how="vertical"),
+                                  batches)
 
     def settle(self) -> None:
         """After the last :meth:`add`: once spilled, write what is still in memory to the buckets'
