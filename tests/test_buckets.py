@@ -430,16 +430,22 @@ def test_a_half_that_fails_fails_the_consolidation_and_a_rerun_applies_everythin
 
 
 def counted_reads(monkeypatch: pytest.MonkeyPatch, w: Any) -> Counter[str]:
-    """Every key the field's store reads from now on (``read_many``: what history and pending reads use)."""
+    """Every key the field's store reads from now on (``read_many``: what history and pending
+    reads use; ``read``: log entries and the objects they name)."""
     store = w.plugin("balance").consolidator.store
-    real, reads = store.read_many, Counter[str]()
+    real_many, real_one, reads = store.read_many, store.read, Counter[str]()
 
-    def counting(keys: Any, *args: Any, **kwargs: Any) -> Any:
+    def many(keys: Any, *args: Any, **kwargs: Any) -> Any:
         keys = list(keys)
         reads.update(keys)
-        return real(keys, *args, **kwargs)
+        return real_many(keys, *args, **kwargs)
 
-    monkeypatch.setattr(store, "read_many", counting)
+    def one(key: str, *args: Any, **kwargs: Any) -> Any:
+        reads[key] += 1
+        return real_one(key, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_many", many)
+    monkeypatch.setattr(store, "read", one)
     return reads
 
 
@@ -448,8 +454,8 @@ def test_the_late_rows_of_a_spilled_consolidation_read_the_history_once(
         root: Root, monkeypatch: pytest.MonkeyPatch, reducer: str) -> None:
     # A spilled consolidation folds its buckets one at a time, each with late rows needing applied
     # ones: the rows after a late set (the default reducer: each bucket half asked, 8 reads of
-    # each applied object here), or a callable reducer's whole history of its records (once per
-    # bucket). They share one read of the applied history: each applied object is read once.
+    # each applied object here), or a callable reducer's whole history of its records and their
+    # base (once per bucket). They share one read: each applied object is read once.
     db = root.connect()
     default = python_reference("default")
     db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False,
@@ -480,6 +486,10 @@ def test_the_late_rows_of_a_spilled_consolidation_read_the_history_once(
     model.consolidate("balance")
     assert entry(root, result.version)["stats"]["spilled"] is True and result.transactions == 48
     assert {k: reads[k] for k in applied} == dict.fromkeys(applied, 1)
+    # The callable reducer folds its late records from their base, which reads every log entry
+    # before this commit: once (it was once per bucket: 4 times here); the default reducer, none.
+    earlier = [reads[P.log_entry("w", v)] for v in range(1, result.version)]
+    assert earlier == [1 if reducer == "python" else 0] * 3
     got = root.connect().resources["w"].to_polars()  # type: ignore[union-attr]
     assert dict(zip(got["id"], got["balance"], strict=True)) == model.table("balance")
 

@@ -31,7 +31,7 @@ import polars as pl
 
 from ecanalytics import _runtime, display
 from ecanalytics.consolidation.eventorder import before, late_rows, new_marks
-from ecanalytics.consolidation.field import Field, History
+from ecanalytics.consolidation.field import Field, SharedHistory
 from ecanalytics.consolidation.reducers import Reducer, signed_value
 from ecanalytics.consolidation.runs import DEFAULT_BUDGET_ROWS, Runs
 from ecanalytics.consolidation.states import (
@@ -259,7 +259,7 @@ class Consolidator(Field):
                 rows = rows.filter(pl.col("originalId") != exc.record_id)
 
     def _applied_after(self, st: State, unapplied: frozenset[str], late_sets: pl.DataFrame,
-                       history: History | None = None) -> pl.DataFrame:
+                       history: SharedHistory | None = None) -> pl.DataFrame:
         """``originalId, _extra``: the signed sum of applied add/sub rows after each late set, from
         ``history`` (a :class:`~ecanalytics.consolidation.field.SharedHistory`, which knows its own
         ``unapplied``) or else read from the store (:meth:`history`)."""
@@ -273,7 +273,7 @@ class Consolidator(Field):
         )
 
     def _after_late_sets(self, st: State, unapplied: frozenset[str], values: pl.DataFrame,
-                         late_sets: pl.DataFrame, history: History | None = None) -> pl.DataFrame:
+                         late_sets: pl.DataFrame, history: SharedHistory | None = None) -> pl.DataFrame:
         """``values`` plus, for each record whose pending last set is late, the applied add/sub
         rows after it (:meth:`_applied_after`)."""
         return values.join(self._applied_after(st, unapplied, late_sets, history), on="originalId", how="left").select(
@@ -294,7 +294,7 @@ class Consolidator(Field):
                                 unapplied, preview=preview)
 
     def fold_bucket(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
-                    preview: bool = False, history: History | None = None) -> Folded:
+                    preview: bool = False, history: SharedHistory | None = None) -> Folded:
         """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
         records fold independently, so one bucket at a time or all at once give the same values.
         ``history`` answers the late sets' questions (see :meth:`_applied_after`)."""
@@ -347,7 +347,7 @@ class Consolidator(Field):
                 hist = (history(dt.date.min, late_ids) if history is not None
                         else self.history(st, unapplied, ids=late_ids)).select(rows.columns)
                 again = pl.concat([hist, rows.filter(pl.col("originalId").is_in(late_ids.implode())).cast(hist.schema)])  # type: ignore[arg-type]
-                redone, failed_late = self._call(reducer, again, self.base(st))
+                redone, failed_late = self._call(reducer, again, history.base(late_ids) if history is not None else self.base(st))
                 values, failed = pl.concat([values, redone]), failed + failed_late
         if failed:
             hold(failed, "reducer-error")
@@ -386,7 +386,7 @@ class Consolidator(Field):
         return pl.concat([existing, created.cast(schema.polars_schema)], how="vertical")  # type: ignore[arg-type]
 
     def fold_unit(self, st: State, k: int, rows: pl.DataFrame, keyed: pl.DataFrame, version: int,
-                  token: str, history: History | None = None) -> BucketOutput:
+                  token: str, history: SharedHistory | None = None) -> BucketOutput:
         """The per-bucket unit of work: fold bucket ``k``'s pending ``rows`` with generated ids and
         its ``keyed`` rows (caller-supplied keys and held rows, already resolved for the whole field
         by :meth:`resolve`) against ``st`` restricted to that bucket, and write the bucket's delta
@@ -520,7 +520,7 @@ class Consolidator(Field):
         return states.finish(current, rs.field_marks(self.field, touched), self.default, self.field, ids_of, after), rs
 
     def _state_values(self, st: State, done: StateOutcome, unapplied: frozenset[str] = frozenset(),
-                      history: History | None = None) -> pl.DataFrame | None:
+                      history: SharedHistory | None = None) -> pl.DataFrame | None:
         """The values of a states fold (the applied rows after late sets added), or None if one
         is not finite (the general path holds that record back and says why)."""
         values = done.values
@@ -530,7 +530,7 @@ class Consolidator(Field):
 
     def _fold_frames_states(self, st: State, frames: Callable[[], Iterable[pl.DataFrame]],
                             unapplied: frozenset[str] = frozenset(),
-                            history: History | None = None) -> tuple[Folded, int] | None:
+                            history: SharedHistory | None = None) -> tuple[Folded, int] | None:
         """Fold the rows that ``frames()`` yields (in memory or read again from local runs on each
         call) through per-record states, holding one frame at a time: (the outcome, whose
         ``applied`` holds only the rows with caller-supplied keys; the rows folded), or None when
@@ -571,7 +571,7 @@ class Consolidator(Field):
         return None  # (compact rows never restart)
 
     def _fold_rows_states(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str],
-                          history: History | None = None) -> Folded | None:
+                          history: SharedHistory | None = None) -> Folded | None:
         """:meth:`fold_bucket` of rows in memory (a sync write's, a cluster fold task's) through
         per-record states (:meth:`_fold_frames_states`); None when it does not apply."""
         folded = self._fold_frames_states(st, lambda: [rows], unapplied, history)
@@ -633,7 +633,7 @@ class Consolidator(Field):
         return self._bucket_output(k, folded, states.rows, version, token)
 
     def _fold_spilled(self, st: State, k: int, halves: list[int], runs: Runs, version: int,
-                      token: str, history: History) -> BucketOutput:
+                      token: str, history: SharedHistory) -> BucketOutput:
         """:meth:`fold_unit` of bucket ``k`` of spilled ``runs`` (its keyed rows among them), whose
         rows are in the runs ``halves`` (:data:`FOLD_HALVES` runs per bucket): through per-record
         states a frame of spill files at a time when the field merges, each half of the bucket's

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 HISTORY_CHUNK_OBJECTS = 64  # (s3fs fetches a chunk's objects concurrently: small ones need many)
 HISTORY_CHUNK_BYTES = 16 << 20
 _UNKNOWN_SIZE = 1 << 20
-History = Callable[[dt.date, pl.Series], pl.DataFrame]  # (since, ids) -> their applied history, as Field.history
 
 
 @dataclass(frozen=True)
@@ -260,7 +259,8 @@ class SharedHistory:
     once. A spilled consolidation folds its buckets one at a time, and a bucket with late rows
     needs applied ones: the add/sub rows after each late ``set`` of the default reducer
     (:meth:`~ecanalytics.consolidation.consolidator.Consolidator._applied_after`, asked by each
-    half of the bucket), or a callable reducer's whole history of its late records. Asked of
+    half of the bucket), or a callable reducer's whole history of its late records and the
+    :meth:`Field.base` it folds them from (:meth:`base`, read once too). Asked of
     :meth:`Field.history`, each asker read every applied object since its day again (the default
     reducer at 16 buckets: each object 32 times). Here the rows read are kept in :class:`Runs` by
     the bucket of their record (spilled to local disk past ``budget_rows``: like the pending
@@ -277,6 +277,9 @@ class SharedHistory:
         self._runs = Runs(st.n_buckets, budget_rows)
         self._since: dt.date | None = None  # the rows of every applied object from this day on are in the runs
         self._failed: BaseException | None = None
+        self._base: Runs | None = None  # Field.base by record bucket, once asked
+        self._empty_base = pl.DataFrame()
+        self._budget_rows = budget_rows
         self._lock = threading.Lock()
 
     def __call__(self, since: dt.date, ids: pl.Series) -> pl.DataFrame:
@@ -303,8 +306,24 @@ class SharedHistory:
                                      pl.col("originalId").is_in(ids.implode()) & (pl.col("cohortDate") >= since))
         return field.history_rows(st, rows if rows is not None else read_history(field.store, [], field.dtype))
 
+    def base(self, ids: pl.Series) -> pl.DataFrame:
+        """:meth:`Field.base` at this state for ``ids``: read once (it reads every ``insert`` entry
+        of the log) and kept by record bucket, as the history is."""
+        with self._lock:
+            if self._base is None:
+                base = self._field.base(self._st)
+                self._base = Runs(self._st.n_buckets, self._budget_rows)
+                self._base.add(base)
+                self._base.settle()
+                self._empty_base = base.clear()
+            rows = self._base.select(buckets_of(ids.unique(), self._st.n_buckets).unique().to_list(),
+                                     pl.col("originalId").is_in(ids.implode()))
+        return rows if rows is not None else self._empty_base
+
     def close(self) -> None:
         self._runs.close()
+        if self._base is not None:
+            self._base.close()
 
     def __enter__(self) -> SharedHistory:
         return self
