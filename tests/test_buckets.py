@@ -575,3 +575,35 @@ def test_a_shared_history_that_failed_to_read_fails_every_later_question(
         assert c.history(st, ids=pl.Series(["r0"])).height == 8
         with pytest.raises(ec.MissingObjectError, match="missing"):
             shared(start.date(), pl.Series(["r0"]))
+
+
+def test_a_shared_base_answers_as_the_base_and_a_failed_read_is_read_again(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A callable reducer folds its late records from Field.base (every insert entry of the log);
+    # the shared history reads it once and keeps it by bucket. A read that fails keeps nothing.
+    _db, w = wallets(root, buckets=4)
+    w.insert_many(pl.DataFrame({"id": [f"r{i}" for i in range(12)], "balance": [float(i * 3) for i in range(12)]}))
+    w.insert({"id": "late", "balance": 7.0})
+    c = w.plugin("balance").consolidator
+    st = c.ledger.state()
+    want = c.base(st)
+    assert dict(zip(want["originalId"], want["current"], strict=True)) == {
+        **{f"r{i}": float(i * 3) for i in range(12)}, "late": 7.0}
+    real, calls = Consolidator.base, []
+
+    def flaky(self: Consolidator, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("injected: a log entry could not be read")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Consolidator, "base", flaky)
+    ids = pl.Series(["r1", "r5", "late", "nobody"])
+    with c.shared_history(st, frozenset(), 5) as shared:  # 5: the base spills to local disk
+        with pytest.raises(OSError, match="injected"):
+            shared.base(ids)
+        for _ in range(2):
+            got = shared.base(ids)
+            assert dict(zip(got["originalId"], got["current"], strict=True)) == {"r1": 3.0, "r5": 15.0, "late": 7.0}
+        assert shared.base(pl.Series(["nobody"])).height == 0
+    assert len(calls) == 2  # the failed read, then one read for every later question

@@ -297,7 +297,7 @@ class Consolidator(Field):
                     preview: bool = False, history: SharedHistory | None = None) -> Folded:
         """:meth:`fold` on ``st`` restricted (:meth:`State.restrict`) to the buckets of ``rows``:
         records fold independently, so one bucket at a time or all at once give the same values.
-        ``history`` answers the late sets' questions (see :meth:`_applied_after`)."""
+        ``history`` answers the late rows' questions (see :meth:`_applied_after`)."""
         if not preview and (folded := self._fold_rows_states(st, rows, unapplied, history)) is not None:
             return folded
         rows = self._typed(rows)
@@ -392,7 +392,7 @@ class Consolidator(Field):
         by :meth:`resolve`) against ``st`` restricted to that bucket, and write the bucket's delta
         and marks for the commit of ``version``, named with ``token`` (the same inputs give the
         same objects, so a rerun task overwrites what a killed one left). It never commits.
-        ``history`` answers the late sets' questions (see :meth:`_applied_after`)."""
+        ``history`` answers the late rows' questions (see :meth:`_applied_after`)."""
         rows = pl.concat([rows, keyed.select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
         folded = self.fold_bucket(st.restrict([k]), rows, history=history)
         return self._bucket_output(k, folded, folded.applied.height, version, token)
@@ -638,7 +638,7 @@ class Consolidator(Field):
         rows are in the runs ``halves`` (:data:`FOLD_HALVES` runs per bucket): through per-record
         states a frame of spill files at a time when the field merges, each half of the bucket's
         records on a thread of its own, so memory holds the bucket's records, not its rows; else
-        the bucket's rows at once. ``history`` answers the late sets' questions (one
+        the bucket's rows at once. ``history`` answers the late rows' questions (one
         :class:`~ecanalytics.consolidation.field.SharedHistory` for all buckets)."""
         # The two halves fold side by side: one fold alone left a core a third idle (the main
         # thread's NumPy and Python are its critical path), and each half holds half the records.
@@ -712,7 +712,7 @@ class Consolidator(Field):
             halves: dict[int, list[int]] = {}
             for j in runs.buckets():
                 halves.setdefault(j // FOLD_HALVES, []).append(j)
-            # The late sets of every bucket ask one history, read from the store once.
+            # The late rows of every bucket ask one history (and base), read from the store once.
             with self.shared_history(st, frozenset(), self.budget_rows // 4) as history:
                 for k in sorted(halves) or [0]:
                     out.add(self._fold_spilled(st, k, halves.get(k, []), runs, version, token, history))

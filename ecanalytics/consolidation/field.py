@@ -310,12 +310,16 @@ class SharedHistory:
         """:meth:`Field.base` at this state for ``ids``: read once (it reads every ``insert`` entry
         of the log) and kept by record bucket, as the history is."""
         with self._lock:
-            if self._base is None:
+            if self._base is None:  # kept only once whole: a failed read is read again next time
                 base = self._field.base(self._st)
-                self._base = Runs(self._st.n_buckets, self._budget_rows)
-                self._base.add(base)
-                self._base.settle()
-                self._empty_base = base.clear()
+                runs = Runs(self._st.n_buckets, self._budget_rows)
+                try:
+                    runs.add(base)
+                    runs.settle()
+                except BaseException:
+                    runs.close()
+                    raise
+                self._base, self._empty_base = runs, base.clear()
             rows = self._base.select(buckets_of(ids.unique(), self._st.n_buckets).unique().to_list(),
                                      pl.col("originalId").is_in(ids.implode()))
         return rows if rows is not None else self._empty_base
