@@ -340,7 +340,8 @@ class ObjectProgress:
         return self
 
     def _read(self, blobs: Mapping[str, bytes | None]) -> None:
-        found = [b for b in blobs.values() if b is not None]
+        # Parquet only: a read of the whole log (``Ledger.entries``) reads its JSON entries in batches too.
+        found = [b for key, b in blobs.items() if b is not None and key.endswith(".parquet")]
         rows = sum(_parquet_rows(b) for b in found)
         with self._lock:
             self.objects += len(found)

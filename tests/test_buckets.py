@@ -607,3 +607,47 @@ def test_a_shared_base_answers_as_the_base_and_a_failed_read_is_read_again(
             assert dict(zip(got["originalId"], got["current"], strict=True)) == {"r1": 3.0, "r5": 15.0, "late": 7.0}
         assert shared.base(pl.Series(["nobody"])).height == 0
     assert len(calls) == 2  # the failed read, then one read for every later question
+
+
+def test_the_whole_log_is_read_in_concurrent_batches_up_to_its_end(root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ledger.entries (every insert entry for Field.base: recalculation, retention, reconciliation,
+    # a callable reducer's late rows) reads LOG_READ_CHUNK entries per request batch, not one by one.
+    from ecanalytics.ledger import log as log_module
+
+    monkeypatch.setattr(log_module, "LOG_READ_CHUNK", 4)
+    db, w = wallets(root, buckets=2)
+    for i in range(5):
+        w.insert({"id": f"r{i}", "balance": float(i)})
+        w.add(f"r{i}", 1)
+        db.consolidate()
+    ledger = w.plugin("balance").consolidator.ledger
+    versions = ledger.state().version
+    assert versions == 10
+    store = ledger.store
+    st = ledger.state()
+    batches: list[list[str]] = []
+    alone: list[str] = []
+    real_many, real_one = store.read_many, store.read
+
+    def many(keys: Any, *args: Any, **kwargs: Any) -> Any:
+        batches.append(list(keys))
+        return real_many(keys, *args, **kwargs)
+
+    def one(key: str, *args: Any, **kwargs: Any) -> Any:
+        alone.append(key)
+        return real_one(key, *args, **kwargs)
+
+    monkeypatch.setattr(store, "read_many", many)
+    monkeypatch.setattr(store, "read", one)
+    everything = ledger.entries()
+    assert [e.version for e in everything] == list(range(1, versions + 1))
+    assert [e.kind for e in everything] == ["insert", "consolidate"] * 5
+    assert batches == [[P.log_entry("w", v) for v in range(first, first + 4)] for first in (1, 5, 9)]
+    assert not [k for k in alone if "_log/" in k]  # no entry read one by one
+    inserts = ledger.entries(("insert",))
+    assert [e.version for e in inserts] == [1, 3, 5, 7, 9]
+    base = w.plugin("balance").consolidator.base(st)
+    assert dict(zip(base["originalId"], base["current"], strict=True)) == {f"r{i}": float(i) for i in range(5)}
+    store.write(P.log_entry("w", 6), b"not json")
+    with pytest.raises(ec.CorruptObjectError, match="00000000000000000006"):
+        ledger.entries()

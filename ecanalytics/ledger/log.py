@@ -25,6 +25,7 @@ The state tracks, per managed field:
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import threading
@@ -60,6 +61,7 @@ _INLINE = "inline:"
 WRITE_THREADS = 8  # objects of one commit written at once on S3 (each a round trip)
 LOCAL_WRITE_THREADS = 2  # ... and on local disk, where each is mostly Parquet encoding (zstd)
 CHECKPOINT_THREADS = 4  # buckets a checkpoint reads and writes at once (each held in memory meanwhile)
+LOG_READ_CHUNK = 64  # log entries a read of the whole log (Ledger.entries) asks for at once
 
 
 def _inline(frame: pl.DataFrame, rows: int | None) -> str | None:
@@ -205,6 +207,10 @@ class Ledger:
             raw = self.store.read(rel)
         except FileNotFoundError:
             return None
+        return self._parse_entry(raw, version, rel)
+
+    def _parse_entry(self, raw: bytes, version: int, rel: str) -> LogEntry:
+        """The log entry of ``version`` from the bytes of its object ``rel``."""
         try:
             parsed = json.loads(raw)
         except ValueError as exc:
@@ -387,13 +393,22 @@ class Ledger:
         return st
 
     def entries(self, kinds: tuple[EntryKind, ...] = ()) -> list[LogEntry]:
-        """Every log entry (optionally of some kinds), oldest first: a maintenance read."""
-        out, version = [], 1
-        while (entry := self.read_entry(version)) is not None:
-            if not kinds or entry.kind in kinds:
-                out.append(entry)
-            version += 1
-        return out
+        """Every log entry (optionally of some kinds), oldest first: a maintenance read, of
+        :data:`LOG_READ_CHUNK` entries at a time, concurrently (on S3 each is a round trip). The
+        log ends at the first version with no entry: a version is created only after the one
+        before it, so an entry read after a missing one is never skipped over."""
+        out: list[LogEntry] = []
+        for first in itertools.count(1, LOG_READ_CHUNK):
+            rels = {v: P.log_entry(self.resource, v) for v in range(first, first + LOG_READ_CHUNK)}
+            blobs = self.store.read_many(list(rels.values()))
+            for version, rel in rels.items():
+                raw = blobs[rel]
+                if raw is None:
+                    return out
+                entry = self._parse_entry(raw, version, rel)
+                if not kinds or entry.kind in kinds:
+                    out.append(entry)
+        raise AssertionError("unreachable")  # itertools.count never ends
 
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
         """The records an entry upserted (every bucket's part)."""
