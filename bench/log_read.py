@@ -1,13 +1,14 @@
 """A read of the whole commit log (``Ledger.entries``) on S3: in concurrent batches, against one
 entry after another.
 
-Every ``insert`` entry is read whenever ``Field.base`` is needed: recalculation, retention, the
-reconciliation report's bases, and a callable reducer's late rows. This bench starts a moto S3
-server in a process of its own (moto's ``[server]`` extra, which the dev extra installs), commits
-``--inserts`` inserts to one resource, and times ``ledger.entries(("insert",))`` against the loop
-it replaced (``read_entry`` for version 1, 2, ... until one is missing), with ``--latency``
-seconds added to every GET (an ``asyncio.sleep`` before s3fs's ``_cat_file``: moto on this
-machine answers in about 3 ms, S3 in tens of milliseconds). Both must return the same entries.
+Every log entry up to the state's version is read (its ``insert`` entries kept) whenever
+``Field.base`` is needed: recalculation, retention, the reconciliation report's bases, and a
+callable reducer's late rows. This bench starts a moto S3 server in a process of its own (moto's
+``[server]`` extra, which the dev extra installs), commits ``--inserts`` inserts to one resource,
+and times ``ledger.entries(("insert",), upto=version)`` against the loop it replaced
+(``read_entry`` for version 1, 2, ... until one is missing), with ``--latency`` seconds added to
+every GET (an ``asyncio.sleep`` before s3fs's ``_cat_file``: moto on this machine answers in
+about 3 ms, S3 in tens of milliseconds). Both must return the same entries.
 
     python bench/log_read.py                          # 200 inserts, 20 ms a GET
     python bench/log_read.py --latency 0.05 --inserts 500
@@ -72,7 +73,7 @@ def main() -> int:
         print(f"{ledger.state().version} log entries on moto S3, {args.latency * 1000:.0f} ms added to every GET")
         for _ in range(args.repeat):
             started = time.perf_counter()
-            batched = ledger.entries(("insert",))
+            batched = ledger.entries(("insert",), upto=ledger.state().version)
             seconds = time.perf_counter() - started
             started = time.perf_counter()
             one_by_one, version = [], 1

@@ -64,9 +64,12 @@ def each(fn: Callable[[T], R], items: Sequence[T], threads: int) -> list[R]:
 
 
 def ahead(fn: Callable[[T], R], items: Sequence[T], depth: int = 1) -> Iterator[R]:
-    """``fn`` of every item, in order, made up to ``depth`` items ahead of the caller on an
-    :func:`executor` (the next item is read while the caller works on this one: ``depth + 1``
-    results in memory at most)."""
+    """``fn`` of every item, in order, made up to ``depth`` (0 or more) items ahead of the caller
+    on an :func:`executor`: the next item is made while the caller works on this one, so up to
+    ``depth`` results are made or held besides the one handed over (and the caller's previous
+    one, until it lets go)."""
+    if depth < 0:
+        raise ValueError(f"depth must be 0 or more, not {depth}")
     with executor(max(1, depth)) as pool:
         making = deque(pool.submit(fn, item) for item in items[:depth])
         for i in range(len(items)):

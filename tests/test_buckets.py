@@ -609,9 +609,11 @@ def test_a_shared_base_answers_as_the_base_and_a_failed_read_is_read_again(
     assert len(calls) == 2  # the failed read, then one read for every later question
 
 
-def test_the_whole_log_is_read_in_concurrent_batches_up_to_its_end(root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Ledger.entries (every insert entry for Field.base: recalculation, retention, reconciliation,
-    # a callable reducer's late rows) reads LOG_READ_CHUNK entries per request batch, not one by one.
+def test_the_whole_log_is_read_in_concurrent_batches_up_to_its_state(
+        root: Root, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ledger.entries(upto=...) (every entry for Field.base: recalculation, retention,
+    # reconciliation, a callable reducer's late rows) reads LOG_READ_CHUNK entries per request
+    # batch, not one by one, and never past the state's version; a missing entry is an error.
     from ecanalytics.ledger import log as log_module
 
     monkeypatch.setattr(log_module, "LOG_READ_CHUNK", 4)
@@ -621,10 +623,10 @@ def test_the_whole_log_is_read_in_concurrent_batches_up_to_its_end(root: Root, m
         w.add(f"r{i}", 1)
         db.consolidate()
     ledger = w.plugin("balance").consolidator.ledger
-    versions = ledger.state().version
-    assert versions == 10
-    store = ledger.store
     st = ledger.state()
+    assert st.version == 10
+    w.insert({"id": "later", "balance": 99.0})  # version 11: after the state asked about
+    store = ledger.store
     batches: list[list[str]] = []
     alone: list[str] = []
     real_many, real_one = store.read_many, store.read
@@ -639,15 +641,21 @@ def test_the_whole_log_is_read_in_concurrent_batches_up_to_its_end(root: Root, m
 
     monkeypatch.setattr(store, "read_many", many)
     monkeypatch.setattr(store, "read", one)
-    everything = ledger.entries()
-    assert [e.version for e in everything] == list(range(1, versions + 1))
+    everything = ledger.entries(upto=st.version)
+    assert [e.version for e in everything] == list(range(1, 11))
     assert [e.kind for e in everything] == ["insert", "consolidate"] * 5
-    assert batches == [[P.log_entry("w", v) for v in range(first, first + 4)] for first in (1, 5, 9)]
+    assert batches == [[P.log_entry("w", v) for v in range(first, min(first + 4, 11))] for first in (1, 5, 9)]
     assert not [k for k in alone if "_log/" in k]  # no entry read one by one
-    inserts = ledger.entries(("insert",))
-    assert [e.version for e in inserts] == [1, 3, 5, 7, 9]
-    base = w.plugin("balance").consolidator.base(st)
+    assert [e.version for e in ledger.entries(("insert",), upto=st.version)] == [1, 3, 5, 7, 9]
+    assert [e.version for e in ledger.entries(("insert",))][-1] == 11  # without upto: to the newest, one by one
+    base = w.plugin("balance").consolidator.base(st)  # at version 10: not "later"
     assert dict(zip(base["originalId"], base["current"], strict=True)) == {f"r{i}": float(i) for i in range(5)}
+    entry6 = real_one(P.log_entry("w", 6))
     store.write(P.log_entry("w", 6), b"not json")
     with pytest.raises(ec.CorruptObjectError, match="00000000000000000006"):
-        ledger.entries()
+        ledger.entries(upto=st.version)
+    store.delete([P.log_entry("w", 6)])  # a log the library wrote never lacks an entry
+    with pytest.raises(ec.MissingObjectError, match=r"00000000000000000006\.json is missing"):
+        ledger.entries(upto=st.version)
+    store.write(P.log_entry("w", 6), entry6)
+    assert [e.version for e in ledger.entries(upto=st.version)] == list(range(1, 11))

@@ -236,11 +236,12 @@ class Field:
     def base(self, st: State, *, retention_base: bool = False) -> pl.DataFrame:
         """``originalId, current``: where a rebuild from :meth:`history` starts: the value each
         record was last inserted with; after a ``delete``-mode retention run, the retention base
-        (everything before its cut, folded) for the records it has. Reads every ``insert`` entry of
-        the log: a maintenance read. ``retention_base`` uses the retention base in ``archive``
-        mode too, for readers of the live history only (the SQL views)."""
+        (everything before its cut, folded) for the records it has. Reads every log entry up to
+        ``st``'s version (and keeps its ``insert`` entries): a maintenance read. ``retention_base``
+        uses the retention base in ``archive`` mode too, for readers of the live history only
+        (the SQL views)."""
         frames = []
-        for entry in self.ledger.entries(("insert",)):
+        for entry in self.ledger.entries(("insert",), upto=st.version):
             delta = self.ledger.read_delta(entry)
             if delta is not None:
                 frames.append(delta.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current")))
@@ -268,8 +269,9 @@ class SharedHistory:
     day asked), from the earliest day asked so far: a later question for an earlier day reads
     only the days before it. ``unapplied`` names objects to leave out, as for
     :meth:`Field.history`. Safe to ask from several threads (a bucket's halves ask at once; one
-    question is answered at a time); once a read fails, every later question raises that error
-    (the rows read before it are in the runs, and reading them again would count them twice).
+    question is answered at a time); once a read of the history fails, every later question of
+    the history raises that error (the rows read before it are in the runs, and reading them
+    again would count them twice).
     Use as a context manager."""
 
     def __init__(self, field: Field, st: State, unapplied: frozenset[str], budget_rows: int) -> None:
@@ -307,8 +309,10 @@ class SharedHistory:
         return field.history_rows(st, rows if rows is not None else read_history(field.store, [], field.dtype))
 
     def base(self, ids: pl.Series) -> pl.DataFrame:
-        """:meth:`Field.base` at this state for ``ids``: read once (it reads every ``insert`` entry
-        of the log) and kept by record bucket, as the history is."""
+        """:meth:`Field.base` at this state for ``ids``: read once (it reads every log entry up to
+        this state's version) and kept by record bucket, as the history is. Unlike a failed read
+        of the history, a failed read of the base keeps nothing, so the next question reads it
+        again."""
         with self._lock:
             if self._base is None:  # kept only once whole: a failed read is read again next time
                 base = self._field.base(self._st)

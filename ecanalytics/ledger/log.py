@@ -25,7 +25,6 @@ The state tracks, per managed field:
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
 import threading
@@ -392,23 +391,38 @@ class Ledger:
             st = self._apply(st, entry, None)
         return st
 
-    def entries(self, kinds: tuple[EntryKind, ...] = ()) -> list[LogEntry]:
-        """Every log entry (optionally of some kinds), oldest first: a maintenance read, of
-        :data:`LOG_READ_CHUNK` entries at a time, concurrently (on S3 each is a round trip). The
-        log ends at the first version with no entry: a version is created only after the one
-        before it, so an entry read after a missing one is never skipped over."""
+    def entries(self, kinds: tuple[EntryKind, ...] = (), *, upto: int | None = None) -> list[LogEntry]:
+        """The log entries of versions 1 to ``upto`` (else to the newest there is), optionally of
+        some kinds, oldest first: a maintenance read. Up to ``upto`` they are read
+        :data:`LOG_READ_CHUNK` at a time, concurrently (on S3 each is a round trip), and each must
+        exist: the state at ``upto`` was built on them, so a missing one is a
+        :class:`MissingObjectError`, never the end of the log. Without ``upto`` they are read one
+        after another until a version has no entry."""
         out: list[LogEntry] = []
-        for first in itertools.count(1, LOG_READ_CHUNK):
-            rels = {v: P.log_entry(self.resource, v) for v in range(first, first + LOG_READ_CHUNK)}
+
+        def keep(entry: LogEntry) -> None:
+            if not kinds or entry.kind in kinds:
+                out.append(entry)
+
+        if upto is None:
+            version = 1
+            while (entry := self.read_entry(version)) is not None:
+                keep(entry)
+                version += 1
+            return out
+        for first in range(1, upto + 1, LOG_READ_CHUNK):
+            rels = {v: P.log_entry(self.resource, v) for v in range(first, min(first + LOG_READ_CHUNK, upto + 1))}
             blobs = self.store.read_many(list(rels.values()))
             for version, rel in rels.items():
-                raw = blobs[rel]
+                raw = blobs.pop(rel)  # let each go once parsed
                 if raw is None:
-                    return out
-                entry = self._parse_entry(raw, version, rel)
-                if not kinds or entry.kind in kinds:
-                    out.append(entry)
-        raise AssertionError("unreachable")  # itertools.count never ends
+                    raise MissingObjectError(
+                        f"Log entry {self.store.url(rel)} is missing, but the state at version {upto} of {self.resource} "
+                        "was built on it: the log is incomplete, so nothing was read. Restore the entry (from a backup "
+                        "or the bucket's versions), then check the root with `ecanalytics inspect --verify`.",
+                        self.store.url(rel))
+                keep(self._parse_entry(raw, version, rel))
+        return out
 
     def read_delta(self, entry: LogEntry) -> pl.DataFrame | None:
         """The records an entry upserted (every bucket's part)."""
