@@ -24,7 +24,6 @@ from ecanalytics import _runtime
 from ecanalytics.consolidation.reducers import Reducer
 from ecanalytics.consolidation.runs import Runs
 from ecanalytics.ledger import keys, scan
-from ecanalytics.ledger.buckets import buckets_of
 from ecanalytics.ledger.keys import Resolved
 from ecanalytics.ledger.log import Ledger
 from ecanalytics.ledger.scan import ScanPlan
@@ -218,6 +217,11 @@ class Field:
             held += size
         yield from _runtime.ahead(lambda chunk: read_history(self.store, chunk, self.dtype), chunks)
 
+    @property
+    def base_schema(self) -> dict[str, pl.DataType]:
+        """The columns of :meth:`base`."""
+        return {"originalId": pl.String(), "current": self.dtype}
+
     def shared_history(self, st: State, unapplied: frozenset[str], budget_rows: int) -> SharedHistory:
         """A :class:`SharedHistory` of this field at ``st`` (use it as a context manager)."""
         return SharedHistory(self, st, unapplied, budget_rows)
@@ -245,7 +249,7 @@ class Field:
             delta = self.ledger.read_delta(entry)
             if delta is not None:
                 frames.append(delta.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current")))
-        schema = {"originalId": pl.String(), "current": self.dtype}
+        schema = self.base_schema
         inserted = (pl.concat(frames).unique("originalId", keep="last", maintain_order=True).drop_nulls("current")
                     if frames else pl.DataFrame(schema=schema))
         cut, archived = self._retention(st)
@@ -280,7 +284,7 @@ class SharedHistory:
         self._since: dt.date | None = None  # the rows of every applied object from this day on are in the runs
         self._failed: BaseException | None = None
         self._base: Runs | None = None  # Field.base by record bucket, once asked
-        self._empty_base = pl.DataFrame()
+        self._schema = read_history(field.store, [], field.dtype).schema  # of the history's rows (no read)
         self._budget_rows = budget_rows
         self._lock = threading.Lock()
 
@@ -304,9 +308,8 @@ class SharedHistory:
                     raise
                 self._since = since
             # Under the lock too: another thread's earlier day may be adding (and spilling) rows.
-            rows = self._runs.select(buckets_of(ids.unique(), st.n_buckets).unique().to_list(),
-                                     pl.col("originalId").is_in(ids.implode()) & (pl.col("cohortDate") >= since))
-        return field.history_rows(st, rows if rows is not None else read_history(field.store, [], field.dtype))
+            rows = self._runs.select(ids, self._schema, pl.col("cohortDate") >= since)
+        return field.history_rows(st, rows)
 
     def base(self, ids: pl.Series) -> pl.DataFrame:
         """:meth:`Field.base` at this state for ``ids``: read once (it reads every log entry up to
@@ -323,10 +326,8 @@ class SharedHistory:
                 except BaseException:
                     runs.close()
                     raise
-                self._base, self._empty_base = runs, base.clear()
-            rows = self._base.select(buckets_of(ids.unique(), self._st.n_buckets).unique().to_list(),
-                                     pl.col("originalId").is_in(ids.implode()))
-        return rows if rows is not None else self._empty_base
+                self._base = runs
+            return self._base.select(ids, self._field.base_schema)
 
     def close(self) -> None:
         self._runs.close()

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import polars as pl
 
 from ecanalytics import _runtime
-from ecanalytics.ledger.buckets import split
+from ecanalytics.ledger.buckets import buckets_of, split
 
 DEFAULT_BUDGET_ROWS = 4_000_000
 SPILL_THREADS = 2  # run files written at once
@@ -118,16 +118,20 @@ class Runs:
         if self.spilled and (self._chunks or self._mem):
             self._spill()
 
-    def select(self, buckets: Iterable[int], keep: pl.Expr) -> pl.DataFrame | None:
-        """The rows of ``buckets`` that ``keep`` selects (None when there is none to filter), left in
-        the runs: in memory, every chunk filtered (``keep`` must select only rows of ``buckets``);
-        once spilled (after :meth:`settle`), the buckets' files read again one at a time and filtered."""
+    def select(self, ids: pl.Series, schema: Mapping[str, pl.DataType], also: pl.Expr | None = None) -> pl.DataFrame:
+        """The rows whose :attr:`column` is one of ``ids`` (and that ``also`` keeps), left in the
+        runs (``schema`` when there is none): in memory, every chunk filtered; once spilled (after
+        :meth:`settle`), the files of those ids' buckets read again one at a time and filtered."""
+        keep = pl.col(self.column).is_in(ids.implode())
+        if also is not None:
+            keep = keep & also
         if self.spilled:
             assert not (self._chunks or self._mem), "settle() the runs before select()"
+            buckets = buckets_of(ids.unique(), self.n).unique().to_list()
             frames = [pl.read_ipc(path).filter(keep) for k in buckets for path, _rows in self._files.get(k, [])]
         else:
             frames = [chunk.filter(keep) for chunk in self._chunks]
-        return pl.concat(frames, how="vertical") if frames else None
+        return pl.concat(frames, how="vertical") if frames else pl.DataFrame(schema=schema)
 
     def take(self, k: int, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         """Bucket ``k``'s rows (in the order they were added), released from the runs (after a spill)."""
