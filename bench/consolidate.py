@@ -7,9 +7,9 @@ Parquet objects, then times, each in a fresh process (so peak RSS is per phase):
 * ``duckdb``: the same fold (last set by (timestamp, id), then signed sum) as SQL over the same
   Parquet objects, results fetched to Polars (``--counters``: a ``GROUP BY`` sum of the signed
   values, which is that fold when there is no ``set``);
-* ``duckdb-marks`` (``--counters`` only): that ``GROUP BY`` with what the fold also computes per
-  record for its event-order marks (the earliest timestamp and the greatest ``(timestamp, id)``),
-  so it reads the ``timestamp`` and ``id`` columns too: the same work as ecanalytics';
+* ``duckdb-marks``: the same query with what the fold also computes per record for its
+  event-order marks (the earliest timestamp and the greatest ``(timestamp, id)``): the same work
+  as ecanalytics' (with ``--counters`` it reads the ``timestamp`` and ``id`` columns too);
 * ``polars``: the same fold as a plain Polars lazy query over the same objects, run by its
   streaming engine (no knowledge of the project: what a user would write by hand);
 * ``python-loop``: read with Polars, sort, and fold row by row in a dict.
@@ -102,8 +102,11 @@ def run_ecanalytics(root: str) -> pl.DataFrame:
     return consolidate_with(root)[0]
 
 
-def fold_sql(source: str) -> str:
-    """The default fold as DuckDB SQL over ``source`` (a table function or a view name)."""
+def fold_sql(source: str, marks: bool = False) -> str:
+    """The default fold as DuckDB SQL over ``source`` (a table function or a view name); ``marks``
+    also computes each record's event-order marks, as the fold does (``earliest``, ``latest``)."""
+    ids = ("(SELECT originalId, min(timestamp) AS earliest, max(struct_pack(t := timestamp, i := id)) AS latest "
+           "FROM t GROUP BY originalId)" if marks else "(SELECT DISTINCT originalId FROM t)")
     return f"""
     WITH t AS (SELECT originalId, id, value, operation, timestamp FROM {source}),
     last_set AS (
@@ -115,8 +118,8 @@ def fold_sql(source: str) -> str:
         FROM t LEFT JOIN last_set USING (originalId)
         WHERE operation <> 'set' AND (set_ts IS NULL OR t.timestamp > set_ts OR (t.timestamp = set_ts AND t.id > set_id))
         GROUP BY t.originalId)
-    SELECT ids.originalId, coalesce(set_value, 0) + coalesce(delta, 0) AS value
-    FROM (SELECT DISTINCT originalId FROM t) ids LEFT JOIN last_set USING (originalId) LEFT JOIN after USING (originalId)
+    SELECT ids.*, coalesce(set_value, 0) + coalesce(delta, 0) AS value
+    FROM {ids} ids LEFT JOIN last_set USING (originalId) LEFT JOIN after USING (originalId)
     """
 
 
@@ -144,10 +147,11 @@ def run_duckdb(root: str) -> pl.DataFrame:
 
 
 def run_duckdb_marks(root: str) -> pl.DataFrame:
-    """``--counters``: DuckDB's ``GROUP BY`` doing the same per-record work as the fold."""
+    """DuckDB's query doing the same per-record work as the fold: its values and its marks."""
     import duckdb
 
-    return duckdb.connect().sql(COUNTERS_MARKS_SQL.format(source=_duckdb_source(root))).pl().select("originalId", "value")
+    sql = COUNTERS_MARKS_SQL if COUNTERS else fold_sql("{source}", marks=True)
+    return duckdb.connect().sql(sql.format(source=_duckdb_source(root))).pl().select("originalId", "value")
 
 
 def run_polars(root: str) -> pl.DataFrame:
@@ -332,7 +336,7 @@ def main() -> int:
             shutil.copytree(root, copy, dirs_exist_ok=True)
         fold = fold_only(root, not args.skip_loop)
         # The baselines first: the ecanalytics commit consumes the pending objects.
-        order = ["duckdb", *(["duckdb-marks"] if args.counters else []), "polars",
+        order = ["duckdb", "duckdb-marks", "polars",
                  *([] if args.skip_loop else ["python-loop"]), "ecanalytics"]
         results = {name: measure(name, root) for name in order}
         reference = results["ecanalytics"][2]
