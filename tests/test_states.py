@@ -95,6 +95,64 @@ def test_states_equal_a_python_fold_of_the_whole_history(root: Root, reducer: st
     assert w.recalculate().changed == 0
 
 
+def test_tied_ids_are_read_in_batches_and_a_vanished_object_is_named(root: Root,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids of tied rows are read again a batch of objects at a time (``IDS_OBJECTS``, here
+    2): one ``read_objects`` call per batch, each row given its own object's id; an object gone
+    by then is a :class:`ec.MissingObjectError` naming it, and nothing is committed."""
+    monkeypatch.setattr(consolidator_module, "IDS_OBJECTS", 2)
+    calls: list[list[str]] = []  # the keys of each read made while looking ids up
+    looking: list[pl.DataFrame] = []  # each ids_of question
+    vanish: list[bool] = [False]
+    original_ids_of, original_read = consolidator_module.Consolidator._ids_of, consolidator_module.read_objects
+
+    def ids_of(self: Any, candidates: list[str]) -> Any:
+        inner = original_ids_of(self, candidates)
+
+        def ask(wanted: pl.DataFrame) -> pl.DataFrame:
+            looking.append(wanted)
+            if vanish[0]:  # the pending object of the first tied row disappears before its lookup
+                self.store.delete([candidates[int(wanted["_object"].min())]])  # type: ignore[arg-type]
+            inside[0] = True
+            try:
+                return inner(wanted)
+            finally:
+                inside[0] = False
+        return ask
+
+    inside = [False]
+
+    def reading(store: Any, keys: list[str], **kw: Any) -> Any:
+        if inside[0]:
+            calls.append(list(keys))
+        return original_read(store, keys, **kw)
+
+    monkeypatch.setattr(consolidator_module.Consolidator, "_ids_of", ids_of)
+    monkeypatch.setattr(consolidator_module, "read_objects", reading)
+    rng = random.Random(11)
+    db, w = make(root, "default")
+    instants = [T0 + timedelta(hours=h) for h in range(0, 12, 6)]  # two instants: ties everywhere
+    for round_ in range(3):
+        w.write_transactions(frame(rng, 80, sets=True, instants=instants), batch_size=7)
+        db.consolidate()
+        assert {r["id"]: r["balance"] for r in w.to_polars().to_dicts()} == expected(db, "default", {}), round_
+    assert looking, "no tie was looked up"
+    objects = [w["_object"].n_unique() for w in looking]
+    assert [len(c) for c in calls] == [n for total in objects for n in [2] * (total // 2) + [total % 2] if n]
+    # Now an object vanishes between the read and the lookup of its ids.
+    looking.clear()
+    vanish[0] = True
+    w.write_transactions(frame(rng, 80, sets=True, instants=instants), batch_size=7)
+    before = w.ledger.state().version
+    with pytest.raises(ec.ConsolidationFailedError) as info:
+        db.consolidate()
+    missing = info.value.failures["wallets.balance"]
+    assert isinstance(missing, ec.MissingObjectError)
+    assert str(missing).startswith(missing.key) and missing.key.endswith(".parquet")  # type: ignore[attr-defined]
+    assert str(missing).endswith("was read by this consolidation and is gone now; consolidate again.")
+    assert w.ledger.state().version == before
+
+
 @pytest.mark.parametrize("chunk", [None, 2], ids=["chunks", "small-chunks"])
 @pytest.mark.parametrize("reducer", ["default", "sum", "max"])
 def test_states_and_runs_commit_the_same_values_marks_and_counts(root: Root, reducer: str, chunk: int | None,

@@ -72,6 +72,7 @@ READ_AHEAD = 2  # chunks read and decoded while the caller folds one (one ahead:
 DECODE_THREADS = 4  # objects decoded at once (Polars releases the GIL; each decode is itself parallel)
 FIRST_CHUNK_OBJECTS = 8  # ... and in its first read, before it knows how big they are
 FOLD_HALVES = 2  # runs per bucket of a spilled consolidation, folded side by side (2 cores)
+IDS_OBJECTS = 64  # objects read at once to look up the ids of tied rows (one request each, concurrent)
 
 
 class _Fallback(Exception):
@@ -429,15 +430,21 @@ class Consolidator(Field):
 
     def _ids_of(self, candidates: list[str]) -> Callable[[pl.DataFrame], pl.DataFrame]:
         """``_object, _row`` -> ``_object, _row, id``, read again from the objects (for the few
-        rows whose order at one instant their id decides; see :mod:`.states`)."""
+        rows whose order at one instant their id decides; see :mod:`.states`), up to
+        :data:`IDS_OBJECTS` objects at a time, read concurrently."""
         def ids_of(wanted: pl.DataFrame) -> pl.DataFrame:
+            objects = wanted["_object"].unique().sort().to_list()
             frames = []
-            for o in wanted["_object"].unique().sort().to_list():
-                rows, _got, miss = read_objects(self.store, [candidates[o]], value_dtype=self.dtype, start=o)
+            for i in range(0, len(objects), IDS_OBJECTS):
+                batch = objects[i:i + IDS_OBJECTS]
+                rows, _got, miss = read_objects(self.store, [candidates[o] for o in batch], value_dtype=self.dtype)
                 if miss:
-                    raise MissingObjectError(f"{self.store.url(candidates[o])} was read by this consolidation and is "
-                                             "gone now; consolidate again.", key=self.store.url(candidates[o]))
-                frames.append(rows.select("_object", "_row", "id"))
+                    gone = self.store.url(miss[0])
+                    raise MissingObjectError(f"{gone} was read by this consolidation and is gone now; consolidate "
+                                             "again.", key=gone)
+                # ``_object`` counts within the batch (nothing is missing); back to the candidates'.
+                frames.append(rows.select(pl.lit(pl.Series(batch, dtype=pl.UInt32)).gather(pl.col("_object"))
+                                          .alias("_object"), "_row", "id"))
             return pl.concat(frames, how="vertical").join(wanted.unique(), on=["_object", "_row"], how="semi")
         return ids_of
 
