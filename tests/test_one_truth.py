@@ -78,6 +78,13 @@ def test_every_reader_sees_the_same_rows(root: Root, mode: str) -> None:
     pending = python.filter(~pl.col("applied") & (pl.col("originalId") != "ghost"))
     assert pending.filter(~pl.col("id").str.starts_with("auto-"))["id"].to_list() == ["fresh"]  # k1's retry: no row
     assert pending.height == 2
+    # ec_pending shows those same pending rows (the key rule applied), and when each was written.
+    started = datetime.now(UTC)
+    waiting = db.sql("SELECT resource, id, originalId, operation, value, timestamp, writtenAt FROM ec_pending").pl()
+    shown = waiting.select(pending.drop("cohortDate", "applied").columns).sort("id", "timestamp")
+    assert shown.equals(pending.drop("cohortDate", "applied").cast(shown.schema)), (shown, pending)  # type: ignore[arg-type]
+    assert waiting["resource"].to_list() == ["acc"] * 2
+    assert waiting["writtenAt"].is_not_null().all() and (waiting["writtenAt"] <= started).all()
     # Per cohort day: the dataset, cohort stats and the report count the same rows.
     per_day = Counter(str(d) for d in python["cohortDate"].to_list())
     plugin = acc.plugin("balance")

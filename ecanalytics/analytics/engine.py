@@ -27,7 +27,8 @@ Views (re-pointed at the latest state by :meth:`SqlEngine.refresh`):
   names it;
 * ``ec_pending``: the transactions in those objects only (``resource`` plus the transaction
   columns, and ``writtenAt``: when the writer created the object), read without touching the
-  rest of the history.
+  rest of the history, under the key rule the next consolidation applies: the pending rows of
+  the dataset views, held rows aside.
 """
 
 from __future__ import annotations
@@ -87,6 +88,34 @@ def _files(lists: dict[str, list[str]], view: str, part: str, urls: list[str]) -
     variable = f"ec_files:{view}:{part}"
     lists[variable] = urls
     return f"getvariable({_quote(variable)})"
+
+
+def _pending_rule(dataset: str, plan: ScanPlan) -> tuple[str, str]:
+    """The key rule on pending rows, as the next consolidation applies it: (a ``WHERE`` clause
+    dropping retries of keys already applied, or ``""``; a ``QUALIFY`` clause keeping the first
+    occurrence of a key by timestamp, record, operation and amount). Generated ids pass both."""
+    auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
+    where = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {_quote(dataset)})"
+             if plan.applied_keys.height else "")
+    return where, f" QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1"
+
+
+def _pending_reads(resource: str, dataset: str, plan: ScanPlan, urls: list[str], auto: list[bool],
+                   lists: dict[str, list[str]]) -> list[str]:
+    """``ec_pending``'s parts for one dataset: its pending objects (``urls``; ``auto``: the
+    marker says generated ids only) under the same key rule as the dataset's view, with
+    ``writtenAt``, the writer's clock when it named the object (file ids start with it)."""
+    columns = (f"SELECT {_quote(resource)} AS resource, id, originalId, field, value, operation, timestamp, source, "
+               f"{WRITTEN_AT} AS writtenAt FROM read_parquet(")
+    parts = []
+    plain = [u for u, a in zip(urls, auto, strict=True) if a]
+    if plain:  # nothing to deduplicate
+        parts.append(f"{columns}{_files(lists, 'ec_pending', dataset + ':auto', plain)}, filename = true)")
+    keyed = [u for u, a in zip(urls, auto, strict=True) if not a]
+    if keyed:
+        where, qualify = _pending_rule(dataset, plan)
+        parts.append(f"{columns}{_files(lists, 'ec_pending', dataset + ':keyed', keyed)}, filename = true){where}{qualify}")
+    return parts
 
 
 def httpfs_secret_sql(config: StorageConfig) -> str:
@@ -257,13 +286,9 @@ class SqlEngine:
             parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'auto', auto_files)}, {hive})")
         keyed_files = [store.url(k) for k in existing if k not in plan.auto]
         if keyed_files:
-            auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
-            applied_keys = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {ds})"
-                            if plan.applied_keys.height else "")
-            parts.append(
-                f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'keyed', keyed_files)}, {hive})"
-                f"{applied_keys} QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, "
-                "operation, value) = 1")
+            where, qualify = _pending_rule(plan.dataset, plan)
+            parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'keyed', keyed_files)}, "
+                         f"{hive}){where}{qualify}")
         self._view(name, " UNION ALL ".join(parts) or EMPTY_TX, lists)
 
     def _set_lists(self, lists: dict[str, list[str]], size: int | None = None) -> None:
@@ -355,13 +380,8 @@ class SqlEngine:
                 if plan.applied_keys.height:
                     applied_keys.append(plan.applied_keys.select(pl.lit(core.dataset).alias("dataset"), "id"))
                 if existing and with_pending:
-                    # writtenAt: the writer's clock when it named the object (file ids start with it).
-                    pending_reads.append(
-                        f"SELECT {_quote(name)} AS resource, id, originalId, field, value, operation, timestamp, "
-                        f"source, {WRITTEN_AT} AS writtenAt "
-                        f"FROM read_parquet({_files(pending_lists, 'ec_pending', core.dataset, [store.url(u) for u in existing])}, "
-                        "filename = true)"
-                    )
+                    pending_reads += _pending_reads(name, core.dataset, plan, [store.url(k) for k in existing],
+                                                    [k in plan.auto for k in existing], pending_lists)
                 if with_bases:
                     bases.append(core.base(state).select(
                         pl.lit(name).alias("resource"), pl.lit(field).alias("field"),
