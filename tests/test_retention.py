@@ -128,3 +128,38 @@ def test_gc_cli_delete_mode(root: Root) -> None:
     assert w.recalculate().changed == 0
     bad = CliRunner().invoke(cli, ["gc", "--root", root.uri, "--retain", "soon"], env=env)
     assert bad.exit_code != 0
+
+
+@pytest.mark.parametrize("first", ["archive", "delete"])
+def test_a_late_row_before_an_earlier_cut_keeps_the_next_base_exact(root: Root, first: str) -> None:
+    """A row dated before a retention cut that arrives after it, then a second cut (delete mode):
+    the new base is the whole history before the new cut folded in event order. After an
+    ``archive`` cut the late row counts where it falls (here before a ``set``, so for nothing); after
+    a ``delete`` cut it has no effect (the base stands like a set). Values, ``ec_bases``, the
+    reconciliation report and ``recalculate`` all agree with a plain fold."""
+    from ecanalytics.maintenance import retain
+
+    db, w, txs, bases = history(root)
+    c = w.plugin().consolidator
+    retain(c, 40, now=NOW, archive=first == "archive")  # cut 2026-10-18
+    # Late rows for every record, dated before the first cut: after an early set of theirs if
+    # any, else anywhere before the cut.
+    late: dict[str, list[tuple[datetime, str, str, float]]] = {}
+    for i, rid in enumerate(sorted(bases)):
+        sets = [t for t in txs[rid] if t[2] == "set" and t[0] < NOW - timedelta(days=41)]
+        when = (sets[0][0] - timedelta(minutes=30)) if sets else NOW - timedelta(days=50, minutes=i)
+        late[rid] = [(when, f"late-{rid}", "add", 7.0 + i)]
+        w.add(rid, 7.0 + i, id=f"late-{rid}", timestamp=when)
+    db.consolidate()
+    counted = {rid: txs[rid] + (late[rid] if first == "archive" else []) for rid in bases}
+    expected = {rid: event_fold(bases[rid], counted[rid]) for rid in bases}
+    assert values(w) == expected
+    second = retain(c, 20, now=NOW, archive=False)  # cut 2026-11-07
+    assert second.mode == "delete" and second.objects > 0
+    cut = datetime(2026, 11, 7, tzinfo=UTC)
+    assert values(w) == expected
+    assert ec.reports.run(db, "reconciliation").height == 0
+    assert w.recalculate().changed == 0 and values(w) == expected
+    based = db.sql("SELECT id, value FROM ec_bases").pl()
+    assert dict(zip(based["id"].to_list(), based["value"].to_list(), strict=True)) == {
+        rid: event_fold(bases[rid], [t for t in counted[rid] if t[0] < cut]) for rid in bases}

@@ -57,6 +57,34 @@ def _finish_moves(c: Field, retention: RetentionCut) -> None:
         store.delete([key])
 
 
+def _instant(c: Field, day: str) -> datetime:
+    """The start of cohort day ``day`` in the field's zone, in UTC."""
+    return datetime.combine(dt.date.fromisoformat(day), dt.time(), ZoneInfo(c.tz)).astimezone(dt.UTC)
+
+
+def _base_rows(c: Field, st: State, prev: RetentionCut | None, cut: str,
+               rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the start, the rows) whose fold is the base at ``cut``: everything applied before it,
+    folded in event order. ``rows`` are the applied rows of the days being cut. Chaining from the
+    previous cut's base is exact when every row sorts after what that base folded; a row dated
+    before the previous cut that was applied after it (late data) does not:
+
+    * after a ``delete``-mode cut it has no effect (the base stands like a ``set``:
+      :meth:`~ecanalytics.consolidation.Field.deleted_before`), so it is left out, as
+      consolidation and every rebuild leave it out;
+    * after an ``archive``-mode cut the archive still holds the history before it, so the base is
+      folded again from the records' inserted values over the whole history before ``cut``
+      (the archive is read again: late rows that far back are rare)."""
+    if prev is None:
+        return c.base(st), rows
+    late = pl.col("timestamp") < _instant(c, prev.cut)
+    if prev.mode == "delete":
+        return c.base(st), rows.filter(~late)
+    if not rows.select(late.any()).item():
+        return c.base(st, retention_base=True), rows
+    return c.base(st), c.history(st).filter(pl.col("timestamp") < _instant(c, cut))
+
+
 def retain(c: Field, days: int, *, archive: bool = True,
            now: datetime | None = None) -> RetentionResult:
     """Archive (or delete) the applied transaction objects of cohort days older than ``days``.
@@ -91,10 +119,10 @@ def retain(c: Field, days: int, *, archive: bool = True,
         if held.height:  # objects with held rows are not applied yet: they stay where they are
             keep = set(rows.filter(pl.col("id").is_in(held["id"].implode()))["_object"].to_list())
             keys = [k for k in keys if k not in keep]
-            rows = rows.filter(~pl.col("_object").is_in(list(keep)))
+            rows = rows.filter(~pl.col("id").is_in(held["id"].implode()))  # their applied rows still count
             if not keys:
                 return None
-        start = c.base(st, retention_base=True)  # chain from the previous cut, whatever its mode
+        start, rows = _base_rows(c, st, prev, cut.isoformat(), rows)
         folded = c.reducer()(rows, start, c.default).rename({"value": "current"})
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
         base_rel = P.data_file(c.ledger.resource, st.version + 1, _runtime.token(), f"base-{c.field}")
