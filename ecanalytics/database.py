@@ -354,7 +354,7 @@ class Database:
 
     def duckdb(self) -> duckdb.DuckDBPyConnection:
         """The configured DuckDB connection (views refreshed now) for free-form use."""
-        return self._engine().refresh()
+        return self._engine().connection()
 
     def flush(self) -> int:
         """Write every buffered transaction now; returns how many were written."""

@@ -126,3 +126,37 @@ def test_view_sql_does_not_grow_with_history(root: Root) -> None:
     expected = sum(d + 1.0 for d in range(40))
     assert db.sql("SELECT count(*), sum(value) FROM w_transactions_balance").fetchall() == [(40, expected)]
     assert db.sql("SELECT count(DISTINCT cohortDate) FROM w_transactions_balance WHERE applied").fetchall() == [(31,)]
+
+
+def test_a_wrong_query_and_a_corrupt_object_get_their_own_errors(root: Root) -> None:
+    """A misspelled table or column is DuckDB's own error, never "replaced by maintenance"; an
+    object that is not Parquet is a CorruptObjectError naming it, from ``db.sql``, the reports and
+    cohort stats of its day alike, and the committed values stay as they were."""
+    import duckdb
+    import pytest
+
+    db = two_resources(root)
+    with pytest.raises(duckdb.CatalogException, match="alpha_transactions_balanc"):
+        db.sql("SELECT * FROM alpha_transactions_balanc").fetchall()
+    with pytest.raises(duckdb.BinderException, match="nocolumn"):
+        db.sql("SELECT nocolumn FROM alpha_transactions_balance").fetchall()
+    values = db.sql("SELECT id, value FROM ec_values ORDER BY ALL").fetchall()
+    assert values == sorted([(f"r{i}", float(i + 1)) for i in range(5)] * 2)
+    applied = db.resources["alpha"].ledger.state().applied_objects("balance")  # type: ignore[union-attr]
+    bad = applied[0]
+    day = bad.split("cohortDate=", 1)[1][:10]
+    plugin = db.resources["alpha"].plugins["balance"]  # type: ignore[union-attr]
+    reads = (lambda: db.sql("SELECT count(*) FROM alpha_transactions_balance").fetchall(),
+             lambda: ec.reports.run(db, "daily_totals", start=day, end=day, field="balance"),
+             lambda: plugin.get_cohort_stats(day))
+    db.store.write(bad, b"x" * len(db.store.read(bad)))  # garbage of the same size: DuckDB names the file
+    for read in reads:
+        with pytest.raises(ec.CorruptObjectError) as info:
+            read()
+        assert str(info.value).startswith(db.store.url(bad)) and "restore it from a backup." in str(info.value)
+    db.store.write(bad, b"not parquet")  # shorter: through fsspec DuckDB reads the size it was told, unnamed
+    for read in reads:
+        with pytest.raises(ec.CorruptObjectError, match="restore it from a backup"):
+            read()
+    assert db.resources["alpha"].to_polars().sort("id")["balance"].to_list() == [1.0, 2.0, 3.0, 4.0, 5.0]  # type: ignore[union-attr]
+    assert db.sql("SELECT count(*) FROM beta_transactions_balance").fetchall() == [(6,)]  # another dataset still reads

@@ -429,6 +429,12 @@ class SqlEngine:
             self._view("ec_pending", " UNION ALL ".join(pending_reads) or empty, pending_lists)
         return self.con
 
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """:meth:`refresh` of every view, for free-form use; creating a view reads its first
+        object, so a corrupt or vanished one is a typed error here too (see :meth:`sql`)."""
+        with snapshot_guard():
+            return self.refresh()
+
     def sql(self, query: str, params: dict[str, Any] | None = None, *, days: Collection[str] | None = None) -> Relation:
         """Run ``query`` against fresh views; ``.pl()`` on the result gives Polars. A file that
         vanishes later (maintenance replaced it) raises :class:`SnapshotGoneError` on fetch.
@@ -436,9 +442,9 @@ class SqlEngine:
         views, which name only their objects (their SQL does not grow with the history); fetch
         such a result at once (a later ``days`` query replaces those views)."""
         for attempt in range(3):
-            con = self.refresh(query, days=days)
             try:
-                with snapshot_guard():
+                with snapshot_guard():  # creating a view reads its first object too
+                    con = self.refresh(query, days=days)
                     return Relation(con.sql(query, params=params) if params else con.sql(query))
             except SnapshotGoneError:
                 # An object the manifest named was removed since (a maintenance job committed
