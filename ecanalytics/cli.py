@@ -38,6 +38,7 @@ from ecanalytics import __version__
 from ecanalytics.database import CREATE_HINT, DEFAULT_ROOT, Database, connect
 from ecanalytics.errors import (
     ConsolidationFailedError,
+    CorruptObjectError,
     EcError,
     MalformedFileError,
     RootNotFoundError,
@@ -694,6 +695,7 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
     rows = []
     checked: list[str] = []
     missing: list[dict[str, str]] = []
+    unreadable: list[str] = []  # fields whose pending objects could not be read (the errors)
     with _open(root, endpoint_url) as db:
         for name in db.resource_names():
             resource = db.resource(name)
@@ -709,7 +711,13 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
                 if field is not None:
                     plugin = resource.plugins[field]
                     probe = plugin.probe_permissions() if probe_permissions else None
-                    health = plugin.inspect()
+                    try:
+                        health = plugin.inspect()
+                    except CorruptObjectError as exc:  # a pending object that is not Parquet: say so, go on
+                        out.warn(f"error: {name}.{field}: {exc}")
+                        unreadable.append(str(exc))
+                        rows.append({**row, "unreadable": str(exc).split(" ", 1)[0]})
+                        continue
                     objects, size = db.store.du(plugin.dataset, ".parquet")
                     row.update(**health, objects=objects, bytes=size, reducer=plugin.reducer_name,
                                timezone=plugin.timezone)
@@ -752,6 +760,8 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
         if out.fmt != "json":
             out.warn(f"error: {count(len(missing), 'object')} named by the committed state "
                      f"{'is' if len(missing) == 1 else 'are'} missing (listed above).")
+        raise SystemExit(1)
+    if unreadable:
         raise SystemExit(1)
 
 

@@ -32,6 +32,24 @@ def seed(root: Root) -> ec.Database:
     return db
 
 
+def test_inspect_reports_an_unreadable_pending_object_and_the_other_fields(root: Root) -> None:
+    """A pending object that is not Parquet: ``inspect`` names it for its field, still reports
+    the other field, and exits 1."""
+    db = seed(root)
+    w = db.resources["wallets"]
+    assert isinstance(w, ec.Resource)
+    points = w.plugins["points"].consolidator
+    bad = sorted(points.scan(w.ledger.state()).pending)[0]
+    db.store.write(bad, b"not parquet")
+    res = CliRunner().invoke(cli, ["inspect", "--root", root.uri, "--output", "json"], env=env_for(root))
+    assert res.exit_code == 1, res.output
+    out = res.stdout
+    fields = {f["field"]: f for f in json.loads(out[out.index("{"):])["fields"]}
+    assert fields["points"]["unreadable"] == db.store.url(bad) and "pending" not in fields["points"]
+    assert fields["balance"]["pending"] == 6
+    assert f"error: wallets.points: {db.store.url(bad)} is not a readable Parquet file" in res.stderr
+
+
 def test_consolidate_inspect_recalculate(root: Root) -> None:
     db = seed(root)
     runner = CliRunner()
