@@ -2,7 +2,8 @@
 
 The demo writes to a new root, or appends to a root an earlier demo wrote (more traffic on the
 same wallets). It refuses any other root before writing anything: a root that holds other
-resources, or a ``wallets`` resource with other attributes, is someone's data."""
+resources, a ``wallets`` resource with other attributes, or files and no ecanalytics data at all,
+is someone's data."""
 
 from __future__ import annotations
 
@@ -43,7 +44,16 @@ class DemoReport:
 
 def check_demo_root(db: Database) -> bool:
     """True when ``db`` holds an earlier demo's wallets, False when it is empty; raises
-    :class:`ResourceExistsError` (nothing written) for a root that holds anything else."""
+    :class:`ResourceExistsError` (nothing written) for a root that holds anything else: other
+    resources, or files that are not an ecanalytics root at all (a home folder, a project)."""
+    if not db.has_catalog():
+        found = [*db.store.listdirs(""), *db.store.listdir("")]
+        if found:
+            shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+            raise ResourceExistsError(
+                f"{db.uri} is not a demo root: it holds {shown}, and no ecanalytics data. The demo writes only to "
+                "a new (or empty) folder or to one an earlier demo wrote; nothing was written. Pick another folder, "
+                "e.g. --root ./ec-demo.")
     others = sorted((set(db.resource_names()) | set(db.broken)) - {"wallets"})
     wallets = db.resource("wallets") if "wallets" in db.resource_names() else None
     if wallets is not None and wallets.schema.to_spec() != WALLET_ATTRIBUTES:

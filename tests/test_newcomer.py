@@ -132,6 +132,17 @@ def test_demo_appends_to_its_own_root_and_refuses_others(tmp_path: Path) -> None
     assert "not a demo root" in str(res.exception) and "--root" in str(res.exception)
     with ec.connect(other, create=False) as db:
         assert db.resources["wallets"].plugins == {} and not db.resources["wallets"].to_polars().height  # type: ignore[union-attr]
+    # A folder of someone's files (no ecanalytics data at all): refused, nothing written there.
+    home = tmp_path / "home"
+    (home / "projects").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(cli, ["demo", "--root", str(home)])
+    assert res.exit_code == 1 and isinstance(res.exception, ec.ResourceExistsError)
+    assert "it holds projects, notes.txt, and no ecanalytics data" in str(res.exception)
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt", "projects"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert CliRunner().invoke(cli, ["demo", "--root", str(empty), "--records", "4", "--transactions", "40"]).exit_code == 0
 
 
 def wallets_of(db: ec.Database) -> ec.Resource:
