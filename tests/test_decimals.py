@@ -61,6 +61,34 @@ def test_sync_mode_returns_exact_values(root: Root) -> None:
     assert a.add("x", 3) == Decimal("12.90")
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_sum_past_the_precision_holds_its_record_and_the_others_commit(root: Root, mode: str) -> None:
+    """decimal(5,2) holds up to 999.99: adds that carry a record past it hold that record back
+    (an overflow, as for a non-finite float: typed errors, nothing committed for it), every other
+    record commits, and a later ``set`` releases it."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="small", field="d", auto_consolidate=False, mode=mode))
+    r = db.create_resource("small", {"id": "string|required", "d": "decimal(5,2)|default:0"})
+    r.add("x", Decimal("999.00"))
+    r.add("y", Decimal("1.00"))
+    db.consolidate()
+    if mode == "sync":
+        with pytest.raises(ec.TransactionHeldError, match="overflow"):
+            r.add("x", Decimal("1.00"))
+    else:
+        r.add("x", Decimal("1.00"))
+    r.add("y", Decimal("2.00"))
+    result = db.consolidate()[0]
+    assert r.get("x")["d"] == Decimal("999.00") and r.get("y")["d"] == Decimal("3.00")
+    assert result.held_records == ("x",) and result.held_reasons == {"overflow": 1}
+    with pytest.raises(ec.ConsolidationError, match="overflow"):
+        r.value("x")
+    r.set("x", Decimal("5.00"))
+    db.consolidate()
+    assert r.value("x") == Decimal("5.00") and r.get("x")["d"] == Decimal("5.00") and r.plugin().inspect()["held"] == 0
+    assert r.recalculate().changed == 0
+
+
 @pytest.mark.parametrize("reducer", [None, "sum", "max", "min", "last"])
 def test_random_decimal_history_matches_a_decimal_model(root: Root, reducer: str | None) -> None:
     rng = random.Random(17)

@@ -270,7 +270,7 @@ class Consolidator(Field):
         return (
             hist.filter(pl.col("operation") != "set").join(late_sets, on="originalId")
             .filter(~before("timestamp", "id", "_ts", "_id"))
-            .group_by("originalId").agg(signed_value().sum().cast(self.dtype).alias("_extra"))
+            .group_by("originalId").agg(signed_value().sum().cast(self.dtype, strict=False).alias("_extra"))
         )
 
     def _after_late_sets(self, st: State, unapplied: frozenset[str], values: pl.DataFrame,
@@ -278,7 +278,7 @@ class Consolidator(Field):
         """``values`` plus, for each record whose pending last set is late, the applied add/sub
         rows after it (:meth:`_applied_after`)."""
         return values.join(self._applied_after(st, unapplied, late_sets, history), on="originalId", how="left").select(
-            "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype).alias("value"))
+            "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype, strict=False).alias("value"))
 
     def _finite(self) -> pl.Expr:
         """True where ``value`` fits the field: not null for decimal, finite for number fields."""
@@ -356,7 +356,8 @@ class Consolidator(Field):
         finite = self._finite()
         bad = values.filter(~finite)
         if bad.height:
-            log.error("%s: %d record(s) would get a non-finite value (first: %r); their transactions are held back.",
+            log.error("%s: %d record(s) would get a value the field cannot hold (non-finite, or past a decimal's "
+                      "precision; first: %r); their transactions are held back.",
                       self.dataset, bad.height, bad.row(0))
             hold(bad["originalId"], "overflow")
             values = values.filter(finite)

@@ -128,11 +128,12 @@ class Reducer:
 
     def __call__(self, pending: pl.DataFrame, current: pl.DataFrame, default: Any) -> pl.DataFrame:
         # Float64 for number fields, Decimal(p, s) for decimal fields: exact sums stay exact, and
-        # the result is cast back to the field's type (an overflowing decimal fails loudly).
+        # the result is cast back to the field's type; a decimal that no longer fits it becomes
+        # null, which consolidation holds back as an overflow (as a non-finite float).
         dtype = current.schema["current"]
         if self.func is None:
             plan = _VECTORIZED[self.name](pending.lazy(), current.lazy(), pl.lit(default).cast(dtype))
-            return plan.with_columns(pl.col("value").cast(dtype)).collect()
+            return plan.with_columns(pl.col("value").cast(dtype, strict=False)).collect()
         return self._python(pending, current, default)
 
     def _python(self, pending: pl.DataFrame, current: pl.DataFrame, default: Any) -> pl.DataFrame:
