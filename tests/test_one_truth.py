@@ -175,3 +175,26 @@ def test_a_key_means_one_thing_whatever_the_timing(root: Root, path: str) -> Non
         assert table.equals(results[0][0])
         assert {k: v for k, v in zip(table["id"], table["balance"], strict=True) if k in want} == want
         assert conflicts == expected_conflicts
+
+
+def test_a_key_reused_after_the_dedup_window_counts_again_for_every_reader(root: Root) -> None:
+    """``dedup_window=0`` (keys forgotten at the next checkpoint, one per commit here): a key sent
+    again after it was forgotten is a second transaction. Consolidation counts it, and so do the
+    Python dataset, the SQL view, cohort stats, the reconciliation report and recalculate."""
+    db, acc = open_db(root, dedup_window=0, checkpoint_interval=1)
+    acc.insert({"id": "r1", "owner": "o"})
+    acc.add("r1", "balance", 5, id="k")
+    db.consolidate()
+    acc.add("r1", "balance", 1)
+    db.consolidate()  # a checkpoint after the window: k is forgotten
+    acc.add("r1", "balance", 5, id="k")
+    assert db.consolidate()[0].duplicates == 0
+    assert acc.get("r1")["balance"] == 11
+    rows = db.resources[DATASET].query().select("id", "value", "applied")  # type: ignore[union-attr]
+    sql = db.sql(f"SELECT id, value, applied FROM {DATASET}").pl()
+    assert sorted(rows.filter(pl.col("id") == "k")["value"].to_list()) == [5.0, 5.0] and rows["applied"].all()
+    assert rows.sort(rows.columns).equals(sql.sort(sql.columns))
+    day = rows.height and db.sql(f"SELECT min(cohortDate) FROM {DATASET}").fetchall()[0][0]
+    assert acc.plugin("balance").get_cohort_stats(day)["totalValue"] == 11
+    assert ec.reports.run(db, "reconciliation").height == 0
+    assert acc.recalculate(field="balance").changed == 0

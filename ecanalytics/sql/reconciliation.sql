@@ -1,6 +1,8 @@
 -- Reconciliation: each record's consolidated value against a recomputation from its applied
--- history with the default reducer (last set, then signed adds and subs; ties by transaction id;
--- a repeated transaction id counts once), starting from the record's base (ec_bases: the value it
+-- history with the default reducer (last set, then signed adds and subs; ties by transaction id),
+-- over the applied rows the views show (the key rule already applied: a retry or a conflicting reuse
+-- of a key is not among them, while a key reused after dedup_window is a second transaction, which
+-- consolidation counted too), starting from the record's base (ec_bases: the value it
 -- was inserted with, else the field default; after a delete-mode retention, the retention base, as
 -- the deleted days are gone while archived days are read from the archive). Lists only the records where
 -- they differ. Fields with another reducer are skipped. After a delete-mode retention, the base
@@ -16,7 +18,6 @@ history AS (
     SELECT t.resource, t.field, t.originalId, t.id, t.value, t.operation, t.timestamp
     FROM ec_transactions t JOIN fields USING (resource, field)
     WHERE t.applied AND (fields.deletedBefore IS NULL OR t.timestamp >= fields.deletedBefore)
-    QUALIFY row_number() OVER (PARTITION BY t.resource, t.field, t.id ORDER BY t.timestamp) = 1
 ),
 last_set AS (
     SELECT resource, field, originalId, value AS set_value, timestamp AS set_ts, id AS set_id
