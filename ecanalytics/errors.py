@@ -122,6 +122,17 @@ class TransactionHeldError(ConsolidationError):
     lost: it is applied by the consolidation after the cause goes away."""
 
 
+class KeyConflictError(ConsolidationError):
+    """A sync write's caller-supplied id was already used for another record, operation or amount:
+    the write is stored but never applied (a key means one transaction); ``reason`` says what
+    differs (``exists_with_different_record``, ``…_operation``, ``…_amount``). Send a new id for a
+    new transaction."""
+
+    def __init__(self, message: str, *, record_id: str | None = None, reason: str = "") -> None:
+        super().__init__(message, record_id=record_id)
+        self.reason = reason
+
+
 class ConsolidationFailedError(EcError):
     """Some fields failed to consolidate; the others committed. ``results`` holds the outcomes of
     the fields that succeeded, ``failures`` maps ``"resource.field"`` to the exception."""

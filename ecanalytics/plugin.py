@@ -17,7 +17,13 @@ import polars as pl
 from ecanalytics import _runtime, display
 from ecanalytics.consolidation import BUILTIN_REDUCERS, ConsolidationResult, Consolidator, Reducer, inspection
 from ecanalytics.consolidation.consolidator import FoldEngine
-from ecanalytics.errors import ConfigurationError, InvalidValueError, ReducerRequiredError, TransactionHeldError
+from ecanalytics.errors import (
+    ConfigurationError,
+    InvalidValueError,
+    KeyConflictError,
+    ReducerRequiredError,
+    TransactionHeldError,
+)
 from ecanalytics.events import Callback, Events
 from ecanalytics.groupcommit import Batch, GroupCommit
 from ecanalytics.ledger import Attribute, new_tx_id
@@ -326,7 +332,25 @@ class EventualConsistencyPlugin:
                    "the transaction is applied at the next consolidation." if held["_reason"][0] == "awaiting-record"
                    else "the record's value cannot be folded; see plugin.inspect()."),
                 record_id=row["originalId"])
+        if not row["id"].startswith(AUTO_ID_PREFIX):
+            self._raise_if_conflict(row)
         return self._committed_value(row["originalId"])
+
+    def _raise_if_conflict(self, row: dict[str, Any]) -> None:
+        """:class:`KeyConflictError` if the commit that took ``row`` (a sync write with a
+        caller-supplied id) dropped it as a conflict: its key counts for another transaction."""
+        conflicts = self.consolidator.ledger.cached().conflicts.get(self.field)
+        if conflicts is None or not conflicts.height:
+            return
+        mine = conflicts.filter((pl.col("id") == row["id"]) & (pl.col("originalId") == row["originalId"])
+                                & (pl.col("operation") == row["operation"]) & (pl.col("timestamp") == row["timestamp"]))
+        if mine.height:
+            reason = mine["reason"][-1]
+            raise KeyConflictError(
+                f"The id {row['id']!r} was already used on {self.resource_name}.{self.field} for another transaction "
+                f"({reason.replace('_', ' ')}): this {row['operation']} of {row['originalId']!r} is stored but never "
+                "applied, since a key means one transaction. Send a new id for a new transaction.",
+                record_id=row["originalId"], reason=reason)
 
     def _committed_value(self, record_id: str) -> float | Decimal:
         """The record's value in the state this process committed or saw last (no request)."""

@@ -198,3 +198,26 @@ def test_a_key_reused_after_the_dedup_window_counts_again_for_every_reader(root:
     assert acc.plugin("balance").get_cohort_stats(day)["totalValue"] == 11
     assert ec.reports.run(db, "reconciliation").height == 0
     assert acc.recalculate(field="balance").changed == 0
+
+
+def test_a_sync_write_whose_key_conflicts_says_so(root: Root) -> None:
+    """In sync mode a reused key with another record, operation or amount raises KeyConflictError
+    (stored, never applied; the reason says what differs); a retry returns the value as before."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", mode="sync"))
+    acc = db.create_resource("acc", {"id": "string|required", "balance": "number|default:0"})
+    assert acc.add("r1", 5, id="k") == 5
+    assert acc.add("r1", 5, id="k") == 5  # a retry
+    for call, reason in [(lambda: acc.add("r1", 7, id="k"), "exists_with_different_amount"),
+                         (lambda: acc.add("r2", 5, id="k"), "exists_with_different_record"),
+                         (lambda: acc.sub("r1", 5, id="k"), "exists_with_different_operation")]:
+        with pytest.raises(ec.KeyConflictError, match="Send a new id") as info:
+            call()
+        assert info.value.reason == reason
+    assert acc.get("r1")["balance"] == 5 and acc.value("r2") == 0
+    assert acc.add("r1", 1, id="k2") == 6
+    health = acc.plugin("balance").inspect()
+    assert health["conflicts"] == 3
+    assert [(c["originalId"], c["operation"], c["reason"]) for c in health["latestConflicts"]] == [
+        ("r1", "add", "exists_with_different_amount"), ("r2", "add", "exists_with_different_record"),
+        ("r1", "sub", "exists_with_different_operation")]
