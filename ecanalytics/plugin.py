@@ -323,7 +323,9 @@ class EventualConsistencyPlugin:
                 raise
             return None
         self._group_commit.join(row=row, seen=consolidator.ledger.cached().version)  # the version seen before the write
-        held = consolidator.held_frame(consolidator.ledger.cached()).filter(pl.col("id") == row["id"])
+        held = consolidator.held_frame(consolidator.ledger.cached()).filter(  # this occurrence, not another of its key
+            (pl.col("id") == row["id"]) & (pl.col("originalId") == row["originalId"])
+            & (pl.col("operation") == row["operation"]) & (pl.col("timestamp") == row["timestamp"]))
         if held.height:  # durable and pending, but not committed: sync mode must not pretend it is
             raise TransactionHeldError(
                 f"The transaction {row['id']!r} on {self.resource_name}.{self.field} of {row['originalId']!r} is "
@@ -342,8 +344,10 @@ class EventualConsistencyPlugin:
         conflicts = self.consolidator.ledger.cached().conflicts.get(self.field)
         if conflicts is None or not conflicts.height:
             return
+        value = pl.Series([row["value"]], dtype=self.consolidator.dtype).cast(pl.String)[0]  # as conflicts keep it
         mine = conflicts.filter((pl.col("id") == row["id"]) & (pl.col("originalId") == row["originalId"])
-                                & (pl.col("operation") == row["operation"]) & (pl.col("timestamp") == row["timestamp"]))
+                                & (pl.col("operation") == row["operation"]) & (pl.col("value") == value)
+                                & (pl.col("timestamp") == row["timestamp"]))
         if mine.height:
             reason = mine["reason"][-1]
             raise KeyConflictError(

@@ -221,3 +221,53 @@ def test_a_sync_write_whose_key_conflicts_says_so(root: Root) -> None:
     assert [(c["originalId"], c["operation"], c["reason"]) for c in health["latestConflicts"]] == [
         ("r1", "add", "exists_with_different_amount"), ("r2", "add", "exists_with_different_record"),
         ("r1", "sub", "exists_with_different_operation")]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_key_held_on_a_record_awaiting_its_insert_stands_in_both_modes(root: Root, mode: str) -> None:
+    """A held row (its record awaits an insert) stands like an applied occurrence of its key: a
+    reuse of the key for an existing record is a conflict in sync mode as in async mode, and a
+    retry of the held write is held (not mistaken for that conflict)."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="acc", field="balance", mode=mode, auto_consolidate=False))
+    acc = db.create_resource("acc", SPEC)
+    acc.insert({"id": "a", "owner": "o"})
+    t = datetime.now(UTC) - timedelta(hours=1)
+    writes = [lambda: acc.add("missing", 309, id="k0", timestamp=t),
+              lambda: acc.sub("a", 299, id="k0", timestamp=t),
+              lambda: acc.add("missing", 309, id="k0", timestamp=t)]  # the held write, retried
+    expected: list[type[Exception] | None] = ([ec.TransactionHeldError, ec.KeyConflictError, ec.TransactionHeldError]
+                                              if mode == "sync" else [None, None, None])
+    for write, error in zip(writes, expected, strict=True):
+        if error is None:
+            write()
+        else:
+            with pytest.raises(error):
+                write()
+        if mode == "async":
+            db.consolidate()
+    assert acc.get("a")["balance"] == 0
+    acc.insert({"id": "missing", "owner": "o"})
+    db.consolidate()
+    assert (acc.get("missing")["balance"], acc.get("a")["balance"]) == (309, 0)
+    rows = db.sql(f"SELECT id, originalId, value, applied FROM {DATASET}").pl()
+    assert rows.rows() == [("k0", "missing", 309.0, True)]
+    assert acc.recalculate(field="balance").changed == 0
+
+
+def test_a_key_whose_row_had_no_effect_before_a_delete_cut_is_used(root: Root) -> None:
+    """A keyed row dated before a delete-mode retention cut has no effect, but its key is used: a
+    retry of it later, dated after the cut, is a retry (counts once: never)."""
+    db, acc = open_db(root)
+    acc.insert({"id": "r1", "owner": "o"})
+    now = datetime.now(UTC)
+    acc.add("r1", "balance", 10, timestamp=now - timedelta(days=40))
+    db.consolidate()
+    acc.gc(30, archive=False)
+    acc.add("r1", "balance", 388, id="k15", timestamp=now - timedelta(days=35))  # no effect
+    db.consolidate()
+    acc.add("r1", "balance", 388, id="k15", timestamp=now - timedelta(days=5))  # the same transaction again
+    result = db.consolidate()[0]
+    assert (result.duplicates, acc.get("r1")["balance"]) == (1, 10)
+    assert db.resources[DATASET].query().filter(pl.col("id") == "k15").height == 1  # type: ignore[union-attr]
+    assert acc.recalculate(field="balance").changed == 0 and ec.reports.run(db, "reconciliation").height == 0

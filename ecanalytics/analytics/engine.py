@@ -275,8 +275,9 @@ class SqlEngine:
         plain = [store.url(k) for k, _ in plan.applied if k not in with_hidden]
         if plain:  # most objects: every row counts
             parts.append(f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({_files(lists, name, 'applied', plain)}, {hive})")
-        if with_hidden:  # the few objects holding occurrences that did not count: leave those rows out
-            files = _files(lists, name, "hidden", [store.url(k) for k, _ in plan.applied if k in with_hidden])
+        hidden_in = [store.url(k) for k, _ in plan.applied if k in with_hidden]  # never an empty read_parquet
+        if hidden_in:  # the few objects holding occurrences that did not count: leave those rows out
+            files = _files(lists, name, "hidden", hidden_in)
             parts.append(
                 f"SELECT {TX_COLUMNS}, {applied} AS applied FROM read_parquet({files}, {hive}, filename = true, file_row_number = true) t "
                 f"WHERE NOT EXISTS (SELECT 1 FROM ec_hidden_rows h WHERE h.dataset = {ds} AND h.url = t.filename "

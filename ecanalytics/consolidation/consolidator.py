@@ -319,10 +319,12 @@ class Consolidator(Field):
         late = late_rows(rows, marks)
         if (deleted := self.deleted_before(st)) is not None:  # see deleted_before: no effect
             gone = (rows["timestamp"] < deleted).fill_null(False)
+            # Applied with no effect: their keys are used all the same (a retry later is a retry).
+            no_effect = rows.filter(gone)
             late, rows = (late | gone).filter(~gone), rows.filter(~gone)
             dropped = int(gone.sum())
         else:
-            dropped = 0
+            no_effect, dropped = rows.clear(), 0
         current = st.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
         failed: list[str] = []
         if reducer.name == "default":
@@ -363,7 +365,8 @@ class Consolidator(Field):
             values = values.filter(finite)
         held_rows = (pl.concat([h.cast(self._held_schema) for h in held]) if held  # type: ignore[arg-type]
                      else pl.DataFrame(schema=self._held_schema))
-        return Folded(values, new_marks(rows, marks, self.field), held_rows, rows,
+        return Folded(values, new_marks(rows, marks, self.field), held_rows,
+                      pl.concat([rows, no_effect], how="vertical") if no_effect.height else rows,
                       (int(late.sum()) if late.len() else 0) + dropped,
                       None if preview else self._upserts(st, values))
 
@@ -852,10 +855,13 @@ class Consolidator(Field):
                                                           pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
                               for i, k in enumerate(mine)], how="vertical")
             held = self.held_frame(st)
-            touched = rows["originalId"].unique().implode()
-            resolved = self.resolve(st, rows, held.filter(pl.col("originalId").is_in(touched)))
+            # Held rows of the records written fold again; those with a key written here stand like
+            # applied occurrences of it (the key rule must see them, whatever their record).
+            again = (pl.col("originalId").is_in(rows["originalId"].unique().implode())
+                     | pl.col("id").is_in(rows["id"].unique().implode()))
+            resolved = self.resolve(st, rows, held.filter(again))
             folded = self.fold(st, resolved.kept, frozenset(mine))
-            kept = held.filter(~pl.col("originalId").is_in(touched))
+            kept = held.filter(~again)
             upserts = folded.upserts
             assert upserts is not None
             done["objects"] = len(mine)
