@@ -163,3 +163,31 @@ def test_a_late_row_before_an_earlier_cut_keeps_the_next_base_exact(root: Root, 
     based = db.sql("SELECT id, value FROM ec_bases").pl()
     assert dict(zip(based["id"].to_list(), based["value"].to_list(), strict=True)) == {
         rid: event_fold(bases[rid], [t for t in counted[rid] if t[0] < cut]) for rid in bases}
+
+
+def test_an_archive_cut_after_a_delete_cut_keeps_the_base_standing(root: Root) -> None:
+    """After a delete-mode cut the history before it is gone, so a later archive-mode cut's base
+    stands at its cut like a set too: values, recalculate, events_until and the reconciliation
+    agree, and a late row dated before the later cut has no effect (documented), while one after
+    it counts."""
+    from ecanalytics.maintenance import retain
+
+    db, w, txs, bases = history(root)
+    c = w.plugin().consolidator
+    expected = {rid: event_fold(bases[rid], txs[rid]) for rid in bases}
+    assert retain(c, 40, now=NOW, archive=False).mode == "delete"  # cut 2026-10-18
+    second = retain(c, 20, now=NOW, archive=True)  # cut 2026-11-07, archive mode
+    assert second.mode == "archive" and second.objects > 0
+    assert values(w) == expected
+    assert w.recalculate().changed == 0 and ec.reports.run(db, "reconciliation").height == 0
+    w.add("r0", 1000, id="before-cut", timestamp=NOW - timedelta(days=25))  # before the second cut: no effect
+    w.add("r1", 7, id="after-cut", timestamp=NOW - timedelta(days=15))
+    db.consolidate()
+    expected["r1"] = event_fold(bases["r1"], [*txs["r1"], (NOW - timedelta(days=15), "after-cut", "add", 7.0)])
+    assert values(w) == expected
+    assert w.recalculate().changed == 0 and values(w) == expected
+    assert ec.reports.run(db, "reconciliation").height == 0
+    until = w.to_polars(events_until=NOW)
+    assert dict(zip(until["id"].to_list(), until["balance"].to_list(), strict=True)) == expected
+    with pytest.raises(ec.ValidationError, match="deleted by retention"):
+        w.to_polars(events_until=NOW - timedelta(days=30))

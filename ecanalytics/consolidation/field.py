@@ -153,7 +153,7 @@ class Field:
         retention = st.retention.get(self.field)
         if retention is None:
             return None, True
-        return retention.cut, retention.mode == "archive"
+        return retention.cut, retention.complete
 
     def deleted_before(self, st: State) -> dt.datetime | None:
         """After a ``delete``-mode retention, the instant of its cut (the cut day's start in the

@@ -31,10 +31,18 @@ class RetentionCut:
     base: str  # the base object (``originalId, current``)
     archived: tuple[str, ...]
     mode: RetentionMode
+    # Some history before the cut is gone (this cut, or an earlier one, deleted it), so the base
+    # stands at the cut like a ``set``: true in ``delete`` mode, and for every cut after one.
+    stands: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Whether the archive still holds every day before the cut (rebuilds read it)."""
+        return self.mode == "archive" and not self.stands
 
     def as_json(self) -> dict[str, Any]:
         return {"field": self.field, "cut": self.cut, "base": self.base, "archived": list(self.archived),
-                "mode": self.mode}
+                "mode": self.mode, **({"stands": True} if self.stands and self.mode == "archive" else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> RetentionCut:
@@ -43,7 +51,7 @@ class RetentionCut:
             if mode not in ("archive", "delete"):
                 raise ValueError(mode)
             return cls(str(raw["field"]), str(raw["cut"]), str(raw["base"]), _strings(raw["archived"], "archive list"),
-                       mode)
+                       mode, mode == "delete" or raw.get("stands") is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptObjectError(f"An unreadable retention record ({type(exc).__name__}: {exc}).") from exc
 

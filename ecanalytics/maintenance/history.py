@@ -169,7 +169,7 @@ def records_at_events(ledger: Ledger, cores: Mapping[str, Field], until: datetim
     st = ledger.state()
     for name, c in cores.items():
         cut = retention_cut(c, st)
-        deleted = (last := st.retention.get(name)) is not None and last.mode == "delete"
+        deleted = (last := st.retention.get(name)) is not None and not last.complete
         if cut is not None and deleted and until < datetime.combine(cut, dt.time(), ZoneInfo(c.tz)):
             raise ValidationError(
                 f"The history of {c.dataset} before {cut} was deleted by retention; events_until must "

@@ -69,8 +69,8 @@ def _base_rows(c: Field, st: State, prev: RetentionCut | None, cut: str,
     previous cut's base is exact when every row sorts after what that base folded; a row dated
     before the previous cut that was applied after it (late data) does not:
 
-    * after a ``delete``-mode cut it has no effect (the base stands like a ``set``:
-      :meth:`~ecanalytics.consolidation.Field.deleted_before`), so it is left out, as
+    * after a cut whose base stands like a ``set`` (a ``delete``-mode one, or any after one:
+      :meth:`~ecanalytics.consolidation.Field.deleted_before`) it has no effect, so it is left out, as
       consolidation and every rebuild leave it out;
     * after an ``archive``-mode cut the archive still holds the history before it, so the base is
       folded again from the records' inserted values over the whole history before ``cut``
@@ -78,7 +78,7 @@ def _base_rows(c: Field, st: State, prev: RetentionCut | None, cut: str,
     if prev is None:
         return c.base(st), rows
     late = pl.col("timestamp") < _instant(c, prev.cut)
-    if prev.mode == "delete":
+    if not prev.complete:
         return c.base(st), rows.filter(~late)
     if not rows.select(late.any()).item():
         return c.base(st, retention_base=True), rows
@@ -140,7 +140,8 @@ def retain(c: Field, days: int, *, archive: bool = True,
         info.update(objects=len(keys), transactions=rows.height)
         return Commit("retention", field=c.field, applied=archived, unapplied=tuple(keys),
                       stats={"objects": len(keys), "transactions": rows.height},
-                      retention=RetentionCut(c.field, cut.isoformat(), base_rel, tuple(keys), mode))
+                      retention=RetentionCut(c.field, cut.isoformat(), base_rel, tuple(keys), mode,
+                                             stands=mode == "delete" or (prev is not None and not prev.complete)))
 
     committed = c.ledger.commit(build)
     if committed is not None:
