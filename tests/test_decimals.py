@@ -154,3 +154,25 @@ def test_maintenance_keeps_decimals_exact(root: Root) -> None:
     # The SQL views read the archive too (archive-mode retention), exactly: every cent of the 40 days.
     total = sum((Decimal(v) for _day in range(40) for v in ("0.01", "0.02")), Decimal(0))
     assert db.sql("SELECT sum(value) FROM accounts_transactions_balance").fetchall() == [(total,)]
+
+
+def test_time_travel_to_a_value_that_does_not_fit_is_an_error(root: Root) -> None:
+    """decimal(8,2): the event-time value at an instant where the sum is past the precision does not
+    exist in the field's type: ``events_until`` raises instead of returning another number; at an
+    instant where it fits, the exact value."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
+    w = db.create_resource("w", {"id": "string|required", "balance": "decimal(8,2)|default:0"})
+    now = datetime.now(UTC)
+    w.insert({"id": "a", "balance": Decimal("0")})
+    w.add("a", Decimal("600000.00"), timestamp=now - timedelta(days=10))
+    w.add("a", Decimal("600000.00"), timestamp=now - timedelta(days=9))
+    w.set("a", Decimal("5.00"), timestamp=now - timedelta(days=8))
+    db.consolidate()
+    assert w.get("a")["balance"] == Decimal("5.00")
+    with pytest.raises(ec.ConsolidationError, match="does not fit the field") as info:
+        w.to_polars(events_until=now - timedelta(days=8, hours=12))
+    assert info.value.record_id == "a"
+    at = w.to_polars(events_until=now - timedelta(days=9, hours=12))
+    assert at["balance"].to_list() == [Decimal("600000.00")]
+    assert w.to_polars(events_until=now)["balance"].to_list() == [Decimal("5.00")]

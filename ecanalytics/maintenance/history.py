@@ -23,7 +23,7 @@ import polars as pl
 from ecanalytics import _runtime
 from ecanalytics.consolidation.cluster import PARTITION_OBJECTS, FieldSpec, Moved, bucket_frame, shuffle
 from ecanalytics.consolidation.eventorder import marks_from_history
-from ecanalytics.errors import ValidationError
+from ecanalytics.errors import ConsolidationError, ValidationError
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.transactions import TX_SCHEMA
 
@@ -190,6 +190,14 @@ def records_at_events(ledger: Ledger, cores: Mapping[str, Field], until: datetim
     for name, c in cores.items():
         base = c.base(st)
         new = c.reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
+        # A fold that does not fit the field (a decimal past its precision is null, a float not
+        # finite) has no value at that instant: an error, never the base in its place.
+        fits = pl.col("_new").is_not_null() if isinstance(c.dtype, pl.Decimal) else pl.col("_new").is_finite()
+        if (bad := new.filter(~fits.fill_null(False))).height:
+            raise ConsolidationError(
+                f"{c.dataset}: the value of {bad['id'][0]!r} as of {until.isoformat()} does not fit the field "
+                f"({c.dtype}): its transactions by then sum past what the field holds. Ask for another instant, "
+                "or read the transactions themselves.", record_id=bad["id"][0])
         out = (
             out.join(new, on="id", how="left")
             .join(base.rename({"originalId": "id", "current": "_base"}), on="id", how="left")
