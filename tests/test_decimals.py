@@ -176,3 +176,28 @@ def test_time_travel_to_a_value_that_does_not_fit_is_an_error(root: Root) -> Non
     at = w.to_polars(events_until=now - timedelta(days=9, hours=12))
     assert at["balance"].to_list() == [Decimal("600000.00")]
     assert w.to_polars(events_until=now)["balance"].to_list() == [Decimal("5.00")]
+
+
+@pytest.mark.parametrize("archive", [False, True])
+def test_retention_refuses_a_cut_where_a_value_does_not_fit(root: Root, archive: bool) -> None:
+    """decimal(8,2): a record's value at the cut day (1,200,010.50) does not fit the field although
+    its value today does: retention raises, names the record, and commits and moves nothing; a cut
+    where every value fits works."""
+    db = root.connect()
+    db.use_plugin(ec.EventualConsistencyPlugin(resource="w", field="balance", auto_consolidate=False))
+    w = db.create_resource("w", {"id": "string|required", "balance": "decimal(8,2)|default:0"})
+    now = datetime.now(UTC)
+    w.insert({"id": "a", "balance": Decimal("10.50")})
+    for days, amount in ((40, "600000.00"), (35, "600000.00"), (5, "-500000.00")):
+        w.add("a", Decimal(amount), timestamp=now - timedelta(days=days))
+    db.consolidate()
+    assert w.get("a")["balance"] == Decimal("700010.50")
+    objects = sorted(db.store.find("w_transactions_balance", ".parquet"))
+    version = w.ledger.state().version
+    with pytest.raises(ec.ConsolidationError, match="does not fit the field") as info:
+        w.gc(30, archive=archive)
+    assert info.value.record_id == "a"
+    assert (w.ledger.state().version, sorted(db.store.find("w_transactions_balance", ".parquet"))) == (version, objects)
+    assert w.gc(38, archive=archive).objects == 1  # before the second add: 600010.50 fits
+    assert w.get("a")["balance"] == Decimal("700010.50") and w.recalculate().changed == 0
+    assert ec.reports.run(db, "reconciliation").height == 0

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import polars as pl
 
 from ecanalytics import _runtime
-from ecanalytics.errors import StorageError, ValidationError
+from ecanalytics.errors import ConsolidationError, StorageError, ValidationError
 from ecanalytics.ledger import Commit, State
 from ecanalytics.ledger.keys import hide
 from ecanalytics.ledger.maintenance_records import RetentionCut, RetentionMode
@@ -124,6 +124,13 @@ def retain(c: Field, days: int, *, archive: bool = True,
                 return None
         start, rows = _base_rows(c, st, prev, cut.isoformat(), rows)
         folded = c.reducer()(rows, start, c.default).rename({"value": "current"})
+        if (bad := folded.filter(pl.col("current").is_null() if isinstance(c.dtype, pl.Decimal)
+                                 else ~pl.col("current").is_finite())).height:
+            raise ConsolidationError(
+                f"Retention of {c.dataset} before {cut.isoformat()} needs each record's value at the cut, and "
+                f"{bad['originalId'][0]!r}'s does not fit the field ({c.dtype}): its transactions before the cut "
+                "sum past what the field holds. Nothing was committed or moved; run retention with a cut on another "
+                "day (a different retain).", record_id=bad["originalId"][0])
         base = pl.concat([folded, start.join(folded.select("originalId"), on="originalId", how="anti")])
         base_rel = P.data_file(c.ledger.resource, st.version + 1, _runtime.token(), f"base-{c.field}")
         store.write_parquet(base_rel, base)
