@@ -151,6 +151,14 @@ class Folded:
     applied: pl.DataFrame  # the rows that were folded
     late: int
     upserts: pl.DataFrame | None = None  # the full records to write (not for a preview)
+    # Rows of ``applied`` that had no effect (dated before a delete-mode cut): consumed, their
+    # keys used, but not counted as transactions (they count as late).
+    no_effect: int = 0
+
+    @property
+    def transactions(self) -> int:
+        """The rows folded (``applied`` without those that had no effect)."""
+        return self.applied.height - self.no_effect
 
     @staticmethod
     def concat(parts: Sequence[Folded]) -> Folded:
@@ -160,7 +168,8 @@ class Folded:
                       pl.concat([p.marks for p in parts], how="vertical"),
                       pl.concat([p.held for p in parts], how="vertical"),
                       pl.concat([p.applied for p in parts], how="vertical"),
-                      sum(p.late for p in parts), pl.concat(ups, how="vertical") if ups else None)
+                      sum(p.late for p in parts), pl.concat(ups, how="vertical") if ups else None,
+                      sum(p.no_effect for p in parts))
 
 
 @dataclass(frozen=True)
@@ -368,7 +377,7 @@ class Consolidator(Field):
         return Folded(values, new_marks(rows, marks, self.field), held_rows,
                       pl.concat([rows, no_effect], how="vertical") if no_effect.height else rows,
                       (int(late.sum()) if late.len() else 0) + dropped,
-                      None if preview else self._upserts(st, values))
+                      None if preview else self._upserts(st, values), no_effect.height)
 
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
         values = new.rename({"originalId": "id", "value": "_new"})
@@ -400,7 +409,7 @@ class Consolidator(Field):
         ``history`` answers the late rows' questions (see :meth:`_applied_after`)."""
         rows = pl.concat([rows, keyed.select(rows.columns).cast(rows.schema)], how="vertical")  # type: ignore[arg-type]
         folded = self.fold_bucket(st.restrict([k]), rows, history=history)
-        return self._bucket_output(k, folded, folded.applied.height, version, token)
+        return self._bucket_output(k, folded, folded.transactions, version, token)
 
     def _chunks(self, candidates: list[str], out: FoldOutcome) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
         """The pending rows of ``candidates``, read in chunks sized from what was read so far, so
@@ -710,7 +719,7 @@ class Consolidator(Field):
                 out.take(resolved)
                 rows = pl.concat([runs.take_all(schema), resolved.kept.cast(schema)], how="vertical")  # type: ignore[arg-type]
                 out.outs.append(self.fold(st, rows))
-                out.transactions = out.outs[0].applied.height
+                out.transactions = out.outs[0].transactions
                 return out
             keyed.add(held_rows(held, self.dtype))
             for j in keyed.buckets():  # one id bucket at a time: every occurrence of its keys
@@ -872,7 +881,7 @@ class Consolidator(Field):
                 applied_ids=keys.applied_keys(folded.applied), held=pl.concat([kept, folded.held.cast(kept.schema)]),  # type: ignore[arg-type]
                 marks=folded.marks, conflicts=resolved.conflicts,
                 hidden=_hidden([resolved.dropped], mine),
-                stats={"transactions": folded.applied.height, "duplicates": resolved.retries + resolved.conflicts.height,
+                stats={"transactions": folded.transactions, "duplicates": resolved.retries + resolved.conflicts.height,
                        "objects": len(mine), "records": upserts.height, "late": folded.late,
                        "held": folded.held.height, "lean": True},
             )
