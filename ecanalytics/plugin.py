@@ -323,9 +323,11 @@ class EventualConsistencyPlugin:
                 raise
             return None
         self._group_commit.join(row=row, seen=consolidator.ledger.cached().version)  # the version seen before the write
-        held = consolidator.held_frame(consolidator.ledger.cached()).filter(  # this occurrence, not another of its key
+        # This transaction held (this occurrence, or an earlier one it retries: the same record,
+        # operation and amount, whatever its timestamp), not another that reuses its key.
+        held = consolidator.held_frame(consolidator.ledger.cached()).filter(
             (pl.col("id") == row["id"]) & (pl.col("originalId") == row["originalId"])
-            & (pl.col("operation") == row["operation"]) & (pl.col("timestamp") == row["timestamp"]))
+            & (pl.col("operation") == row["operation"]) & (pl.col("value") == row["value"]))
         if held.height:  # durable and pending, but not committed: sync mode must not pretend it is
             raise TransactionHeldError(
                 f"The transaction {row['id']!r} on {self.resource_name}.{self.field} of {row['originalId']!r} is "
