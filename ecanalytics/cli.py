@@ -695,7 +695,6 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
     rows = []
     checked: list[str] = []
     missing: list[dict[str, str]] = []
-    unreadable: list[str] = []  # fields whose pending objects could not be read (the errors)
     with _open(root, endpoint_url) as db:
         for name in db.resource_names():
             resource = db.resource(name)
@@ -715,7 +714,6 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
                         health = plugin.inspect()
                     except CorruptObjectError as exc:  # a pending object that is not Parquet: say so, go on
                         out.warn(f"error: {name}.{field}: {exc}")
-                        unreadable.append(str(exc))
                         rows.append({**row, "unreadable": str(exc).split(" ", 1)[0]})
                         continue
                     objects, size = db.store.du(plugin.dataset, ".parquet")
@@ -761,7 +759,7 @@ def inspect(root: str, endpoint_url: str | None, output_fmt: OutputFormat, verif
             out.warn(f"error: {count(len(missing), 'object')} named by the committed state "
                      f"{'is' if len(missing) == 1 else 'are'} missing (listed above).")
         raise SystemExit(1)
-    if unreadable:
+    if any("unreadable" in r for r in rows):
         raise SystemExit(1)
 
 

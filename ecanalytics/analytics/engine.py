@@ -90,17 +90,17 @@ def _files(lists: dict[str, list[str]], view: str, part: str, urls: list[str]) -
     return f"getvariable({_quote(variable)})"
 
 
-def _pending_rule(dataset: str, plan: ScanPlan) -> tuple[str, str]:
+def _pending_rule(plan: ScanPlan) -> tuple[str, str]:
     """The key rule on pending rows, as the next consolidation applies it: (a ``WHERE`` clause
     dropping retries of keys already applied, or ``""``; a ``QUALIFY`` clause keeping the first
     occurrence of a key by timestamp, record, operation and amount). Generated ids pass both."""
     auto = f"starts_with(id, {_quote(AUTO_ID_PREFIX)})"
-    where = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {_quote(dataset)})"
+    where = (f" WHERE {auto} OR id NOT IN (SELECT id FROM ec_applied_keys WHERE dataset = {_quote(plan.dataset)})"
              if plan.applied_keys.height else "")
     return where, f" QUALIFY {auto} OR row_number() OVER (PARTITION BY id ORDER BY timestamp, originalId, operation, value) = 1"
 
 
-def _pending_reads(resource: str, dataset: str, plan: ScanPlan, urls: list[str], auto: list[bool],
+def _pending_reads(resource: str, plan: ScanPlan, urls: list[str], auto: list[bool],
                    lists: dict[str, list[str]]) -> list[str]:
     """``ec_pending``'s parts for one dataset: its pending objects (``urls``; ``auto``: the
     marker says generated ids only) under the same key rule as the dataset's view, with
@@ -110,11 +110,11 @@ def _pending_reads(resource: str, dataset: str, plan: ScanPlan, urls: list[str],
     parts = []
     plain = [u for u, a in zip(urls, auto, strict=True) if a]
     if plain:  # nothing to deduplicate
-        parts.append(f"{columns}{_files(lists, 'ec_pending', dataset + ':auto', plain)}, filename = true)")
+        parts.append(f"{columns}{_files(lists, 'ec_pending', plan.dataset + ':auto', plain)}, filename = true)")
     keyed = [u for u, a in zip(urls, auto, strict=True) if not a]
     if keyed:
-        where, qualify = _pending_rule(dataset, plan)
-        parts.append(f"{columns}{_files(lists, 'ec_pending', dataset + ':keyed', keyed)}, filename = true){where}{qualify}")
+        where, qualify = _pending_rule(plan)
+        parts.append(f"{columns}{_files(lists, 'ec_pending', plan.dataset + ':keyed', keyed)}, filename = true){where}{qualify}")
     return parts
 
 
@@ -287,7 +287,7 @@ class SqlEngine:
             parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'auto', auto_files)}, {hive})")
         keyed_files = [store.url(k) for k in existing if k not in plan.auto]
         if keyed_files:
-            where, qualify = _pending_rule(plan.dataset, plan)
+            where, qualify = _pending_rule(plan)
             parts.append(f"SELECT {TX_COLUMNS}, false AS applied FROM read_parquet({_files(lists, name, 'keyed', keyed_files)}, "
                          f"{hive}){where}{qualify}")
         self._view(name, " UNION ALL ".join(parts) or EMPTY_TX, lists)
@@ -381,7 +381,7 @@ class SqlEngine:
                 if plan.applied_keys.height:
                     applied_keys.append(plan.applied_keys.select(pl.lit(core.dataset).alias("dataset"), "id"))
                 if existing and with_pending:
-                    pending_reads += _pending_reads(name, core.dataset, plan, [store.url(k) for k in existing],
+                    pending_reads += _pending_reads(name, plan, [store.url(k) for k in existing],
                                                     [k in plan.auto for k in existing], pending_lists)
                 if with_bases:
                     bases.append(core.base(state).select(

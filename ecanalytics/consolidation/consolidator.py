@@ -289,11 +289,6 @@ class Consolidator(Field):
         return values.join(self._applied_after(st, unapplied, late_sets, history), on="originalId", how="left").select(
             "originalId", (pl.col("value") + pl.col("_extra").fill_null(0)).cast(self.dtype, strict=False).alias("value"))
 
-    def _finite(self) -> pl.Expr:
-        """True where ``value`` fits the field: not null for decimal, finite for number fields."""
-        value = pl.col("value")
-        return (value.is_not_null() if isinstance(self.dtype, pl.Decimal) else value.is_finite()).fill_null(False)
-
     def fold(self, st: State, rows: pl.DataFrame, unapplied: frozenset[str] = frozenset(), *,
              preview: bool = False) -> Folded:
         """Fold ``rows`` in event order on top of ``st``, loading only the buckets of their records
@@ -331,9 +326,8 @@ class Consolidator(Field):
             # Applied with no effect: their keys are used all the same (a retry later is a retry).
             no_effect = rows.filter(gone)
             late, rows = (late | gone).filter(~gone), rows.filter(~gone)
-            dropped = int(gone.sum())
         else:
-            no_effect, dropped = rows.clear(), 0
+            no_effect = rows.clear()
         current = st.records.select(pl.col("id").alias("originalId"), pl.col(self.field).alias("current"))
         failed: list[str] = []
         if reducer.name == "default":
@@ -364,7 +358,7 @@ class Consolidator(Field):
         if failed:
             hold(failed, "reducer-error")
             values = values.filter(~pl.col("originalId").is_in(pl.Series(failed, dtype=pl.String).implode()))
-        finite = self._finite()
+        finite = self.fits()
         bad = values.filter(~finite)
         if bad.height:
             log.error("%s: %d record(s) would get a value the field cannot hold (non-finite, or past a decimal's "
@@ -376,7 +370,7 @@ class Consolidator(Field):
                      else pl.DataFrame(schema=self._held_schema))
         return Folded(values, new_marks(rows, marks, self.field), held_rows,
                       pl.concat([rows, no_effect], how="vertical") if no_effect.height else rows,
-                      (int(late.sum()) if late.len() else 0) + dropped,
+                      (int(late.sum()) if late.len() else 0) + no_effect.height,
                       None if preview else self._upserts(st, values), no_effect.height)
 
     def _upserts(self, st: State, new: pl.DataFrame) -> pl.DataFrame:
@@ -546,7 +540,7 @@ class Consolidator(Field):
         values = done.values
         if done.late_sets.height:
             values = self._after_late_sets(st, unapplied, values, done.late_sets, history)
-        return values if values.select(self._finite().all()).item() else None
+        return values if values.select(self.fits().all()).item() else None
 
     def _fold_frames_states(self, st: State, frames: Callable[[], Iterable[pl.DataFrame]],
                             unapplied: frozenset[str] = frozenset(),

@@ -160,9 +160,17 @@ class Field:
         field's zone): the retention base stands there like a ``set``, so a transaction dated
         before it that arrives later has no effect, in consolidation and in every rebuild alike."""
         cut, archived = self._retention(st)
-        if cut is None or archived:
-            return None
-        return dt.datetime.combine(dt.date.fromisoformat(cut), dt.time(), ZoneInfo(self.tz)).astimezone(dt.UTC)
+        return None if cut is None or archived else self.day_start(cut)
+
+    def day_start(self, day: str) -> dt.datetime:
+        """The start of cohort day ``day`` (ISO) in the field's zone, in UTC."""
+        return dt.datetime.combine(dt.date.fromisoformat(day), dt.time(), ZoneInfo(self.tz)).astimezone(dt.UTC)
+
+    def fits(self, column: str = "value") -> pl.Expr:
+        """True where ``column`` holds a value of the field: not null for a decimal (a fold past
+        its precision is null), finite for a number."""
+        value = pl.col(column)
+        return (value.is_not_null() if isinstance(self.dtype, pl.Decimal) else value.is_finite()).fill_null(False)
 
     def history(self, st: State, unapplied: frozenset[str] = frozenset(), *, since: dt.date | None = None,
                 ids: pl.Series | None = None, pending_too: bool = False) -> pl.DataFrame:

@@ -31,8 +31,8 @@ class RetentionCut:
     base: str  # the base object (``originalId, current``)
     archived: tuple[str, ...]
     mode: RetentionMode
-    # Some history before the cut is gone (this cut, or an earlier one, deleted it), so the base
-    # stands at the cut like a ``set``: true in ``delete`` mode, and for every cut after one.
+    # An earlier cut deleted history, so this one's base stands at the cut like a ``set`` in
+    # ``archive`` mode too (a ``delete``-mode cut always does).
     stands: bool = False
 
     @property
@@ -42,7 +42,7 @@ class RetentionCut:
 
     def as_json(self) -> dict[str, Any]:
         return {"field": self.field, "cut": self.cut, "base": self.base, "archived": list(self.archived),
-                "mode": self.mode, **({"stands": True} if self.stands and self.mode == "archive" else {})}
+                "mode": self.mode, **({"stands": True} if self.stands else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> RetentionCut:
@@ -51,7 +51,7 @@ class RetentionCut:
             if mode not in ("archive", "delete"):
                 raise ValueError(mode)
             return cls(str(raw["field"]), str(raw["cut"]), str(raw["base"]), _strings(raw["archived"], "archive list"),
-                       mode, mode == "delete" or raw.get("stands") is True)
+                       mode, raw.get("stands") is True)
         except (KeyError, TypeError, ValueError) as exc:
             raise CorruptObjectError(f"An unreadable retention record ({type(exc).__name__}: {exc}).") from exc
 

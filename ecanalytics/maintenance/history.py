@@ -192,8 +192,7 @@ def records_at_events(ledger: Ledger, cores: Mapping[str, Field], until: datetim
         new = c.reducer()(histories[name], base, c.default).rename({"originalId": "id", "value": "_new"})
         # A fold that does not fit the field (a decimal past its precision is null, a float not
         # finite) has no value at that instant: an error, never the base in its place.
-        fits = pl.col("_new").is_not_null() if isinstance(c.dtype, pl.Decimal) else pl.col("_new").is_finite()
-        if (bad := new.filter(~fits.fill_null(False))).height:
+        if (bad := new.filter(~c.fits("_new"))).height:
             raise ConsolidationError(
                 f"{c.dataset}: the value of {bad['id'][0]!r} as of {until.isoformat()} does not fit the field "
                 f"({c.dtype}): its transactions by then sum past what the field holds. Ask for another instant, "

@@ -57,11 +57,6 @@ def _finish_moves(c: Field, retention: RetentionCut) -> None:
         store.delete([key])
 
 
-def _instant(c: Field, day: str) -> datetime:
-    """The start of cohort day ``day`` in the field's zone, in UTC."""
-    return datetime.combine(dt.date.fromisoformat(day), dt.time(), ZoneInfo(c.tz)).astimezone(dt.UTC)
-
-
 def _base_rows(c: Field, st: State, prev: RetentionCut | None, cut: str,
                rows: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(the start, the rows) whose fold is the base at ``cut``: everything applied before it,
@@ -77,12 +72,12 @@ def _base_rows(c: Field, st: State, prev: RetentionCut | None, cut: str,
       (the archive is read again: late rows that far back are rare)."""
     if prev is None:
         return c.base(st), rows
-    late = pl.col("timestamp") < _instant(c, prev.cut)
+    late = pl.col("timestamp") < c.day_start(prev.cut)
     if not prev.complete:
         return c.base(st), rows.filter(~late)
     if not rows.select(late.any()).item():
         return c.base(st, retention_base=True), rows
-    return c.base(st), c.history(st).filter(pl.col("timestamp") < _instant(c, cut))
+    return c.base(st), c.history(st).filter(pl.col("timestamp") < c.day_start(cut))
 
 
 def retain(c: Field, days: int, *, archive: bool = True,
@@ -124,8 +119,7 @@ def retain(c: Field, days: int, *, archive: bool = True,
                 return None
         start, rows = _base_rows(c, st, prev, cut.isoformat(), rows)
         folded = c.reducer()(rows, start, c.default).rename({"value": "current"})
-        if (bad := folded.filter(pl.col("current").is_null() if isinstance(c.dtype, pl.Decimal)
-                                 else ~pl.col("current").is_finite())).height:
+        if (bad := folded.filter(~c.fits("current"))).height:
             raise ConsolidationError(
                 f"Retention of {c.dataset} before {cut.isoformat()} needs each record's value at the cut, and "
                 f"{bad['originalId'][0]!r}'s does not fit the field ({c.dtype}): its transactions before the cut "
@@ -148,7 +142,7 @@ def retain(c: Field, days: int, *, archive: bool = True,
         return Commit("retention", field=c.field, applied=archived, unapplied=tuple(keys),
                       stats={"objects": len(keys), "transactions": rows.height},
                       retention=RetentionCut(c.field, cut.isoformat(), base_rel, tuple(keys), mode,
-                                             stands=mode == "delete" or (prev is not None and not prev.complete)))
+                                             stands=prev is not None and not prev.complete))
 
     committed = c.ledger.commit(build)
     if committed is not None:
